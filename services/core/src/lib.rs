@@ -1,0 +1,17 @@
+//! ragd-core: the pieces every ragd service shares.
+//!
+//! - [`config`]: clap/env config fragments (gRPC listener limits, logging) embedded by each
+//!   service's own typed config;
+//! - [`telemetry`]: one-time `tracing` initialisation;
+//! - [`status`]: building rich gRPC statuses (field violations, retry hints) and reading the
+//!   caller's deadline from `grpc-timeout`;
+//! - [`health`]: `grpc.health.v1` reporter that follows readiness;
+//! - [`metrics`]: a Prometheus registry served over HTTP;
+//! - [`shutdown`]: SIGINT/SIGTERM as a future, for `serve(config, listener, shutdown)`.
+
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
