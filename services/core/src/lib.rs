@@ -1,5 +1,6 @@
 //! ragd-core: the pieces every ragd service shares.
 //!
+//! - [`client`]: gRPC channels with ragd defaults;
 //! - [`config`]: clap/env config fragments (gRPC listener limits, logging) embedded by each
 //!   service's own typed config;
 //! - [`telemetry`]: one-time `tracing` initialisation;
@@ -9,6 +10,7 @@
 //! - [`metrics`]: a Prometheus registry served over HTTP;
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, for `serve(config, listener, shutdown)`.
 
+pub mod client;
 pub mod config;
 pub mod health;
 pub mod metrics;

@@ -1,1 +1,156 @@
-//! placeholder
+//! ragd-embedder: text → vectors with sentence-transformers models run by ONNX Runtime.
+//!
+//! Request path: gRPC handler ([`grpc`]) → [`service::Embedder`] (validation, admission,
+//! tokenisation) → [`batcher`] queue → inference worker threads (dynamic batching by token
+//! budget) → [`ort_backend`] session → pooling/normalisation ([`model`]) → response.
+//! [`serve`] wires it to a listener with health, reflection and metrics.
+
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod ort_backend;
+pub mod service;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ragd_core::health::Readiness;
+use ragd_proto::service_names::EMBEDDER;
+use ragd_proto::v1::embedder_server::EmbedderServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::EmbedderConfig;
+pub use error::EmbedError;
+pub use service::Embedder;
+
+use crate::grpc::EmbedderGrpc;
+use crate::metrics::EmbedderMetrics;
+
+/// Runs the embedder on `listener` until `shutdown` resolves.
+///
+/// Health is NOT_SERVING while models load (RPCs answer UNAVAILABLE), SERVING once every worker
+/// has its sessions, and NOT_SERVING again as soon as shutdown starts; then the server drains
+/// in-flight requests (at most `shutdown_grace_secs`), the queue closes and workers are joined.
+/// Returns an error if the models cannot be loaded or the server fails.
+pub async fn serve(
+    config: EmbedderConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), EmbedError> {
+    let metrics = Arc::new(EmbedderMetrics::default());
+    let mut registry = ragd_core::metrics::Registry::default();
+    metrics.register(&mut registry);
+    let (readiness, health) = Readiness::new(EMBEDDER).await;
+    let slot = Arc::new(OnceLock::new());
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(ragd_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let refl_err =
+        |e: tonic_reflection::server::Error| EmbedError::Runtime(format!("reflection: {e}"));
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(refl_err)?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(refl_err)?;
+    let max = config.grpc.max_message_bytes;
+    let service = EmbedderServer::new(EmbedderGrpc::new(
+        slot.clone(),
+        metrics.clone(),
+        config.stream_window,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let local = listener
+        .local_addr()
+        .map_err(|e| EmbedError::Runtime(e.to_string()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            ),
+    );
+    if let Some(addr) = config.metrics_addr {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| EmbedError::Runtime(format!("metrics listener {addr}: {e}")))?;
+        tracing::info!(addr = %l.local_addr().map_err(|e| EmbedError::Runtime(e.to_string()))?, "metrics on /metrics");
+        let registry = Arc::new(registry);
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ragd_core::metrics::serve(registry, l, stopped(rx)).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    tracing::info!(addr = %local, "embedder listening; loading models");
+
+    let load_config = config.clone();
+    let load_metrics = metrics.clone();
+    let load = tokio::task::spawn_blocking(move || Embedder::start(&load_config, load_metrics));
+    tokio::pin!(shutdown);
+    let embedder = tokio::select! {
+        loaded = load => match loaded {
+            Ok(Ok(e)) => Arc::new(e),
+            Ok(Err(e)) => { let _ = stop_tx.send(true); return Err(e) }
+            Err(e) => { let _ = stop_tx.send(true); return Err(EmbedError::Runtime(format!("model loading panicked: {e}"))) }
+        },
+        () = &mut shutdown => { let _ = stop_tx.send(true); return Ok(()) }
+        r = &mut server => return Err(server_ended(r)),
+    };
+    let _ = slot.set(embedder.clone());
+    readiness.serving().await;
+    tracing::info!(addr = %local, "embedder ready");
+
+    let early = tokio::select! {
+        () = &mut shutdown => None,
+        r = &mut server => Some(server_ended(r)),
+    };
+    readiness.not_serving().await;
+    let _ = stop_tx.send(true);
+    if early.is_none() {
+        let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(Ok(Ok(()))) => tracing::info!("embedder drained"),
+            Ok(r) => tracing::error!(error = %server_ended(r), "server error while draining"),
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "in-flight requests outlived the shutdown grace period"
+                );
+                server.abort();
+            }
+        }
+    }
+    let e = embedder.clone();
+    let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
+    tracing::info!("embedder stopped");
+    early.map_or(Ok(()), Err)
+}
+
+fn server_ended(
+    r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> EmbedError {
+    match r {
+        Ok(Ok(())) => EmbedError::Runtime("grpc server stopped unexpectedly".into()),
+        Ok(Err(e)) => EmbedError::Runtime(format!("grpc server: {e}")),
+        Err(e) => EmbedError::Runtime(format!("grpc server task: {e}")),
+    }
+}

@@ -1,1 +1,81 @@
-fn main() {}
+//! `ragd`: one binary for every ragd service and the client verbs.
+//!
+//! - `ragd serve embedder` runs the embedder service;
+//! - `ragd embed`, `ragd models`, `ragd health` talk to a running service over gRPC.
+
+mod client;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ragd_core::config::LogConfig;
+use ragd_embedder::EmbedderConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ragd",
+    version,
+    about = "Distributed gRPC RAG and vector search"
+)]
+struct Cli {
+    #[command(flatten)]
+    log: LogConfig,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a service.
+    Serve {
+        #[command(subcommand)]
+        service: Service,
+    },
+    /// Embed texts with a running embedder and print the vectors (JSON) or their similarities.
+    Embed(client::EmbedArgs),
+    /// List the models of a running embedder.
+    Models(client::EndpointArgs),
+    /// Check (or wait for) a service's gRPC health.
+    Health(client::HealthArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum Service {
+    /// Text → vectors with ONNX Runtime and dynamic batching.
+    Embedder {
+        /// gRPC listen address (port 0 picks a free port).
+        #[arg(long, env = "RAGD_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        config: EmbedderConfig,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    ragd_core::telemetry::init(&cli.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            service: Service::Embedder { listen, config },
+        } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            // Machine-readable for scripts and tests that start ragd with port 0.
+            println!("RAGD_LISTENING embedder {}", listener.local_addr()?);
+            ragd_embedder::serve(config, listener, ragd_core::shutdown::signal()).await?;
+            Ok(())
+        }
+        Command::Embed(args) => client::embed(args).await,
+        Command::Models(args) => client::models(args).await,
+        Command::Health(args) => client::health(args).await,
+    }
+}

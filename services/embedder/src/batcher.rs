@@ -1,0 +1,595 @@
+//! Dynamic batching: texts of concurrent requests are coalesced into batches by a token budget
+//! and a max wait, and run on dedicated inference threads (never on the async runtime).
+//!
+//! A request becomes a [`Job`] (its texts already tokenised). Jobs wait in a per-model FIFO.
+//! A worker takes the oldest model's queue and [`plan`]s a batch: texts in FIFO order while the
+//! padded cost (texts × longest text) fits `max_batch_tokens` and the count fits
+//! `max_batch_texts`. A job larger than the budget is split across batches and reassembled in
+//! order. A batch that is not full waits until its oldest text has waited `max_batch_wait`,
+//! so a busy server batches without waiting and an idle one adds at most that latency.
+//! Jobs whose deadline passed or whose caller went away are dropped before they cost compute.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::error::EmbedError;
+use crate::metrics::EmbedderMetrics;
+use crate::model::{Backend, PaddedBatch, Tokenized};
+
+/// Batch limits.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_tokens: usize,
+    pub max_texts: usize,
+    pub max_wait: Duration,
+}
+
+/// How many of the pending texts (token lengths in FIFO order) the next batch takes: as many as
+/// fit the padded token budget and the text limit, and always at least one.
+pub fn plan(lens: impl IntoIterator<Item = usize>, policy: &BatchPolicy) -> usize {
+    let mut n = 0;
+    let mut longest = 0;
+    for len in lens {
+        let new_longest = longest.max(len);
+        if n > 0 && (n == policy.max_texts || (n + 1) * new_longest > policy.max_tokens) {
+            break;
+        }
+        n += 1;
+        longest = new_longest;
+    }
+    n
+}
+
+/// What a finished job returns.
+#[derive(Debug)]
+pub struct JobOutput {
+    /// Pooled (not normalised) vectors, in the order of the job's texts.
+    pub vectors: Vec<Vec<f32>>,
+    pub queue: Duration,
+    pub inference: Duration,
+    pub batches: u32,
+    pub max_batch_texts: u32,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    vectors: Vec<Vec<f32>>,
+    done: usize,
+    batches: u32,
+    max_batch_texts: u32,
+    inference: Duration,
+    first_start: Option<Instant>,
+}
+
+/// One request's texts on their way through the queue.
+#[derive(Debug)]
+pub struct Job {
+    model: usize,
+    texts: Vec<Tokenized>,
+    deadline: Option<Instant>,
+    enqueued: Instant,
+    span: tracing::Span,
+    progress: Mutex<Progress>,
+    reply: Mutex<Option<oneshot::Sender<Result<JobOutput, EmbedError>>>>,
+}
+
+impl Job {
+    /// A job for `model` (index into the worker's backends) and its receiver.
+    pub fn new(
+        model: usize,
+        texts: Vec<Tokenized>,
+        deadline: Option<Instant>,
+    ) -> (Arc<Self>, oneshot::Receiver<Result<JobOutput, EmbedError>>) {
+        let (tx, rx) = oneshot::channel();
+        let n = texts.len();
+        let job = Arc::new(Self {
+            model,
+            texts,
+            deadline,
+            enqueued: Instant::now(),
+            span: tracing::Span::current(),
+            progress: Mutex::new(Progress {
+                vectors: vec![Vec::new(); n],
+                ..Default::default()
+            }),
+            reply: Mutex::new(Some(tx)),
+        });
+        (job, rx)
+    }
+
+    fn abandoned(&self) -> bool {
+        lock(&self.reply)
+            .as_ref()
+            .is_none_or(oneshot::Sender::is_closed)
+    }
+
+    fn finish(&self, result: Result<JobOutput, EmbedError>) {
+        if let Some(tx) = lock(&self.reply).take() {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn complete(
+        &self,
+        range: Range<usize>,
+        vectors: Vec<Vec<f32>>,
+        batch_texts: usize,
+        start: Instant,
+        took: Duration,
+    ) {
+        let mut p = lock(&self.progress);
+        p.done += range.len();
+        for (slot, v) in p.vectors[range].iter_mut().zip(vectors) {
+            *slot = v;
+        }
+        p.batches += 1;
+        p.max_batch_texts = p.max_batch_texts.max(batch_texts as u32);
+        p.inference += took;
+        let first = *p.first_start.get_or_insert(start);
+        if p.done == self.texts.len() {
+            let out = JobOutput {
+                vectors: std::mem::take(&mut p.vectors),
+                queue: first.saturating_duration_since(self.enqueued),
+                inference: p.inference,
+                batches: p.batches,
+                max_batch_texts: p.max_batch_texts,
+            };
+            drop(p);
+            self.finish(Ok(out));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent (plain data).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Pending {
+    job: Arc<Job>,
+    next: usize,
+}
+
+struct State {
+    per_model: Vec<VecDeque<Pending>>,
+    closed: bool,
+}
+
+/// Texts of one batch: slices of jobs.
+struct Batch {
+    model: usize,
+    parts: Vec<(Arc<Job>, Range<usize>)>,
+}
+
+/// The shared queue between request handlers and inference workers.
+pub struct Queue {
+    state: Mutex<State>,
+    cond: Condvar,
+    policy: BatchPolicy,
+    metrics: Arc<EmbedderMetrics>,
+    /// Exponentially weighted inference cost per text, in nanoseconds (f64 bits), for retry hints.
+    ns_per_text: AtomicU64,
+    workers: usize,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    pub fn new(
+        models: usize,
+        workers: usize,
+        policy: BatchPolicy,
+        metrics: Arc<EmbedderMetrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                per_model: (0..models).map(|_| VecDeque::new()).collect(),
+                closed: false,
+            }),
+            cond: Condvar::new(),
+            policy,
+            metrics,
+            ns_per_text: AtomicU64::new(2_000_000f64.to_bits()),
+            workers: workers.max(1),
+        })
+    }
+
+    /// Enqueues a job; fails once the queue is closed for shutdown.
+    pub fn submit(&self, job: Arc<Job>) -> Result<(), EmbedError> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(EmbedError::ShuttingDown);
+        }
+        let model = job.model;
+        st.per_model[model].push_back(Pending { job, next: 0 });
+        drop(st);
+        self.cond.notify_all();
+        Ok(())
+    }
+
+    /// How long a rejected client should wait: the estimated time to drain `queued` texts.
+    pub fn retry_after(&self, queued: usize) -> Duration {
+        let per_text = f64::from_bits(self.ns_per_text.load(Ordering::Relaxed));
+        let drain = Duration::from_nanos((per_text * queued as f64 / self.workers as f64) as u64);
+        (drain + self.policy.max_wait).clamp(Duration::from_millis(10), Duration::from_secs(10))
+    }
+
+    /// Stops accepting jobs; workers finish what is queued and exit.
+    pub fn close(&self) {
+        lock(&self.state).closed = true;
+        self.cond.notify_all();
+    }
+
+    /// Blocks until a batch is due; `None` once closed and drained.
+    fn next_batch(&self) -> Option<Batch> {
+        let mut st = lock(&self.state);
+        loop {
+            let now = Instant::now();
+            self.purge(&mut st, now);
+            let oldest = st
+                .per_model
+                .iter()
+                .enumerate()
+                .filter_map(|(m, q)| q.front().map(|p| (m, p.job.enqueued)))
+                .min_by_key(|&(_, t)| t);
+            let Some((model, enqueued)) = oldest else {
+                if st.closed {
+                    return None;
+                }
+                st = self
+                    .cond
+                    .wait(st)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            };
+            let closed = st.closed;
+            let queue = &mut st.per_model[model];
+            let lens = queue
+                .iter()
+                .flat_map(|p| p.job.texts[p.next..].iter().map(|t| t.ids.len()));
+            let total: usize = queue.iter().map(|p| p.job.texts.len() - p.next).sum();
+            let take = plan(lens, &self.policy);
+            let due = enqueued + self.policy.max_wait;
+            if take == total && now < due && !closed {
+                st = self
+                    .cond
+                    .wait_timeout(st, due - now)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            let mut parts = Vec::new();
+            let mut left = take;
+            while left > 0 {
+                let Some(front) = queue.front_mut() else {
+                    break;
+                };
+                let n = left.min(front.job.texts.len() - front.next);
+                parts.push((front.job.clone(), front.next..front.next + n));
+                front.next += n;
+                left -= n;
+                if front.next == front.job.texts.len() {
+                    queue.pop_front();
+                }
+            }
+            return Some(Batch { model, parts });
+        }
+    }
+
+    /// Drops queued jobs whose caller left or whose deadline passed, before they cost compute.
+    fn purge(&self, st: &mut State, now: Instant) {
+        for q in &mut st.per_model {
+            q.retain(|p| {
+                if p.job.abandoned() {
+                    self.metrics.cancelled_dropped.inc();
+                    false
+                } else if p.job.deadline.is_some_and(|d| d <= now) {
+                    self.metrics.deadline_dropped.inc();
+                    p.job
+                        .finish(Err(EmbedError::DeadlineExceeded("queued for inference")));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+
+    fn record_cost(&self, texts: usize, took: Duration) {
+        let sample = took.as_nanos() as f64 / texts.max(1) as f64;
+        let old = f64::from_bits(self.ns_per_text.load(Ordering::Relaxed));
+        self.ns_per_text
+            .store((0.8 * old + 0.2 * sample).to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Runs batches from `queue` on `backends` (one per model) until the queue is closed and empty.
+pub fn run_worker(queue: &Queue, mut backends: Vec<Box<dyn Backend>>, pad_ids: &[u32]) {
+    while let Some(batch) = queue.next_batch() {
+        let texts: usize = batch.parts.iter().map(|(_, r)| r.len()).sum();
+        let padded = PaddedBatch::new(
+            batch
+                .parts
+                .iter()
+                .flat_map(|(job, r)| job.texts[r.clone()].iter().map(|t| t.ids.as_slice())),
+            pad_ids[batch.model],
+        );
+        let span = tracing::debug_span!(
+            "embed_batch",
+            model = batch.model,
+            texts,
+            padded_tokens = padded.padded_tokens()
+        );
+        for (job, _) in &batch.parts {
+            span.follows_from(job.span.id());
+        }
+        let _enter = span.enter();
+        let start = Instant::now();
+        let result = backends[batch.model].embed(&padded);
+        let took = start.elapsed();
+        queue
+            .metrics
+            .observe_batch(texts, padded.padded_tokens(), took);
+        queue.record_cost(texts, took);
+        match result {
+            Ok(mut vectors) => {
+                for (job, range) in batch.parts.into_iter().rev() {
+                    let tail = vectors.split_off(vectors.len() - range.len());
+                    job.complete(range, tail, texts, start, took);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "batch inference failed");
+                for (job, _) in batch.parts {
+                    job.finish(Err(EmbedError::Runtime(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Worker threads; joined on shutdown.
+#[derive(Debug, Default)]
+pub struct Workers {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `n` threads; each builds its backends with `factory` before serving. Returns once
+    /// every worker is ready, or the first error (the started workers are stopped).
+    pub fn start<F>(
+        queue: &Arc<Queue>,
+        n: usize,
+        pad_ids: Vec<u32>,
+        factory: F,
+    ) -> Result<Self, EmbedError>
+    where
+        F: Fn(usize) -> Result<Vec<Box<dyn Backend>>, EmbedError> + Send + Sync + 'static,
+    {
+        let factory = Arc::new(factory);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut workers = Workers::default();
+        for i in 0..n {
+            let (q, factory, ready, pad_ids) = (
+                queue.clone(),
+                factory.clone(),
+                ready_tx.clone(),
+                pad_ids.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("ragd-embed-{i}"))
+                .spawn(move || match factory(i) {
+                    Ok(backends) => {
+                        let _ = ready.send(Ok(()));
+                        run_worker(&q, backends, &pad_ids);
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                });
+            match spawned {
+                Ok(h) => workers.handles.push(h),
+                Err(e) => {
+                    queue.close();
+                    workers.join();
+                    return Err(EmbedError::Runtime(format!(
+                        "cannot start worker thread: {e}"
+                    )));
+                }
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    queue.close();
+                    workers.join();
+                    return Err(e);
+                }
+                Err(_) => {
+                    queue.close();
+                    workers.join();
+                    return Err(EmbedError::Runtime(
+                        "a worker thread died while loading".into(),
+                    ));
+                }
+            }
+        }
+        Ok(workers)
+    }
+
+    /// Waits for every worker to exit (after [`Queue::close`]).
+    pub fn join(&mut self) {
+        for h in self.handles.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("an embedder worker thread panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const P: BatchPolicy = BatchPolicy {
+        max_tokens: 100,
+        max_texts: 4,
+        max_wait: Duration::ZERO,
+    };
+
+    #[test]
+    fn plan_respects_padded_budget_and_text_limit() {
+        assert_eq!(plan([10, 10, 10], &P), 3);
+        assert_eq!(plan([10; 9], &P), 4, "text limit");
+        assert_eq!(plan([30, 30, 40], &P), 2, "3 x 40 = 120 > 100");
+        assert_eq!(plan([500, 1], &P), 1, "an oversized text still goes alone");
+        assert_eq!(plan([], &P), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn plan_never_exceeds_limits(lens in proptest::collection::vec(1usize..80, 1..40),
+                                     max_tokens in 80usize..400, max_texts in 1usize..16) {
+            let p = BatchPolicy { max_tokens, max_texts, max_wait: Duration::ZERO };
+            let n = plan(lens.iter().copied(), &p);
+            prop_assert!(n >= 1 && n <= lens.len() && n <= max_texts);
+            let longest = lens[..n].iter().max().copied().unwrap_or(0);
+            prop_assert!(n == 1 || n * longest <= max_tokens);
+            // Maximal: one more text would break a limit.
+            if n < lens.len() {
+                let longer = longest.max(lens[n]);
+                prop_assert!(n == max_texts || (n + 1) * longer > max_tokens);
+            }
+        }
+    }
+
+    /// Test backend: the "embedding" of a text is [first id, length] so order is checkable.
+    struct Echo;
+    impl Backend for Echo {
+        fn embed(&mut self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>, EmbedError> {
+            Ok(batch
+                .lens
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| vec![batch.input_ids[i * batch.seq] as f32, l as f32])
+                .collect())
+        }
+    }
+
+    fn texts(n: usize, len: usize, base: i64) -> Vec<Tokenized> {
+        (0..n)
+            .map(|i| Tokenized {
+                ids: vec![base + i as i64; len],
+                truncated: false,
+            })
+            .collect()
+    }
+
+    fn start(policy: BatchPolicy) -> (Arc<Queue>, Workers) {
+        let metrics = Arc::new(EmbedderMetrics::default());
+        let q = Queue::new(1, 1, policy, metrics);
+        let w = Workers::start(&q, 1, vec![0], |_| {
+            Ok(vec![Box::new(Echo) as Box<dyn Backend>])
+        })
+        .expect("workers");
+        (q, w)
+    }
+
+    #[tokio::test]
+    async fn oversized_job_is_split_and_reassembled_in_order() {
+        let (q, mut w) = start(BatchPolicy {
+            max_tokens: 40,
+            max_texts: 64,
+            max_wait: Duration::ZERO,
+        });
+        let (job, rx) = Job::new(0, texts(25, 10, 1000), None);
+        q.submit(job).expect("submit");
+        let out = rx.await.expect("reply").expect("ok");
+        assert_eq!(
+            out.batches, 7,
+            "25 texts of 10 tokens with a 40-token budget: 4 per batch"
+        );
+        assert_eq!(out.max_batch_texts, 4);
+        let firsts: Vec<f32> = out.vectors.iter().map(|v| v[0]).collect();
+        assert_eq!(firsts, (1000..1025).map(|x| x as f32).collect::<Vec<_>>());
+        q.close();
+        w.join();
+    }
+
+    #[tokio::test]
+    async fn concurrent_jobs_coalesce_within_max_wait() {
+        let (q, mut w) = start(BatchPolicy {
+            max_tokens: 1000,
+            max_texts: 64,
+            max_wait: Duration::from_millis(200),
+        });
+        let mut rxs = Vec::new();
+        for i in 0..5 {
+            let (job, rx) = Job::new(0, texts(1, 5, 100 * i), None);
+            q.submit(job).expect("submit");
+            rxs.push(rx);
+        }
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let out = rx.await.expect("reply").expect("ok");
+            assert_eq!(out.vectors[0][0], (100 * i) as f32);
+            assert_eq!(out.max_batch_texts, 5, "all five requests ran in one batch");
+        }
+        q.close();
+        w.join();
+    }
+
+    #[tokio::test]
+    async fn expired_and_abandoned_jobs_are_dropped_before_inference() {
+        let metrics = Arc::new(EmbedderMetrics::default());
+        let q = Queue::new(1, 1, P, metrics.clone());
+        let (expired, rx_expired) = Job::new(0, texts(1, 3, 1), Some(Instant::now()));
+        let (abandoned, rx_abandoned) = Job::new(0, texts(1, 3, 2), None);
+        drop(rx_abandoned);
+        q.submit(expired).expect("submit");
+        q.submit(abandoned).expect("submit");
+        // Workers start after both jobs are queued, so the purge sees them first.
+        let mut w = Workers::start(&q, 1, vec![0], |_| {
+            Ok(vec![Box::new(Echo) as Box<dyn Backend>])
+        })
+        .expect("workers");
+        let err = rx_expired.await.expect("reply").expect_err("deadline");
+        assert!(matches!(err, EmbedError::DeadlineExceeded(_)), "{err}");
+        q.close();
+        w.join();
+        assert_eq!(metrics.deadline_dropped.get(), 1);
+        assert_eq!(metrics.cancelled_dropped.get(), 1);
+        assert_eq!(
+            metrics.batches_total(),
+            0,
+            "no inference ran for dropped jobs"
+        );
+    }
+
+    #[tokio::test]
+    async fn closed_queue_rejects_and_failing_factory_reports() {
+        let (q, mut w) = start(P);
+        q.close();
+        w.join();
+        let (job, _rx) = Job::new(0, texts(1, 1, 1), None);
+        assert!(matches!(q.submit(job), Err(EmbedError::ShuttingDown)));
+        let q2 = Queue::new(1, 1, P, Arc::new(EmbedderMetrics::default()));
+        let err = Workers::start(&q2, 2, vec![0], |_| Err(EmbedError::Runtime("boom".into())))
+            .expect_err("fails");
+        assert!(err.to_string().contains("boom"));
+    }
+}

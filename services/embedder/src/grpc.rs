@@ -1,0 +1,283 @@
+//! Thin tonic handlers over [`Embedder`]: read the deadline, convert the request, call the
+//! domain, map the error (one exhaustive `From<EmbedError> for Status`), record metrics.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use ragd_proto::v1::{self, embedder_server};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::instrument;
+
+use crate::error::EmbedError;
+use crate::manifest::ModelSpec;
+use crate::metrics::{EmbedderMetrics, RpcLabels, RpcOnly};
+use crate::model::InputKind;
+use crate::service::{Admission, EmbedInput, EmbedOutput, Embedder};
+
+/// tonic's server cancels a call when the caller's `grpc-timeout` expires and reports CANCELLED;
+/// ragd answers DEADLINE_EXCEEDED itself this much earlier so callers get the right status.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
+/// The `ragd.v1.Embedder` gRPC service. Answers UNAVAILABLE until the models are loaded.
+#[derive(Debug, Clone)]
+pub struct EmbedderGrpc {
+    embedder: Arc<OnceLock<Arc<Embedder>>>,
+    metrics: Arc<EmbedderMetrics>,
+    stream_window: usize,
+}
+
+impl EmbedderGrpc {
+    pub fn new(
+        embedder: Arc<OnceLock<Arc<Embedder>>>,
+        metrics: Arc<EmbedderMetrics>,
+        stream_window: usize,
+    ) -> Self {
+        Self {
+            embedder,
+            metrics,
+            stream_window,
+        }
+    }
+
+    fn ready(&self) -> Result<Arc<Embedder>, Status> {
+        self.embedder
+            .get()
+            .cloned()
+            .ok_or_else(|| EmbedError::NotReady.into())
+    }
+
+    fn observe<T>(&self, rpc: &'static str, start: Instant, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics
+            .requests
+            .get_or_create(&RpcLabels {
+                rpc,
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.metrics
+            .request_seconds
+            .get_or_create(&RpcOnly { rpc })
+            .observe(start.elapsed().as_secs_f64());
+    }
+}
+
+/// The caller's deadline from `grpc-timeout`, less [`DEADLINE_MARGIN`].
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    ragd_core::status::request_timeout(request.metadata())
+        .map(|t| Instant::now() + t.saturating_sub(DEADLINE_MARGIN))
+}
+
+fn kind(k: i32) -> InputKind {
+    match v1::InputKind::try_from(k) {
+        Ok(v1::InputKind::Query) => InputKind::Query,
+        Ok(v1::InputKind::Passage) => InputKind::Passage,
+        Ok(v1::InputKind::Unspecified) | Err(_) => InputKind::Unspecified,
+    }
+}
+
+fn input(r: v1::EmbedRequest) -> EmbedInput {
+    EmbedInput {
+        kind: kind(r.kind),
+        texts: r.texts,
+        model: r.model,
+        normalize: r.normalize,
+    }
+}
+
+fn response(out: EmbedOutput) -> v1::EmbedResponse {
+    v1::EmbedResponse {
+        model: out.model,
+        dim: out.dim as u32,
+        embeddings: out
+            .embeddings
+            .into_iter()
+            .map(|e| v1::Embedding {
+                values: e.values,
+                tokens: e.tokens as u32,
+                truncated: e.truncated,
+            })
+            .collect(),
+        stats: Some(v1::EmbedStats {
+            queue_micros: out.stats.queue.as_micros() as u64,
+            inference_micros: out.stats.inference.as_micros() as u64,
+            batches: out.stats.batches,
+            max_batch_texts: out.stats.max_batch_texts,
+            tokens: out.stats.tokens,
+        }),
+    }
+}
+
+fn descriptor(spec: &ModelSpec, is_default: bool, device: &str) -> v1::ModelDescriptor {
+    v1::ModelDescriptor {
+        name: spec.name.clone(),
+        dim: spec.dim as u32,
+        max_seq_len: spec.max_seq_len as u32,
+        pooling: spec.pooling.as_str().to_string(),
+        normalize: spec.normalize,
+        query_prefix: spec.query_prefix.clone(),
+        passage_prefix: spec.passage_prefix.clone(),
+        is_default,
+        device: device.to_string(),
+    }
+}
+
+/// Prefixes a status message with the stream request it belongs to, keeping code and details.
+fn in_stream_item(id: u64, s: Status) -> Status {
+    Status::with_details_and_metadata(
+        s.code(),
+        format!("stream request {id}: {}", s.message()),
+        s.details().to_vec().into(),
+        s.metadata().clone(),
+    )
+}
+
+type EmbedStream = Pin<Box<dyn Stream<Item = Result<v1::EmbedStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl embedder_server::Embedder for EmbedderGrpc {
+    #[instrument(skip_all, fields(texts = request.get_ref().texts.len(), model = %request.get_ref().model))]
+    async fn embed(
+        &self,
+        request: Request<v1::EmbedRequest>,
+    ) -> Result<Response<v1::EmbedResponse>, Status> {
+        let start = Instant::now();
+        let deadline = deadline(&request);
+        let result = async {
+            let out = self
+                .ready()?
+                .embed(input(request.into_inner()), deadline, Admission::Reject)
+                .await?;
+            Ok(Response::new(response(out)))
+        }
+        .await;
+        self.observe("Embed", start, &result);
+        result
+    }
+
+    type EmbedStreamStream = EmbedStream;
+
+    #[instrument(skip_all)]
+    async fn embed_stream(
+        &self,
+        request: Request<Streaming<v1::EmbedStreamRequest>>,
+    ) -> Result<Response<Self::EmbedStreamStream>, Status> {
+        let start = Instant::now();
+        let embedder = self
+            .ready()
+            .inspect_err(|e| self.observe::<()>("EmbedStream", start, &Err(e.clone())))?;
+        let deadline = deadline(&request);
+        let window = self.stream_window;
+        let (tx, rx) = tokio::sync::mpsc::channel(window);
+        let input_stream = request.into_inner();
+        let this = self.clone();
+        tokio::spawn(async move {
+            // `buffered` keeps at most `window` requests in flight, in order; while the window
+            // (or the response channel) is full, the input is not read and HTTP/2 flow control
+            // slows the client down.
+            let results = input_stream
+                .map(|item| {
+                    let embedder = embedder.clone();
+                    async move {
+                        let item = item?;
+                        let id = item.id;
+                        let request = item.request.ok_or_else(|| {
+                            in_stream_item(
+                                id,
+                                ragd_core::status::invalid_argument("request", "missing"),
+                            )
+                        })?;
+                        let out = embedder
+                            .embed(input(request), deadline, Admission::Wait)
+                            .await
+                            .map_err(|e| in_stream_item(id, e.into()))?;
+                        Ok(v1::EmbedStreamResponse {
+                            id,
+                            response: Some(response(out)),
+                        })
+                    }
+                })
+                .buffered(window);
+            futures::pin_mut!(results);
+            let mut outcome = Ok(());
+            while let Some(r) = results.next().await {
+                let failed = r.as_ref().err().cloned();
+                if tx.send(r).await.is_err() {
+                    outcome = Err(Status::cancelled("client went away"));
+                    break;
+                }
+                if let Some(status) = failed {
+                    outcome = Err(status);
+                    break;
+                }
+            }
+            this.observe("EmbedStream", start, &outcome);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(texts = request.get_ref().texts.len()))]
+    async fn count_tokens(
+        &self,
+        request: Request<v1::CountTokensRequest>,
+    ) -> Result<Response<v1::CountTokensResponse>, Status> {
+        let start = Instant::now();
+        let result = async {
+            let r = request.into_inner();
+            let counts = self
+                .ready()?
+                .count_tokens(r.texts, &r.model, kind(r.kind))
+                .await?;
+            let max = counts.max_seq_len;
+            Ok(Response::new(v1::CountTokensResponse {
+                truncated: counts.tokens.iter().map(|&n| n > max).collect(),
+                tokens: counts.tokens.into_iter().map(|n| n as u32).collect(),
+                max_seq_len: max as u32,
+            }))
+        }
+        .await;
+        self.observe("CountTokens", start, &result);
+        result
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<v1::ListModelsRequest>,
+    ) -> Result<Response<v1::ListModelsResponse>, Status> {
+        let start = Instant::now();
+        let result = self.ready().map(|e| {
+            let device = e.device().to_string();
+            Response::new(v1::ListModelsResponse {
+                models: e
+                    .models()
+                    .map(|(spec, default)| descriptor(spec, default, &device))
+                    .collect(),
+            })
+        });
+        self.observe("ListModels", start, &result);
+        result
+    }
+
+    async fn model_info(
+        &self,
+        request: Request<v1::ModelInfoRequest>,
+    ) -> Result<Response<v1::ModelInfoResponse>, Status> {
+        let start = Instant::now();
+        let result = async {
+            let e = self.ready()?;
+            let (spec, default) = e.model(&request.get_ref().name)?;
+            Ok(Response::new(v1::ModelInfoResponse {
+                model: Some(descriptor(spec, default, &e.device().to_string())),
+            }))
+        }
+        .await;
+        self.observe("ModelInfo", start, &result);
+        result
+    }
+}
