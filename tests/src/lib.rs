@@ -1,1 +1,176 @@
-//! placeholder
+//! Shared harness of the ragd integration tests: locating the set-up models and runtime, starting
+//! services in-process on `127.0.0.1:0` or as real `ragd` processes, and gRPC clients.
+//!
+//! Everything here is real: ONNX Runtime with the exported sentence-transformers models, tonic
+//! over loopback sockets, the `ragd` binary. `scripts/setup` must have run (the test command does).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
+use ragd_embedder::EmbedderConfig;
+use ragd_proto::v1::embedder_client::EmbedderClient;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+pub mod process;
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `$RAGD_HOME` or `<repo>/.ragd`, where scripts/setup puts the runtime and models.
+pub fn ragd_home() -> PathBuf {
+    std::env::var_os("RAGD_HOME").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".ragd"))
+}
+
+/// An embedder config pointing at the set-up models, serving only `models`.
+pub fn embedder_config(models: &[&str]) -> EmbedderConfig {
+    EmbedderConfig {
+        models_dir: ragd_home().join("models"),
+        ort_library: ragd_home().join("lib/libonnxruntime.so.1.31.1"),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        ..EmbedderConfig::default()
+    }
+}
+
+/// True when scripts/setup exported `model` (mpnet is optional in a bare set-up).
+pub fn model_available(model: &str) -> bool {
+    ragd_home().join("models").join(model).join("model.json").is_file()
+}
+
+/// An embedder served in-process by `ragd_embedder::serve` on a loopback port.
+#[derive(Debug)]
+pub struct TestEmbedder {
+    pub url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ragd_embedder::EmbedError>>>,
+}
+
+impl TestEmbedder {
+    /// Starts `serve` and waits until health says SERVING.
+    pub async fn start(config: EmbedderConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(ragd_embedder::serve(config, listener, async {
+            let _ = rx.await;
+        }));
+        let this = Self { url, shutdown: Some(tx), task: Some(task) };
+        wait_serving(&this.url, "ragd.v1.Embedder", Duration::from_secs(120)).await;
+        this
+    }
+
+    pub async fn client(&self) -> EmbedderClient<Channel> {
+        embedder_client(&self.url).await
+    }
+
+    /// Triggers graceful shutdown and waits for `serve` to return.
+    pub async fn stop(mut self) -> Result<(), ragd_embedder::EmbedError> {
+        self.begin_stop();
+        self.task.take().expect("task").await.expect("serve task")
+    }
+
+    /// Triggers graceful shutdown without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestEmbedder {
+    fn drop(&mut self) {
+        self.begin_stop();
+    }
+}
+
+pub async fn embedder_client(url: &str) -> EmbedderClient<Channel> {
+    let channel = ragd_core::client::connect(url).await.expect("connect");
+    EmbedderClient::new(channel)
+        .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+/// Health status of `service` at `url`, or None if the server cannot be reached.
+pub async fn health(url: &str, service: &str) -> Option<ServingStatus> {
+    let channel = ragd_core::client::connect(url).await.ok()?;
+    let r = HealthClient::new(channel).check(HealthCheckRequest { service: service.into() }).await.ok()?;
+    ServingStatus::try_from(r.into_inner().status).ok()
+}
+
+/// Polls health until SERVING; panics after `limit` (a broken set-up, not a slow machine:
+/// the limit is generous).
+pub async fn wait_serving(url: &str, service: &str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while health(url, service).await != Some(ServingStatus::Serving) {
+        assert!(tokio::time::Instant::now() < deadline, "{url} did not become SERVING within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A reference-vector fixture made by sentence-transformers (scripts/make_fixture.py).
+#[derive(Debug, Deserialize)]
+pub struct Fixture {
+    pub model: String,
+    pub max_seq_len: usize,
+    pub cases: Vec<FixtureCase>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FixtureCase {
+    pub text: String,
+    pub tokens: usize,
+    pub untruncated_tokens: usize,
+    pub truncated: bool,
+    pub vector: Vec<f32>,
+}
+
+pub fn fixture(model: &str) -> Fixture {
+    let path = repo_root().join("tests/fixtures").join(format!("{model}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture json")
+}
+
+/// Largest absolute element difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dimension mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A free loopback port (bound then released; for services that take an address, not a listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Fetches `GET /metrics` from a service's metrics listener.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+/// Value of an unlabelled metric line `name value` in a Prometheus text body.
+pub fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing in\n{body}"))
+}
+
+/// Waits until the service's admitted-texts gauge reaches `n` (work is queued or running).
+pub async fn wait_queued(metrics_addr: std::net::SocketAddr, n: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while metric(&scrape(metrics_addr).await, "ragd_embedder_queue_texts") < n {
+        assert!(tokio::time::Instant::now() < deadline, "{n} texts were never admitted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -20,10 +20,7 @@ pub struct GrpcConfig {
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        Self {
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            shutdown_grace_secs: 10,
-        }
+        Self { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, shutdown_grace_secs: 10 }
     }
 }
 

@@ -15,9 +15,7 @@ pub struct Readiness {
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Readiness")
-            .field("service", &self.service)
-            .finish()
+        f.debug_struct("Readiness").field("service", &self.service).finish()
     }
 }
 

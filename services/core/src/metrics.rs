@@ -25,9 +25,7 @@ pub async fn serve(
             async move { render(&registry) }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 fn render(registry: &Registry) -> impl IntoResponse + use<> {
@@ -35,10 +33,7 @@ fn render(registry: &Registry) -> impl IntoResponse + use<> {
     match encode(&mut body, registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             body,
         ),
         Err(e) => (

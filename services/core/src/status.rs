@@ -77,10 +77,7 @@ mod tests {
         assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(
-            parse_grpc_timeout("99999999n"),
-            Some(Duration::from_nanos(99_999_999))
-        );
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
     }
 
     #[test]
@@ -103,12 +100,7 @@ mod tests {
         let s = resource_exhausted("queue full", Duration::from_millis(40));
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(retry_after(&s), Some(Duration::from_millis(40)));
-        assert_eq!(
-            s.metadata()
-                .get("retry-after-ms")
-                .and_then(|v| v.to_str().ok()),
-            Some("40")
-        );
+        assert_eq!(s.metadata().get("retry-after-ms").and_then(|v| v.to_str().ok()), Some("40"));
     }
 
     #[test]

@@ -94,19 +94,14 @@ impl Job {
             deadline,
             enqueued: Instant::now(),
             span: tracing::Span::current(),
-            progress: Mutex::new(Progress {
-                vectors: vec![Vec::new(); n],
-                ..Default::default()
-            }),
+            progress: Mutex::new(Progress { vectors: vec![Vec::new(); n], ..Default::default() }),
             reply: Mutex::new(Some(tx)),
         });
         (job, rx)
     }
 
     fn abandoned(&self) -> bool {
-        lock(&self.reply)
-            .as_ref()
-            .is_none_or(oneshot::Sender::is_closed)
+        lock(&self.reply).as_ref().is_none_or(oneshot::Sender::is_closed)
     }
 
     fn finish(&self, result: Result<JobOutput, EmbedError>) {
@@ -180,9 +175,7 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
+        f.debug_struct("Queue").field("policy", &self.policy).finish_non_exhaustive()
     }
 }
 
@@ -248,17 +241,12 @@ impl Queue {
                 if st.closed {
                     return None;
                 }
-                st = self
-                    .cond
-                    .wait(st)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                st = self.cond.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
                 continue;
             };
             let closed = st.closed;
             let queue = &mut st.per_model[model];
-            let lens = queue
-                .iter()
-                .flat_map(|p| p.job.texts[p.next..].iter().map(|t| t.ids.len()));
+            let lens = queue.iter().flat_map(|p| p.job.texts[p.next..].iter().map(|t| t.ids.len()));
             let total: usize = queue.iter().map(|p| p.job.texts.len() - p.next).sum();
             let take = plan(lens, &self.policy);
             let due = enqueued + self.policy.max_wait;
@@ -297,8 +285,7 @@ impl Queue {
                     false
                 } else if p.job.deadline.is_some_and(|d| d <= now) {
                     self.metrics.deadline_dropped.inc();
-                    p.job
-                        .finish(Err(EmbedError::DeadlineExceeded("queued for inference")));
+                    p.job.finish(Err(EmbedError::DeadlineExceeded("queued for inference")));
                     false
                 } else {
                     true
@@ -310,8 +297,7 @@ impl Queue {
     fn record_cost(&self, texts: usize, took: Duration) {
         let sample = took.as_nanos() as f64 / texts.max(1) as f64;
         let old = f64::from_bits(self.ns_per_text.load(Ordering::Relaxed));
-        self.ns_per_text
-            .store((0.8 * old + 0.2 * sample).to_bits(), Ordering::Relaxed);
+        self.ns_per_text.store((0.8 * old + 0.2 * sample).to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -320,10 +306,7 @@ pub fn run_worker(queue: &Queue, mut backends: Vec<Box<dyn Backend>>, pad_ids: &
     while let Some(batch) = queue.next_batch() {
         let texts: usize = batch.parts.iter().map(|(_, r)| r.len()).sum();
         let padded = PaddedBatch::new(
-            batch
-                .parts
-                .iter()
-                .flat_map(|(job, r)| job.texts[r.clone()].iter().map(|t| t.ids.as_slice())),
+            batch.parts.iter().flat_map(|(job, r)| job.texts[r.clone()].iter().map(|t| t.ids.as_slice())),
             pad_ids[batch.model],
         );
         let span = tracing::debug_span!(
@@ -339,9 +322,7 @@ pub fn run_worker(queue: &Queue, mut backends: Vec<Box<dyn Backend>>, pad_ids: &
         let start = Instant::now();
         let result = backends[batch.model].embed(&padded);
         let took = start.elapsed();
-        queue
-            .metrics
-            .observe_batch(texts, padded.padded_tokens(), took);
+        queue.metrics.observe_batch(texts, padded.padded_tokens(), took);
         queue.record_cost(texts, took);
         match result {
             Ok(mut vectors) => {
@@ -369,12 +350,7 @@ pub struct Workers {
 impl Workers {
     /// Starts `n` threads; each builds its backends with `factory` before serving. Returns once
     /// every worker is ready, or the first error (the started workers are stopped).
-    pub fn start<F>(
-        queue: &Arc<Queue>,
-        n: usize,
-        pad_ids: Vec<u32>,
-        factory: F,
-    ) -> Result<Self, EmbedError>
+    pub fn start<F>(queue: &Arc<Queue>, n: usize, pad_ids: Vec<u32>, factory: F) -> Result<Self, EmbedError>
     where
         F: Fn(usize) -> Result<Vec<Box<dyn Backend>>, EmbedError> + Send + Sync + 'static,
     {
@@ -382,15 +358,10 @@ impl Workers {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut workers = Workers::default();
         for i in 0..n {
-            let (q, factory, ready, pad_ids) = (
-                queue.clone(),
-                factory.clone(),
-                ready_tx.clone(),
-                pad_ids.clone(),
-            );
-            let spawned = std::thread::Builder::new()
-                .name(format!("ragd-embed-{i}"))
-                .spawn(move || match factory(i) {
+            let (q, factory, ready, pad_ids) =
+                (queue.clone(), factory.clone(), ready_tx.clone(), pad_ids.clone());
+            let spawned =
+                std::thread::Builder::new().name(format!("ragd-embed-{i}")).spawn(move || match factory(i) {
                     Ok(backends) => {
                         let _ = ready.send(Ok(()));
                         run_worker(&q, backends, &pad_ids);
@@ -404,9 +375,7 @@ impl Workers {
                 Err(e) => {
                     queue.close();
                     workers.join();
-                    return Err(EmbedError::Runtime(format!(
-                        "cannot start worker thread: {e}"
-                    )));
+                    return Err(EmbedError::Runtime(format!("cannot start worker thread: {e}")));
                 }
             }
         }
@@ -422,9 +391,7 @@ impl Workers {
                 Err(_) => {
                     queue.close();
                     workers.join();
-                    return Err(EmbedError::Runtime(
-                        "a worker thread died while loading".into(),
-                    ));
+                    return Err(EmbedError::Runtime("a worker thread died while loading".into()));
                 }
             }
         }
@@ -446,11 +413,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const P: BatchPolicy = BatchPolicy {
-        max_tokens: 100,
-        max_texts: 4,
-        max_wait: Duration::ZERO,
-    };
+    const P: BatchPolicy = BatchPolicy { max_tokens: 100, max_texts: 4, max_wait: Duration::ZERO };
 
     #[test]
     fn plan_respects_padded_budget_and_text_limit() {
@@ -492,38 +455,24 @@ mod tests {
     }
 
     fn texts(n: usize, len: usize, base: i64) -> Vec<Tokenized> {
-        (0..n)
-            .map(|i| Tokenized {
-                ids: vec![base + i as i64; len],
-                truncated: false,
-            })
-            .collect()
+        (0..n).map(|i| Tokenized { ids: vec![base + i as i64; len], truncated: false }).collect()
     }
 
     fn start(policy: BatchPolicy) -> (Arc<Queue>, Workers) {
         let metrics = Arc::new(EmbedderMetrics::default());
         let q = Queue::new(1, 1, policy, metrics);
-        let w = Workers::start(&q, 1, vec![0], |_| {
-            Ok(vec![Box::new(Echo) as Box<dyn Backend>])
-        })
-        .expect("workers");
+        let w = Workers::start(&q, 1, vec![0], |_| Ok(vec![Box::new(Echo) as Box<dyn Backend>]))
+            .expect("workers");
         (q, w)
     }
 
     #[tokio::test]
     async fn oversized_job_is_split_and_reassembled_in_order() {
-        let (q, mut w) = start(BatchPolicy {
-            max_tokens: 40,
-            max_texts: 64,
-            max_wait: Duration::ZERO,
-        });
+        let (q, mut w) = start(BatchPolicy { max_tokens: 40, max_texts: 64, max_wait: Duration::ZERO });
         let (job, rx) = Job::new(0, texts(25, 10, 1000), None);
         q.submit(job).expect("submit");
         let out = rx.await.expect("reply").expect("ok");
-        assert_eq!(
-            out.batches, 7,
-            "25 texts of 10 tokens with a 40-token budget: 4 per batch"
-        );
+        assert_eq!(out.batches, 7, "25 texts of 10 tokens with a 40-token budget: 4 per batch");
         assert_eq!(out.max_batch_texts, 4);
         let firsts: Vec<f32> = out.vectors.iter().map(|v| v[0]).collect();
         assert_eq!(firsts, (1000..1025).map(|x| x as f32).collect::<Vec<_>>());
@@ -533,11 +482,8 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_jobs_coalesce_within_max_wait() {
-        let (q, mut w) = start(BatchPolicy {
-            max_tokens: 1000,
-            max_texts: 64,
-            max_wait: Duration::from_millis(200),
-        });
+        let (q, mut w) =
+            start(BatchPolicy { max_tokens: 1000, max_texts: 64, max_wait: Duration::from_millis(200) });
         let mut rxs = Vec::new();
         for i in 0..5 {
             let (job, rx) = Job::new(0, texts(1, 5, 100 * i), None);
@@ -563,21 +509,15 @@ mod tests {
         q.submit(expired).expect("submit");
         q.submit(abandoned).expect("submit");
         // Workers start after both jobs are queued, so the purge sees them first.
-        let mut w = Workers::start(&q, 1, vec![0], |_| {
-            Ok(vec![Box::new(Echo) as Box<dyn Backend>])
-        })
-        .expect("workers");
+        let mut w = Workers::start(&q, 1, vec![0], |_| Ok(vec![Box::new(Echo) as Box<dyn Backend>]))
+            .expect("workers");
         let err = rx_expired.await.expect("reply").expect_err("deadline");
         assert!(matches!(err, EmbedError::DeadlineExceeded(_)), "{err}");
         q.close();
         w.join();
         assert_eq!(metrics.deadline_dropped.get(), 1);
         assert_eq!(metrics.cancelled_dropped.get(), 1);
-        assert_eq!(
-            metrics.batches_total(),
-            0,
-            "no inference ran for dropped jobs"
-        );
+        assert_eq!(metrics.batches_total(), 0, "no inference ran for dropped jobs");
     }
 
     #[tokio::test]
@@ -588,8 +528,8 @@ mod tests {
         let (job, _rx) = Job::new(0, texts(1, 1, 1), None);
         assert!(matches!(q.submit(job), Err(EmbedError::ShuttingDown)));
         let q2 = Queue::new(1, 1, P, Arc::new(EmbedderMetrics::default()));
-        let err = Workers::start(&q2, 2, vec![0], |_| Err(EmbedError::Runtime("boom".into())))
-            .expect_err("fails");
+        let err =
+            Workers::start(&q2, 2, vec![0], |_| Err(EmbedError::Runtime("boom".into()))).expect_err("fails");
         assert!(err.to_string().contains("boom"));
     }
 }

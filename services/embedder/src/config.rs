@@ -135,19 +135,13 @@ impl EmbedderConfig {
         if self.max_batch_tokens < max_seq_len {
             return bad(
                 "max_batch_tokens",
-                format!(
-                    "{} cannot hold one text of max_seq_len {max_seq_len}",
-                    self.max_batch_tokens
-                ),
+                format!("{} cannot hold one text of max_seq_len {max_seq_len}", self.max_batch_tokens),
             );
         }
         if self.max_texts_per_request == 0 || self.max_texts_per_request > self.max_queue_texts {
             return bad(
                 "max_texts_per_request",
-                format!(
-                    "must be between 1 and max_queue_texts ({})",
-                    self.max_queue_texts
-                ),
+                format!("must be between 1 and max_queue_texts ({})", self.max_queue_texts),
             );
         }
         Ok(())
@@ -187,16 +181,9 @@ mod tests {
 
     #[test]
     fn inconsistent_limits_are_rejected() {
-        let c = EmbedderConfig {
-            max_batch_tokens: 100,
-            ..Default::default()
-        };
+        let c = EmbedderConfig { max_batch_tokens: 100, ..Default::default() };
         assert!(c.validate(256).is_err());
-        let c = EmbedderConfig {
-            max_texts_per_request: 10,
-            max_queue_texts: 5,
-            ..Default::default()
-        };
+        let c = EmbedderConfig { max_texts_per_request: 10, max_queue_texts: 5, ..Default::default() };
         assert!(c.validate(256).is_err());
     }
 }

@@ -14,11 +14,7 @@ pub enum EmbedError {
     ModelNotFound { name: String, available: String },
     /// The queue is full; retry after `retry_after`.
     #[error("embedder overloaded: {queued} texts queued, limit {limit}; retry in {retry_after:?}")]
-    Overloaded {
-        queued: usize,
-        limit: usize,
-        retry_after: Duration,
-    },
+    Overloaded { queued: usize, limit: usize, retry_after: Duration },
     #[error("deadline exceeded while {0}")]
     DeadlineExceeded(&'static str),
     /// Models are still loading.
@@ -41,10 +37,7 @@ pub enum EmbedError {
 
 impl EmbedError {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field,
-            reason: reason.into(),
-        }
+        Self::InvalidArgument { field, reason: reason.into() }
     }
 }
 

@@ -17,9 +17,12 @@ use crate::metrics::{EmbedderMetrics, RpcLabels, RpcOnly};
 use crate::model::InputKind;
 use crate::service::{Admission, EmbedInput, EmbedOutput, Embedder};
 
-/// tonic's server cancels a call when the caller's `grpc-timeout` expires and reports CANCELLED;
-/// ragd answers DEADLINE_EXCEEDED itself this much earlier so callers get the right status.
-pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+/// tonic (server and client alike) cancels a call when its `grpc-timeout` expires and reports
+/// CANCELLED "Timeout expired"; ragd answers DEADLINE_EXCEEDED itself this much earlier — 5 % of
+/// the caller's timeout, between 5 ms and 100 ms — so callers see the right status.
+pub fn deadline_margin(timeout: Duration) -> Duration {
+    (timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100))
+}
 
 /// The `ragd.v1.Embedder` gRPC service. Answers UNAVAILABLE until the models are loaded.
 #[derive(Debug, Clone)]
@@ -35,18 +38,11 @@ impl EmbedderGrpc {
         metrics: Arc<EmbedderMetrics>,
         stream_window: usize,
     ) -> Self {
-        Self {
-            embedder,
-            metrics,
-            stream_window,
-        }
+        Self { embedder, metrics, stream_window }
     }
 
     fn ready(&self) -> Result<Arc<Embedder>, Status> {
-        self.embedder
-            .get()
-            .cloned()
-            .ok_or_else(|| EmbedError::NotReady.into())
+        self.embedder.get().cloned().ok_or_else(|| EmbedError::NotReady.into())
     }
 
     fn observe<T>(&self, rpc: &'static str, start: Instant, result: &Result<T, Status>) {
@@ -54,24 +50,15 @@ impl EmbedderGrpc {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
-        self.metrics
-            .requests
-            .get_or_create(&RpcLabels {
-                rpc,
-                code: format!("{code:?}"),
-            })
-            .inc();
-        self.metrics
-            .request_seconds
-            .get_or_create(&RpcOnly { rpc })
-            .observe(start.elapsed().as_secs_f64());
+        self.metrics.requests.get_or_create(&RpcLabels { rpc, code: format!("{code:?}") }).inc();
+        self.metrics.request_seconds.get_or_create(&RpcOnly { rpc }).observe(start.elapsed().as_secs_f64());
     }
 }
 
-/// The caller's deadline from `grpc-timeout`, less [`DEADLINE_MARGIN`].
+/// The caller's deadline from `grpc-timeout`, less [`deadline_margin`].
 fn deadline<T>(request: &Request<T>) -> Option<Instant> {
     ragd_core::status::request_timeout(request.metadata())
-        .map(|t| Instant::now() + t.saturating_sub(DEADLINE_MARGIN))
+        .map(|t| Instant::now() + t.saturating_sub(deadline_margin(t)))
 }
 
 fn kind(k: i32) -> InputKind {
@@ -83,12 +70,7 @@ fn kind(k: i32) -> InputKind {
 }
 
 fn input(r: v1::EmbedRequest) -> EmbedInput {
-    EmbedInput {
-        kind: kind(r.kind),
-        texts: r.texts,
-        model: r.model,
-        normalize: r.normalize,
-    }
+    EmbedInput { kind: kind(r.kind), texts: r.texts, model: r.model, normalize: r.normalize }
 }
 
 fn response(out: EmbedOutput) -> v1::EmbedResponse {
@@ -98,11 +80,7 @@ fn response(out: EmbedOutput) -> v1::EmbedResponse {
         embeddings: out
             .embeddings
             .into_iter()
-            .map(|e| v1::Embedding {
-                values: e.values,
-                tokens: e.tokens as u32,
-                truncated: e.truncated,
-            })
+            .map(|e| v1::Embedding { values: e.values, tokens: e.tokens as u32, truncated: e.truncated })
             .collect(),
         stats: Some(v1::EmbedStats {
             queue_micros: out.stats.queue.as_micros() as u64,
@@ -143,17 +121,11 @@ type EmbedStream = Pin<Box<dyn Stream<Item = Result<v1::EmbedStreamResponse, Sta
 #[tonic::async_trait]
 impl embedder_server::Embedder for EmbedderGrpc {
     #[instrument(skip_all, fields(texts = request.get_ref().texts.len(), model = %request.get_ref().model))]
-    async fn embed(
-        &self,
-        request: Request<v1::EmbedRequest>,
-    ) -> Result<Response<v1::EmbedResponse>, Status> {
+    async fn embed(&self, request: Request<v1::EmbedRequest>) -> Result<Response<v1::EmbedResponse>, Status> {
         let start = Instant::now();
         let deadline = deadline(&request);
         let result = async {
-            let out = self
-                .ready()?
-                .embed(input(request.into_inner()), deadline, Admission::Reject)
-                .await?;
+            let out = self.ready()?.embed(input(request.into_inner()), deadline, Admission::Reject).await?;
             Ok(Response::new(response(out)))
         }
         .await;
@@ -169,9 +141,8 @@ impl embedder_server::Embedder for EmbedderGrpc {
         request: Request<Streaming<v1::EmbedStreamRequest>>,
     ) -> Result<Response<Self::EmbedStreamStream>, Status> {
         let start = Instant::now();
-        let embedder = self
-            .ready()
-            .inspect_err(|e| self.observe::<()>("EmbedStream", start, &Err(e.clone())))?;
+        let embedder =
+            self.ready().inspect_err(|e| self.observe::<()>("EmbedStream", start, &Err(e.clone())))?;
         let deadline = deadline(&request);
         let window = self.stream_window;
         let (tx, rx) = tokio::sync::mpsc::channel(window);
@@ -188,19 +159,13 @@ impl embedder_server::Embedder for EmbedderGrpc {
                         let item = item?;
                         let id = item.id;
                         let request = item.request.ok_or_else(|| {
-                            in_stream_item(
-                                id,
-                                ragd_core::status::invalid_argument("request", "missing"),
-                            )
+                            in_stream_item(id, ragd_core::status::invalid_argument("request", "missing"))
                         })?;
                         let out = embedder
                             .embed(input(request), deadline, Admission::Wait)
                             .await
                             .map_err(|e| in_stream_item(id, e.into()))?;
-                        Ok(v1::EmbedStreamResponse {
-                            id,
-                            response: Some(response(out)),
-                        })
+                        Ok(v1::EmbedStreamResponse { id, response: Some(response(out)) })
                     }
                 })
                 .buffered(window);
@@ -230,10 +195,7 @@ impl embedder_server::Embedder for EmbedderGrpc {
         let start = Instant::now();
         let result = async {
             let r = request.into_inner();
-            let counts = self
-                .ready()?
-                .count_tokens(r.texts, &r.model, kind(r.kind))
-                .await?;
+            let counts = self.ready()?.count_tokens(r.texts, &r.model, kind(r.kind)).await?;
             let max = counts.max_seq_len;
             Ok(Response::new(v1::CountTokensResponse {
                 truncated: counts.tokens.iter().map(|&n| n > max).collect(),
@@ -254,10 +216,7 @@ impl embedder_server::Embedder for EmbedderGrpc {
         let result = self.ready().map(|e| {
             let device = e.device().to_string();
             Response::new(v1::ListModelsResponse {
-                models: e
-                    .models()
-                    .map(|(spec, default)| descriptor(spec, default, &device))
-                    .collect(),
+                models: e.models().map(|(spec, default)| descriptor(spec, default, &device)).collect(),
             })
         });
         self.observe("ListModels", start, &result);
@@ -279,5 +238,33 @@ impl embedder_server::Embedder for EmbedderGrpc {
         .await;
         self.observe("ModelInfo", start, &result);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ragd_proto::v1::embedder_server::Embedder as _;
+
+    #[test]
+    fn deadline_margin_is_bounded() {
+        assert_eq!(deadline_margin(Duration::from_millis(10)), Duration::from_millis(5));
+        assert_eq!(deadline_margin(Duration::from_secs(1)), Duration::from_millis(50));
+        assert_eq!(deadline_margin(Duration::from_secs(60)), Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn every_rpc_is_unavailable_until_models_are_loaded() {
+        let grpc = EmbedderGrpc::new(Arc::new(OnceLock::new()), Arc::new(EmbedderMetrics::default()), 4);
+        let embed = grpc
+            .embed(Request::new(v1::EmbedRequest { texts: vec!["x".into()], ..Default::default() }))
+            .await;
+        assert_eq!(embed.expect_err("not ready").code(), tonic::Code::Unavailable);
+        let list = grpc.list_models(Request::new(v1::ListModelsRequest {})).await;
+        assert_eq!(list.expect_err("not ready").code(), tonic::Code::Unavailable);
+        let info = grpc.model_info(Request::new(v1::ModelInfoRequest::default())).await;
+        assert_eq!(info.expect_err("not ready").code(), tonic::Code::Unavailable);
+        let count = grpc.count_tokens(Request::new(v1::CountTokensRequest::default())).await;
+        assert_eq!(count.expect_err("not ready").code(), tonic::Code::Unavailable);
     }
 }

@@ -52,25 +52,16 @@ pub async fn serve(
         b.register_encoded_file_descriptor_set(ragd_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let refl_err =
-        |e: tonic_reflection::server::Error| EmbedError::Runtime(format!("reflection: {e}"));
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1()
-        .map_err(refl_err)?;
-    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1alpha()
-        .map_err(refl_err)?;
+    let refl_err = |e: tonic_reflection::server::Error| EmbedError::Runtime(format!("reflection: {e}"));
+    let reflection_v1 =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1().map_err(refl_err)?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha().map_err(refl_err)?;
     let max = config.grpc.max_message_bytes;
-    let service = EmbedderServer::new(EmbedderGrpc::new(
-        slot.clone(),
-        metrics.clone(),
-        config.stream_window,
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
-    let local = listener
-        .local_addr()
-        .map_err(|e| EmbedError::Runtime(e.to_string()))?;
+    let service = EmbedderServer::new(EmbedderGrpc::new(slot.clone(), metrics.clone(), config.stream_window))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let local = listener.local_addr().map_err(|e| EmbedError::Runtime(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -82,10 +73,7 @@ pub async fn serve(
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                stopped(stop_rx.clone()),
-            ),
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone())),
     );
     if let Some(addr) = config.metrics_addr {
         let l = TcpListener::bind(addr)
@@ -131,10 +119,7 @@ pub async fn serve(
             Ok(Ok(Ok(()))) => tracing::info!("embedder drained"),
             Ok(r) => tracing::error!(error = %server_ended(r), "server error while draining"),
             Err(_) => {
-                tracing::warn!(
-                    ?grace,
-                    "in-flight requests outlived the shutdown grace period"
-                );
+                tracing::warn!(?grace, "in-flight requests outlived the shutdown grace period");
                 server.abort();
             }
         }
@@ -145,9 +130,7 @@ pub async fn serve(
     early.map_or(Ok(()), Err)
 }
 
-fn server_ended(
-    r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> EmbedError {
+fn server_ended(r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> EmbedError {
     match r {
         Ok(Ok(())) => EmbedError::Runtime("grpc server stopped unexpectedly".into()),
         Ok(Err(e)) => EmbedError::Runtime(format!("grpc server: {e}")),

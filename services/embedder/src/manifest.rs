@@ -116,10 +116,7 @@ impl Manifest {
                 return bad(format!("model {:?} listed twice", m.name));
             }
             if m.name.is_empty() || m.dim == 0 || m.max_seq_len < 2 {
-                return bad(format!(
-                    "model {:?}: name, dim and max_seq_len (>= 2) are required",
-                    m.name
-                ));
+                return bad(format!("model {:?}: name, dim and max_seq_len (>= 2) are required", m.name));
             }
         }
         if self.default.is_empty() {
@@ -162,13 +159,10 @@ mod tests {
     #[test]
     fn rejects_unknown_default_and_duplicates() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(
-            dir.path(),
-            &ONE.replace(r#"{"models""#, r#"{"default":"x","models""#),
-        );
+        write(dir.path(), &ONE.replace(r#"{"models""#, r#"{"default":"x","models""#));
         assert!(Manifest::load(dir.path()).is_err());
-        let dup = ONE.replace("}]}", "},") + &ONE[12..];
-        write(dir.path(), &dup);
+        let entry = r#"{"name":"m","model":"a","tokenizer":"b","dim":4,"max_seq_len":8,"pooling":"cls","normalize":false,"pad_id":0}"#;
+        write(dir.path(), &format!(r#"{{"models":[{entry},{entry}]}}"#));
         let err = Manifest::load(dir.path()).expect_err("duplicate");
         assert!(err.to_string().contains("twice"), "{err}");
     }

@@ -63,43 +63,19 @@ impl EmbedderMetrics {
     /// Registers every metric under the `ragd_embedder_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("ragd_embedder");
-        r.register(
-            "requests",
-            "gRPC requests by RPC and status code",
-            self.requests.clone(),
-        );
-        r.register(
-            "request_seconds",
-            "gRPC request latency",
-            self.request_seconds.clone(),
-        );
+        r.register("requests", "gRPC requests by RPC and status code", self.requests.clone());
+        r.register("request_seconds", "gRPC request latency", self.request_seconds.clone());
         r.register("batches", "inference batches run", self.batches.clone());
-        r.register(
-            "batch_texts",
-            "texts per inference batch",
-            self.batch_texts.clone(),
-        );
+        r.register("batch_texts", "texts per inference batch", self.batch_texts.clone());
         r.register(
             "batch_padded_tokens",
             "tokens per batch, padding included",
             self.batch_padded_tokens.clone(),
         );
-        r.register(
-            "inference_seconds",
-            "model run time per batch",
-            self.inference_seconds.clone(),
-        );
+        r.register("inference_seconds", "model run time per batch", self.inference_seconds.clone());
         r.register("texts", "texts embedded", self.texts.clone());
-        r.register(
-            "queue_texts",
-            "texts admitted and not yet answered",
-            self.queue_texts.clone(),
-        );
-        r.register(
-            "overloaded",
-            "requests rejected with RESOURCE_EXHAUSTED",
-            self.overloaded.clone(),
-        );
+        r.register("queue_texts", "texts admitted and not yet answered", self.queue_texts.clone());
+        r.register("overloaded", "requests rejected with RESOURCE_EXHAUSTED", self.overloaded.clone());
         r.register(
             "deadline_dropped",
             "jobs dropped in the queue after their deadline",

@@ -55,11 +55,7 @@ impl TextModel {
                 direction: TruncationDirection::Right,
             }))
             .map_err(err)?;
-        Ok(Self {
-            spec,
-            truncating,
-            counting,
-        })
+        Ok(Self { spec, truncating, counting })
     }
 
     fn prefixed<'a>(&self, text: &'a str, kind: InputKind) -> std::borrow::Cow<'a, str> {
@@ -68,19 +64,11 @@ impl TextModel {
             InputKind::Passage => &self.spec.passage_prefix,
             InputKind::Unspecified => return text.into(),
         };
-        if prefix.is_empty() {
-            text.into()
-        } else {
-            format!("{prefix}{text}").into()
-        }
+        if prefix.is_empty() { text.into() } else { format!("{prefix}{text}").into() }
     }
 
     /// Tokenises texts for embedding (truncated to `max_seq_len`).
-    pub fn tokenize(
-        &self,
-        texts: &[String],
-        kind: InputKind,
-    ) -> Result<Vec<Tokenized>, EmbedError> {
+    pub fn tokenize(&self, texts: &[String], kind: InputKind) -> Result<Vec<Tokenized>, EmbedError> {
         texts
             .iter()
             .map(|t| {
@@ -121,12 +109,7 @@ pub struct PaddedBatch {
 
 impl PaddedBatch {
     pub fn new<'a>(texts: impl IntoIterator<Item = &'a [i64]> + Clone, pad_id: u32) -> Self {
-        let seq = texts
-            .clone()
-            .into_iter()
-            .map(<[i64]>::len)
-            .max()
-            .unwrap_or(0);
+        let seq = texts.clone().into_iter().map(<[i64]>::len).max().unwrap_or(0);
         let mut input_ids = Vec::new();
         let mut attention_mask = Vec::new();
         let mut lens = Vec::new();
@@ -137,12 +120,7 @@ impl PaddedBatch {
             attention_mask.resize(attention_mask.len() + seq - ids.len(), 0);
             lens.push(ids.len());
         }
-        Self {
-            input_ids,
-            attention_mask,
-            lens,
-            seq,
-        }
+        Self { input_ids, attention_mask, lens, seq }
     }
 
     pub fn batch(&self) -> usize {
@@ -158,13 +136,7 @@ impl PaddedBatch {
 /// Pools `hidden` (`[batch, seq, dim]`, row-major) into one vector per text.
 ///
 /// Mean pooling divides by `max(len, 1e-9)` like sentence-transformers; CLS takes token 0.
-pub fn pool(
-    hidden: &[f32],
-    lens: &[usize],
-    seq: usize,
-    dim: usize,
-    pooling: Pooling,
-) -> Vec<Vec<f32>> {
+pub fn pool(hidden: &[f32], lens: &[usize], seq: usize, dim: usize, pooling: Pooling) -> Vec<Vec<f32>> {
     lens.iter()
         .enumerate()
         .map(|(b, &len)| {

@@ -22,9 +22,7 @@ static ENVIRONMENT: OnceLock<Mutex<Option<(PathBuf, Environment)>>> = OnceLock::
 /// A second call with another library path is an error: a process cannot switch runtimes.
 pub fn environment(library: &Path) -> Result<Environment, EmbedError> {
     let slot = ENVIRONMENT.get_or_init(|| Mutex::new(None));
-    let mut slot = slot
-        .lock()
-        .map_err(|_| EmbedError::Runtime("environment lock poisoned".into()))?;
+    let mut slot = slot.lock().map_err(|_| EmbedError::Runtime("environment lock poisoned".into()))?;
     if let Some((loaded, env)) = slot.as_ref() {
         if loaded != library {
             return Err(EmbedError::Runtime(format!(
@@ -61,10 +59,7 @@ pub struct OrtBackend {
 
 impl std::fmt::Debug for OrtBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrtBackend")
-            .field("dim", &self.dim)
-            .field("pooling", &self.pooling)
-            .finish()
+        f.debug_struct("OrtBackend").field("dim", &self.dim).field("pooling", &self.pooling).finish()
     }
 }
 
@@ -76,9 +71,7 @@ impl OrtBackend {
         device: Device,
         intra_threads: usize,
     ) -> Result<Self, EmbedError> {
-        let rt = |e: ort::Error<ort::session::builder::SessionBuilder>| {
-            EmbedError::Runtime(e.to_string())
-        };
+        let rt = |e: ort::Error<ort::session::builder::SessionBuilder>| EmbedError::Runtime(e.to_string());
         let mut builder = Session::builder(env)
             .map_err(|e| EmbedError::Runtime(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
@@ -92,14 +85,10 @@ impl OrtBackend {
             builder = builder.with_intra_threads(intra_threads).map_err(rt)?;
         }
         builder = with_device(builder, device)?;
-        let session = builder.commit_from_file(&spec.model).map_err(|e| {
-            EmbedError::Runtime(format!("cannot load model {}: {e}", spec.model.display()))
-        })?;
-        Ok(Self {
-            session,
-            dim: spec.dim,
-            pooling: spec.pooling,
-        })
+        let session = builder
+            .commit_from_file(&spec.model)
+            .map_err(|e| EmbedError::Runtime(format!("cannot load model {}: {e}", spec.model.display())))?;
+        Ok(Self { session, dim: spec.dim, pooling: spec.pooling })
     }
 }
 
@@ -146,15 +135,10 @@ impl Backend for OrtBackend {
         let rt = |e: ort::Error| EmbedError::Runtime(e.to_string());
         let shape = [batch.batch(), batch.seq];
         let ids = TensorRef::from_array_view((shape, batch.input_ids.as_slice())).map_err(rt)?;
-        let mask =
-            TensorRef::from_array_view((shape, batch.attention_mask.as_slice())).map_err(rt)?;
-        let outputs = self
-            .session
-            .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
-            .map_err(rt)?;
-        let (out_shape, hidden) = outputs["last_hidden_state"]
-            .try_extract_tensor::<f32>()
-            .map_err(rt)?;
+        let mask = TensorRef::from_array_view((shape, batch.attention_mask.as_slice())).map_err(rt)?;
+        let outputs =
+            self.session.run(ort::inputs!["input_ids" => ids, "attention_mask" => mask]).map_err(rt)?;
+        let (out_shape, hidden) = outputs["last_hidden_state"].try_extract_tensor::<f32>().map_err(rt)?;
         let expected = [batch.batch() as i64, batch.seq as i64, self.dim as i64];
         if **out_shape != expected {
             return Err(EmbedError::Runtime(format!(

@@ -101,10 +101,7 @@ impl std::fmt::Debug for Embedder {
 impl Embedder {
     /// Loads the manifest, tokenizers and ONNX Runtime sessions and starts the workers.
     /// Blocking (seconds): call it from `spawn_blocking` on an async runtime.
-    pub fn start(
-        config: &EmbedderConfig,
-        metrics: Arc<EmbedderMetrics>,
-    ) -> Result<Self, EmbedError> {
+    pub fn start(config: &EmbedderConfig, metrics: Arc<EmbedderMetrics>) -> Result<Self, EmbedError> {
         let manifest = Manifest::load(&config.models_dir)?.select(&config.models)?;
         let env = environment(&config.ort_library)?;
         let specs = manifest.models.clone();
@@ -112,10 +109,7 @@ impl Embedder {
         Self::with_backends(config, manifest, metrics, move |_| {
             specs
                 .iter()
-                .map(|s| {
-                    OrtBackend::new(&env, s, device, threads)
-                        .map(|b| Box::new(b) as Box<dyn Backend>)
-                })
+                .map(|s| OrtBackend::new(&env, s, device, threads).map(|b| Box::new(b) as Box<dyn Backend>))
                 .collect()
         })
     }
@@ -131,12 +125,7 @@ impl Embedder {
     where
         F: Fn(usize) -> Result<Vec<Box<dyn Backend>>, EmbedError> + Send + Sync + 'static,
     {
-        let max_seq = manifest
-            .models
-            .iter()
-            .map(|m| m.max_seq_len)
-            .max()
-            .unwrap_or(0);
+        let max_seq = manifest.models.iter().map(|m| m.max_seq_len).max().unwrap_or(0);
         config.validate(max_seq)?;
         let models = manifest
             .models
@@ -144,11 +133,8 @@ impl Embedder {
             .cloned()
             .map(|spec| TextModel::load(spec).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let by_name: HashMap<String, usize> = models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.spec.name.clone(), i))
-            .collect();
+        let by_name: HashMap<String, usize> =
+            models.iter().enumerate().map(|(i, m)| (m.spec.name.clone(), i)).collect();
         let default = by_name.get(&manifest.default).copied().unwrap_or(0);
         let policy = BatchPolicy {
             max_tokens: config.max_batch_tokens,
@@ -195,10 +181,7 @@ impl Embedder {
 
     /// Models in manifest order, with whether each is the default.
     pub fn models(&self) -> impl Iterator<Item = (&ModelSpec, bool)> {
-        self.models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (&m.spec, i == self.default))
+        self.models.iter().enumerate().map(|(i, m)| (&m.spec, i == self.default))
     }
 
     /// The model selected by `name` (empty = default).
@@ -211,26 +194,15 @@ impl Embedder {
         if name.is_empty() {
             return Ok(self.default);
         }
-        self.by_name
-            .get(name)
-            .copied()
-            .ok_or_else(|| EmbedError::ModelNotFound {
-                name: name.to_string(),
-                available: self
-                    .models
-                    .iter()
-                    .map(|m| m.spec.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        self.by_name.get(name).copied().ok_or_else(|| EmbedError::ModelNotFound {
+            name: name.to_string(),
+            available: self.models.iter().map(|m| m.spec.name.as_str()).collect::<Vec<_>>().join(", "),
+        })
     }
 
     fn check_texts(&self, texts: &[String]) -> Result<(), EmbedError> {
         if texts.is_empty() {
-            return Err(EmbedError::invalid(
-                "texts",
-                "must contain at least one text",
-            ));
+            return Err(EmbedError::invalid("texts", "must contain at least one text"));
         }
         if texts.len() > self.limits.max_texts_per_request {
             return Err(EmbedError::invalid(
@@ -242,11 +214,7 @@ impl Embedder {
                 ),
             ));
         }
-        if let Some((i, t)) = texts
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.len() > self.limits.max_text_bytes)
-        {
+        if let Some((i, t)) = texts.iter().enumerate().find(|(_, t)| t.len() > self.limits.max_text_bytes) {
             return Err(EmbedError::invalid(
                 "texts",
                 format!(
@@ -266,15 +234,11 @@ impl Embedder {
         deadline: Option<Instant>,
     ) -> Result<QueueSlot, EmbedError> {
         let permit = match admission {
-            Admission::Reject => self
-                .admission
-                .clone()
-                .try_acquire_many_owned(n as u32)
-                .map_err(|e| match e {
+            Admission::Reject => {
+                self.admission.clone().try_acquire_many_owned(n as u32).map_err(|e| match e {
                     TryAcquireError::NoPermits => {
                         self.metrics.overloaded.inc();
-                        let queued =
-                            self.limits.max_queue_texts - self.admission.available_permits();
+                        let queued = self.limits.max_queue_texts - self.admission.available_permits();
                         EmbedError::Overloaded {
                             queued,
                             limit: self.limits.max_queue_texts,
@@ -282,7 +246,8 @@ impl Embedder {
                         }
                     }
                     TryAcquireError::Closed => EmbedError::ShuttingDown,
-                })?,
+                })?
+            }
             Admission::Wait => {
                 let acquire = self.admission.clone().acquire_many_owned(n as u32);
                 until(deadline, acquire, "waiting for queue capacity")
@@ -291,11 +256,7 @@ impl Embedder {
             }
         };
         self.metrics.queue_texts.inc_by(n as i64);
-        Ok(QueueSlot {
-            _permit: permit,
-            n: n as i64,
-            metrics: self.metrics.clone(),
-        })
+        Ok(QueueSlot { _permit: permit, n: n as i64, metrics: self.metrics.clone() })
     }
 
     /// Embeds `input`. `deadline` is when the caller stops waiting; queued work past it is
@@ -319,10 +280,7 @@ impl Embedder {
         let tokenized = tokio::task::spawn_blocking(move || tokenizer.tokenize(&texts, kind))
             .await
             .map_err(|e| EmbedError::Tokenizer(format!("tokenizer task failed: {e}")))??;
-        let meta: Vec<(usize, bool)> = tokenized
-            .iter()
-            .map(|t| (t.ids.len(), t.truncated))
-            .collect();
+        let meta: Vec<(usize, bool)> = tokenized.iter().map(|t| (t.ids.len(), t.truncated)).collect();
         let (job, rx) = Job::new(index, tokenized, deadline);
         self.queue.submit(job)?;
         let out = until(deadline, rx, "waiting for inference")
@@ -336,11 +294,7 @@ impl Embedder {
                 if normalize_out {
                     normalize(&mut values);
                 }
-                EmbeddingOut {
-                    values,
-                    tokens,
-                    truncated,
-                }
+                EmbeddingOut { values, tokens, truncated }
             })
             .collect();
         Ok(EmbedOutput {
@@ -370,10 +324,7 @@ impl Embedder {
         let tokens = tokio::task::spawn_blocking(move || model.count(&texts, kind))
             .await
             .map_err(|e| EmbedError::Tokenizer(format!("tokenizer task failed: {e}")))??;
-        Ok(TokenCounts {
-            tokens,
-            max_seq_len,
-        })
+        Ok(TokenCounts { tokens, max_seq_len })
     }
 }
 
@@ -397,9 +348,9 @@ async fn until<F: std::future::Future>(
     stage: &'static str,
 ) -> Result<F::Output, EmbedError> {
     match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), fut)
-            .await
-            .map_err(|_| EmbedError::DeadlineExceeded(stage)),
+        Some(d) => {
+            tokio::time::timeout_at(d.into(), fut).await.map_err(|_| EmbedError::DeadlineExceeded(stage))
+        }
         None => Ok(fut.await),
     }
 }

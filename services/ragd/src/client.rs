@@ -91,11 +91,8 @@ pub async fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     if args.similarity {
         println!("model {} ({}-d)", r.model, r.dim);
         for (i, a) in r.embeddings.iter().enumerate() {
-            let row: Vec<String> = r
-                .embeddings
-                .iter()
-                .map(|b| format!("{:6.3}", cosine(&a.values, &b.values)))
-                .collect();
+            let row: Vec<String> =
+                r.embeddings.iter().map(|b| format!("{:6.3}", cosine(&a.values, &b.values))).collect();
             println!("{} | {:.60}", row.join(" "), args.texts[i]);
         }
         return Ok(());
@@ -150,9 +147,7 @@ pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
         let status = async {
             let channel = ragd_core::client::connect(&args.endpoint.endpoint).await?;
             let r = HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: args.service.clone(),
-                })
+                .check(HealthCheckRequest { service: args.service.clone() })
                 .await?
                 .into_inner();
             anyhow::Ok(r.status)

@@ -13,11 +13,7 @@ use ragd_core::config::LogConfig;
 use ragd_embedder::EmbedderConfig;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ragd",
-    version,
-    about = "Distributed gRPC RAG and vector search"
-)]
+#[command(name = "ragd", version, about = "Distributed gRPC RAG and vector search")]
 struct Cli {
     #[command(flatten)]
     log: LogConfig,
@@ -55,17 +51,13 @@ enum Service {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ragd_core::telemetry::init(&cli.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli.command))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve {
-            service: Service::Embedder { listen, config },
-        } => {
+        Command::Serve { service: Service::Embedder { listen, config } } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;

@@ -1,0 +1,31 @@
+# ragd — the two commands of the README are `make demo` and `make test`.
+CARGO ?= cargo
+SETUP_FLAGS ?= --with-mpnet
+
+.PHONY: setup build demo test lint bench
+
+## Install everything ragd needs (idempotent): system packages, ONNX Runtime, models.
+setup:
+	scripts/setup $(SETUP_FLAGS)
+
+build:
+	$(CARGO) build --release -p ragd
+
+## Set up, build and run the demo: start the embedder, embed and compare sample texts.
+demo:
+	scripts/setup
+	$(CARGO) build --release -p ragd
+	scripts/demo
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Set up, lint and run every test (unit, in-process gRPC, multi-process).
+test: setup lint
+	$(CARGO) build -p ragd
+	$(CARGO) test --workspace
+
+## Benchmarks; they write their figures to docs/benchmarks.md.
+bench: setup
+	$(CARGO) bench -p ragd-bench --bench embedder

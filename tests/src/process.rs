@@ -1,0 +1,82 @@
+//! Real `ragd` processes for multi-process tests: started with `--listen 127.0.0.1:0`, their
+//! address read from the `RAGD_LISTENING` line, stopped with real signals.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// The `ragd` binary: `$RAGD_BIN`, else the one cargo built next to this test executable.
+pub fn ragd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RAGD_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/ragd
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("ragd");
+    assert!(bin.is_file(), "{} not built: run `cargo build -p ragd` first (make test does)", bin.display());
+    bin
+}
+
+/// A running `ragd serve ...` child process; killed on drop.
+#[derive(Debug)]
+pub struct RagdProcess {
+    child: Child,
+    pub addr: String,
+}
+
+impl RagdProcess {
+    /// Runs `ragd serve <service> --listen 127.0.0.1:0 <args>` and waits for its address.
+    pub fn serve(service: &str, args: &[&str], envs: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(ragd_bin());
+        cmd.args(["serve", service, "--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(super::repo_root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ragd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read RAGD_LISTENING line");
+        let addr = line
+            .trim()
+            .strip_prefix(&format!("RAGD_LISTENING {service} "))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status();
+        assert!(ok.map(|s| s.success()).unwrap_or(false), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RagdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,83 @@
+//! Correctness against sentence-transformers: the embedder, over real gRPC with the exported
+//! ONNX models, must reproduce the reference vectors of tests/fixtures/ (made by
+//! sentence-transformers itself) to 1e-5, with the same token counts and truncation flags.
+
+use ragd_proto::v1;
+use ragd_tests::{TestEmbedder, embedder_config, fixture, max_abs_diff, model_available};
+
+const TOLERANCE: f32 = 1e-5;
+
+async fn check_model(model: &str) {
+    let fx = fixture(model);
+    assert_eq!(fx.model, model);
+    assert!(fx.cases.len() >= 20, "fixture has {} texts", fx.cases.len());
+    let server = TestEmbedder::start(embedder_config(&[model])).await;
+    let mut client = server.client().await;
+    let texts: Vec<String> = fx.cases.iter().map(|c| c.text.clone()).collect();
+
+    // All texts in one request: one padded batch, exercising padding and truncation together.
+    let batched = client
+        .embed(v1::EmbedRequest { texts: texts.clone(), model: model.into(), ..Default::default() })
+        .await
+        .expect("embed")
+        .into_inner();
+    assert_eq!(batched.model, model);
+    assert_eq!(batched.embeddings.len(), fx.cases.len());
+    let mut worst = 0f32;
+    for (case, e) in fx.cases.iter().zip(&batched.embeddings) {
+        assert_eq!(batched.dim as usize, case.vector.len());
+        let d = max_abs_diff(&e.values, &case.vector);
+        worst = worst.max(d);
+        assert!(d <= TOLERANCE, "{model}: {:?} differs by {d:e}", case.text);
+        assert_eq!(e.tokens as usize, case.tokens, "token count of {:?}", case.text);
+        assert_eq!(e.truncated, case.truncated, "truncated flag of {:?}", case.text);
+    }
+    assert!(fx.cases.iter().any(|c| c.truncated), "fixture must include texts over max_seq_len");
+
+    // Texts one by one (no padding) give the same vectors.
+    for case in fx.cases.iter().step_by(5) {
+        let one = client
+            .embed(v1::EmbedRequest {
+                texts: vec![case.text.clone()],
+                model: model.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("embed one")
+            .into_inner();
+        let d = max_abs_diff(&one.embeddings[0].values, &case.vector);
+        assert!(d <= TOLERANCE, "{model}: single {:?} differs by {d:e}", case.text);
+    }
+
+    // CountTokens reports the untruncated length and would-truncate flag.
+    let counts = client
+        .count_tokens(v1::CountTokensRequest { texts, model: model.into(), ..Default::default() })
+        .await
+        .expect("count")
+        .into_inner();
+    assert_eq!(counts.max_seq_len as usize, fx.max_seq_len);
+    for (case, (&n, &t)) in fx.cases.iter().zip(counts.tokens.iter().zip(&counts.truncated)) {
+        assert_eq!(n as usize, case.untruncated_tokens, "{:?}", case.text);
+        assert_eq!(t, case.truncated);
+    }
+    println!("{model}: {} texts, max abs diff vs sentence-transformers {worst:.2e}", fx.cases.len());
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minilm_matches_sentence_transformers() {
+    check_model("all-MiniLM-L6-v2").await;
+}
+
+/// mpnet is set up by `scripts/setup --with-mpnet` (the test command does it). Set
+/// RAGD_REQUIRE_MPNET=0 to allow skipping on a set-up without it; the skip is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpnet_matches_sentence_transformers() {
+    if !model_available("all-mpnet-base-v2") {
+        let required = std::env::var("RAGD_REQUIRE_MPNET").map(|v| v != "0").unwrap_or(true);
+        assert!(!required, "all-mpnet-base-v2 is not set up: run scripts/setup --with-mpnet");
+        println!("SKIPPED: all-mpnet-base-v2 not set up (RAGD_REQUIRE_MPNET=0)");
+        return;
+    }
+    check_model("all-mpnet-base-v2").await;
+}
