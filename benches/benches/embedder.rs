@@ -1,1 +1,201 @@
-fn main() {}
+//! Embedder throughput in one run on one machine, written to docs/benchmarks.md:
+//!
+//! - raw in-process ONNX Runtime (tokenise + pad + run + pool, no gRPC, no batcher) at batch 1
+//!   and 32: the ceiling;
+//! - the embedder served over gRPC on loopback, 1 and 32 closed-loop clients sending one text
+//!   per request (so batches must be formed by dynamic batching); the clients run in the same
+//!   process and share the cores with the server;
+//! - sentence-transformers (PyTorch) when `RAGD_ST_PYTHON` (a Python with sentence-transformers)
+//!   and `RAGD_ST_MODEL` (the model directory) are set.
+//!
+//! `cargo bench -p ragd-bench --bench embedder` (or `make bench`); `RAGD_BENCH_SECS` sets each
+//! measurement's length (default 10 s).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ragd_bench::{LoadConfig, LoadReport, Mode, report, run, sample_texts};
+use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
+use ragd_embedder::config::Device;
+use ragd_embedder::manifest::Manifest;
+use ragd_embedder::model::{Backend, InputKind, PaddedBatch, TextModel};
+use ragd_embedder::ort_backend::{OrtBackend, environment};
+use ragd_embedder::{EmbedderConfig, serve};
+use ragd_proto::v1::{self, embedder_client::EmbedderClient};
+
+const MODEL: &str = "all-MiniLM-L6-v2";
+const WORDS: usize = 50;
+
+fn ragd_home() -> PathBuf {
+    std::env::var_os("RAGD_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.ragd"))
+}
+
+fn secs() -> Duration {
+    Duration::from_secs_f64(
+        std::env::var("RAGD_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0),
+    )
+}
+
+/// Sentences/s of tokenise → pad → ORT → pool at a fixed batch size, for `secs()`.
+fn raw_ort(model: &TextModel, backend: &mut OrtBackend, texts: &[String], batch: usize) -> f64 {
+    let run_once = |backend: &mut OrtBackend, i: usize| {
+        let chunk: Vec<String> = (0..batch).map(|k| texts[(i * batch + k) % texts.len()].clone()).collect();
+        let tokens = model.tokenize(&chunk, InputKind::Unspecified).expect("tokenize");
+        let padded = PaddedBatch::new(tokens.iter().map(|t| t.ids.as_slice()), model.spec.pad_id);
+        backend.embed(&padded).expect("embed").len()
+    };
+    for i in 0..3 {
+        run_once(backend, i);
+    }
+    let (start, mut done, mut i) = (Instant::now(), 0usize, 0usize);
+    while start.elapsed() < secs() {
+        done += run_once(backend, i);
+        i += 1;
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn grpc_load(url: &str, clients: usize, texts: Arc<Vec<String>>) -> LoadReport {
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let ch = ragd_core::client::connect(url).await.expect("connect");
+        conns.push(EmbedderClient::new(ch).max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES));
+    }
+    let config = LoadConfig { clients, mode: Mode::Closed, duration: secs(), warmup: Duration::from_secs(2) };
+    run(&config, move |i| {
+        let mut c = conns[i as usize % conns.len()].clone();
+        let text = texts[i as usize % texts.len()].clone();
+        async move {
+            let r = c.embed(v1::EmbedRequest { texts: vec![text], ..Default::default() }).await?;
+            Ok(r.into_inner().embeddings.len() as u64)
+        }
+    })
+    .await
+}
+
+/// sentence-transformers' own throughput at batch 32, if a Python with it is configured.
+fn sentence_transformers(texts: &[String]) -> Option<f64> {
+    let python = std::env::var("RAGD_ST_PYTHON").ok()?;
+    let model = std::env::var("RAGD_ST_MODEL").ok()?;
+    let input = std::env::temp_dir().join(format!("ragd-bench-texts-{}.json", std::process::id()));
+    std::fs::write(&input, serde_json::to_string(texts).ok()?).ok()?;
+    let script = r#"
+import json, sys, time
+from sentence_transformers import SentenceTransformer
+texts = json.load(open(sys.argv[1])); secs = float(sys.argv[3])
+m = SentenceTransformer(sys.argv[2], device="cpu")
+m.encode(texts[:64], batch_size=32)
+n, t0, i = 0, time.perf_counter(), 0
+while time.perf_counter() - t0 < secs:
+    chunk = [texts[(i * 32 + k) % len(texts)] for k in range(32)]
+    n += len(m.encode(chunk, batch_size=32)); i += 1
+print(n / (time.perf_counter() - t0))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &input.display().to_string(), &model, &secs().as_secs_f64().to_string()])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&input);
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let home = ragd_home();
+    let ort_lib = home.join("lib/libonnxruntime.so.1.31.1");
+    let manifest = Manifest::load(&home.join("models")).expect("models (run scripts/setup)");
+    let spec = manifest.models.iter().find(|m| m.name == MODEL).expect("MiniLM in manifest").clone();
+    let texts = sample_texts(1024, WORDS);
+
+    // Raw ONNX Runtime in-process.
+    let env = environment(&ort_lib).expect("onnx runtime");
+    let model = TextModel::load(spec.clone()).expect("tokenizer");
+    let avg_tokens = model
+        .tokenize(&texts[..256], InputKind::Unspecified)
+        .expect("tokenize")
+        .iter()
+        .map(|t| t.ids.len())
+        .sum::<usize>() as f64
+        / 256.0;
+    let mut backend = OrtBackend::new(&env, &spec, Device::Cpu, 0).expect("session");
+    let raw_1 = raw_ort(&model, &mut backend, &texts, 1);
+    let raw_32 = raw_ort(&model, &mut backend, &texts, 32);
+    drop(backend);
+    eprintln!("raw ORT: batch 1 {raw_1:.1}/s, batch 32 {raw_32:.1}/s");
+
+    // The embedder through gRPC.
+    let config = EmbedderConfig {
+        models_dir: home.join("models"),
+        ort_library: ort_lib,
+        models: vec![MODEL.into()],
+        ..EmbedderConfig::default()
+    };
+    let (one, many) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(config.clone(), listener, async {
+            let _ = stop_rx.await;
+        }));
+        loop {
+            if let Ok(ch) = ragd_core::client::connect(&url).await
+                && EmbedderClient::new(ch).list_models(v1::ListModelsRequest {}).await.is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let texts = Arc::new(texts.clone());
+        let one = grpc_load(&url, 1, texts.clone()).await;
+        let many = grpc_load(&url, 32, texts).await;
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        (one, many)
+    });
+    eprintln!("gRPC: 1 client {:.1}/s, 32 clients {:.1}/s", one.items_per_sec, many.items_per_sec);
+    let st = sentence_transformers(&texts);
+
+    let failed = one.requests_failed + many.requests_failed;
+    let st_line = match st {
+        Some(v) => format!(
+            "| sentence-transformers (PyTorch, CPU), batch 32 | {v:.1} | {:.2}× of it through gRPC at 32 clients |",
+            many.items_per_sec / v
+        ),
+        None => {
+            "| sentence-transformers | not measured in this run (set RAGD_ST_PYTHON and RAGD_ST_MODEL) | |"
+                .into()
+        }
+    };
+    let body = format!(
+        "## Embedder throughput ({MODEL}, fp32, CPU)\n\n\
+         Measured by `cargo bench -p ragd-bench --bench embedder` in one run on: {machine}.\n\
+         Inputs: {WORDS}-word texts (≈ {avg_tokens:.0} tokens), one text per gRPC request; {secs:.0} s per \
+         measurement after warm-up. Defaults: 1 worker, ONNX Runtime intra-op threads = cores, \
+         max batch 64 texts / 16384 tokens, max wait 0 (continuous batching). gRPC clients run in the bench process \
+         and share the cores with the server.\n\n\
+         | path | sentences/s | ratio |\n|---|---:|---|\n\
+         | raw in-process ORT, batch 1 (baseline for 1 client) | {raw_1:.1} | |\n\
+         | raw in-process ORT, batch 32 (baseline for 32 clients) | {raw_32:.1} | |\n\
+         | gRPC, 1 client (p50 {p50_1:.2} ms, p99 {p99_1:.2} ms) | {g1:.1} | **{r1:.2}×** raw batch 1 |\n\
+         | gRPC, 32 clients (p50 {p50_32:.2} ms, p99 {p99_32:.2} ms) | {g32:.1} | **{r32:.2}×** raw batch 32 (target ≥ 0.95×) |\n\
+         {st_line}\n\n\
+         Failed requests during the gRPC runs: {failed}.\n",
+        machine = report::machine(),
+        secs = secs().as_secs_f64(),
+        p50_1 = one.latency.p50_ms,
+        p99_1 = one.latency.p99_ms,
+        g1 = one.items_per_sec,
+        r1 = one.items_per_sec / raw_1,
+        p50_32 = many.latency.p50_ms,
+        p99_32 = many.latency.p99_ms,
+        g32 = many.items_per_sec,
+        r32 = many.items_per_sec / raw_32,
+    );
+    println!("{body}");
+    report::update_section(&report::benchmarks_md(), "embedder-throughput", &body)
+        .expect("write docs/benchmarks.md");
+}

@@ -1,1 +1,351 @@
-//! placeholder
+//! ragd-bench: the load generator behind the `loadgen` binary and the benches, reusable for every
+//! ragd service: N concurrent clients in a closed loop (each sends its next request when the
+//! previous answer arrives) or an open loop (requests scheduled at a fixed rate, latency measured
+//! from the scheduled time so a slow server cannot hide queueing: no coordinated omission).
+//! Latencies go into HDR histograms; the report serialises to JSON.
+
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+/// How load is offered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// `clients` tasks, each waiting for its answer before sending again.
+    Closed,
+    /// Requests started at `rate` per second in total, at most `clients` outstanding.
+    Open { rate: f64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub clients: usize,
+    pub mode: Mode,
+    /// Measured phase length.
+    pub duration: Duration,
+    /// Unmeasured phase before it (connections, caches, batch sizes settle).
+    pub warmup: Duration,
+}
+
+/// Outcome of one request: items processed (e.g. texts embedded) or the gRPC status.
+pub type Outcome = Result<u64, tonic::Status>;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub clients: usize,
+    pub mode: String,
+    pub seconds: f64,
+    /// Requests started (closed loop) or scheduled (open loop) in the measured window.
+    pub requests_offered: u64,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    /// Failed requests by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    pub requests_per_sec: f64,
+    pub items_per_sec: f64,
+    pub latency: Latency,
+}
+
+#[derive(Default)]
+struct Tally {
+    offered: u64,
+    ok: u64,
+    items: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 10 min, 3 significant digits; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("constant bounds"))
+}
+
+impl Tally {
+    fn record(&mut self, hist: &mut Histogram<u64>, outcome: Outcome, latency: Duration) {
+        match outcome {
+            Ok(items) => {
+                self.ok += 1;
+                self.items += items;
+                hist.saturating_record(latency.as_micros().max(1) as u64);
+            }
+            Err(s) => *self.errors.entry(format!("{:?}", s.code())).or_default() += 1,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.offered += other.offered;
+        self.ok += other.ok;
+        self.items += other.items;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// Runs `request(i)` under `config` and reports what was measured after the warm-up.
+pub async fn run<F, Fut>(config: &LoadConfig, request: F) -> LoadReport
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let start = Instant::now();
+    let measure_from = start + config.warmup;
+    let end = measure_from + config.duration;
+    let (tally, hist) = match config.mode {
+        Mode::Closed => closed(config.clients, measure_from, end, request).await,
+        Mode::Open { rate } => open(config.clients, rate, measure_from, end, request).await,
+    };
+    let seconds = config.duration.as_secs_f64();
+    let ms = |us: u64| us as f64 / 1000.0;
+    LoadReport {
+        clients: config.clients,
+        mode: match config.mode {
+            Mode::Closed => "closed".into(),
+            Mode::Open { rate } => format!("open@{rate}/s"),
+        },
+        seconds,
+        requests_offered: tally.offered,
+        requests_ok: tally.ok,
+        requests_failed: tally.errors.values().sum(),
+        requests_per_sec: tally.ok as f64 / seconds,
+        items_per_sec: tally.items as f64 / seconds,
+        errors: tally.errors,
+        latency: Latency {
+            mean_ms: hist.mean() / 1000.0,
+            p50_ms: ms(hist.value_at_quantile(0.50)),
+            p90_ms: ms(hist.value_at_quantile(0.90)),
+            p99_ms: ms(hist.value_at_quantile(0.99)),
+            max_ms: ms(hist.max()),
+        },
+    }
+}
+
+async fn closed<F, Fut>(
+    clients: usize,
+    measure_from: Instant,
+    end: Instant,
+    request: F,
+) -> (Tally, Histogram<u64>)
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let (mut tally, mut hist) = (Tally::default(), histogram());
+                let mut i = c as u64;
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    if t0 >= measure_from {
+                        tally.offered += 1;
+                    }
+                    let outcome = request(i).await;
+                    let t1 = Instant::now();
+                    // Count requests that started in the measured window and finished within it.
+                    if t0 >= measure_from && t1 <= end {
+                        tally.record(&mut hist, outcome, t1 - t0);
+                    }
+                    i += clients as u64;
+                }
+                (tally, hist)
+            })
+        })
+        .collect();
+    gather(tasks).await
+}
+
+async fn open<F, Fut>(
+    clients: usize,
+    rate: f64,
+    measure_from: Instant,
+    end: Instant,
+    request: F,
+) -> (Tally, Histogram<u64>)
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let slots = Arc::new(Semaphore::new(clients.max(1)));
+    let mut tasks = Vec::new();
+    let mut dropped = Tally::default();
+    let begin = Instant::now();
+    for i in 0u64.. {
+        let scheduled = begin + interval.mul_f64(i as f64);
+        if scheduled >= end {
+            break;
+        }
+        tokio::time::sleep_until(scheduled.into()).await;
+        if scheduled >= measure_from {
+            dropped.offered += 1;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Every client busy: the request is not sent; report it, do not wait.
+            if scheduled >= measure_from {
+                *dropped.errors.entry("ClientSaturated".into()).or_default() += 1;
+            }
+            continue;
+        };
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut tally, mut hist) = (Tally::default(), histogram());
+            let outcome = request(i).await;
+            let done = Instant::now();
+            if scheduled >= measure_from && done <= end {
+                tally.record(&mut hist, outcome, done - scheduled);
+            }
+            drop(permit);
+            (tally, hist)
+        }));
+    }
+    let (mut tally, hist) = gather(tasks).await;
+    tally.merge(dropped);
+    (tally, hist)
+}
+
+async fn gather(tasks: Vec<tokio::task::JoinHandle<(Tally, Histogram<u64>)>>) -> (Tally, Histogram<u64>) {
+    let (mut tally, mut hist) = (Tally::default(), histogram());
+    for t in tasks {
+        match t.await {
+            Ok((t, h)) => {
+                tally.merge(t);
+                let _ = hist.add(h);
+            }
+            Err(e) => *tally.errors.entry(format!("task failed: {e}")).or_default() += 1,
+        }
+    }
+    (tally, hist)
+}
+
+/// Deterministic English-like texts of about `words` words (≈ 1.2 tokens per word for BERT
+/// WordPiece), so every bench and run embeds the same inputs.
+pub fn sample_texts(n: usize, words: usize) -> Vec<String> {
+    const VOCAB: &[&str] = &[
+        "the",
+        "vector",
+        "search",
+        "engine",
+        "stores",
+        "document",
+        "chunks",
+        "as",
+        "embeddings",
+        "and",
+        "answers",
+        "questions",
+        "with",
+        "citations",
+        "from",
+        "a",
+        "language",
+        "model",
+        "running",
+        "on",
+        "two",
+        "cores",
+        "while",
+        "batching",
+        "requests",
+        "keeps",
+        "throughput",
+        "high",
+        "under",
+        "load",
+        "capital",
+        "city",
+        "river",
+        "mountain",
+        "history",
+        "science",
+        "music",
+        "retrieval",
+        "grounded",
+        "distributed",
+        "cluster",
+        "shard",
+        "replica",
+        "latency",
+        "percentile",
+        "benchmark",
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n)
+        .map(|_| {
+            (0..words)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    VOCAB[(state % VOCAB.len() as u64) as usize]
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn closed_loop_counts_items_and_errors() {
+        let cfg = LoadConfig {
+            clients: 4,
+            mode: Mode::Closed,
+            duration: Duration::from_millis(200),
+            warmup: Duration::ZERO,
+        };
+        let r = run(&cfg, |i| async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if i % 10 == 0 { Err(tonic::Status::unavailable("x")) } else { Ok(3) }
+        })
+        .await;
+        assert!(r.requests_ok > 0);
+        assert_eq!(r.errors.get("Unavailable").copied().unwrap_or(0), r.requests_failed);
+        assert!(r.requests_failed > 0);
+        assert!((r.items_per_sec - 3.0 * r.requests_per_sec).abs() < 1e-6);
+        assert!(r.latency.p50_ms >= 2.0 && r.latency.p99_ms >= r.latency.p50_ms);
+    }
+
+    #[tokio::test]
+    async fn open_loop_offers_the_configured_rate() {
+        let cfg = LoadConfig {
+            clients: 8,
+            mode: Mode::Open { rate: 200.0 },
+            duration: Duration::from_millis(500),
+            warmup: Duration::ZERO,
+        };
+        let r = run(&cfg, |_| async { Ok(1) }).await;
+        // 200/s for 0.5 s: exactly 100 requests scheduled, however slow the machine.
+        assert_eq!(r.requests_offered, 100);
+        assert!(r.requests_ok + r.requests_failed <= 100 && r.requests_ok > 0);
+    }
+
+    #[test]
+    fn sample_texts_are_deterministic() {
+        assert_eq!(sample_texts(3, 10), sample_texts(3, 10));
+        assert_eq!(sample_texts(1, 7)[0].split(' ').count(), 7);
+    }
+}

@@ -74,8 +74,10 @@ pub struct EmbedderConfig {
     /// Most texts in one batch.
     #[arg(long, env = "RAGD_MAX_BATCH_TEXTS", default_value_t = 64)]
     pub max_batch_texts: usize,
-    /// How long a batch may wait for more texts after its oldest text arrived, in microseconds.
-    #[arg(long, env = "RAGD_MAX_BATCH_WAIT_US", default_value_t = 2000)]
+    /// How long a batch that is not full may wait for more texts after its oldest text arrived,
+    /// in microseconds. 0 (default) is continuous batching: an idle worker runs what is queued at
+    /// once, a busy one coalesces everything that queued meanwhile.
+    #[arg(long, env = "RAGD_MAX_BATCH_WAIT_US", default_value_t = 0)]
     pub max_batch_wait_us: u64,
     /// Queue capacity in texts; beyond it requests get RESOURCE_EXHAUSTED with a retry hint.
     #[arg(long, env = "RAGD_MAX_QUEUE_TEXTS", default_value_t = 8192)]
@@ -107,7 +109,7 @@ impl Default for EmbedderConfig {
             intra_threads: 0,
             max_batch_tokens: 16384,
             max_batch_texts: 64,
-            max_batch_wait_us: 2000,
+            max_batch_wait_us: 0,
             max_queue_texts: 8192,
             max_texts_per_request: 2048,
             max_text_bytes: 1 << 20,
