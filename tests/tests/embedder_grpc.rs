@@ -176,7 +176,8 @@ async fn full_queue_returns_resource_exhausted_with_retry_hint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_deadline_is_deadline_exceeded_and_costs_no_inference() {
     // A batch that is not full waits up to max_batch_wait (here 10 s) for more texts, so a lone
-    // one-text request with a 1 s deadline is certain to expire in the queue.
+    // one-text request with a 4 s deadline is certain to expire in the queue (4 s gives the
+    // full 100 ms answer margin ahead of tonic's own client-side timer, even on a loaded machine).
     let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let server = TestEmbedder::start(EmbedderConfig {
         metrics_addr: Some(metrics_addr),
@@ -187,7 +188,7 @@ async fn expired_deadline_is_deadline_exceeded_and_costs_no_inference() {
     .await;
     let client = server.client().await;
     let mut late = tonic::Request::new(req(&["too late"]));
-    late.set_timeout(Duration::from_secs(1));
+    late.set_timeout(Duration::from_secs(4));
     let status = client.clone().embed(late).await.expect_err("deadline");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     // A full batch (4 texts) runs at once; the worker drops the expired job first.
