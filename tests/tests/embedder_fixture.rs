@@ -81,3 +81,46 @@ async fn mpnet_matches_sentence_transformers() {
     }
     check_model("all-mpnet-base-v2").await;
 }
+
+/// One embedder serves both models; each request picks one; concurrent mixed-model traffic
+/// never mixes batches (each answer matches its own model's reference).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_embedder_serves_several_models_chosen_per_request() {
+    const MPNET: &str = "all-mpnet-base-v2";
+    if !model_available(MPNET) {
+        let required = std::env::var("RAGD_REQUIRE_MPNET").map(|v| v != "0").unwrap_or(true);
+        assert!(!required, "{MPNET} is not set up: run scripts/setup --with-mpnet");
+        println!("SKIPPED: {MPNET} not set up (RAGD_REQUIRE_MPNET=0)");
+        return;
+    }
+    let (mini, mpnet) = (fixture("all-MiniLM-L6-v2"), fixture(MPNET));
+    let server = TestEmbedder::start(embedder_config(&[])).await;
+    let mut client = server.client().await;
+    let list = client.list_models(v1::ListModelsRequest {}).await.expect("list").into_inner();
+    let names: Vec<(&str, u32, bool)> =
+        list.models.iter().map(|m| (m.name.as_str(), m.dim, m.is_default)).collect();
+    assert_eq!(names, vec![("all-MiniLM-L6-v2", 384, true), (MPNET, 768, false)]);
+
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let mut c = client.clone();
+            let (model, case) =
+                if i % 2 == 0 { ("", &mini.cases[i % 8]) } else { (MPNET, &mpnet.cases[i % 8]) };
+            let (text, reference) = (case.text.clone(), case.vector.clone());
+            tokio::spawn(async move {
+                let r = c
+                    .embed(v1::EmbedRequest { texts: vec![text], model: model.into(), ..Default::default() })
+                    .await
+                    .expect("embed")
+                    .into_inner();
+                (model, r.dim as usize, max_abs_diff(&r.embeddings[0].values, &reference))
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (model, dim, diff) = t.await.expect("task");
+        assert_eq!(dim, if model.is_empty() { 384 } else { 768 });
+        assert!(diff <= TOLERANCE, "{model:?}: differs by {diff:e}");
+    }
+    server.stop().await.expect("stop");
+}
