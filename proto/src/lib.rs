@@ -4,7 +4,10 @@
 //! and clients depend on this crate instead of compiling protos themselves. [`FILE_DESCRIPTOR_SET`]
 //! is handed to gRPC reflection so tools such as grpcurl can discover the API.
 
+pub mod json;
+
 pub use prost;
+pub use prost_types;
 pub use tonic;
 
 /// Generated types, clients (`*_client`) and servers (`*_server`) of package `ragd.v1`.
@@ -20,4 +23,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ragd
 pub mod service_names {
     /// `ragd.v1.Embedder`.
     pub const EMBEDDER: &str = "ragd.v1.Embedder";
+    /// `ragd.v1.Indexer`.
+    pub const INDEXER: &str = "ragd.v1.Indexer";
 }

@@ -44,34 +44,37 @@ pub fn model_available(model: &str) -> bool {
     ragd_home().join("models").join(model).join("model.json").is_file()
 }
 
-/// An embedder served in-process by `ragd_embedder::serve` on a loopback port.
+/// A service served in-process (its `serve` function) on a loopback port.
 #[derive(Debug)]
-pub struct TestEmbedder {
+pub struct Served<E> {
     pub url: String,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), ragd_embedder::EmbedError>>>,
+    task: Option<JoinHandle<Result<(), E>>>,
 }
 
-impl TestEmbedder {
-    /// Starts `serve` and waits until health says SERVING.
-    pub async fn start(config: EmbedderConfig) -> Self {
+/// The embedder served in-process.
+pub type TestEmbedder = Served<ragd_embedder::EmbedError>;
+/// The indexer served in-process.
+pub type TestIndexer = Served<ragd_indexer::IndexError>;
+
+impl<E: Send + 'static> Served<E> {
+    /// Runs `serve(listener, shutdown)` and waits until health says `service` is SERVING.
+    pub async fn spawn<F, Fut>(service: &str, serve: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(ragd_embedder::serve(config, listener, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(serve(listener, rx));
         let this = Self { url, shutdown: Some(tx), task: Some(task) };
-        wait_serving(&this.url, "ragd.v1.Embedder", Duration::from_secs(120)).await;
+        wait_serving(&this.url, service, Duration::from_secs(120)).await;
         this
     }
 
-    pub async fn client(&self) -> EmbedderClient<Channel> {
-        embedder_client(&self.url).await
-    }
-
     /// Triggers graceful shutdown and waits for `serve` to return.
-    pub async fn stop(mut self) -> Result<(), ragd_embedder::EmbedError> {
+    pub async fn stop(mut self) -> Result<(), E> {
         self.begin_stop();
         self.task.take().expect("task").await.expect("serve task")
     }
@@ -84,9 +87,44 @@ impl TestEmbedder {
     }
 }
 
-impl Drop for TestEmbedder {
+impl<E> Drop for Served<E> {
     fn drop(&mut self) {
-        self.begin_stop();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Served<ragd_embedder::EmbedError> {
+    pub async fn start(config: EmbedderConfig) -> Self {
+        Self::spawn("ragd.v1.Embedder", |l, rx| {
+            ragd_embedder::serve(config, l, async {
+                let _ = rx.await;
+            })
+        })
+        .await
+    }
+
+    pub async fn client(&self) -> EmbedderClient<Channel> {
+        embedder_client(&self.url).await
+    }
+}
+
+impl Served<ragd_indexer::IndexError> {
+    pub async fn start(config: ragd_indexer::IndexerConfig) -> Self {
+        Self::spawn("ragd.v1.Indexer", |l, rx| {
+            ragd_indexer::serve(config, l, async {
+                let _ = rx.await;
+            })
+        })
+        .await
+    }
+
+    pub async fn client(&self) -> ragd_proto::v1::indexer_client::IndexerClient<Channel> {
+        let channel = ragd_core::client::connect(&self.url).await.expect("connect");
+        ragd_proto::v1::indexer_client::IndexerClient::new(channel)
+            .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
     }
 }
 

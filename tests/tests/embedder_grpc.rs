@@ -365,3 +365,33 @@ async fn grpcurl_discovers_and_calls_the_embedder() {
     assert!(!ok && out.contains("InvalidArgument"), "{out}");
     server.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_returns_byte_offsets_into_the_original_text() {
+    let server = TestEmbedder::start(config()).await;
+    let mut client = server.client().await;
+    let text = "Ünïcode café — naïve Tokenization!";
+    let long = "word ".repeat(400);
+    let r = client
+        .tokenize(v1::TokenizeRequest { texts: vec![text.into(), long.clone()], model: String::new() })
+        .await
+        .expect("tokenize")
+        .into_inner();
+    assert_eq!((r.max_seq_len, r.special_tokens), (256, 2), "[CLS] and [SEP]");
+    let o = &r.texts[0];
+    assert_eq!(o.starts.len(), o.ends.len());
+    let pieces: Vec<&str> =
+        o.starts.iter().zip(&o.ends).map(|(&s, &e)| &text[s as usize..e as usize]).collect();
+    assert!(pieces[0].starts_with('Ü'), "offsets point into the original (not normalised) text: {pieces:?}");
+    assert_eq!(pieces.last(), Some(&"!"));
+    assert!(pieces.iter().all(|p| !p.is_empty()));
+    assert!(o.starts.windows(2).all(|w| w[0] < w[1]), "tokens in text order");
+    assert_eq!(r.texts[1].starts.len(), 400, "no truncation");
+    let counted = client
+        .count_tokens(v1::CountTokensRequest { texts: vec![text.into()], ..Default::default() })
+        .await
+        .expect("count")
+        .into_inner();
+    assert_eq!(counted.tokens[0] as usize, o.starts.len() + 2);
+    server.stop().await.expect("stop");
+}

@@ -6,12 +6,14 @@
 //! - [`telemetry`]: one-time `tracing` initialisation;
 //! - [`status`]: building rich gRPC statuses (field violations, retry hints) and reading the
 //!   caller's deadline from `grpc-timeout`;
+//! - [`grpc`]: reflection, accepted-socket settings, a shared stop signal;
 //! - [`health`]: `grpc.health.v1` reporter that follows readiness;
 //! - [`metrics`]: a Prometheus registry served over HTTP;
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, for `serve(config, listener, shutdown)`.
 
 pub mod client;
 pub mod config;
+pub mod grpc;
 pub mod health;
 pub mod metrics;
 pub mod shutdown;

@@ -208,6 +208,33 @@ impl embedder_server::Embedder for EmbedderGrpc {
         result
     }
 
+    #[instrument(skip_all, fields(texts = request.get_ref().texts.len()))]
+    async fn tokenize(
+        &self,
+        request: Request<v1::TokenizeRequest>,
+    ) -> Result<Response<v1::TokenizeResponse>, Status> {
+        let start = Instant::now();
+        let result = async {
+            let r = request.into_inner();
+            let t = self.ready()?.tokenize(r.texts, &r.model).await?;
+            Ok(Response::new(v1::TokenizeResponse {
+                texts: t
+                    .offsets
+                    .into_iter()
+                    .map(|o| v1::TokenOffsets {
+                        starts: o.iter().map(|p| p.0 as u32).collect(),
+                        ends: o.iter().map(|p| p.1 as u32).collect(),
+                    })
+                    .collect(),
+                max_seq_len: t.max_seq_len as u32,
+                special_tokens: t.special_tokens as u32,
+            }))
+        }
+        .await;
+        self.observe("Tokenize", start, &result);
+        result
+    }
+
     async fn list_models(
         &self,
         _request: Request<v1::ListModelsRequest>,

@@ -23,7 +23,6 @@ use ragd_core::health::Readiness;
 use ragd_proto::service_names::EMBEDDER;
 use ragd_proto::v1::embedder_server::EmbedderServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::EmbedderConfig;
 pub use error::EmbedError;
@@ -48,36 +47,21 @@ pub async fn serve(
     metrics.register(&mut registry);
     let (readiness, health) = Readiness::new(EMBEDDER).await;
     let slot = Arc::new(OnceLock::new());
-    let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.register_encoded_file_descriptor_set(ragd_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let refl_err = |e: tonic_reflection::server::Error| EmbedError::Runtime(format!("reflection: {e}"));
-    let reflection_v1 =
-        reflection(tonic_reflection::server::Builder::configure()).build_v1().map_err(refl_err)?;
-    let reflection_v1alpha =
-        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha().map_err(refl_err)?;
+    let (reflection_v1, reflection_v1alpha) = ragd_core::grpc::reflection(&[ragd_proto::FILE_DESCRIPTOR_SET])
+        .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
     let max = config.grpc.max_message_bytes;
     let service = EmbedderServer::new(EmbedderGrpc::new(slot.clone(), metrics.clone(), config.stream_window))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let local = listener.local_addr().map_err(|e| EmbedError::Runtime(e.to_string()))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop = ragd_core::grpc::Stop::default();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
-            // The accepted sockets need TCP_NODELAY set here: `Server::tcp_nodelay` only applies
-            // to listeners tonic binds itself. Without it Nagle + delayed ACKs add ~40 ms.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stopped(stop_rx.clone()),
-            ),
+            .serve_with_incoming_shutdown(ragd_core::grpc::incoming(listener), stop.wait()),
     );
     if let Some(addr) = config.metrics_addr {
         let l = TcpListener::bind(addr)
@@ -85,9 +69,9 @@ pub async fn serve(
             .map_err(|e| EmbedError::Runtime(format!("metrics listener {addr}: {e}")))?;
         tracing::info!(addr = %l.local_addr().map_err(|e| EmbedError::Runtime(e.to_string()))?, "metrics on /metrics");
         let registry = Arc::new(registry);
-        let rx = stop_rx.clone();
+        let stopped = stop.wait();
         tokio::spawn(async move {
-            if let Err(e) = ragd_core::metrics::serve(registry, l, stopped(rx)).await {
+            if let Err(e) = ragd_core::metrics::serve(registry, l, stopped).await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });
@@ -101,10 +85,10 @@ pub async fn serve(
     let embedder = tokio::select! {
         loaded = load => match loaded {
             Ok(Ok(e)) => Arc::new(e),
-            Ok(Err(e)) => { let _ = stop_tx.send(true); return Err(e) }
-            Err(e) => { let _ = stop_tx.send(true); return Err(EmbedError::Runtime(format!("model loading panicked: {e}"))) }
+            Ok(Err(e)) => { stop.trigger(); return Err(e) }
+            Err(e) => { stop.trigger(); return Err(EmbedError::Runtime(format!("model loading panicked: {e}"))) }
         },
-        () = &mut shutdown => { let _ = stop_tx.send(true); return Ok(()) }
+        () = &mut shutdown => { stop.trigger(); return Ok(()) }
         r = &mut server => return Err(server_ended(r)),
     };
     let _ = slot.set(embedder.clone());
@@ -116,7 +100,7 @@ pub async fn serve(
         r = &mut server => Some(server_ended(r)),
     };
     readiness.not_serving().await;
-    let _ = stop_tx.send(true);
+    stop.trigger();
     if early.is_none() {
         let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
         match tokio::time::timeout(grace, &mut server).await {

@@ -84,6 +84,31 @@ impl TextModel {
             .collect()
     }
 
+    /// Byte offsets of each text's tokens, special tokens excluded, no truncation.
+    pub fn offsets(&self, texts: &[String]) -> Result<Vec<Vec<(usize, usize)>>, EmbedError> {
+        texts
+            .iter()
+            .map(|t| {
+                let enc = self
+                    .counting
+                    .encode(t.as_str(), true)
+                    .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+                Ok(enc
+                    .get_offsets()
+                    .iter()
+                    .zip(enc.get_special_tokens_mask())
+                    .filter(|(_, special)| **special == 0)
+                    .map(|(o, _)| *o)
+                    .collect())
+            })
+            .collect()
+    }
+
+    /// Special tokens the model adds to every input.
+    pub fn special_tokens(&self) -> Result<usize, EmbedError> {
+        self.counting.encode("", true).map(|e| e.len()).map_err(|e| EmbedError::Tokenizer(e.to_string()))
+    }
+
     /// Token counts before truncation (special tokens included).
     pub fn count(&self, texts: &[String], kind: InputKind) -> Result<Vec<usize>, EmbedError> {
         texts

@@ -59,6 +59,14 @@ pub struct TokenCounts {
     pub max_seq_len: usize,
 }
 
+/// Token offsets of texts (special tokens excluded).
+#[derive(Debug, Clone)]
+pub struct TokenOffsets {
+    pub offsets: Vec<Vec<(usize, usize)>>,
+    pub max_seq_len: usize,
+    pub special_tokens: usize,
+}
+
 /// Whether to reject or wait when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -325,6 +333,19 @@ impl Embedder {
             .await
             .map_err(|e| EmbedError::Tokenizer(format!("tokenizer task failed: {e}")))??;
         Ok(TokenCounts { tokens, max_seq_len })
+    }
+
+    /// Token byte offsets of each text, for token-window chunking.
+    pub async fn tokenize(&self, texts: Vec<String>, model: &str) -> Result<TokenOffsets, EmbedError> {
+        self.check_texts(&texts)?;
+        let model = self.models[self.model_index(model)?].clone();
+        let max_seq_len = model.spec.max_seq_len;
+        let (offsets, special_tokens) = tokio::task::spawn_blocking(move || {
+            Ok::<_, EmbedError>((model.offsets(&texts)?, model.special_tokens()?))
+        })
+        .await
+        .map_err(|e| EmbedError::Tokenizer(format!("tokenizer task failed: {e}")))??;
+        Ok(TokenOffsets { offsets, max_seq_len, special_tokens })
     }
 }
 

@@ -1,6 +1,6 @@
 //! `ragd`: one binary for every ragd service and the client verbs.
 //!
-//! - `ragd serve embedder` runs the embedder service;
+//! - `ragd serve embedder|indexer` runs a service;
 //! - `ragd embed`, `ragd models`, `ragd health` talk to a running service over gRPC.
 
 mod client;
@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ragd_core::config::LogConfig;
 use ragd_embedder::EmbedderConfig;
+use ragd_indexer::IndexerConfig;
 
 #[derive(Debug, Parser)]
 #[command(name = "ragd", version, about = "Distributed gRPC RAG and vector search")]
@@ -47,6 +48,14 @@ enum Service {
         #[command(flatten)]
         config: EmbedderConfig,
     },
+    /// Collections of document chunks in Qdrant shards: ingest and search.
+    Indexer {
+        /// gRPC listen address (port 0 picks a free port).
+        #[arg(long, env = "RAGD_LISTEN", default_value = "127.0.0.1:50052")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        config: IndexerConfig,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +84,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // Machine-readable for scripts and tests that start ragd with port 0.
             println!("RAGD_LISTENING embedder {}", listener.local_addr()?);
             ragd_embedder::serve(config, listener, ragd_core::shutdown::signal()).await?;
+            Ok(())
+        }
+        Command::Serve { service: Service::Indexer { listen, config } } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("RAGD_LISTENING indexer {}", listener.local_addr()?);
+            ragd_indexer::serve(config, listener, ragd_core::shutdown::signal()).await?;
             Ok(())
         }
         Command::Embed(args) => client::embed(args).await,

@@ -1,0 +1,134 @@
+//! The collections registry: ragd's metadata of every collection (store spec, embedding model,
+//! chunking policy), persisted as one JSON file in the data directory and rewritten atomically
+//! (temp file + rename) on every change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::Chunking;
+use crate::error::IndexError;
+use crate::store::StoreSpec;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionMeta {
+    pub store: StoreSpec,
+    /// Embedding model name as served by the embedder.
+    pub model: String,
+    pub chunking: Chunking,
+}
+
+/// Checks a collection name: 1–64 letters, digits, `_` or `-`.
+pub fn validate_name(name: &str) -> Result<(), IndexError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(IndexError::invalid("name", format!("{name:?}: use 1-64 letters, digits, _ or -")))
+    }
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    path: PathBuf,
+    collections: RwLock<BTreeMap<String, CollectionMeta>>,
+}
+
+impl Registry {
+    /// Loads `<dir>/collections.json` (empty if absent).
+    pub fn load(dir: &Path) -> Result<Self, IndexError> {
+        let path = dir.join("collections.json");
+        let collections = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| IndexError::Store(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(IndexError::Store(format!("{}: {e}", path.display()))),
+        };
+        Ok(Self { path, collections: RwLock::new(collections) })
+    }
+
+    pub fn get(&self, name: &str) -> Result<CollectionMeta, IndexError> {
+        self.read()?.get(name).cloned().ok_or_else(|| IndexError::CollectionNotFound(name.to_string()))
+    }
+
+    pub fn all(&self) -> Result<Vec<CollectionMeta>, IndexError> {
+        Ok(self.read()?.values().cloned().collect())
+    }
+
+    pub fn insert(&self, meta: CollectionMeta) -> Result<(), IndexError> {
+        let mut map = self.collections.write().map_err(|_| poisoned())?;
+        if map.contains_key(&meta.store.name) {
+            return Err(IndexError::CollectionExists(meta.store.name));
+        }
+        map.insert(meta.store.name.clone(), meta);
+        self.save(&map)
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), IndexError> {
+        let mut map = self.collections.write().map_err(|_| poisoned())?;
+        map.remove(name).ok_or_else(|| IndexError::CollectionNotFound(name.to_string()))?;
+        self.save(&map)
+    }
+
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, BTreeMap<String, CollectionMeta>>, IndexError> {
+        self.collections.read().map_err(|_| poisoned())
+    }
+
+    fn save(&self, map: &BTreeMap<String, CollectionMeta>) -> Result<(), IndexError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(map).map_err(|e| IndexError::Store(e.to_string()))?;
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| IndexError::Store(format!("{}: {e}", self.path.display())))
+    }
+}
+
+fn poisoned() -> IndexError {
+    IndexError::Store("collections registry lock poisoned".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Distance;
+
+    fn meta(name: &str) -> CollectionMeta {
+        CollectionMeta {
+            store: StoreSpec {
+                name: name.into(),
+                dim: 4,
+                distance: Distance::Cosine,
+                shards: 2,
+                indexing_threshold_kb: None,
+            },
+            model: "m".into(),
+            chunking: Chunking::default(),
+        }
+    }
+
+    #[test]
+    fn persists_across_reloads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = Registry::load(dir.path()).expect("load");
+        r.insert(meta("a")).expect("insert");
+        r.insert(meta("b")).expect("insert");
+        assert!(matches!(r.insert(meta("a")), Err(IndexError::CollectionExists(_))));
+        r.remove("b").expect("remove");
+        let again = Registry::load(dir.path()).expect("reload");
+        assert_eq!(again.all().expect("all"), vec![meta("a")]);
+        assert!(matches!(again.get("b"), Err(IndexError::CollectionNotFound(_))));
+    }
+
+    #[test]
+    fn names_are_validated() {
+        for ok in ["a", "capitals_2024", "A-b"] {
+            validate_name(ok).expect(ok);
+        }
+        for bad in ["", "has space", "slash/x", "dot.x", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}

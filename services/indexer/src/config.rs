@@ -1,0 +1,88 @@
+//! Indexer configuration: one typed struct, every field a `--flag` and a `RAGD_*` variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ragd_core::config::GrpcConfig;
+
+#[derive(Debug, Clone, Args)]
+pub struct IndexerConfig {
+    /// Data directory: collections registry and shard directories.
+    #[arg(long, env = "RAGD_DATA_DIR", default_value = ".ragd/data/indexer")]
+    pub data_dir: PathBuf,
+    /// gRPC endpoint of the embedder.
+    #[arg(long, env = "RAGD_EMBEDDER_URL", default_value = "http://127.0.0.1:50051")]
+    pub embedder_url: String,
+    /// Largest k a search may ask for.
+    #[arg(long, env = "RAGD_MAX_K", default_value_t = 1000)]
+    pub max_k: usize,
+    /// Most queries in one search request.
+    #[arg(long, env = "RAGD_MAX_QUERIES", default_value_t = 64)]
+    pub max_queries: usize,
+    /// Most documents in one upsert message.
+    #[arg(long, env = "RAGD_MAX_DOCUMENTS_PER_REQUEST", default_value_t = 10_000)]
+    pub max_documents_per_request: usize,
+    /// Most shards per collection.
+    #[arg(long, env = "RAGD_MAX_SHARDS", default_value_t = 64)]
+    pub max_shards: u32,
+    /// KiB of vectors a segment holds before the optimizer builds its HNSW index (Qdrant's
+    /// default when unset); search is exact until then.
+    #[arg(long, env = "RAGD_INDEXING_THRESHOLD_KB")]
+    pub indexing_threshold_kb: Option<usize>,
+    /// How often the background optimizer looks for segments to index, in seconds.
+    #[arg(long, env = "RAGD_OPTIMIZE_INTERVAL_SECS", default_value_t = 5)]
+    pub optimize_interval_secs: u64,
+    /// Document ingest statuses remembered for DocumentStatus.
+    #[arg(long, env = "RAGD_STATUS_CAPACITY", default_value_t = 100_000)]
+    pub status_capacity: usize,
+    #[command(flatten)]
+    pub grpc: GrpcConfig,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: ".ragd/data/indexer".into(),
+            embedder_url: "http://127.0.0.1:50051".into(),
+            max_k: 1000,
+            max_queries: 64,
+            max_documents_per_request: 10_000,
+            max_shards: 64,
+            indexing_threshold_kb: None,
+            optimize_interval_secs: 5,
+            status_capacity: 100_000,
+            grpc: GrpcConfig::default(),
+        }
+    }
+}
+
+impl IndexerConfig {
+    pub fn optimize_interval(&self) -> Duration {
+        Duration::from_secs(self.optimize_interval_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: IndexerConfig,
+    }
+
+    #[test]
+    fn defaults_parse_and_match_default_impl() {
+        let c = Cli::try_parse_from(["indexer"]).expect("defaults parse").config;
+        let d = IndexerConfig::default();
+        assert_eq!(
+            (c.max_k, c.max_queries, c.max_shards, c.status_capacity),
+            (d.max_k, d.max_queries, d.max_shards, d.status_capacity)
+        );
+        assert_eq!(c.data_dir, d.data_dir);
+        assert_eq!(c.embedder_url, d.embedder_url);
+    }
+}

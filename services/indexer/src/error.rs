@@ -1,0 +1,57 @@
+//! The indexer's error type and its one exhaustive mapping to gRPC statuses.
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The request is malformed; `field` names the offending request field.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("collection {0:?} not found")]
+    CollectionNotFound(String),
+    #[error("collection {0:?} already exists")]
+    CollectionExists(String),
+    #[error("document {doc_id:?} not found in collection {collection:?}")]
+    DocumentNotFound { collection: String, doc_id: String },
+    /// The embedder refused or failed; its status code is kept.
+    #[error("embedder: {0}")]
+    Embedder(Status),
+    #[error("indexer is shutting down")]
+    ShuttingDown,
+    /// The vector store failed (I/O, corrupted shard, remote Qdrant error).
+    #[error("store: {0}")]
+    Store(String),
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
+}
+
+impl IndexError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field, reason: reason.into() }
+    }
+}
+
+impl From<IndexError> for Status {
+    fn from(e: IndexError) -> Self {
+        let message = e.to_string();
+        match e {
+            IndexError::InvalidArgument { field, reason } => {
+                ragd_core::status::invalid_argument(field, reason)
+            }
+            IndexError::CollectionNotFound(_) | IndexError::DocumentNotFound { .. } => {
+                Status::not_found(message)
+            }
+            IndexError::CollectionExists(_) => Status::already_exists(message),
+            // Keep the embedder's code (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE, ...),
+            // its details and metadata (retry hints), and say where it came from.
+            IndexError::Embedder(s) => Status::with_details_and_metadata(
+                s.code(),
+                format!("embedder: {}", s.message()),
+                s.details().to_vec().into(),
+                s.metadata().clone(),
+            ),
+            IndexError::ShuttingDown | IndexError::StoreUnavailable(_) => Status::unavailable(message),
+            IndexError::Store(_) => Status::internal(message),
+        }
+    }
+}

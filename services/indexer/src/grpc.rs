@@ -1,0 +1,325 @@
+//! Thin tonic handlers over [`Indexer`]: convert, call, map the error.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ragd_proto::json::{from_struct, to_struct};
+use ragd_proto::v1::{self, indexer_server};
+use serde_json::Value;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::instrument;
+
+use crate::chunk::Chunking;
+use crate::collections::CollectionMeta;
+use crate::error::IndexError;
+use crate::filter::{Condition, Filter, Test};
+use crate::service::{CreateCollection, DocumentIn, Indexer, IngestState, QueryIn, UpsertOutcome};
+use crate::store::{Distance, Hit, SearchOptions, StoreStats};
+
+/// The `ragd.v1.Indexer` service; UNAVAILABLE until the store is open.
+#[derive(Debug, Clone)]
+pub struct IndexerGrpc {
+    indexer: Arc<OnceLock<Arc<Indexer>>>,
+}
+
+impl IndexerGrpc {
+    pub fn new(indexer: Arc<OnceLock<Arc<Indexer>>>) -> Self {
+        Self { indexer }
+    }
+
+    fn ready(&self) -> Result<Arc<Indexer>, Status> {
+        self.indexer
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("indexer is not ready: opening collections"))
+    }
+}
+
+/// The caller's deadline, answered slightly early (see ragd-embedder's `deadline_margin`).
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    ragd_core::status::request_timeout(request.metadata()).map(|t| {
+        let margin = (t / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        Instant::now() + t.saturating_sub(margin)
+    })
+}
+
+fn distance_from(d: i32) -> Result<Distance, IndexError> {
+    match v1::Distance::try_from(d) {
+        Ok(v1::Distance::Unspecified | v1::Distance::Cosine) => Ok(Distance::Cosine),
+        Ok(v1::Distance::Dot) => Ok(Distance::Dot),
+        Ok(v1::Distance::Euclid) => Ok(Distance::Euclid),
+        Err(_) => Err(IndexError::invalid("distance", format!("unknown value {d}"))),
+    }
+}
+
+fn distance_to(d: Distance) -> v1::Distance {
+    match d {
+        Distance::Cosine => v1::Distance::Cosine,
+        Distance::Dot => v1::Distance::Dot,
+        Distance::Euclid => v1::Distance::Euclid,
+    }
+}
+
+fn chunking_from(c: Option<v1::Chunking>) -> Chunking {
+    match c.and_then(|c| c.policy) {
+        None => Chunking::default(),
+        Some(v1::chunking::Policy::Sentences(w)) => Chunking::Sentences { size: w.size, overlap: w.overlap },
+        Some(v1::chunking::Policy::Tokens(w)) => Chunking::Tokens { size: w.size, overlap: w.overlap },
+    }
+}
+
+fn chunking_to(c: Chunking) -> v1::Chunking {
+    let policy = match c {
+        Chunking::Sentences { size, overlap } => {
+            v1::chunking::Policy::Sentences(v1::Window { size, overlap })
+        }
+        Chunking::Tokens { size, overlap } => v1::chunking::Policy::Tokens(v1::Window { size, overlap }),
+    };
+    v1::Chunking { policy: Some(policy) }
+}
+
+fn info(meta: CollectionMeta, stats: StoreStats) -> v1::CollectionInfo {
+    let indexed = stats.points > 0 && stats.indexed_vectors >= stats.points;
+    v1::CollectionInfo {
+        name: meta.store.name,
+        model: meta.model,
+        dim: meta.store.dim as u32,
+        distance: distance_to(meta.store.distance) as i32,
+        chunking: Some(chunking_to(meta.chunking)),
+        points: stats.points,
+        documents: stats.documents,
+        indexed_vectors: stats.indexed_vectors,
+        disk_bytes: stats.disk_bytes,
+        shards: stats
+            .shards
+            .into_iter()
+            .map(|s| v1::ShardInfo {
+                id: s.id,
+                points: s.points,
+                indexed_vectors: s.indexed_vectors,
+                segments: s.segments,
+            })
+            .collect(),
+        optimizer_state: if indexed { "indexed" } else { "exact-until-indexed" }.into(),
+    }
+}
+
+fn value(v: v1::Value) -> Result<Value, IndexError> {
+    match v.kind {
+        Some(v1::value::Kind::Keyword(s)) => Ok(Value::String(s)),
+        Some(v1::value::Kind::Integer(i)) => Ok(Value::from(i)),
+        Some(v1::value::Kind::Boolean(b)) => Ok(Value::Bool(b)),
+        None => Err(IndexError::invalid("filter", "a match value is empty")),
+    }
+}
+
+fn conditions(cs: Vec<v1::Condition>) -> Result<Vec<Condition>, IndexError> {
+    cs.into_iter()
+        .map(|c| {
+            let test = match c.test {
+                Some(v1::condition::Test::Match(v)) => Test::Match(value(v)?),
+                Some(v1::condition::Test::MatchAny(l)) => {
+                    Test::MatchAny(l.values.into_iter().map(value).collect::<Result<_, _>>()?)
+                }
+                Some(v1::condition::Test::Range(r)) => {
+                    Test::Range { gt: r.gt, gte: r.gte, lt: r.lt, lte: r.lte }
+                }
+                None => {
+                    return Err(IndexError::invalid(
+                        "filter",
+                        format!("condition on {:?} has no test", c.key),
+                    ));
+                }
+            };
+            Ok(Condition { key: c.key, test })
+        })
+        .collect()
+}
+
+fn filter_from(f: Option<v1::Filter>) -> Result<Option<Filter>, IndexError> {
+    let Some(f) = f else { return Ok(None) };
+    let filter = Filter {
+        must: conditions(f.must)?,
+        should: conditions(f.should)?,
+        must_not: conditions(f.must_not)?,
+    };
+    filter.validate()?;
+    Ok((!filter.is_empty()).then_some(filter))
+}
+
+fn documents(ds: Vec<v1::Document>) -> Vec<DocumentIn> {
+    ds.into_iter()
+        .map(|d| DocumentIn {
+            id: d.id,
+            text: d.text,
+            metadata: d.metadata.map(from_struct).unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn upsert_response(o: UpsertOutcome) -> v1::UpsertResponse {
+    v1::UpsertResponse {
+        documents: o.documents,
+        chunks: o.chunks,
+        failed: o.failed.into_iter().map(|(id, reason)| v1::DocumentFailure { id, reason }).collect(),
+    }
+}
+
+fn hit(h: Hit) -> v1::Hit {
+    v1::Hit {
+        doc_id: h.doc_id,
+        chunk: h.chunk,
+        text: h.text,
+        score: h.score,
+        metadata: Some(to_struct(h.metadata)),
+    }
+}
+
+#[tonic::async_trait]
+impl indexer_server::Indexer for IndexerGrpc {
+    #[instrument(skip_all, fields(name = %request.get_ref().name))]
+    async fn create_collection(
+        &self,
+        request: Request<v1::CreateCollectionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let indexer = self.ready()?;
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let create = CreateCollection {
+            name: r.name,
+            model: r.model,
+            distance: distance_from(r.distance)?,
+            shards: r.shards.max(1),
+            chunking: chunking_from(r.chunking),
+        };
+        let meta = indexer.create_collection(create, deadline).await?;
+        let stats = indexer.stats(&meta.store.name).await?;
+        Ok(Response::new(info(meta, stats)))
+    }
+
+    async fn list_collections(
+        &self,
+        _request: Request<v1::ListCollectionsRequest>,
+    ) -> Result<Response<v1::ListCollectionsResponse>, Status> {
+        let indexer = self.ready()?;
+        let mut collections = Vec::new();
+        for meta in indexer.collections()? {
+            let stats = indexer.stats(&meta.store.name).await?;
+            collections.push(info(meta, stats));
+        }
+        Ok(Response::new(v1::ListCollectionsResponse { collections }))
+    }
+
+    async fn describe_collection(
+        &self,
+        request: Request<v1::DescribeCollectionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let indexer = self.ready()?;
+        let meta = indexer.collection(&request.get_ref().name)?;
+        let stats = indexer.stats(&meta.store.name).await?;
+        Ok(Response::new(info(meta, stats)))
+    }
+
+    async fn drop_collection(
+        &self,
+        request: Request<v1::DropCollectionRequest>,
+    ) -> Result<Response<v1::DropCollectionResponse>, Status> {
+        self.ready()?.drop_collection(&request.get_ref().name).await?;
+        Ok(Response::new(v1::DropCollectionResponse {}))
+    }
+
+    #[instrument(skip_all)]
+    async fn upsert(
+        &self,
+        request: Request<Streaming<v1::UpsertRequest>>,
+    ) -> Result<Response<v1::UpsertResponse>, Status> {
+        let indexer = self.ready()?;
+        let deadline = deadline(&request);
+        let mut stream = request.into_inner();
+        let mut total = UpsertOutcome::default();
+        while let Some(message) = stream.next().await {
+            let m = message?;
+            let o = indexer.upsert(&m.collection, documents(m.documents), deadline).await?;
+            total.documents += o.documents;
+            total.chunks += o.chunks;
+            total.failed.extend(o.failed);
+        }
+        Ok(Response::new(upsert_response(total)))
+    }
+
+    #[instrument(skip_all, fields(collection = %request.get_ref().collection, documents = request.get_ref().documents.len()))]
+    async fn upsert_batch(
+        &self,
+        request: Request<v1::UpsertRequest>,
+    ) -> Result<Response<v1::UpsertResponse>, Status> {
+        let indexer = self.ready()?;
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let o = indexer.upsert(&r.collection, documents(r.documents), deadline).await?;
+        Ok(Response::new(upsert_response(o)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        let r = request.into_inner();
+        let deleted = self.ready()?.delete(&r.collection, &r.ids).await?;
+        Ok(Response::new(v1::DeleteResponse { deleted }))
+    }
+
+    async fn document_status(
+        &self,
+        request: Request<v1::DocumentStatusRequest>,
+    ) -> Result<Response<v1::DocumentStatusResponse>, Status> {
+        let r = request.into_inner();
+        let s = self.ready()?.document_status(&r.collection, &r.id).await?;
+        let state = match s.state {
+            IngestState::Accepted => v1::IngestState::Accepted,
+            IngestState::Embedded => v1::IngestState::Embedded,
+            IngestState::Stored => v1::IngestState::Stored,
+            IngestState::Failed => v1::IngestState::Failed,
+        };
+        Ok(Response::new(v1::DocumentStatusResponse {
+            id: r.id,
+            state: state as i32,
+            reason: s.reason,
+            chunks: s.chunks,
+        }))
+    }
+
+    #[instrument(skip_all, fields(collection = %request.get_ref().collection, queries = request.get_ref().queries.len()))]
+    async fn search(
+        &self,
+        request: Request<v1::SearchRequest>,
+    ) -> Result<Response<v1::SearchResponse>, Status> {
+        let indexer = self.ready()?;
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let queries = r
+            .queries
+            .into_iter()
+            .enumerate()
+            .map(|(i, q)| match q.query {
+                Some(v1::query::Query::Text(t)) => Ok(QueryIn::Text(t)),
+                Some(v1::query::Query::Vector(v)) => Ok(QueryIn::Vector(v.values)),
+                None => Err(IndexError::invalid("queries", format!("query {i} has neither text nor vector"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let options = SearchOptions {
+            k: r.k as usize,
+            score_threshold: r.score_threshold,
+            filter: filter_from(r.filter)?,
+            exact: r.exact,
+            hnsw_ef: (r.hnsw_ef > 0).then_some(r.hnsw_ef as usize),
+        };
+        let results = indexer.search(&r.collection, queries, options, deadline).await?;
+        Ok(Response::new(v1::SearchResponse {
+            results: results
+                .into_iter()
+                .map(|hits| v1::QueryResult { hits: hits.into_iter().map(hit).collect() })
+                .collect(),
+        }))
+    }
+}

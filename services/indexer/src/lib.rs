@@ -1,0 +1,140 @@
+//! ragd-indexer: collections of document chunks stored as vector shards in Qdrant.
+//!
+//! Request path: gRPC ([`grpc`]) → [`service::Indexer`] (collections registry, ingest pipeline:
+//! validate → [`chunk`] → embed through the embedder over gRPC → store; search: embed the query
+//! → store) → [`store`] (one `VectorStore` trait; [`store::edge::EdgeStore`] runs the real Qdrant
+//! engine in-process, N shards per collection, exact top-k merge). [`filter`] translates
+//! metadata filters to Qdrant's; [`error`] maps every failure to one gRPC status.
+
+pub mod chunk;
+pub mod collections;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod grpc;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ragd_core::health::Readiness;
+use ragd_proto::service_names::INDEXER;
+use ragd_proto::v1::embedder_client::EmbedderClient;
+use ragd_proto::v1::indexer_server::IndexerServer;
+use tokio::net::TcpListener;
+
+pub use config::IndexerConfig;
+pub use error::IndexError;
+pub use service::Indexer;
+
+use crate::collections::Registry;
+use crate::grpc::IndexerGrpc;
+use crate::service::IndexerLimits;
+use crate::store::VectorStore;
+use crate::store::edge::EdgeStore;
+
+/// Runs the indexer on `listener` until `shutdown` resolves.
+///
+/// NOT_SERVING while the store opens every collection, SERVING after; a background task
+/// builds HNSW indexes off the request path. On shutdown: NOT_SERVING, drain in-flight
+/// requests, stop the optimizer, flush every shard.
+pub async fn serve(
+    config: IndexerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), IndexError> {
+    let (readiness, health) = Readiness::new(INDEXER).await;
+    let (reflection_v1, reflection_v1alpha) = ragd_core::grpc::reflection(&[ragd_proto::FILE_DESCRIPTOR_SET])
+        .map_err(|e| IndexError::Store(format!("reflection: {e}")))?;
+    let slot = Arc::new(OnceLock::new());
+    let max = config.grpc.max_message_bytes;
+    let service = IndexerServer::new(IndexerGrpc::new(slot.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let local = listener.local_addr().map_err(|e| IndexError::Store(e.to_string()))?;
+    let stop = ragd_core::grpc::Stop::default();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(ragd_core::grpc::incoming(listener), stop.wait()),
+    );
+    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "indexer listening; opening collections");
+
+    let opened = async {
+        let store: Arc<dyn VectorStore> = Arc::new(EdgeStore::new(&config.data_dir.join("shards"))?);
+        let registry = Registry::load(&config.data_dir)?;
+        let channel = ragd_core::client::endpoint(&config.embedder_url)
+            .map_err(|e| IndexError::invalid("embedder_url", e.to_string()))?
+            .connect_lazy();
+        let embedder =
+            EmbedderClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
+        let limits = IndexerLimits {
+            max_k: config.max_k,
+            max_queries: config.max_queries,
+            max_documents_per_request: config.max_documents_per_request,
+            max_shards: config.max_shards,
+            indexing_threshold_kb: config.indexing_threshold_kb,
+            status_capacity: config.status_capacity,
+        };
+        Indexer::open(store, registry, embedder, limits).await
+    };
+    let indexer = match opened.await {
+        Ok(i) => Arc::new(i),
+        Err(e) => {
+            stop.trigger();
+            return Err(e);
+        }
+    };
+    let _ = slot.set(indexer.clone());
+    readiness.serving().await;
+    tracing::info!(addr = %local, "indexer ready");
+    let optimizer = tokio::spawn(optimize_forever(indexer.clone(), config.optimize_interval(), stop.clone()));
+
+    tokio::pin!(shutdown);
+    let early = tokio::select! {
+        () = &mut shutdown => None,
+        r = &mut server => Some(IndexError::Store(format!("grpc server stopped: {r:?}"))),
+    };
+    readiness.not_serving().await;
+    stop.trigger();
+    if early.is_none() {
+        let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            tracing::warn!(?grace, "in-flight requests outlived the shutdown grace period");
+            server.abort();
+        }
+    }
+    let _ = optimizer.await;
+    indexer.store().flush().await?;
+    tracing::info!("indexer stopped");
+    early.map_or(Ok(()), Err)
+}
+
+/// Builds HNSW indexes where thresholds are reached, every `interval`, until `stop`.
+async fn optimize_forever(indexer: Arc<Indexer>, interval: Duration, stop: ragd_core::grpc::Stop) {
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let Ok(collections) = indexer.collections() else { continue };
+        for meta in collections {
+            match indexer.store().optimize(&meta.store.name).await {
+                Ok(true) => tracing::info!(collection = %meta.store.name, "optimizer built indexes"),
+                Ok(false) => {}
+                // A collection dropped meanwhile is not an error worth more than a debug line.
+                Err(IndexError::CollectionNotFound(_)) => {
+                    tracing::debug!(collection = %meta.store.name, "gone")
+                }
+                Err(e) => tracing::warn!(collection = %meta.store.name, error = %e, "optimizer failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Vector storage behind one trait: [`edge::EdgeStore`] runs the Qdrant engine in-process
+//! (qdrant-edge, one on-disk shard directory per shard); a remote store talks to a Qdrant
+//! cluster. ragd's collection metadata (model, chunking) lives in the collections registry; a
+//! store only knows names, dimensions, distances and shard counts.
+
+pub mod edge;
+pub mod merge;
+
+use std::fmt::Debug;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::IndexError;
+use crate::filter::Filter;
+
+/// How vectors are compared. Scores: cosine and dot are similarities (higher is closer),
+/// euclid is a distance (lower is closer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distance {
+    Cosine,
+    Dot,
+    Euclid,
+}
+
+impl Distance {
+    /// True when a higher score is a closer match.
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Distance::Euclid)
+    }
+}
+
+/// What a store needs to know about a collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreSpec {
+    pub name: String,
+    pub dim: usize,
+    pub distance: Distance,
+    pub shards: u32,
+    /// Vectors (in KiB of vector data) a segment holds before the optimizer builds its HNSW
+    /// index; below it search is exact. None = Qdrant's default.
+    #[serde(default)]
+    pub indexing_threshold_kb: Option<usize>,
+}
+
+/// One stored chunk. Its payload is `{doc_id, chunk, text, metadata}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkPoint {
+    pub doc_id: String,
+    pub chunk: u32,
+    pub text: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub vector: Vec<f32>,
+}
+
+/// Search options shared by every query of a request.
+#[derive(Debug, Clone, Default)]
+pub struct SearchOptions {
+    pub k: usize,
+    /// Drop hits scoring below it (above it for euclid, a distance).
+    pub score_threshold: Option<f32>,
+    pub filter: Option<Filter>,
+    /// Exact (brute-force) search instead of HNSW.
+    pub exact: bool,
+    pub hnsw_ef: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub doc_id: String,
+    pub chunk: u32,
+    pub text: String,
+    pub score: f32,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Size and state of a collection's storage.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreStats {
+    pub points: u64,
+    pub documents: u64,
+    pub indexed_vectors: u64,
+    pub segments: u64,
+    pub disk_bytes: u64,
+    pub shards: Vec<ShardStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShardStats {
+    pub id: u32,
+    pub points: u64,
+    pub indexed_vectors: u64,
+    pub segments: u64,
+}
+
+/// A vector store. Implementations are cheap to share (`Arc`) and safe to call concurrently.
+#[tonic::async_trait]
+pub trait VectorStore: Send + Sync + Debug {
+    /// Creates the storage of a new collection.
+    async fn create(&self, spec: &StoreSpec) -> Result<(), IndexError>;
+    /// Opens the existing storage of a collection (at start-up).
+    async fn open(&self, spec: &StoreSpec) -> Result<(), IndexError>;
+    /// Deletes a collection's storage.
+    async fn drop_collection(&self, name: &str) -> Result<(), IndexError>;
+    /// Writes chunks; returns once they are durable (in the write-ahead log).
+    async fn upsert(&self, collection: &str, points: Vec<ChunkPoint>) -> Result<(), IndexError>;
+    /// Deletes the chunks numbered `n` and above of each `(doc_id, n)`: after re-upserting a
+    /// document as `n` chunks (same point ids for 0..n), what remains of a longer old version.
+    async fn delete_chunks_from(&self, collection: &str, docs: &[(String, u32)]) -> Result<(), IndexError>;
+    /// Deletes every chunk of the given documents.
+    async fn delete_documents(&self, collection: &str, doc_ids: &[String]) -> Result<(), IndexError>;
+    /// Top-k hits per query vector, best first.
+    async fn search(
+        &self,
+        collection: &str,
+        queries: &[Vec<f32>],
+        options: &SearchOptions,
+    ) -> Result<Vec<Vec<Hit>>, IndexError>;
+    /// Chunks stored for one document (0 if unknown).
+    async fn count_chunks(&self, collection: &str, doc_id: &str) -> Result<u64, IndexError>;
+    async fn stats(&self, collection: &str) -> Result<StoreStats, IndexError>;
+    /// Builds indexes (HNSW) where thresholds are reached; returns whether anything changed.
+    /// Runs off the request path (the background optimizer calls it).
+    async fn optimize(&self, collection: &str) -> Result<bool, IndexError>;
+    /// Persists everything (shutdown).
+    async fn flush(&self) -> Result<(), IndexError>;
+}
