@@ -1,9 +1,12 @@
 //! `ragd`: one binary for every ragd service and the client verbs.
 //!
 //! - `ragd serve embedder|indexer` runs a service;
-//! - `ragd embed`, `ragd models`, `ragd health` talk to a running service over gRPC.
+//! - `ragd embed`, `ragd models`, `ragd health`, `ragd collections`, `ragd ingest`,
+//!   `ragd search` talk to running services over gRPC.
 
 mod client;
+mod indexer_cli;
+mod loaders;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -36,6 +39,17 @@ enum Command {
     Models(client::EndpointArgs),
     /// Check (or wait for) a service's gRPC health.
     Health(client::HealthArgs),
+    /// Manage the indexer's collections.
+    Collections {
+        #[command(flatten)]
+        endpoint: indexer_cli::IndexerEndpoint,
+        #[command(subcommand)]
+        command: indexer_cli::CollectionsCommand,
+    },
+    /// Load CSV, JSONL, text or markdown files into a collection.
+    Ingest(indexer_cli::IngestArgs),
+    /// Search a collection with text queries.
+    Search(indexer_cli::SearchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,5 +111,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Embed(args) => client::embed(args).await,
         Command::Models(args) => client::models(args).await,
         Command::Health(args) => client::health(args).await,
+        Command::Collections { endpoint, command } => indexer_cli::collections(endpoint, command).await,
+        Command::Ingest(args) => indexer_cli::ingest(args).await,
+        Command::Search(args) => indexer_cli::search(args).await,
     }
 }

@@ -1,0 +1,288 @@
+//! Indexer client verbs: `ragd collections create|list|describe|drop`, `ragd ingest`,
+//! `ragd search`. Human-readable output by default, `--json` for scripts.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
+use ragd_proto::json::{from_struct, to_struct};
+use ragd_proto::v1::{self, indexer_client::IndexerClient};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::loaders::{self, Columns};
+
+#[derive(Debug, Clone, Args)]
+pub struct IndexerEndpoint {
+    /// gRPC endpoint of the indexer.
+    #[arg(long, env = "RAGD_INDEXER_URL", default_value = "http://127.0.0.1:50052")]
+    pub indexer: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DistanceArg {
+    Cosine,
+    Dot,
+    Euclid,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionsCommand {
+    /// Create a collection.
+    Create {
+        name: String,
+        /// Embedding model (default: the embedder's default model).
+        #[arg(long, default_value = "")]
+        model: String,
+        #[arg(long, value_enum, default_value = "cosine")]
+        distance: DistanceArg,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// Chunk by windows of this many sentences (default 3).
+        #[arg(long, conflicts_with = "tokens")]
+        sentences: Option<u32>,
+        /// Chunk by windows of this many model tokens instead.
+        #[arg(long)]
+        tokens: Option<u32>,
+        /// Sentences or tokens shared by consecutive chunks (default 1 sentence / 0 tokens).
+        #[arg(long)]
+        overlap: Option<u32>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Drop {
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    endpoint: IndexerEndpoint,
+    #[arg(long)]
+    collection: String,
+    /// Documents per UpsertBatch call.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// CSV column / JSON field holding the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// CSV column / JSON field holding the document id.
+    #[arg(long, default_value = "id")]
+    id_column: String,
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    endpoint: IndexerEndpoint,
+    #[arg(long)]
+    collection: String,
+    #[arg(long, default_value_t = 5)]
+    k: u32,
+    /// Drop hits scoring below this.
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Exact search instead of HNSW.
+    #[arg(long)]
+    exact: bool,
+    /// Queries (one result list each).
+    #[arg(required = true)]
+    queries: Vec<String>,
+}
+
+async fn client(url: &str) -> anyhow::Result<IndexerClient<Channel>> {
+    let channel =
+        ragd_core::client::connect(url).await.with_context(|| format!("cannot connect to {url}"))?;
+    Ok(IndexerClient::new(channel)
+        .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES))
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+fn info_json(c: &v1::CollectionInfo) -> Value {
+    json!({
+        "name": c.name, "model": c.model, "dim": c.dim,
+        "distance": v1::Distance::try_from(c.distance).map(|d| d.as_str_name()).unwrap_or("?"),
+        "points": c.points, "documents": c.documents, "indexed_vectors": c.indexed_vectors,
+        "disk_bytes": c.disk_bytes, "shards": c.shards.len(), "optimizer_state": c.optimizer_state,
+    })
+}
+
+fn print_info(c: &v1::CollectionInfo, as_json: bool) {
+    if as_json {
+        println!("{}", info_json(c));
+    } else {
+        println!(
+            "{}  model={} dim={} documents={} points={} shards={} indexed={} disk={}KiB ({})",
+            c.name,
+            c.model,
+            c.dim,
+            c.documents,
+            c.points,
+            c.shards.len(),
+            c.indexed_vectors,
+            c.disk_bytes / 1024,
+            c.optimizer_state
+        );
+    }
+}
+
+pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand) -> anyhow::Result<()> {
+    let mut c = client(&endpoint.indexer).await?;
+    match command {
+        CollectionsCommand::Create { name, model, distance, shards, sentences, tokens, overlap } => {
+            let policy = match (sentences, tokens) {
+                (_, Some(size)) => {
+                    v1::chunking::Policy::Tokens(v1::Window { size, overlap: overlap.unwrap_or(0) })
+                }
+                (size, None) => v1::chunking::Policy::Sentences(v1::Window {
+                    size: size.unwrap_or(3),
+                    overlap: overlap.unwrap_or(1),
+                }),
+            };
+            let distance = match distance {
+                DistanceArg::Cosine => v1::Distance::Cosine,
+                DistanceArg::Dot => v1::Distance::Dot,
+                DistanceArg::Euclid => v1::Distance::Euclid,
+            };
+            let request = v1::CreateCollectionRequest {
+                name,
+                model,
+                distance: distance as i32,
+                shards,
+                chunking: Some(v1::Chunking { policy: Some(policy) }),
+            };
+            print_info(&c.create_collection(request).await.map_err(status)?.into_inner(), endpoint.json);
+        }
+        CollectionsCommand::List => {
+            let r = c.list_collections(v1::ListCollectionsRequest {}).await.map_err(status)?.into_inner();
+            if endpoint.json {
+                println!("{}", Value::Array(r.collections.iter().map(info_json).collect()));
+            } else {
+                r.collections.iter().for_each(|i| print_info(i, false));
+            }
+        }
+        CollectionsCommand::Describe { name } => {
+            let r = c.describe_collection(v1::DescribeCollectionRequest { name }).await.map_err(status)?;
+            print_info(&r.into_inner(), endpoint.json);
+        }
+        CollectionsCommand::Drop { name } => {
+            c.drop_collection(v1::DropCollectionRequest { name: name.clone() }).await.map_err(status)?;
+            if !endpoint.json {
+                println!("dropped {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads every file, sends documents in batches with a progress bar, prints a summary. A file
+/// that fails to load is reported and skipped; a failed call stops the ingest with its status.
+pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let mut c = client(&args.endpoint.indexer).await?;
+    let columns = Columns { text: args.text_column.clone(), id: args.id_column.clone() };
+    let mut file_errors = Vec::new();
+    let mut docs = Vec::new();
+    for path in &args.files {
+        match loaders::load(path, &columns) {
+            Ok(d) => docs.extend(d),
+            Err(e) => file_errors.push((path.display().to_string(), e)),
+        }
+    }
+    let bar = if args.endpoint.json { ProgressBar::hidden() } else { ProgressBar::new(docs.len() as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} documents {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (mut stored, mut chunks, mut failed) = (0u64, 0u64, Vec::new());
+    for batch in docs.chunks(args.batch.max(1)) {
+        let documents = batch
+            .iter()
+            .map(|d| v1::Document {
+                id: d.id.clone(),
+                text: d.text.clone(),
+                metadata: Some(to_struct(d.metadata.clone())),
+            })
+            .collect();
+        let r = c
+            .upsert_batch(v1::UpsertRequest { collection: args.collection.clone(), documents })
+            .await
+            .map_err(status)?
+            .into_inner();
+        stored += u64::from(r.documents);
+        chunks += u64::from(r.chunks);
+        failed.extend(r.failed.into_iter().map(|f| (f.id, f.reason)));
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    let summary = json!({
+        "files": args.files.len(), "files_failed": file_errors.iter().map(|(f, e)| json!({"file": f, "reason": e})).collect::<Vec<_>>(),
+        "documents_stored": stored, "chunks": chunks,
+        "documents_failed": failed.iter().map(|(id, r)| json!({"id": id, "reason": r})).collect::<Vec<_>>(),
+    });
+    if args.endpoint.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "ingested {stored} documents ({chunks} chunks) into {} from {} files",
+            args.collection,
+            args.files.len()
+        );
+        for (f, e) in &file_errors {
+            println!("  file failed: {f}: {e}");
+        }
+        for (id, r) in &failed {
+            println!("  document failed: {id:?}: {r}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
+    let mut c = client(&args.endpoint.indexer).await?;
+    let request = v1::SearchRequest {
+        collection: args.collection,
+        queries: args
+            .queries
+            .iter()
+            .map(|q| v1::Query { query: Some(v1::query::Query::Text(q.clone())) })
+            .collect(),
+        k: args.k,
+        score_threshold: args.threshold,
+        exact: args.exact,
+        ..Default::default()
+    };
+    let r = c.search(request).await.map_err(status)?.into_inner();
+    for (q, result) in args.queries.iter().zip(r.results) {
+        if args.endpoint.json {
+            let hits: Vec<Value> = result
+                .hits
+                .into_iter()
+                .map(|h| {
+                    let metadata = h.metadata.map(from_struct).unwrap_or_default();
+                    json!({"doc_id": h.doc_id, "chunk": h.chunk, "score": h.score, "text": h.text, "metadata": metadata})
+                })
+                .collect();
+            println!("{}", json!({"query": q, "hits": hits}));
+        } else {
+            println!("{q}");
+            for h in result.hits {
+                println!("  {:.3}  {} #{}  {:.80}", h.score, h.doc_id, h.chunk, h.text);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The real binaries as separate processes: `ragd serve embedder`, `ragd serve indexer`, and the
+//! CLI verbs `collections`, `ingest` (CSV, JSONL, markdown and a corrupt file that fails alone)
+//! and `search`, talking gRPC over loopback.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ragd_tests::process::{RagdProcess, ragd_bin};
+use ragd_tests::{ragd_home, repo_root, wait_serving};
+use serde_json::Value;
+
+fn ragd(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ragd_bin()).args(args).current_dir(repo_root()).output().expect("run ragd");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_ingests_files_and_searches_through_real_processes() {
+    let env = vec![
+        ("RAGD_MODELS_DIR", ragd_home().join("models").display().to_string()),
+        ("RAGD_ORT_LIBRARY", ragd_home().join("lib/libonnxruntime.so.1.31.1").display().to_string()),
+        ("RAGD_MODELS", "all-MiniLM-L6-v2".to_string()),
+    ];
+    let embedder = RagdProcess::serve("embedder", &[], &env);
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().join("indexer").display().to_string();
+    let indexer =
+        RagdProcess::serve("indexer", &["--embedder-url", &embedder.url(), "--data-dir", &data_dir], &[]);
+    wait_serving(&embedder.url(), "ragd.v1.Embedder", Duration::from_secs(120)).await;
+    wait_serving(&indexer.url(), "ragd.v1.Indexer", Duration::from_secs(120)).await;
+    let url = indexer.url();
+
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || ragd(&["collections", "--indexer", &url, "--json", "create", "docs", "--shards", "2"])
+    })
+    .await
+    .expect("create");
+    assert!(ok, "{err}");
+    let info: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(info["dim"], 384);
+
+    let files = tempfile::tempdir().expect("files");
+    let csv = files.path().join("capitals.csv");
+    std::fs::write(&csv, "id,text,continent\nde,The capital of Germany is Berlin.,Europe\njp,The capital of Japan is Tokyo.,Asia\n").expect("csv");
+    let jsonl = files.path().join("more.jsonl");
+    std::fs::write(&jsonl, "{\"id\":\"fr\",\"text\":\"The capital of France is Paris.\"}\n").expect("jsonl");
+    let md = files.path().join("notes.md");
+    std::fs::write(&md, "# Rivers\nThe Rhine flows through Germany.").expect("md");
+    let corrupt = files.path().join("broken.jsonl");
+    std::fs::write(&corrupt, "{\"id\":\"x\",\"text\":\"fine\"}\n{oops\n").expect("corrupt");
+    let paths: Vec<String> = [&csv, &corrupt, &jsonl, &md].iter().map(|p| p.display().to_string()).collect();
+
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            let mut args = vec!["ingest", "--indexer", &url, "--json", "--collection", "docs"];
+            args.extend(paths.iter().map(String::as_str));
+            ragd(&args)
+        }
+    })
+    .await
+    .expect("ingest");
+    assert!(ok, "{err}");
+    let summary: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(summary["documents_stored"], 4, "{summary}");
+    let failed = summary["files_failed"].as_array().expect("array");
+    assert_eq!(failed.len(), 1, "{summary}");
+    assert!(failed[0]["file"].as_str().unwrap_or("").ends_with("broken.jsonl"));
+    assert!(failed[0]["reason"].as_str().unwrap_or("").starts_with("line 2"), "{summary}");
+
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        ragd(&[
+            "search",
+            "--indexer",
+            &url,
+            "--json",
+            "--collection",
+            "docs",
+            "--k",
+            "2",
+            "Which city is Japan's capital?",
+        ])
+    })
+    .await
+    .expect("search");
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(r["hits"][0]["doc_id"], "jp", "{r}");
+    assert_eq!(r["hits"][0]["metadata"]["continent"], "Asia");
+    drop(indexer);
+    drop(embedder);
+}
