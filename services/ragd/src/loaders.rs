@@ -4,7 +4,9 @@
 //!   `--id-column` (default `id`, else `<file>:<row>`) the id, every other column metadata
 //!   (integers and decimals become numbers);
 //! - JSONL (`.jsonl`, `.ndjson`): one JSON object per line, same field rules;
-//! - plain text and markdown (`.txt`, `.md`, `.markdown`): one document per file, id = file name.
+//! - plain text and markdown (`.txt`, `.md`, `.markdown`): one document per file, id = file name;
+//! - PDF (`.pdf`): one document per page with text, id `<file>#p<page>`, metadata `{source, page}`
+//!   (pure-Rust `pdf-extract`; a parser panic on a malformed file is caught and reported).
 //!
 //! A file that cannot be read or parsed fails alone with its reason.
 
@@ -39,7 +41,8 @@ pub fn load(path: &Path, columns: &Columns) -> Result<Vec<LoadedDocument>, Strin
             metadata.insert("source".into(), Value::String(path.display().to_string()));
             Ok(vec![LoadedDocument { id: name, text, metadata }])
         }
-        other => Err(format!("unsupported file type {other:?} (expected csv, jsonl, txt or md)")),
+        "pdf" => pdf_documents(path, &name),
+        other => Err(format!("unsupported file type {other:?} (expected csv, jsonl, txt, md or pdf)")),
     }
 }
 
@@ -91,6 +94,28 @@ fn csv_documents(data: &str, name: &str, columns: &Columns) -> Result<Vec<Loaded
             document(fields, format!("{name}:{}", i + 1), columns).map_err(|e| format!("row {}: {e}", i + 1))
         })
         .collect()
+}
+
+fn pdf_documents(path: &Path, name: &str) -> Result<Vec<LoadedDocument>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let pages = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(&bytes))
+        .map_err(|_| "malformed PDF (the parser gave up)".to_string())?
+        .map_err(|e| format!("cannot parse PDF: {e}"))?;
+    let docs: Vec<LoadedDocument> = pages
+        .into_iter()
+        .enumerate()
+        .filter(|(_, text)| !text.trim().is_empty())
+        .map(|(i, text)| {
+            let mut metadata = Map::new();
+            metadata.insert("source".into(), Value::String(path.display().to_string()));
+            metadata.insert("page".into(), Value::from(i + 1));
+            LoadedDocument { id: format!("{name}#p{}", i + 1), text, metadata }
+        })
+        .collect();
+    if docs.is_empty() {
+        return Err("no extractable text (scanned PDF?)".into());
+    }
+    Ok(docs)
 }
 
 fn jsonl_documents(data: &str, name: &str, columns: &Columns) -> Result<Vec<LoadedDocument>, String> {
@@ -152,6 +177,26 @@ mod tests {
         assert_eq!(docs[0].metadata["tags"], serde_json::json!([1]));
         let bad = file(dir.path(), "bad.jsonl", "{\"text\":\"ok\"}\n{not json\n");
         assert!(load(&bad, &cols()).expect_err("corrupt").starts_with("line 2:"));
+    }
+
+    /// Real PDFs from npm pdf-parse's test data, fetched by scripts/setup (not committed).
+    #[test]
+    fn pdf_pages_become_documents_and_a_corrupt_pdf_fails_alone() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.ragd/data/pdf");
+        let home = std::env::var_os("RAGD_HOME").map(std::path::PathBuf::from);
+        let dir = home.map(|h| h.join("data/pdf")).unwrap_or(dir);
+        let valid = dir.join("04-valid.pdf");
+        assert!(valid.is_file(), "{} missing: run scripts/setup", valid.display());
+        let docs = load(&valid, &cols()).expect("valid pdf");
+        assert!(!docs.is_empty());
+        assert_eq!(docs[0].metadata["page"], Value::from(1));
+        assert!(docs[0].id.starts_with("04-valid.pdf#p"));
+        assert!(
+            docs.iter().map(|d| d.text.split_whitespace().count()).sum::<usize>() > 50,
+            "real text extracted"
+        );
+        let err = load(&dir.join("03-invalid.pdf"), &cols()).expect_err("corrupt pdf");
+        assert!(err.contains("PDF"), "{err}");
     }
 
     #[test]
