@@ -37,6 +37,38 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Serves `service` with grpc.health.v1 (`health`) and reflection over `descriptor_sets` on
+/// `listener` (TCP_NODELAY) until `stop` fires; tonic then drains in-flight requests.
+pub fn spawn_server<S>(
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    service: S,
+    descriptor_sets: &[&'static [u8]],
+    listener: TcpListener,
+    stop: &Stop,
+) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, tonic_reflection::server::Error>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (reflection_v1, reflection_v1alpha) = reflection(descriptor_sets)?;
+    Ok(tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming(listener), stop.wait()),
+    ))
+}
+
 /// A one-way stop signal: [`Stop::trigger`] once, any number of [`Stop::wait`]ers.
 #[derive(Debug, Clone)]
 pub struct Stop {

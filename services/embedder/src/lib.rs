@@ -47,22 +47,15 @@ pub async fn serve(
     metrics.register(&mut registry);
     let (readiness, health) = Readiness::new(EMBEDDER).await;
     let slot = Arc::new(OnceLock::new());
-    let (reflection_v1, reflection_v1alpha) = ragd_core::grpc::reflection(&[ragd_proto::FILE_DESCRIPTOR_SET])
-        .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
     let max = config.grpc.max_message_bytes;
     let service = EmbedderServer::new(EmbedderGrpc::new(slot.clone(), metrics.clone(), config.stream_window))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let local = listener.local_addr().map_err(|e| EmbedError::Runtime(e.to_string()))?;
     let stop = ragd_core::grpc::Stop::default();
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(service)
-            .serve_with_incoming_shutdown(ragd_core::grpc::incoming(listener), stop.wait()),
-    );
+    let mut server =
+        ragd_core::grpc::spawn_server(health, service, &[ragd_proto::FILE_DESCRIPTOR_SET], listener, &stop)
+            .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {
         let l = TcpListener::bind(addr)
             .await

@@ -46,8 +46,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), IndexError> {
     let (readiness, health) = Readiness::new(INDEXER).await;
-    let (reflection_v1, reflection_v1alpha) = ragd_core::grpc::reflection(&[ragd_proto::FILE_DESCRIPTOR_SET])
-        .map_err(|e| IndexError::Store(format!("reflection: {e}")))?;
     let slot = Arc::new(OnceLock::new());
     let max = config.grpc.max_message_bytes;
     let service = IndexerServer::new(IndexerGrpc::new(slot.clone()))
@@ -55,14 +53,9 @@ pub async fn serve(
         .max_encoding_message_size(max);
     let local = listener.local_addr().map_err(|e| IndexError::Store(e.to_string()))?;
     let stop = ragd_core::grpc::Stop::default();
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(service)
-            .serve_with_incoming_shutdown(ragd_core::grpc::incoming(listener), stop.wait()),
-    );
+    let mut server =
+        ragd_core::grpc::spawn_server(health, service, &[ragd_proto::FILE_DESCRIPTOR_SET], listener, &stop)
+            .map_err(|e| IndexError::Store(format!("reflection: {e}")))?;
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "indexer listening; opening collections");
 
     let opened = async {

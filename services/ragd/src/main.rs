@@ -92,20 +92,13 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { service: Service::Embedder { listen, config } } => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            // Machine-readable for scripts and tests that start ragd with port 0.
-            println!("RAGD_LISTENING embedder {}", listener.local_addr()?);
-            ragd_embedder::serve(config, listener, ragd_core::shutdown::signal()).await?;
+            ragd_embedder::serve(config, bind(listen, "embedder").await?, ragd_core::shutdown::signal())
+                .await?;
             Ok(())
         }
         Command::Serve { service: Service::Indexer { listen, config } } => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            println!("RAGD_LISTENING indexer {}", listener.local_addr()?);
-            ragd_indexer::serve(config, listener, ragd_core::shutdown::signal()).await?;
+            ragd_indexer::serve(config, bind(listen, "indexer").await?, ragd_core::shutdown::signal())
+                .await?;
             Ok(())
         }
         Command::Embed(args) => client::embed(args).await,
@@ -115,4 +108,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ingest(args) => indexer_cli::ingest(args).await,
         Command::Search(args) => indexer_cli::search(args).await,
     }
+}
+
+/// Binds a service's listener and prints `RAGD_LISTENING <service> <addr>` (machine-readable for
+/// scripts and tests that start ragd with port 0).
+async fn bind(listen: SocketAddr, service: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    println!("RAGD_LISTENING {service} {}", listener.local_addr()?);
+    Ok(listener)
 }
