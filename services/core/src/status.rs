@@ -4,7 +4,7 @@
 //! statuses the standard `google.rpc` details (BadRequest field violations, RetryInfo) so clients in
 //! any language can act on them, plus a plain `retry-after-ms` metadata entry.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
@@ -44,6 +44,18 @@ pub fn retry_after(status: &Status) -> Option<Duration> {
 /// `H` hours, `M` minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds.
 pub fn request_timeout(metadata: &MetadataMap) -> Option<Duration> {
     parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// tonic (server and client alike) cancels a call when its `grpc-timeout` expires and reports
+/// CANCELLED "Timeout expired"; ragd services answer DEADLINE_EXCEEDED themselves this much
+/// earlier — 5 % of the caller's timeout, between 5 ms and 100 ms — so callers see the right status.
+pub fn deadline_margin(timeout: Duration) -> Duration {
+    (timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100))
+}
+
+/// The caller's deadline from `grpc-timeout`, less [`deadline_margin`].
+pub fn request_deadline(metadata: &MetadataMap) -> Option<Instant> {
+    request_timeout(metadata).map(|t| Instant::now() + t.saturating_sub(deadline_margin(t)))
 }
 
 fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -93,6 +105,13 @@ mod tests {
         assert_eq!(request_timeout(&md), None);
         md.insert("grpc-timeout", MetadataValue::from_static("1500m"));
         assert_eq!(request_timeout(&md), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn deadline_margin_is_bounded() {
+        assert_eq!(deadline_margin(Duration::from_millis(10)), Duration::from_millis(5));
+        assert_eq!(deadline_margin(Duration::from_secs(1)), Duration::from_millis(50));
+        assert_eq!(deadline_margin(Duration::from_secs(60)), Duration::from_millis(100));
     }
 
     #[test]

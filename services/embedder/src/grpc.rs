@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use ragd_proto::v1::{self, embedder_server};
@@ -16,13 +16,6 @@ use crate::manifest::ModelSpec;
 use crate::metrics::{EmbedderMetrics, RpcLabels, RpcOnly};
 use crate::model::InputKind;
 use crate::service::{Admission, EmbedInput, EmbedOutput, Embedder};
-
-/// tonic (server and client alike) cancels a call when its `grpc-timeout` expires and reports
-/// CANCELLED "Timeout expired"; ragd answers DEADLINE_EXCEEDED itself this much earlier — 5 % of
-/// the caller's timeout, between 5 ms and 100 ms — so callers see the right status.
-pub fn deadline_margin(timeout: Duration) -> Duration {
-    (timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100))
-}
 
 /// The `ragd.v1.Embedder` gRPC service. Answers UNAVAILABLE until the models are loaded.
 #[derive(Debug, Clone)]
@@ -55,10 +48,9 @@ impl EmbedderGrpc {
     }
 }
 
-/// The caller's deadline from `grpc-timeout`, less [`deadline_margin`].
+/// The caller's deadline, answered slightly early (`ragd_core::status::deadline_margin`).
 fn deadline<T>(request: &Request<T>) -> Option<Instant> {
-    ragd_core::status::request_timeout(request.metadata())
-        .map(|t| Instant::now() + t.saturating_sub(deadline_margin(t)))
+    ragd_core::status::request_deadline(request.metadata())
 }
 
 fn kind(k: i32) -> InputKind {
@@ -272,13 +264,6 @@ impl embedder_server::Embedder for EmbedderGrpc {
 mod tests {
     use super::*;
     use ragd_proto::v1::embedder_server::Embedder as _;
-
-    #[test]
-    fn deadline_margin_is_bounded() {
-        assert_eq!(deadline_margin(Duration::from_millis(10)), Duration::from_millis(5));
-        assert_eq!(deadline_margin(Duration::from_secs(1)), Duration::from_millis(50));
-        assert_eq!(deadline_margin(Duration::from_secs(60)), Duration::from_millis(100));
-    }
 
     #[tokio::test]
     async fn every_rpc_is_unavailable_until_models_are_loaded() {

@@ -1,7 +1,7 @@
 //! Thin tonic handlers over [`Indexer`]: convert, call, map the error.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use ragd_proto::json::{from_struct, to_struct};
@@ -36,12 +36,9 @@ impl IndexerGrpc {
     }
 }
 
-/// The caller's deadline, answered slightly early (see ragd-embedder's `deadline_margin`).
+/// The caller's deadline, answered slightly early (`ragd_core::status::deadline_margin`).
 fn deadline<T>(request: &Request<T>) -> Option<Instant> {
-    ragd_core::status::request_timeout(request.metadata()).map(|t| {
-        let margin = (t / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
-        Instant::now() + t.saturating_sub(margin)
-    })
+    ragd_core::status::request_deadline(request.metadata())
 }
 
 fn distance_from(d: i32) -> Result<Distance, IndexError> {
