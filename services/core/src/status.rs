@@ -33,6 +33,17 @@ pub fn resource_exhausted(message: impl Into<String>, retry_after: Duration) -> 
     status
 }
 
+/// `status` with `context: ` before its message, keeping its code, details and metadata (so a
+/// retry hint or field violation survives being passed on).
+pub fn with_context(context: &str, status: &Status) -> Status {
+    Status::with_details_and_metadata(
+        status.code(),
+        format!("{context}: {}", status.message()),
+        status.details().to_vec().into(),
+        status.metadata().clone(),
+    )
+}
+
 /// The retry hint of a RESOURCE_EXHAUSTED status built by [`resource_exhausted`].
 pub fn retry_after(status: &Status) -> Option<Duration> {
     status.get_details_retry_info().and_then(|r| r.retry_delay)
@@ -120,6 +131,15 @@ mod tests {
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(retry_after(&s), Some(Duration::from_millis(40)));
         assert_eq!(s.metadata().get("retry-after-ms").and_then(|v| v.to_str().ok()), Some("40"));
+    }
+
+    #[test]
+    fn context_keeps_code_details_and_metadata() {
+        let s = with_context("embedder", &resource_exhausted("queue full", Duration::from_millis(40)));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.message(), "embedder: queue full");
+        assert_eq!(retry_after(&s), Some(Duration::from_millis(40)));
+        assert!(s.metadata().get("retry-after-ms").is_some());
     }
 
     #[test]

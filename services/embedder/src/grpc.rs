@@ -100,12 +100,7 @@ fn descriptor(spec: &ModelSpec, is_default: bool, device: &str) -> v1::ModelDesc
 
 /// Prefixes a status message with the stream request it belongs to, keeping code and details.
 fn in_stream_item(id: u64, s: Status) -> Status {
-    Status::with_details_and_metadata(
-        s.code(),
-        format!("stream request {id}: {}", s.message()),
-        s.details().to_vec().into(),
-        s.metadata().clone(),
-    )
+    ragd_core::status::with_context(&format!("stream request {id}"), &s)
 }
 
 type EmbedStream = Pin<Box<dyn Stream<Item = Result<v1::EmbedStreamResponse, Status>> + Send>>;

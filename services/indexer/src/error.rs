@@ -44,12 +44,7 @@ impl From<IndexError> for Status {
             IndexError::CollectionExists(_) => Status::already_exists(message),
             // Keep the embedder's code (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE, ...),
             // its details and metadata (retry hints), and say where it came from.
-            IndexError::Embedder(s) => Status::with_details_and_metadata(
-                s.code(),
-                format!("embedder: {}", s.message()),
-                s.details().to_vec().into(),
-                s.metadata().clone(),
-            ),
+            IndexError::Embedder(s) => ragd_core::status::with_context("embedder", &s),
             IndexError::ShuttingDown | IndexError::StoreUnavailable(_) => Status::unavailable(message),
             IndexError::Store(_) => Status::internal(message),
         }
