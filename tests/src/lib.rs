@@ -18,6 +18,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub mod process;
+pub mod qdrant_test_server;
+pub mod store_suite;
 
 /// Repository root.
 pub fn repo_root() -> PathBuf {

@@ -1,9 +1,11 @@
 //! The indexer over real gRPC with a real embedder (MiniLM through ONNX Runtime) and the real
-//! Qdrant engine, on the npm country-json corpus: "The capital of {country} is {city}."
+//! Qdrant engine (embedded, or behind the Qdrant protocol), on the npm country-json corpus: "The capital of {country} is {city}."
 
-use ragd_indexer::IndexerConfig;
+use ragd_indexer::store::remote::QdrantConfig;
+use ragd_indexer::{IndexerConfig, StoreKind};
 use ragd_proto::json::to_struct;
 use ragd_proto::v1::{self, indexer_client::IndexerClient};
+use ragd_tests::qdrant_test_server::qdrant_url_or_test_server;
 use ragd_tests::{TestEmbedder, TestIndexer, embedder_config, ragd_home};
 use serde::Deserialize;
 use serde_json::json;
@@ -71,10 +73,38 @@ fn keyword(key: &str, v: &str) -> v1::Condition {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capitals_ingest_search_filter_threshold_and_restart() {
+async fn capitals_ingest_search_filter_threshold_and_restart_embedded_store() {
     let embedder = TestEmbedder::start(embedder_config(&["all-MiniLM-L6-v2"])).await;
     let data = tempfile::tempdir().expect("tempdir");
-    let indexer = TestIndexer::start(indexer_config(data.path(), &embedder.url)).await;
+    capitals_scenario(indexer_config(data.path(), &embedder.url)).await;
+    embedder.stop().await.expect("stop");
+}
+
+/// The same scenario with the vectors in Qdrant: the Qdrant-protocol test server, or a real
+/// Qdrant when `QDRANT_URL` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capitals_ingest_search_filter_threshold_and_restart_qdrant_store() {
+    let embedder = TestEmbedder::start(embedder_config(&["all-MiniLM-L6-v2"])).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let (url, _server) = qdrant_url_or_test_server().await;
+    let config = IndexerConfig {
+        store: StoreKind::Qdrant,
+        qdrant: QdrantConfig {
+            url,
+            api_key: std::env::var("QDRANT_API_KEY").ok(),
+            collection_prefix: format!("ragdtest_{}_grpc_", std::process::id()),
+            ..QdrantConfig::default()
+        },
+        ..indexer_config(data.path(), &embedder.url)
+    };
+    capitals_scenario(config).await;
+    embedder.stop().await.expect("stop");
+}
+
+/// Ingest the corpus, search (batch, filters, thresholds), replace and delete documents, restart
+/// the indexer and get the same answers; drops the collection at the end.
+async fn capitals_scenario(config: IndexerConfig) {
+    let indexer = TestIndexer::start(config.clone()).await;
     let mut client = indexer.client().await;
 
     let info = client
@@ -174,14 +204,14 @@ async fn capitals_ingest_search_filter_threshold_and_restart() {
 
     // Restart the indexer on the same data directory: same collection, same answers.
     indexer.stop().await.expect("clean stop");
-    let indexer = TestIndexer::start(indexer_config(data.path(), &embedder.url)).await;
+    let indexer = TestIndexer::start(config).await;
     let mut client = indexer.client().await;
     let after = client.describe_collection(v1::DescribeCollectionRequest { name: "capitals".into() }).await;
     assert_eq!(after.expect("describe").into_inner().points, before.points);
     let hits = top(&mut client, text_query("capitals", "What is the capital of Germany?", 3)).await;
     assert_eq!(hits[0].doc_id, "Germany");
+    client.drop_collection(v1::DropCollectionRequest { name: "capitals".into() }).await.expect("drop");
     indexer.stop().await.expect("stop");
-    embedder.stop().await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

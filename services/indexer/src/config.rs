@@ -3,11 +3,27 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use ragd_core::config::GrpcConfig;
+
+use crate::store::remote::QdrantConfig;
+
+/// Where vectors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// The Qdrant engine in-process (qdrant-edge), shard directories under the data directory.
+    Embedded,
+    /// A Qdrant server or cluster over gRPC (`--qdrant-url`).
+    Qdrant,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct IndexerConfig {
+    /// Vector store: the embedded Qdrant engine or a Qdrant server/cluster.
+    #[arg(long, env = "RAGD_STORE", value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+    #[command(flatten)]
+    pub qdrant: QdrantConfig,
     /// Data directory: collections registry and shard directories.
     #[arg(long, env = "RAGD_DATA_DIR", default_value = ".ragd/data/indexer")]
     pub data_dir: PathBuf,
@@ -43,6 +59,8 @@ pub struct IndexerConfig {
 impl Default for IndexerConfig {
     fn default() -> Self {
         Self {
+            store: StoreKind::Embedded,
+            qdrant: QdrantConfig::default(),
             data_dir: ".ragd/data/indexer".into(),
             embedder_url: "http://127.0.0.1:50051".into(),
             max_k: 1000,
@@ -84,5 +102,8 @@ mod tests {
         );
         assert_eq!(c.data_dir, d.data_dir);
         assert_eq!(c.embedder_url, d.embedder_url);
+        assert_eq!(c.store, d.store);
+        assert_eq!(c.qdrant.url, d.qdrant.url);
+        assert_eq!(c.qdrant.collection_prefix, d.qdrant.collection_prefix);
     }
 }

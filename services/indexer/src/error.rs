@@ -23,6 +23,9 @@ pub enum IndexError {
     Store(String),
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
+    /// A Qdrant server refused or failed; its status code is kept.
+    #[error("qdrant: {0}")]
+    Remote(Status),
 }
 
 impl IndexError {
@@ -45,6 +48,7 @@ impl From<IndexError> for Status {
             // Keep the embedder's code (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE, ...),
             // its details and metadata (retry hints), and say where it came from.
             IndexError::Embedder(s) => ragd_core::status::with_context("embedder", &s),
+            IndexError::Remote(s) => ragd_core::status::with_context("qdrant", &s),
             IndexError::ShuttingDown | IndexError::StoreUnavailable(_) => Status::unavailable(message),
             IndexError::Store(_) => Status::internal(message),
         }

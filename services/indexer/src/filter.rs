@@ -60,8 +60,12 @@ impl Filter {
                 Test::Match(v) if !scalar(v) => {
                     return bad(format!("match on {:?} needs a string, integer or boolean", c.key));
                 }
-                Test::MatchAny(vs) if vs.is_empty() || !vs.iter().all(scalar) => {
-                    return bad(format!("match-any on {:?} needs strings, integers or booleans", c.key));
+                // Qdrant matches any of strings or of integers, not a mix (nor booleans).
+                Test::MatchAny(vs)
+                    if vs.is_empty()
+                        || !(vs.iter().all(Value::is_string) || vs.iter().all(|v| v.as_i64().is_some())) =>
+                {
+                    return bad(format!("match-any on {:?} needs all strings or all integers", c.key));
                 }
                 Test::Range { gt, gte, lt, lte } => {
                     let bounds = [gt, gte, lt, lte];
@@ -129,13 +133,13 @@ mod tests {
         let f = Filter {
             must: vec![cond("country", Test::Match(json!("Germany")))],
             should: vec![cond("year", Test::Range { gt: None, gte: Some(2000.0), lt: None, lte: None })],
-            must_not: vec![cond("tag", Test::MatchAny(vec![json!("a"), json!(3)]))],
+            must_not: vec![cond("tag", Test::MatchAny(vec![json!("a"), json!("b")]))],
         };
         f.validate().expect("valid");
         let j = f.to_qdrant_json();
         assert_eq!(j["must"][0], json!({"key": "metadata.country", "match": {"value": "Germany"}}));
         assert_eq!(j["should"][0]["range"]["gte"], json!(2000.0));
-        assert_eq!(j["must_not"][0]["match"]["any"], json!(["a", 3]));
+        assert_eq!(j["must_not"][0]["match"]["any"], json!(["a", "b"]));
     }
 
     #[test]
@@ -147,6 +151,8 @@ mod tests {
             cond("k", Test::Match(json!(1.5))),
             cond("k", Test::Match(json!({"nested": 1}))),
             cond("k", Test::MatchAny(vec![])),
+            cond("k", Test::MatchAny(vec![json!("a"), json!(3)])),
+            cond("k", Test::MatchAny(vec![json!(true)])),
             cond("k", Test::Range { gt: None, gte: None, lt: None, lte: None }),
             cond("k", Test::Range { gt: Some(f64::NAN), gte: None, lt: None, lte: None }),
         ] {

@@ -98,7 +98,12 @@ fn info(meta: CollectionMeta, stats: StoreStats) -> v1::CollectionInfo {
                 segments: s.segments,
             })
             .collect(),
-        optimizer_state: if indexed { "indexed" } else { "exact-until-indexed" }.into(),
+        optimizer_state: stats
+            .optimizer_state
+            .unwrap_or_else(|| if indexed { "indexed" } else { "exact-until-indexed" }.into()),
+        replication_factor: meta.store.replication_factor.unwrap_or(1),
+        write_consistency_factor: meta.store.write_consistency_factor.unwrap_or(1),
+        on_disk: meta.store.on_disk.unwrap_or(false),
     }
 }
 
@@ -189,6 +194,9 @@ impl indexer_server::Indexer for IndexerGrpc {
             distance: distance_from(r.distance)?,
             shards: r.shards.max(1),
             chunking: chunking_from(r.chunking),
+            replication_factor: (r.replication_factor > 0).then_some(r.replication_factor),
+            write_consistency_factor: (r.write_consistency_factor > 0).then_some(r.write_consistency_factor),
+            on_disk: r.on_disk.then_some(true),
         };
         let meta = indexer.create_collection(create, deadline).await?;
         let stats = indexer.stats(&meta.store.name).await?;

@@ -25,7 +25,7 @@ use ragd_proto::v1::embedder_client::EmbedderClient;
 use ragd_proto::v1::indexer_server::IndexerServer;
 use tokio::net::TcpListener;
 
-pub use config::IndexerConfig;
+pub use config::{IndexerConfig, StoreKind};
 pub use error::IndexError;
 pub use service::Indexer;
 
@@ -34,6 +34,7 @@ use crate::grpc::IndexerGrpc;
 use crate::service::IndexerLimits;
 use crate::store::VectorStore;
 use crate::store::edge::EdgeStore;
+use crate::store::remote::QdrantStore;
 
 /// Runs the indexer on `listener` until `shutdown` resolves.
 ///
@@ -56,10 +57,16 @@ pub async fn serve(
     let mut server =
         ragd_core::grpc::spawn_server(health, service, &[ragd_proto::FILE_DESCRIPTOR_SET], listener, &stop)
             .map_err(|e| IndexError::Store(format!("reflection: {e}")))?;
-    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "indexer listening; opening collections");
+    tracing::info!(
+        addr = %local, data_dir = %config.data_dir.display(), store = ?config.store,
+        "indexer listening; opening collections"
+    );
 
     let opened = async {
-        let store: Arc<dyn VectorStore> = Arc::new(EdgeStore::new(&config.data_dir.join("shards"))?);
+        let store: Arc<dyn VectorStore> = match config.store {
+            StoreKind::Embedded => Arc::new(EdgeStore::new(&config.data_dir.join("shards"))?),
+            StoreKind::Qdrant => Arc::new(QdrantStore::connect(&config.qdrant).await?),
+        };
         let registry = Registry::load(&config.data_dir)?;
         let channel = ragd_core::client::endpoint(&config.embedder_url)
             .map_err(|e| IndexError::invalid("embedder_url", e.to_string()))?

@@ -63,6 +63,9 @@ pub struct CreateCollection {
     pub distance: Distance,
     pub shards: u32,
     pub chunking: Chunking,
+    pub replication_factor: Option<u32>,
+    pub write_consistency_factor: Option<u32>,
+    pub on_disk: Option<bool>,
 }
 
 /// Limits and tuning of the indexer.
@@ -160,6 +163,14 @@ impl Indexer {
         if req.shards == 0 || req.shards > self.limits.max_shards {
             return Err(IndexError::invalid("shards", format!("must be 1..={}", self.limits.max_shards)));
         }
+        if let (Some(w), Some(r)) = (req.write_consistency_factor, req.replication_factor)
+            && w > r
+        {
+            return Err(IndexError::invalid(
+                "write_consistency_factor",
+                format!("{w} is more than the replication factor {r}"),
+            ));
+        }
         if self.registry.get(&req.name).is_ok() {
             return Err(IndexError::CollectionExists(req.name));
         }
@@ -187,6 +198,9 @@ impl Indexer {
                 distance: req.distance,
                 shards: req.shards,
                 indexing_threshold_kb: self.limits.indexing_threshold_kb,
+                replication_factor: req.replication_factor,
+                write_consistency_factor: req.write_consistency_factor,
+                on_disk: req.on_disk,
             },
             model: info.name,
             chunking: req.chunking,

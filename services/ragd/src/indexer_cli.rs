@@ -43,6 +43,15 @@ pub enum CollectionsCommand {
         distance: DistanceArg,
         #[arg(long, default_value_t = 1)]
         shards: u32,
+        /// Copies of each shard (Qdrant cluster store only); 0 = the store's default.
+        #[arg(long, default_value_t = 0)]
+        replication_factor: u32,
+        /// Replicas that must acknowledge a write (Qdrant cluster store only); 0 = default.
+        #[arg(long, default_value_t = 0)]
+        write_consistency_factor: u32,
+        /// Keep vectors on disk (memory-mapped) instead of in RAM.
+        #[arg(long)]
+        on_disk: bool,
         /// Chunk by windows of this many sentences (default 3).
         #[arg(long, conflicts_with = "tokens")]
         sentences: Option<u32>,
@@ -118,6 +127,8 @@ fn info_json(c: &v1::CollectionInfo) -> Value {
         "distance": v1::Distance::try_from(c.distance).map(|d| d.as_str_name()).unwrap_or("?"),
         "points": c.points, "documents": c.documents, "indexed_vectors": c.indexed_vectors,
         "disk_bytes": c.disk_bytes, "shards": c.shards.len(), "optimizer_state": c.optimizer_state,
+        "replication_factor": c.replication_factor, "write_consistency_factor": c.write_consistency_factor,
+        "on_disk": c.on_disk,
     })
 }
 
@@ -143,7 +154,18 @@ fn print_info(c: &v1::CollectionInfo, as_json: bool) {
 pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand) -> anyhow::Result<()> {
     let mut c = client(&endpoint.indexer).await?;
     match command {
-        CollectionsCommand::Create { name, model, distance, shards, sentences, tokens, overlap } => {
+        CollectionsCommand::Create {
+            name,
+            model,
+            distance,
+            shards,
+            replication_factor,
+            write_consistency_factor,
+            on_disk,
+            sentences,
+            tokens,
+            overlap,
+        } => {
             let policy = match (sentences, tokens) {
                 (_, Some(size)) => {
                     v1::chunking::Policy::Tokens(v1::Window { size, overlap: overlap.unwrap_or(0) })
@@ -164,6 +186,9 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
                 distance: distance as i32,
                 shards,
                 chunking: Some(v1::Chunking { policy: Some(policy) }),
+                replication_factor,
+                write_consistency_factor,
+                on_disk,
             };
             print_info(&c.create_collection(request).await.map_err(status)?.into_inner(), endpoint.json);
         }

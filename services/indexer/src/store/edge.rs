@@ -34,8 +34,7 @@ pub fn shard_of(doc_id: &str, shards: u32) -> usize {
 
 /// Deterministic point id of a document chunk (UUID v5), so re-upserts overwrite.
 pub fn point_id(doc_id: &str, chunk: u32) -> PointId {
-    let ns = uuid::Uuid::from_u128(0x6a1d_7c4e_2b9f_4e31_9d0a_5c8b_3f2e_1a70);
-    PointId::Uuid(uuid::Uuid::new_v5(&ns, format!("{doc_id}\u{0}{chunk}").as_bytes()))
+    PointId::Uuid(super::point_uuid(doc_id, chunk))
 }
 
 /// One engine shard. `EdgeShard::flush` panics if the write-ahead log is locked by a concurrent
@@ -116,7 +115,7 @@ impl EdgeStore {
         let params = EdgeVectorParams {
             size: spec.dim,
             distance,
-            on_disk: None,
+            on_disk: spec.on_disk,
             multivector_config: None,
             datatype: None,
             quantization_config: None,
@@ -191,6 +190,17 @@ impl VectorStore for EdgeStore {
     async fn create(&self, spec: &StoreSpec) -> Result<(), IndexError> {
         if self.get(&spec.name).is_ok() {
             return Err(IndexError::CollectionExists(spec.name.clone()));
+        }
+        for (field, value) in [
+            ("replication_factor", spec.replication_factor),
+            ("write_consistency_factor", spec.write_consistency_factor),
+        ] {
+            if value.is_some_and(|v| v > 1) {
+                return Err(IndexError::invalid(
+                    field,
+                    "the embedded store keeps one copy of each shard; replicas need a Qdrant cluster (--store qdrant)",
+                ));
+            }
         }
         let dir = self.root.join(&spec.name);
         let config = Self::edge_config(spec);

@@ -1,10 +1,11 @@
 //! Vector storage behind one trait: [`edge::EdgeStore`] runs the Qdrant engine in-process
-//! (qdrant-edge, one on-disk shard directory per shard); a remote store talks to a Qdrant
-//! cluster. ragd's collection metadata (model, chunking) lives in the collections registry; a
+//! (qdrant-edge, one on-disk shard directory per shard); [`remote::QdrantStore`] talks to a
+//! Qdrant server or cluster over gRPC. ragd's collection metadata (model, chunking) lives in the collections registry; a
 //! store only knows names, dimensions, distances and shard counts.
 
 pub mod edge;
 pub mod merge;
+pub mod remote;
 
 use std::fmt::Debug;
 
@@ -41,6 +42,21 @@ pub struct StoreSpec {
     /// index; below it search is exact. None = Qdrant's default.
     #[serde(default)]
     pub indexing_threshold_kb: Option<usize>,
+    /// Copies of each shard (Qdrant cluster only; the embedded store has one).
+    #[serde(default)]
+    pub replication_factor: Option<u32>,
+    /// Replicas that must acknowledge a write (Qdrant cluster only).
+    #[serde(default)]
+    pub write_consistency_factor: Option<u32>,
+    /// Keep vectors (and, on Qdrant, payloads) on disk, memory-mapped, instead of in RAM.
+    #[serde(default)]
+    pub on_disk: Option<bool>,
+}
+
+/// Deterministic point id of a document chunk (UUID v5), so re-upserts overwrite, in every store.
+pub fn point_uuid(doc_id: &str, chunk: u32) -> uuid::Uuid {
+    let ns = uuid::Uuid::from_u128(0x6a1d_7c4e_2b9f_4e31_9d0a_5c8b_3f2e_1a70);
+    uuid::Uuid::new_v5(&ns, format!("{doc_id}\u{0}{chunk}").as_bytes())
 }
 
 /// One stored chunk. Its payload is `{doc_id, chunk, text, metadata}`.
@@ -83,6 +99,8 @@ pub struct StoreStats {
     pub segments: u64,
     pub disk_bytes: u64,
     pub shards: Vec<ShardStats>,
+    /// The store's own word on its optimizer, where it has one (Qdrant's collection status).
+    pub optimizer_state: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

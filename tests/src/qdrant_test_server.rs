@@ -1,0 +1,685 @@
+//! **Qdrant-protocol test server — a test double, not Qdrant.** No Qdrant server can be installed
+//! on the build machines (no registry ships one), so the remote store's tests talk to this:
+//! the gRPC services of Qdrant's own protocol (the server traits `qdrant-client` generates:
+//! `Qdrant`, `Collections`, `Points`) over a real loopback socket, backed by the real Qdrant
+//! engine (`qdrant-edge`, one engine shard per Qdrant shard in a temp directory). It implements
+//! the calls `ragd_indexer::store::remote::QdrantStore` makes — health check, collection
+//! create / exists / info / cluster info / delete, create field index, upsert, delete by ids or
+//! filter, count, search and search batch — and answers every other call UNIMPLEMENTED.
+//! Replication is recorded, not performed (one peer). Like Qdrant, a background optimizer
+//! builds HNSW indexes.
+//!
+//! Tests that use it run against a real Qdrant instead when `QDRANT_URL` is set
+//! ([`qdrant_url_or_test_server`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use qdrant_client::qdrant::{
+    self, collections_server::Collections, points_server::Points, qdrant_server::Qdrant,
+};
+use qdrant_edge::{
+    CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
+    NamedQuery, Payload, PointId, PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum,
+    SearchParams, SearchRequest, UpdateOperation, VectorStructPersisted, WithPayloadInterface,
+};
+use ragd_indexer::store::edge::shard_of;
+use ragd_indexer::store::remote::convert;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+/// The protocol version this double speaks (the qdrant-client it was written against).
+pub const PROTOCOL_VERSION: &str = "1.20.0";
+
+struct Shard {
+    engine: EdgeShard,
+    /// `EdgeShard::flush` (run on drop) panics if a write holds the WAL; serialise writes.
+    writes: Mutex<()>,
+}
+
+impl Shard {
+    fn update(&self, op: UpdateOperation) -> Result<(), Status> {
+        let _g = self.writes.lock().map_err(|_| Status::internal("shard lock poisoned"))?;
+        self.engine.update(op).map_err(|e| Status::invalid_argument(format!("Wrong input: {e}")))
+    }
+}
+
+struct Collection {
+    params: qdrant::CollectionParams,
+    distance: qdrant::Distance,
+    dim: usize,
+    shards: Vec<Arc<Shard>>,
+}
+
+/// Fields drop in order: the engine shards before their temp directory.
+struct State {
+    collections: RwLock<HashMap<String, Arc<Collection>>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl State {
+    fn get(&self, name: &str) -> Result<Arc<Collection>, Status> {
+        self.collections
+            .read()
+            .map_err(|_| Status::internal("lock poisoned"))?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("Not found: Collection `{name}` doesn't exist!")))
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default()
+    }
+}
+
+/// The three Qdrant gRPC services over one state.
+#[derive(Clone)]
+struct Service(Arc<State>);
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("engine task: {e}")))?
+}
+
+fn edge_filter(f: &qdrant::Filter) -> Result<qdrant_edge::Filter, Status> {
+    let json = convert::filter_to_json(f).map_err(Status::invalid_argument)?;
+    serde_json::from_value(json).map_err(|e| Status::invalid_argument(format!("filter: {e}")))
+}
+
+fn edge_point_id(id: Option<&qdrant::PointId>) -> Result<PointId, Status> {
+    match id.and_then(|i| i.point_id_options.as_ref()) {
+        Some(qdrant::point_id::PointIdOptions::Num(n)) => Ok(PointId::NumId(*n)),
+        Some(qdrant::point_id::PointIdOptions::Uuid(u)) => u
+            .parse()
+            .map(PointId::Uuid)
+            .map_err(|e| Status::invalid_argument(format!("Unable to parse UUID {u}: {e}"))),
+        None => Err(Status::invalid_argument("point without id")),
+    }
+}
+
+fn grpc_point_id(id: PointId) -> qdrant::PointId {
+    let options = match id {
+        PointId::NumId(n) => qdrant::point_id::PointIdOptions::Num(n),
+        PointId::Uuid(u) => qdrant::point_id::PointIdOptions::Uuid(u.to_string()),
+    };
+    qdrant::PointId { point_id_options: Some(options) }
+}
+
+fn route(id: &PointId, shards: usize) -> usize {
+    shard_of(&id.to_string(), shards as u32)
+}
+
+fn unimplemented(call: &str) -> Status {
+    Status::unimplemented(format!("{call} is not implemented by the ragd Qdrant-protocol test server"))
+}
+
+impl Collection {
+    fn count(&self, filter: Option<qdrant_edge::Filter>) -> Result<u64, Status> {
+        self.shards.iter().try_fold(0u64, |n, s| {
+            let c = s
+                .engine
+                .count(CountRequest { filter: filter.clone(), exact: true })
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(n + c as u64)
+        })
+    }
+
+    fn search(&self, s: &qdrant::SearchPoints) -> Result<Vec<qdrant::ScoredPoint>, Status> {
+        if s.vector.len() != self.dim {
+            return Err(Status::invalid_argument(format!(
+                "Wrong input: Vector dimension error: expected dim: {}, got {}",
+                self.dim,
+                s.vector.len()
+            )));
+        }
+        let filter = s.filter.as_ref().map(edge_filter).transpose()?;
+        let params = s.params.as_ref().map(|p| SearchParams {
+            hnsw_ef: p.hnsw_ef.map(|e| e as usize),
+            exact: p.exact.unwrap_or(false),
+            ..Default::default()
+        });
+        let with_payload = !matches!(
+            s.with_payload.as_ref().and_then(|w| w.selector_options.as_ref()),
+            None | Some(qdrant::with_payload_selector::SelectorOptions::Enable(false))
+        );
+        let limit = s.limit as usize;
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let request = SearchRequest {
+                query: QueryEnum::Nearest(NamedQuery::default_dense(s.vector.clone())),
+                filter: filter.clone(),
+                params,
+                limit,
+                offset: 0,
+                with_payload: Some(WithPayloadInterface::Bool(with_payload)),
+                with_vector: None,
+                score_threshold: s.score_threshold,
+            };
+            all.extend(shard.engine.search(request).map_err(|e| Status::internal(e.to_string()))?);
+        }
+        if self.distance == qdrant::Distance::Euclid {
+            all.sort_by(|a, b| a.score.total_cmp(&b.score));
+        } else {
+            all.sort_by(|a, b| b.score.total_cmp(&a.score));
+        }
+        all.truncate(limit);
+        Ok(all
+            .into_iter()
+            .map(|p| qdrant::ScoredPoint {
+                id: Some(grpc_point_id(p.id)),
+                payload: p.payload.map(|p| convert::payload(Value::Object(p.0))).unwrap_or_default(),
+                score: p.score,
+                version: p.version,
+                ..Default::default()
+            })
+            .collect())
+    }
+}
+
+fn done() -> qdrant::PointsOperationResponse {
+    qdrant::PointsOperationResponse {
+        result: Some(qdrant::UpdateResult {
+            operation_id: Some(0),
+            status: qdrant::UpdateStatus::Completed as i32,
+        }),
+        time: 0.0,
+        usage: None,
+    }
+}
+
+#[tonic::async_trait]
+impl Qdrant for Service {
+    async fn health_check(
+        &self,
+        _: Request<qdrant::HealthCheckRequest>,
+    ) -> Result<Response<qdrant::HealthCheckReply>, Status> {
+        Ok(Response::new(qdrant::HealthCheckReply {
+            title: "ragd Qdrant-protocol test server (qdrant-edge engine; not a Qdrant server)".into(),
+            version: PROTOCOL_VERSION.into(),
+            commit: None,
+        }))
+    }
+}
+
+/// Answers UNIMPLEMENTED for the listed calls of a server trait. Written out the way
+/// `#[async_trait]` desugars (it does not see into macro invocations).
+macro_rules! unimplemented_calls {
+    ($($name:ident($req:ident) -> $resp:ident;)*) => {
+        $(
+            fn $name<'life0, 'async_trait>(
+                &'life0 self,
+                _: Request<qdrant::$req>,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<Response<qdrant::$resp>, Status>> + Send + 'async_trait>,
+            >
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin(async { Err(unimplemented(stringify!($name))) })
+            }
+        )*
+    };
+}
+
+#[tonic::async_trait]
+impl Collections for Service {
+    async fn create(
+        &self,
+        request: Request<qdrant::CreateCollection>,
+    ) -> Result<Response<qdrant::CollectionOperationResponse>, Status> {
+        let r = request.into_inner();
+        let name = r.collection_name.clone();
+        if self.0.get(&name).is_ok() {
+            return Err(Status::already_exists(format!("Wrong input: Collection `{name}` already exists!")));
+        }
+        let Some(qdrant::vectors_config::Config::Params(vp)) = r.vectors_config.and_then(|v| v.config) else {
+            return Err(Status::invalid_argument("the test server supports one unnamed dense vector"));
+        };
+        let distance = qdrant::Distance::try_from(vp.distance).unwrap_or(qdrant::Distance::UnknownDistance);
+        let edge_distance = match distance {
+            qdrant::Distance::Cosine => qdrant_edge::Distance::Cosine,
+            qdrant::Distance::Dot => qdrant_edge::Distance::Dot,
+            qdrant::Distance::Euclid => qdrant_edge::Distance::Euclid,
+            other => return Err(Status::invalid_argument(format!("unsupported distance {other:?}"))),
+        };
+        #[allow(deprecated)]
+        let on_disk = vp.memory == Some(qdrant::Memory::Cold as i32) || vp.on_disk == Some(true);
+        let shard_number = r.shard_number.unwrap_or(1).max(1);
+        let params = qdrant::CollectionParams {
+            shard_number,
+            payload: r.payload,
+            vectors_config: Some(qdrant::VectorsConfig {
+                config: Some(qdrant::vectors_config::Config::Params(vp)),
+            }),
+            replication_factor: Some(r.replication_factor.unwrap_or(1)),
+            write_consistency_factor: Some(r.write_consistency_factor.unwrap_or(1)),
+            ..Default::default()
+        };
+        let config = EdgeConfig::builder()
+            .vector(
+                DEFAULT_VECTOR_NAME,
+                EdgeVectorParams {
+                    size: vp.size as usize,
+                    distance: edge_distance,
+                    on_disk: Some(on_disk),
+                    multivector_config: None,
+                    datatype: None,
+                    quantization_config: None,
+                    hnsw_config: None,
+                },
+            )
+            .optimizers(EdgeOptimizersConfig {
+                indexing_threshold: r
+                    .optimizers_config
+                    .and_then(|o| o.indexing_threshold)
+                    .map(|t| t as usize),
+                ..Default::default()
+            })
+            .build();
+        let dir = self.0.root().join(&name);
+        let shards = blocking(move || {
+            (0..shard_number)
+                .map(|i| {
+                    let path = dir.join(format!("shard-{i}"));
+                    std::fs::create_dir_all(&path).map_err(|e| Status::internal(e.to_string()))?;
+                    let engine =
+                        EdgeShard::new(&path, config.clone()).map_err(|e| Status::internal(e.to_string()))?;
+                    Ok(Arc::new(Shard { engine, writes: Mutex::new(()) }))
+                })
+                .collect::<Result<Vec<_>, Status>>()
+        })
+        .await?;
+        let collection = Collection { params, distance, dim: vp.size as usize, shards };
+        self.0.collections.write().map_err(|_| Status::internal("lock"))?.insert(name, Arc::new(collection));
+        Ok(Response::new(qdrant::CollectionOperationResponse { result: true, time: 0.0 }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<qdrant::DeleteCollection>,
+    ) -> Result<Response<qdrant::CollectionOperationResponse>, Status> {
+        let name = request.into_inner().collection_name;
+        let removed = self.0.collections.write().map_err(|_| Status::internal("lock"))?.remove(&name);
+        let existed = removed.is_some();
+        if existed {
+            drop(removed);
+            let dir = self.0.root().join(&name);
+            blocking(move || std::fs::remove_dir_all(dir).map_err(|e| Status::internal(e.to_string())))
+                .await?;
+        }
+        // Like Qdrant: deleting a missing collection is not an error, it answers result=false.
+        Ok(Response::new(qdrant::CollectionOperationResponse { result: existed, time: 0.0 }))
+    }
+
+    async fn collection_exists(
+        &self,
+        request: Request<qdrant::CollectionExistsRequest>,
+    ) -> Result<Response<qdrant::CollectionExistsResponse>, Status> {
+        let exists = self.0.get(&request.into_inner().collection_name).is_ok();
+        Ok(Response::new(qdrant::CollectionExistsResponse {
+            result: Some(qdrant::CollectionExists { exists }),
+            time: 0.0,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<qdrant::GetCollectionInfoRequest>,
+    ) -> Result<Response<qdrant::GetCollectionInfoResponse>, Status> {
+        let c = self.0.get(&request.into_inner().collection_name)?;
+        let (points, indexed, segments) = c.shards.iter().fold((0, 0, 0), |(p, i, s), shard| {
+            let info = shard.engine.info();
+            (
+                p + info.points_count as u64,
+                i + info.indexed_vectors_count as u64,
+                s + info.segments_count as u64,
+            )
+        });
+        Ok(Response::new(qdrant::GetCollectionInfoResponse {
+            result: Some(qdrant::CollectionInfo {
+                status: qdrant::CollectionStatus::Green as i32,
+                optimizer_status: Some(qdrant::OptimizerStatus { ok: true, error: String::new() }),
+                segments_count: segments,
+                config: Some(qdrant::CollectionConfig {
+                    params: Some(c.params.clone()),
+                    ..Default::default()
+                }),
+                points_count: Some(points),
+                indexed_vectors_count: Some(indexed),
+                ..Default::default()
+            }),
+            time: 0.0,
+        }))
+    }
+
+    async fn list(
+        &self,
+        _: Request<qdrant::ListCollectionsRequest>,
+    ) -> Result<Response<qdrant::ListCollectionsResponse>, Status> {
+        let names: Vec<String> =
+            self.0.collections.read().map_err(|_| Status::internal("lock"))?.keys().cloned().collect();
+        Ok(Response::new(qdrant::ListCollectionsResponse {
+            collections: names.into_iter().map(|name| qdrant::CollectionDescription { name }).collect(),
+            time: 0.0,
+        }))
+    }
+
+    async fn collection_cluster_info(
+        &self,
+        request: Request<qdrant::CollectionClusterInfoRequest>,
+    ) -> Result<Response<qdrant::CollectionClusterInfoResponse>, Status> {
+        let c = self.0.get(&request.into_inner().collection_name)?;
+        let local_shards = c
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Ok(qdrant::LocalShardInfo {
+                    shard_id: i as u32,
+                    points_count: s
+                        .engine
+                        .count(CountRequest { filter: None, exact: true })
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        as u64,
+                    state: qdrant::ReplicaState::Active as i32,
+                    shard_key: None,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(qdrant::CollectionClusterInfoResponse {
+            peer_id: 1,
+            shard_count: c.shards.len() as u64,
+            local_shards,
+            ..Default::default()
+        }))
+    }
+
+    unimplemented_calls! {
+        update(UpdateCollection) -> CollectionOperationResponse;
+        update_aliases(ChangeAliases) -> CollectionOperationResponse;
+        list_collection_aliases(ListCollectionAliasesRequest) -> ListAliasesResponse;
+        list_aliases(ListAliasesRequest) -> ListAliasesResponse;
+        update_collection_cluster_setup(UpdateCollectionClusterSetupRequest) -> UpdateCollectionClusterSetupResponse;
+        create_shard_key(CreateShardKeyRequest) -> CreateShardKeyResponse;
+        delete_shard_key(DeleteShardKeyRequest) -> DeleteShardKeyResponse;
+        list_shard_keys(ListShardKeysRequest) -> ListShardKeysResponse;
+    }
+}
+
+#[tonic::async_trait]
+impl Points for Service {
+    async fn upsert(
+        &self,
+        request: Request<qdrant::UpsertPoints>,
+    ) -> Result<Response<qdrant::PointsOperationResponse>, Status> {
+        let r = request.into_inner();
+        let c = self.0.get(&r.collection_name)?;
+        let mut per_shard: Vec<Vec<PointStructPersisted>> = vec![Vec::new(); c.shards.len()];
+        for p in r.points {
+            let id = edge_point_id(p.id.as_ref())?;
+            #[allow(deprecated)]
+            let vector = match p.vectors.and_then(|v| v.vectors_options) {
+                Some(qdrant::vectors::VectorsOptions::Vector(qdrant::Vector {
+                    vector: Some(qdrant::vector::Vector::Dense(d)),
+                    ..
+                })) => d.data,
+                // The pre-1.16 form of a dense vector.
+                Some(qdrant::vectors::VectorsOptions::Vector(v)) if v.vector.is_none() => v.data,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "the test server supports one unnamed dense vector",
+                    ));
+                }
+            };
+            if vector.len() != c.dim {
+                return Err(Status::invalid_argument(format!(
+                    "Wrong input: Vector dimension error: expected dim: {}, got {}",
+                    c.dim,
+                    vector.len()
+                )));
+            }
+            let shard = route(&id, c.shards.len());
+            per_shard[shard].push(PointStructPersisted {
+                id,
+                vector: VectorStructPersisted::Single(vector),
+                payload: Some(Payload(convert::payload_to_json(p.payload))),
+            });
+        }
+        // The whole request is validated before anything is written.
+        blocking(move || {
+            for (shard, points) in c.shards.iter().zip(per_shard) {
+                if !points.is_empty() {
+                    let op = PointOperations::UpsertPoints(PointInsertOperations::PointsList(points));
+                    shard.update(UpdateOperation::PointOperation(op))?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(done()))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<qdrant::DeletePoints>,
+    ) -> Result<Response<qdrant::PointsOperationResponse>, Status> {
+        let r = request.into_inner();
+        let c = self.0.get(&r.collection_name)?;
+        let op = match r.points.and_then(|p| p.points_selector_one_of) {
+            Some(qdrant::points_selector::PointsSelectorOneOf::Filter(f)) => {
+                PointOperations::DeletePointsByFilter(edge_filter(&f)?)
+            }
+            Some(qdrant::points_selector::PointsSelectorOneOf::Points(ids)) => {
+                PointOperations::DeletePoints {
+                    ids: ids.ids.iter().map(|i| edge_point_id(Some(i))).collect::<Result<_, _>>()?,
+                }
+            }
+            None => return Err(Status::invalid_argument("points selector is required")),
+        };
+        blocking(move || {
+            for shard in &c.shards {
+                shard.update(UpdateOperation::PointOperation(op.clone()))?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(done()))
+    }
+
+    async fn create_field_index(
+        &self,
+        request: Request<qdrant::CreateFieldIndexCollection>,
+    ) -> Result<Response<qdrant::PointsOperationResponse>, Status> {
+        let r = request.into_inner();
+        let c = self.0.get(&r.collection_name)?;
+        let schema = match r.field_type.and_then(|t| qdrant::FieldType::try_from(t).ok()) {
+            Some(qdrant::FieldType::Keyword) => "keyword",
+            Some(qdrant::FieldType::Integer) => "integer",
+            Some(qdrant::FieldType::Float) => "float",
+            Some(qdrant::FieldType::Bool) => "bool",
+            other => return Err(Status::invalid_argument(format!("unsupported field type {other:?}"))),
+        };
+        let index = qdrant_edge::CreateIndex {
+            field_name: serde_json::from_value(Value::String(r.field_name.clone()))
+                .map_err(|e| Status::invalid_argument(format!("field name: {e}")))?,
+            field_schema: Some(
+                serde_json::from_value(Value::String(schema.into()))
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            ),
+        };
+        blocking(move || {
+            for shard in &c.shards {
+                let op = qdrant_edge::FieldIndexOperations::CreateIndex(index.clone());
+                shard.update(UpdateOperation::FieldIndexOperation(op))?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(done()))
+    }
+
+    async fn count(
+        &self,
+        request: Request<qdrant::CountPoints>,
+    ) -> Result<Response<qdrant::CountResponse>, Status> {
+        let r = request.into_inner();
+        let c = self.0.get(&r.collection_name)?;
+        let filter = r.filter.as_ref().map(edge_filter).transpose()?;
+        let count = blocking(move || c.count(filter)).await?;
+        Ok(Response::new(qdrant::CountResponse {
+            result: Some(qdrant::CountResult { count }),
+            time: 0.0,
+            usage: None,
+        }))
+    }
+
+    async fn search(
+        &self,
+        request: Request<qdrant::SearchPoints>,
+    ) -> Result<Response<qdrant::SearchResponse>, Status> {
+        let started = Instant::now();
+        let r = request.into_inner();
+        let c = self.0.get(&r.collection_name)?;
+        let result = blocking(move || c.search(&r)).await?;
+        Ok(Response::new(qdrant::SearchResponse {
+            result,
+            time: started.elapsed().as_secs_f64(),
+            usage: None,
+        }))
+    }
+
+    async fn search_batch(
+        &self,
+        request: Request<qdrant::SearchBatchPoints>,
+    ) -> Result<Response<qdrant::SearchBatchResponse>, Status> {
+        let started = Instant::now();
+        let r = request.into_inner();
+        let c = self.0.get(&r.collection_name)?;
+        let result = blocking(move || {
+            r.search_points.iter().map(|s| Ok(qdrant::BatchResult { result: c.search(s)? })).collect()
+        })
+        .await?;
+        Ok(Response::new(qdrant::SearchBatchResponse {
+            result,
+            time: started.elapsed().as_secs_f64(),
+            usage: None,
+        }))
+    }
+
+    unimplemented_calls! {
+        get(GetPoints) -> GetResponse;
+        update_vectors(UpdatePointVectors) -> PointsOperationResponse;
+        delete_vectors(DeletePointVectors) -> PointsOperationResponse;
+        set_payload(SetPayloadPoints) -> PointsOperationResponse;
+        overwrite_payload(SetPayloadPoints) -> PointsOperationResponse;
+        delete_payload(DeletePayloadPoints) -> PointsOperationResponse;
+        clear_payload(ClearPayloadPoints) -> PointsOperationResponse;
+        delete_field_index(DeleteFieldIndexCollection) -> PointsOperationResponse;
+        create_vector_name(CreateVectorNameRequest) -> PointsOperationResponse;
+        delete_vector_name(DeleteVectorNameRequest) -> PointsOperationResponse;
+        search_groups(SearchPointGroups) -> SearchGroupsResponse;
+        scroll(ScrollPoints) -> ScrollResponse;
+        recommend(RecommendPoints) -> RecommendResponse;
+        recommend_batch(RecommendBatchPoints) -> RecommendBatchResponse;
+        recommend_groups(RecommendPointGroups) -> RecommendGroupsResponse;
+        discover(DiscoverPoints) -> DiscoverResponse;
+        discover_batch(DiscoverBatchPoints) -> DiscoverBatchResponse;
+        update_batch(UpdateBatchPoints) -> UpdateBatchResponse;
+        query(QueryPoints) -> QueryResponse;
+        query_batch(QueryBatchPoints) -> QueryBatchResponse;
+        query_groups(QueryPointGroups) -> QueryGroupsResponse;
+        facet(FacetCounts) -> FacetResponse;
+        search_matrix_pairs(SearchMatrixPoints) -> SearchMatrixPairsResponse;
+        search_matrix_offsets(SearchMatrixPoints) -> SearchMatrixOffsetsResponse;
+    }
+}
+
+/// The test double served on a loopback port, with Qdrant's background optimizer; stopped and
+/// its data removed on drop.
+pub struct QdrantProtocolTestServer {
+    pub url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for QdrantProtocolTestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdrantProtocolTestServer").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl QdrantProtocolTestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("test server tempdir");
+        let state = Arc::new(State { collections: RwLock::default(), dir: Some(dir) });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let service = Service(state.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let max = 64 << 20;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(qdrant::qdrant_server::QdrantServer::new(service.clone()))
+                .add_service(
+                    qdrant::collections_server::CollectionsServer::new(service.clone())
+                        .max_decoding_message_size(max),
+                )
+                .add_service(qdrant::points_server::PointsServer::new(service).max_decoding_message_size(max))
+                .serve_with_incoming_shutdown(ragd_core::grpc::incoming(listener), async {
+                    let _ = rx.await;
+                }),
+        );
+        // Like Qdrant, indexes are built in the background.
+        let weak = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(state) = weak.upgrade() else { return };
+                let collections: Vec<Arc<Collection>> =
+                    state.collections.read().map(|c| c.values().cloned().collect()).unwrap_or_default();
+                drop(state);
+                let _ = tokio::task::spawn_blocking(move || {
+                    for c in collections {
+                        for s in &c.shards {
+                            let _ = s.engine.optimize();
+                        }
+                    }
+                })
+                .await;
+            }
+        });
+        Self { url, shutdown: Some(tx), state }
+    }
+
+    /// Collections currently held (for tests checking clean-up).
+    pub fn collection_names(&self) -> Vec<String> {
+        self.state.collections.read().map(|c| c.keys().cloned().collect()).unwrap_or_default()
+    }
+}
+
+impl Drop for QdrantProtocolTestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Where the remote-store tests run: a real Qdrant at `$QDRANT_URL` (gRPC port, e.g.
+/// `http://localhost:6334`) when set, else the [`QdrantProtocolTestServer`] (returned so it
+/// lives as long as the test).
+pub async fn qdrant_url_or_test_server() -> (String, Option<QdrantProtocolTestServer>) {
+    match std::env::var("QDRANT_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let server = QdrantProtocolTestServer::start().await;
+            (server.url.clone(), Some(server))
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! One conformance suite for every `VectorStore`: the embedded store (qdrant-edge) and the remote
+//! store (qdrant-client against the Qdrant-protocol test server, or a real Qdrant when
+//! `QDRANT_URL` is set) must give the same answers, checked against brute force.
+
+use std::time::{Duration, Instant};
+
+use ragd_indexer::IndexError;
+use ragd_indexer::filter::{Condition, Filter, Test};
+use ragd_indexer::store::{ChunkPoint, Distance, Hit, SearchOptions, StoreSpec, VectorStore};
+use serde_json::json;
+
+pub const DIM: usize = 32;
+
+/// Deterministic clustered unit vectors (realistic for HNSW, unlike uniform noise).
+pub fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let centers: Vec<Vec<f32>> = (0..8).map(|_| (0..DIM).map(|_| next()).collect()).collect();
+    (0..n)
+        .map(|i| {
+            let mut v: Vec<f32> = centers[i % 8].iter().map(|c| c + 0.15 * next()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            v
+        })
+        .collect()
+}
+
+/// Two chunks per document, metadata `{n, group}`.
+pub fn points(vs: &[Vec<f32>]) -> Vec<ChunkPoint> {
+    vs.iter()
+        .enumerate()
+        .map(|(i, v)| ChunkPoint {
+            doc_id: format!("doc-{}", i / 2),
+            chunk: (i % 2) as u32,
+            text: format!("text {i}"),
+            metadata: json!({"n": i, "group": if i % 3 == 0 { "a" } else { "b" }})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            vector: v.clone(),
+        })
+        .collect()
+}
+
+pub fn spec(name: &str, shards: u32) -> StoreSpec {
+    StoreSpec {
+        name: name.into(),
+        dim: DIM,
+        distance: Distance::Cosine,
+        shards,
+        indexing_threshold_kb: None,
+        replication_factor: None,
+        write_consistency_factor: None,
+        on_disk: None,
+    }
+}
+
+fn score(distance: Distance, a: &[f32], b: &[f32]) -> f32 {
+    match distance {
+        Distance::Cosine | Distance::Dot => a.iter().zip(b).map(|(x, y)| x * y).sum(),
+        Distance::Euclid => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt(),
+    }
+}
+
+/// Brute-force top k (doc, chunk) among `pts` passing `keep` (vectors are unit length, so
+/// cosine is the dot product).
+pub fn brute(
+    distance: Distance,
+    pts: &[ChunkPoint],
+    q: &[f32],
+    k: usize,
+    keep: impl Fn(&ChunkPoint) -> bool,
+) -> Vec<(String, u32)> {
+    let mut scored: Vec<(f32, &ChunkPoint)> =
+        pts.iter().filter(|p| keep(p)).map(|p| (score(distance, &p.vector, q), p)).collect();
+    if distance.higher_is_better() {
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    } else {
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    scored.into_iter().take(k).map(|(_, p)| (p.doc_id.clone(), p.chunk)).collect()
+}
+
+pub fn ids(hits: &[Hit]) -> Vec<(String, u32)> {
+    hits.iter().map(|h| (h.doc_id.clone(), h.chunk)).collect()
+}
+
+/// Sharded exact search equals brute force, with payloads, filters, thresholds, stats, deletes.
+pub async fn exact_search_matches_brute_force(store: &dyn VectorStore, name: &str) {
+    store.create(&spec(name, 3)).await.expect("create");
+    let pts = points(&vectors(300, 1));
+    store.upsert(name, pts.clone()).await.expect("upsert");
+    let queries = vectors(5, 99);
+    let exact = SearchOptions { k: 10, exact: true, ..Default::default() };
+    let results = store.search(name, &queries, &exact).await.expect("search");
+    assert_eq!(results.len(), queries.len(), "one result list per query");
+    for (q, hits) in queries.iter().zip(&results) {
+        assert_eq!(ids(hits), brute(Distance::Cosine, &pts, q, 10, |_| true));
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "best first");
+        let top = &hits[0];
+        let p = pts.iter().find(|p| p.doc_id == top.doc_id && p.chunk == top.chunk).expect("point");
+        assert!((top.score - score(Distance::Cosine, q, &p.vector)).abs() < 1e-4);
+    }
+    // Payload comes back intact.
+    let h = &results[0][0];
+    let n = h.metadata["n"].as_u64().expect("n") as usize;
+    assert_eq!(h.text, format!("text {n}"));
+    assert_eq!(h.metadata, pts[n].metadata);
+
+    // Filters: match, range, must_not, should.
+    let filter = Filter {
+        must: vec![Condition { key: "group".into(), test: Test::Match(json!("a")) }],
+        must_not: vec![Condition {
+            key: "n".into(),
+            test: Test::Range { gt: None, gte: None, lt: Some(60.0), lte: None },
+        }],
+        ..Default::default()
+    };
+    let filtered = SearchOptions { filter: Some(filter), ..exact.clone() };
+    let r = store.search(name, &queries[..1], &filtered).await.expect("filtered");
+    let keep = |p: &ChunkPoint| p.metadata["group"] == "a" && p.metadata["n"].as_u64().unwrap_or(0) >= 60;
+    assert_eq!(ids(&r[0]), brute(Distance::Cosine, &pts, &queries[0], 10, keep));
+    let should = Filter {
+        should: vec![
+            Condition { key: "n".into(), test: Test::MatchAny(vec![json!(3), json!(4), json!(250)]) },
+            Condition {
+                key: "n".into(),
+                test: Test::Range { gt: Some(295.0), gte: None, lt: None, lte: None },
+            },
+        ],
+        ..Default::default()
+    };
+    let r = store.search(name, &queries[..1], &SearchOptions { filter: Some(should), ..exact.clone() }).await;
+    let mut got: Vec<u64> =
+        r.expect("should").remove(0).iter().filter_map(|h| h.metadata["n"].as_u64()).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![3, 4, 250, 296, 297, 298, 299]);
+
+    // Threshold drops weaker hits.
+    let cut = results[0][4].score - 1e-4;
+    let thresholded = SearchOptions { score_threshold: Some(cut), ..exact.clone() };
+    let r = store.search(name, &queries[..1], &thresholded).await.expect("threshold");
+    assert!(r[0].len() >= 5 && r[0].iter().all(|h| h.score >= cut), "{:?}", r[0]);
+
+    // Stats: 150 documents of 2 chunks over 3 shards.
+    let stats = store.stats(name).await.expect("stats");
+    assert_eq!((stats.points, stats.documents, stats.shards.len()), (300, 150, 3));
+    assert!(stats.shards.iter().all(|s| s.points > 0), "points spread over shards: {:?}", stats.shards);
+
+    // Deleting a document removes all its chunks.
+    let victim = results[0][0].doc_id.clone();
+    assert_eq!(store.count_chunks(name, &victim).await.expect("count"), 2);
+    store.delete_documents(name, std::slice::from_ref(&victim)).await.expect("delete");
+    assert_eq!(store.count_chunks(name, &victim).await.expect("count"), 0);
+    let r = store.search(name, &queries[..1], &exact).await.expect("search");
+    assert!(r[0].iter().all(|h| h.doc_id != victim));
+    assert_eq!(store.stats(name).await.expect("stats").documents, 149);
+    store.drop_collection(name).await.expect("drop");
+}
+
+/// Re-upserting a shorter document and deleting its tail leaves exactly the new chunks.
+pub async fn reupsert_replaces_a_document(store: &dyn VectorStore, name: &str) {
+    store.create(&spec(name, 2)).await.expect("create");
+    let vs = vectors(4, 11);
+    let chunk = |i: usize, text: &str| ChunkPoint {
+        doc_id: "doc".into(),
+        chunk: i as u32,
+        text: text.into(),
+        metadata: Default::default(),
+        vector: vs[i].clone(),
+    };
+    store.upsert(name, (0..3).map(|i| chunk(i, "old")).collect()).await.expect("upsert v1");
+    assert_eq!(store.count_chunks(name, "doc").await.expect("count"), 3);
+    store.upsert(name, vec![chunk(0, "new")]).await.expect("upsert v2");
+    store.delete_chunks_from(name, &[("doc".into(), 1)]).await.expect("delete tail");
+    assert_eq!(store.count_chunks(name, "doc").await.expect("count"), 1);
+    let r = store.search(name, &vs[..1], &SearchOptions { k: 5, exact: true, ..Default::default() }).await;
+    let hits = r.expect("search").remove(0);
+    assert_eq!(hits.iter().map(|h| (h.chunk, h.text.as_str())).collect::<Vec<_>>(), vec![(0, "new")]);
+    store.drop_collection(name).await.expect("drop");
+}
+
+/// Dot and euclid rank like brute force; euclid scores are distances (ascending).
+pub async fn distances_rank_like_brute_force(store: &dyn VectorStore, name: &str) {
+    let pts = points(&vectors(120, 21));
+    let queries = vectors(3, 22);
+    for distance in [Distance::Dot, Distance::Euclid] {
+        let spec = StoreSpec { distance, ..spec(name, 2) };
+        store.create(&spec).await.expect("create");
+        store.upsert(name, pts.clone()).await.expect("upsert");
+        let r =
+            store.search(name, &queries, &SearchOptions { k: 7, exact: true, ..Default::default() }).await;
+        for (q, hits) in queries.iter().zip(r.expect("search")) {
+            assert_eq!(ids(&hits), brute(distance, &pts, q, 7, |_| true), "{distance:?}");
+            let ordered = hits.windows(2).all(|w| match distance {
+                Distance::Euclid => w[0].score <= w[1].score,
+                _ => w[0].score >= w[1].score,
+            });
+            assert!(ordered, "{distance:?} order: {hits:?}");
+        }
+        store.drop_collection(name).await.expect("drop");
+    }
+}
+
+/// The store's indexer (embedded: `optimize()`; Qdrant: its own optimizer) builds HNSW, and
+/// HNSW search agrees with exact search (recall@10 ≥ 0.9).
+pub async fn hnsw_agrees_with_exact(store: &dyn VectorStore, name: &str) {
+    let spec = StoreSpec { indexing_threshold_kb: Some(10), ..spec(name, 1) };
+    store.create(&spec).await.expect("create");
+    store.upsert(name, points(&vectors(2000, 3))).await.expect("upsert");
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        store.optimize(name).await.expect("optimize");
+        let stats = store.stats(name).await.expect("stats");
+        if stats.indexed_vectors >= 1000 {
+            break;
+        }
+        assert!(Instant::now() < until, "no HNSW index after 120 s: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let queries = vectors(20, 5);
+    let exact =
+        store.search(name, &queries, &SearchOptions { k: 10, exact: true, ..Default::default() }).await;
+    let hnsw = store
+        .search(name, &queries, &SearchOptions { k: 10, hnsw_ef: Some(128), ..Default::default() })
+        .await;
+    let (exact, hnsw) = (exact.expect("exact"), hnsw.expect("hnsw"));
+    let found: usize =
+        exact.iter().zip(&hnsw).map(|(e, h)| ids(e).iter().filter(|id| ids(h).contains(id)).count()).sum();
+    let recall = found as f64 / 200.0;
+    assert!(recall >= 0.9, "recall@10 of HNSW vs exact: {recall}");
+    store.drop_collection(name).await.expect("drop");
+}
+
+/// Duplicates, unknown collections and wrong dimensions get clear errors and lose nothing.
+pub async fn bad_inputs_are_rejected_without_losing_data(store: &dyn VectorStore, name: &str) {
+    store.create(&spec(name, 1)).await.expect("create");
+    assert!(matches!(store.create(&spec(name, 1)).await, Err(IndexError::CollectionExists(_))));
+    let missing = format!("{name}-missing");
+    assert!(matches!(
+        store.search(&missing, &[vec![0.0; DIM]], &SearchOptions { k: 1, ..Default::default() }).await,
+        Err(IndexError::CollectionNotFound(_))
+    ));
+    let good = points(&vectors(2, 1));
+    store.upsert(name, good[..1].to_vec()).await.expect("upsert");
+    let mut bad = good.clone();
+    bad[1].vector.pop();
+    let err = store.upsert(name, bad).await.expect_err("wrong dimension");
+    assert!(matches!(err, IndexError::InvalidArgument { field: "vector", .. }), "{err}");
+    assert_eq!(store.stats(name).await.expect("stats").points, 1, "a rejected batch writes nothing");
+    let err = store
+        .search(name, &[vec![0.0; 3]], &SearchOptions { k: 1, ..Default::default() })
+        .await
+        .expect_err("dim");
+    assert!(matches!(err, IndexError::InvalidArgument { field: "queries", .. }), "{err}");
+    store.drop_collection(name).await.expect("drop");
+    assert!(matches!(store.drop_collection(name).await, Err(IndexError::CollectionNotFound(_))));
+    assert!(matches!(store.stats(name).await, Err(IndexError::CollectionNotFound(_))));
+}
