@@ -11,52 +11,20 @@
 //! `cargo bench -p ragd-bench --bench embedder` (or `make bench`); `RAGD_BENCH_SECS` sets each
 //! measurement's length (default 10 s).
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ragd_bench::{LoadConfig, LoadReport, Mode, report, run, sample_texts};
+use ragd_bench::{LoadConfig, LoadReport, Mode, bench_secs as secs, raw_ort, ragd_home, report, run, sample_texts};
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
 use ragd_embedder::config::Device;
 use ragd_embedder::manifest::Manifest;
-use ragd_embedder::model::{Backend, InputKind, PaddedBatch, TextModel};
+use ragd_embedder::model::{InputKind, TextModel};
 use ragd_embedder::ort_backend::{OrtBackend, environment};
 use ragd_embedder::{EmbedderConfig, serve};
 use ragd_proto::v1::{self, embedder_client::EmbedderClient};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 const WORDS: usize = 50;
-
-fn ragd_home() -> PathBuf {
-    std::env::var_os("RAGD_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.ragd"))
-}
-
-fn secs() -> Duration {
-    Duration::from_secs_f64(
-        std::env::var("RAGD_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0),
-    )
-}
-
-/// Sentences/s of tokenise → pad → ORT → pool at a fixed batch size, for `secs()`.
-fn raw_ort(model: &TextModel, backend: &mut OrtBackend, texts: &[String], batch: usize) -> f64 {
-    let run_once = |backend: &mut OrtBackend, i: usize| {
-        let chunk: Vec<String> = (0..batch).map(|k| texts[(i * batch + k) % texts.len()].clone()).collect();
-        let tokens = model.tokenize(&chunk, InputKind::Unspecified).expect("tokenize");
-        let padded = PaddedBatch::new(tokens.iter().map(|t| t.ids.as_slice()), model.spec.pad_id);
-        backend.embed(&padded).expect("embed").len()
-    };
-    for i in 0..3 {
-        run_once(backend, i);
-    }
-    let (start, mut done, mut i) = (Instant::now(), 0usize, 0usize);
-    while start.elapsed() < secs() {
-        done += run_once(backend, i);
-        i += 1;
-    }
-    done as f64 / start.elapsed().as_secs_f64()
-}
 
 async fn grpc_load(url: &str, clients: usize, texts: Arc<Vec<String>>) -> LoadReport {
     let mut conns = Vec::new();

@@ -1,0 +1,447 @@
+//! Indexer figures in one run on one machine, written to docs/benchmarks.md:
+//!
+//! 1. **HNSW search**: the same collection (clustered unit vectors, 384-d, one shard, HNSW
+//!    built by the optimizer) searched by raw vector with k = 10, hnsw_ef = 64, payloads
+//!    returned, (a) through the indexer's gRPC on loopback, (b) with qdrant-edge's `EdgeShard`
+//!    called in-process (the baseline). Queries/s closed-loop and recall@10 against exact search.
+//! 2. **Ingest**: documents/s end to end (UpsertBatch over gRPC → chunk → Embed over gRPC →
+//!    store) against the embedder's raw in-process ONNX Runtime throughput on the same texts.
+//!
+//! `cargo bench -p ragd-bench --bench indexer` (or `make bench`); `RAGD_BENCH_SECS` sets each
+//! measurement's length (default 10 s), `RAGD_BENCH_VECTORS` the collection size (default 50 000).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qdrant_edge::{EdgeShard, NamedQuery, QueryEnum, SearchParams, SearchRequest, WithPayloadInterface};
+use ragd_bench::{LoadConfig, LoadReport, Mode, bench_secs, ragd_home, raw_ort, report, run, sample_texts};
+use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
+use ragd_embedder::config::Device;
+use ragd_embedder::manifest::Manifest;
+use ragd_embedder::model::TextModel;
+use ragd_embedder::ort_backend::{OrtBackend, environment};
+use ragd_embedder::{EmbedderConfig, serve as serve_embedder};
+use ragd_indexer::chunk::Chunking;
+use ragd_indexer::collections::{CollectionMeta, Registry};
+use ragd_indexer::store::edge::EdgeStore;
+use ragd_indexer::store::{ChunkPoint, Distance, SearchOptions, StoreSpec, VectorStore};
+use ragd_indexer::{IndexerConfig, serve as serve_indexer};
+use ragd_proto::v1::{self, embedder_client::EmbedderClient, indexer_client::IndexerClient};
+use tonic::transport::Channel;
+
+const MODEL: &str = "all-MiniLM-L6-v2";
+const DIM: usize = 384;
+const K: usize = 10;
+const EF: usize = 64;
+const QUERIES: usize = 200;
+const COLLECTION: &str = "bench";
+
+fn n_vectors() -> usize {
+    std::env::var("RAGD_BENCH_VECTORS").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000)
+}
+
+/// Deterministic clustered unit vectors (sentence embeddings cluster by topic).
+fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let centers: Vec<Vec<f32>> = (0..256).map(|_| (0..DIM).map(|_| next()).collect()).collect();
+    (0..n)
+        .map(|i| {
+            let c = &centers[(i * 7919) % centers.len()];
+            let mut v: Vec<f32> = c.iter().map(|x| x + 0.25 * next()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            v
+        })
+        .collect()
+}
+
+/// Builds the collection in `data` exactly as the indexer lays it out (registry + one
+/// qdrant-edge shard), runs the optimizer until HNSW covers it, and returns the exact top-k
+/// of each query (ground truth) and the build time.
+async fn build(data: &Path, points: &[Vec<f32>], queries: &[Vec<f32>]) -> (Vec<Vec<String>>, f64) {
+    let started = Instant::now();
+    let store = EdgeStore::new(&data.join("shards")).expect("store");
+    let spec = StoreSpec {
+        name: COLLECTION.into(),
+        dim: DIM,
+        distance: Distance::Cosine,
+        shards: 1,
+        indexing_threshold_kb: Some(1024),
+        replication_factor: None,
+        write_consistency_factor: None,
+        on_disk: None,
+    };
+    store.create(&spec).await.expect("create");
+    for (b, batch) in points.chunks(2000).enumerate() {
+        let pts = batch
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let id = b * 2000 + i;
+                ChunkPoint {
+                    doc_id: format!("d{id}"),
+                    chunk: 0,
+                    text: format!("chunk text {id}"),
+                    metadata: Default::default(),
+                    vector: v.clone(),
+                }
+            })
+            .collect();
+        store.upsert(COLLECTION, pts).await.expect("upsert");
+    }
+    while store.optimize(COLLECTION).await.expect("optimize") {}
+    let stats = store.stats(COLLECTION).await.expect("stats");
+    assert!(stats.indexed_vectors as usize >= points.len(), "HNSW covers the collection: {stats:?}");
+    let build_secs = started.elapsed().as_secs_f64();
+    let exact = SearchOptions { k: K, exact: true, ..Default::default() };
+    let truth = store
+        .search(COLLECTION, queries, &exact)
+        .await
+        .expect("exact")
+        .into_iter()
+        .map(|hits| hits.into_iter().map(|h| h.doc_id).collect())
+        .collect();
+    store.flush().await.expect("flush");
+    Registry::load(data)
+        .expect("registry")
+        .insert(CollectionMeta { store: spec, model: MODEL.into(), chunking: Chunking::default() })
+        .expect("register");
+    (truth, build_secs)
+}
+
+fn recall(truth: &[Vec<String>], got: &[Vec<String>]) -> f64 {
+    let found: usize = truth.iter().zip(got).map(|(t, g)| t.iter().filter(|id| g.contains(id)).count()).sum();
+    found as f64 / (truth.len() * K) as f64
+}
+
+fn edge_request(q: &[f32]) -> SearchRequest {
+    SearchRequest {
+        query: QueryEnum::Nearest(NamedQuery::default_dense(q.to_vec())),
+        filter: None,
+        params: Some(SearchParams { hnsw_ef: Some(EF), ..Default::default() }),
+        limit: K,
+        offset: 0,
+        with_payload: Some(WithPayloadInterface::Bool(true)),
+        with_vector: None,
+        score_threshold: None,
+    }
+}
+
+/// qdrant-edge in-process: queries/s with `threads` threads for `bench_secs()`, and recall.
+fn edge_baseline(shard_dir: &Path, queries: &[Vec<f32>], truth: &[Vec<String>], threads: usize) -> (f64, f64) {
+    let shard = Arc::new(EdgeShard::load(shard_dir, None).expect("load shard"));
+    let doc = |p: &qdrant_edge::ScoredPoint| {
+        p.payload.as_ref().and_then(|p| p.0.get("doc_id")).and_then(|v| v.as_str()).unwrap_or("").to_string()
+    };
+    let got: Vec<Vec<String>> = queries
+        .iter()
+        .map(|q| shard.search(edge_request(q)).expect("search").iter().map(doc).collect())
+        .collect();
+    let r = recall(truth, &got);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        for q in queries {
+            shard.search(edge_request(q)).expect("warm-up");
+        }
+    }
+    let started = Instant::now();
+    let done: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let shard = shard.clone();
+                s.spawn(move || {
+                    let mut n = 0usize;
+                    while started.elapsed() < bench_secs() {
+                        let hits = shard.search(edge_request(&queries[(n * threads + t) % queries.len()]));
+                        assert_eq!(hits.expect("search").len(), K);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).sum()
+    });
+    (done as f64 / started.elapsed().as_secs_f64(), r)
+}
+
+fn vector_search(q: &[f32]) -> v1::SearchRequest {
+    v1::SearchRequest {
+        collection: COLLECTION.into(),
+        queries: vec![v1::Query { query: Some(v1::query::Query::Vector(v1::Vector { values: q.to_vec() })) }],
+        k: K as u32,
+        hnsw_ef: EF as u32,
+        ..Default::default()
+    }
+}
+
+async fn indexer_client(url: &str) -> IndexerClient<Channel> {
+    let ch = ragd_core::client::connect(url).await.expect("connect");
+    IndexerClient::new(ch).max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+async fn grpc_search(url: &str, clients: usize, queries: Arc<Vec<Vec<f32>>>) -> LoadReport {
+    let mut conns = Vec::new();
+    for _ in 0..clients.min(4) {
+        conns.push(indexer_client(url).await);
+    }
+    let config = LoadConfig { clients, mode: Mode::Closed, duration: bench_secs(), warmup: Duration::from_secs(1) };
+    run(&config, move |i| {
+        let mut c = conns[i as usize % conns.len()].clone();
+        let req = vector_search(&queries[i as usize % queries.len()]);
+        async move {
+            let r = c.search(req).await?.into_inner();
+            Ok(r.results.first().map_or(0, |q| q.hits.len()) as u64)
+        }
+    })
+    .await
+}
+
+struct Served {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start<F, Fut>(serve: F) -> Served
+where
+    F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(serve(listener, rx));
+    Served { url, stop, task }
+}
+
+impl Served {
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn start_indexer(data: &Path, embedder_url: &str) -> Served {
+    let config =
+        IndexerConfig { data_dir: data.to_path_buf(), embedder_url: embedder_url.into(), ..IndexerConfig::default() };
+    let served = start(|listener, rx| async move {
+        serve_indexer(config, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("indexer");
+    })
+    .await;
+    let mut client = indexer_client(&served.url).await;
+    let until = Instant::now() + Duration::from_secs(120);
+    while client.list_collections(v1::ListCollectionsRequest {}).await.is_err() {
+        assert!(Instant::now() < until, "indexer not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    served
+}
+
+struct SearchFigures {
+    n: usize,
+    build_secs: f64,
+    edge_1: (f64, f64),
+    edge_2: (f64, f64),
+    grpc_1: LoadReport,
+    grpc_8: LoadReport,
+    grpc_recall: f64,
+}
+
+async fn search_bench() -> SearchFigures {
+    let n = n_vectors();
+    let points = vectors(n, 1);
+    let queries = vectors(QUERIES, 2);
+    let data = tempfile::tempdir().expect("tempdir");
+    eprintln!("building {n} × {DIM} collection with HNSW ...");
+    let (truth, build_secs) = build(data.path(), &points, &queries).await;
+    drop(points);
+    eprintln!("built in {build_secs:.1} s");
+
+    let shard_dir = data.path().join("shards").join(COLLECTION).join("shard-0");
+    let (edge_1, edge_2) = {
+        let (q, t) = (queries.clone(), truth.clone());
+        tokio::task::spawn_blocking(move || {
+            let one = edge_baseline(&shard_dir, &q, &t, 1);
+            let two = edge_baseline(&shard_dir, &q, &t, 2);
+            (one, two)
+        })
+        .await
+        .expect("baseline")
+    };
+    eprintln!("qdrant-edge in-process: 1 thread {:.0} q/s, 2 threads {:.0} q/s", edge_1.0, edge_2.0);
+
+    // The indexer opens the same data directory; its embedder is not needed for vector queries.
+    let indexer = start_indexer(data.path(), "http://127.0.0.1:9").await;
+    let mut client = indexer_client(&indexer.url).await;
+    let mut got = Vec::new();
+    for q in &queries {
+        let r = client.search(vector_search(q)).await.expect("search").into_inner();
+        got.push(r.results[0].hits.iter().map(|h| h.doc_id.clone()).collect::<Vec<_>>());
+    }
+    let grpc_recall = recall(&truth, &got);
+    let queries = Arc::new(queries);
+    let grpc_1 = grpc_search(&indexer.url, 1, queries.clone()).await;
+    let grpc_8 = grpc_search(&indexer.url, 8, queries).await;
+    eprintln!("indexer gRPC: 1 client {:.0} q/s, 8 clients {:.0} q/s", grpc_1.requests_per_sec, grpc_8.requests_per_sec);
+    indexer.shutdown().await;
+    SearchFigures { n, build_secs, edge_1, edge_2, grpc_1, grpc_8, grpc_recall }
+}
+
+struct IngestFigures {
+    docs: usize,
+    raw_32: f64,
+    docs_per_sec: f64,
+    chunks: u64,
+    avg_tokens: f64,
+}
+
+async fn ingest_bench() -> IngestFigures {
+    let home = ragd_home();
+    let ort_lib = home.join("lib/libonnxruntime.so.1.31.1");
+    let manifest = Manifest::load(&home.join("models")).expect("models (run scripts/setup)");
+    let spec = manifest.models.iter().find(|m| m.name == MODEL).expect("MiniLM in manifest").clone();
+    // 50-word texts without sentence ends: one chunk per document.
+    let texts = sample_texts(2048, 50);
+    let (raw_32, avg_tokens) = {
+        let (texts, spec, ort_lib) = (texts.clone(), spec.clone(), ort_lib.clone());
+        tokio::task::spawn_blocking(move || {
+            let env = environment(&ort_lib).expect("onnx runtime");
+            let model = TextModel::load(spec.clone()).expect("tokenizer");
+            let tokens = model.tokenize(&texts[..256], ragd_embedder::model::InputKind::Unspecified).expect("tok");
+            let avg = tokens.iter().map(|t| t.ids.len()).sum::<usize>() as f64 / 256.0;
+            let mut backend = OrtBackend::new(&env, &spec, Device::Cpu, 0).expect("session");
+            (raw_ort(&model, &mut backend, &texts, 32), avg)
+        })
+        .await
+        .expect("raw")
+    };
+    eprintln!("raw ORT batch 32: {raw_32:.1} sentences/s");
+
+    let config = EmbedderConfig {
+        models_dir: home.join("models"),
+        ort_library: ort_lib,
+        models: vec![MODEL.into()],
+        ..EmbedderConfig::default()
+    };
+    let embedder = start(|listener, rx| async move {
+        serve_embedder(config, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("embedder");
+    })
+    .await;
+    loop {
+        if let Ok(ch) = ragd_core::client::connect(&embedder.url).await
+            && EmbedderClient::new(ch).list_models(v1::ListModelsRequest {}).await.is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let indexer = start_indexer(data.path(), &embedder.url).await;
+    let mut client = indexer_client(&indexer.url).await;
+    client
+        .create_collection(v1::CreateCollectionRequest { name: "ingest".into(), ..Default::default() })
+        .await
+        .expect("create");
+    let batch = |round: usize, docs: &[String]| v1::UpsertRequest {
+        collection: "ingest".into(),
+        documents: docs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| v1::Document { id: format!("r{round}-{i}"), text: t.clone(), metadata: None })
+            .collect(),
+    };
+    // Warm-up round, then as many documents as the raw path embeds in the measurement window,
+    // sent as batches of 256 by 2 concurrent clients (what `ragd ingest` does).
+    client.upsert_batch(batch(0, &texts[..256])).await.expect("warm-up");
+    let docs = ((raw_32 * bench_secs().as_secs_f64()) as usize / 256).max(4) * 256;
+    let started = Instant::now();
+    let senders = (0..2).map(|c| {
+        let mut client = client.clone();
+        let texts = texts.clone();
+        async move {
+            let mut chunks = 0u64;
+            for (round, part) in (0..docs / 256).filter(|r| r % 2 == c).map(|r| (r + 1, r)) {
+                let start = (part * 256) % texts.len();
+                let r = client.upsert_batch(batch(round, &texts[start..start + 256])).await.expect("upsert");
+                let r = r.into_inner();
+                assert!(r.failed.is_empty(), "{:?}", r.failed);
+                chunks += u64::from(r.chunks);
+            }
+            chunks
+        }
+    });
+    let chunks: u64 = futures::future::join_all(senders).await.into_iter().sum();
+    let docs_per_sec = docs as f64 / started.elapsed().as_secs_f64();
+    eprintln!("ingest: {docs} documents at {docs_per_sec:.1}/s ({chunks} chunks)");
+    indexer.shutdown().await;
+    embedder.shutdown().await;
+    IngestFigures { docs, raw_32, docs_per_sec, chunks, avg_tokens }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let s = rt.block_on(search_bench());
+    let g = rt.block_on(ingest_bench());
+    let q1 = s.grpc_1.requests_per_sec;
+    let q8 = s.grpc_8.requests_per_sec;
+    let body = format!(
+        "## Indexer: HNSW search and ingest\n\n\
+         Measured by `cargo bench -p ragd-bench --bench indexer` in one run on: {machine}.\n\n\
+         **HNSW search.** One collection of {n} clustered unit vectors (384-d, cosine, one shard; HNSW \
+         built by the optimizer in {build:.0} s including inserts), {QUERIES} query vectors, k = {K}, \
+         hnsw_ef = {EF}, payloads returned. Baseline: qdrant-edge's `EdgeShard::search` called \
+         in-process on the same shard directory. gRPC clients run in the bench process and share the \
+         cores with the indexer. Recall@10 is against exact search of the same collection.\n\n\
+         | path | queries/s | recall@10 | ratio |\n|---|---:|---:|---|\n\
+         | qdrant-edge in-process, 1 thread | {e1:.0} | {er:.3} | |\n\
+         | qdrant-edge in-process, 2 threads (= cores) | {e2:.0} | | |\n\
+         | indexer gRPC, 1 client (p50 {p50_1:.2} ms, p99 {p99_1:.2} ms) | {q1:.0} | {gr:.3} | {r1:.2}× in-process 1 thread |\n\
+         | indexer gRPC, 8 clients (p50 {p50_8:.2} ms, p99 {p99_8:.2} ms) | {q8:.0} | | **{r8:.2}×** in-process 2 threads (target ≥ 0.8×) |\n\n\
+         Failed search requests: {failed}.\n\n\
+         **Ingest.** {docs} documents of 50 words (≈ {tok:.0} tokens, one chunk each; {chunks} chunks \
+         stored), `UpsertBatch` of 256 documents from 2 concurrent clients → sentence chunking → \
+         `Embed` over gRPC to the embedder (same process, loopback) → qdrant-edge. Baseline: the \
+         embedder's raw in-process ONNX Runtime throughput at batch 32 on the same texts.\n\n\
+         | path | documents/s | ratio |\n|---|---:|---|\n\
+         | raw in-process ORT, batch 32 (sentences/s) | {raw:.1} | |\n\
+         | end-to-end ingest over gRPC | {dps:.1} | **{ri:.2}×** raw (target ≥ 0.9×) |\n",
+        machine = report::machine(),
+        n = s.n,
+        build = s.build_secs,
+        e1 = s.edge_1.0,
+        er = s.edge_1.1,
+        e2 = s.edge_2.0,
+        p50_1 = s.grpc_1.latency.p50_ms,
+        p99_1 = s.grpc_1.latency.p99_ms,
+        gr = s.grpc_recall,
+        r1 = q1 / s.edge_1.0,
+        p50_8 = s.grpc_8.latency.p50_ms,
+        p99_8 = s.grpc_8.latency.p99_ms,
+        r8 = q8 / s.edge_2.0,
+        failed = s.grpc_1.requests_failed + s.grpc_8.requests_failed,
+        docs = g.docs,
+        tok = g.avg_tokens,
+        chunks = g.chunks,
+        raw = g.raw_32,
+        dps = g.docs_per_sec,
+        ri = g.docs_per_sec / g.raw_32,
+    );
+    println!("{body}");
+    report::update_section(&report::benchmarks_md(), "indexer", &body).expect("write docs/benchmarks.md");
+}

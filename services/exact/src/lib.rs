@@ -1,0 +1,387 @@
+//! ragd-exact: exact nearest-neighbour search by inner product, cosine or L2 over a resident
+//! matrix of vectors, the way faiss `IndexFlatIP` / `IndexFlatL2` do it.
+//!
+//! - [`ExactIndex`]: vectors by `u64` id (add replaces, remove swaps the last row in), f32 or
+//!   f16 storage, rows zero-padded to a multiple of 16 floats.
+//! - Search streams the matrix once per batch of queries: rows in cache-sized blocks, each block
+//!   scored against every query by the register-blocked SIMD [`kernel`] (AVX-512 / AVX2+FMA /
+//!   baseline, chosen at run time), then a per-query [`topk::TopK`] keeps the k best with one
+//!   comparison per candidate. Rows are split over threads, each with its own top-k, merged.
+//! - [`coalesce::Coalescer`]: concurrent single-query searches that arrive while a batch runs
+//!   are executed together as the next batch (where batched scoring pays off).
+//!
+//! Scores: inner product and cosine are similarities (higher first); L2 is the squared distance
+//! (lower first), as faiss reports it. Ties rank the lower id first.
+
+pub mod coalesce;
+pub mod kernel;
+pub mod topk;
+
+use std::collections::HashMap;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+pub use kernel::Isa;
+pub use topk::Neighbor;
+use topk::TopK;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    InnerProduct,
+    /// Inner product of L2-normalised vectors (stored normalised; queries normalised).
+    Cosine,
+    /// Squared euclidean distance.
+    L2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    /// Half the memory and bandwidth; scores accumulate in f32.
+    F16,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ExactError {
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ExactError {
+    ExactError::InvalidArgument { field, reason: reason.into() }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Threads a search uses (rows split between them); 0 = available cores.
+    pub threads: usize,
+    pub precision: Precision,
+    /// Rows scored per block (a block and a query group stay in L2 cache).
+    pub block_rows: usize,
+    /// Queries scored together against a block.
+    pub query_group: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { threads: 0, precision: Precision::F32, block_rows: 256, query_group: 64 }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Storage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+/// Exact search over resident vectors.
+#[derive(Debug, Clone)]
+pub struct ExactIndex {
+    dim: usize,
+    stride: usize,
+    metric: Metric,
+    isa: Isa,
+    options: Options,
+    ids: Vec<u64>,
+    rows: HashMap<u64, usize>,
+    data: Storage,
+    /// Squared norms of the stored rows (L2 only).
+    norms: Vec<f32>,
+}
+
+fn check_finite(field: &'static str, v: &[f32]) -> Result<(), ExactError> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(invalid(field, format!("value {} at index {i} is not finite", v[i]))),
+        None => Ok(()),
+    }
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+impl ExactIndex {
+    pub fn new(dim: usize, metric: Metric, options: Options) -> Result<Self, ExactError> {
+        if dim == 0 {
+            return Err(invalid("dim", "must be at least 1"));
+        }
+        let data = match options.precision {
+            Precision::F32 => Storage::F32(Vec::new()),
+            Precision::F16 => Storage::F16(Vec::new()),
+        };
+        Ok(Self {
+            dim,
+            stride: kernel::stride(dim),
+            metric,
+            isa: Isa::detect(),
+            options,
+            ids: Vec::new(),
+            rows: HashMap::new(),
+            data,
+            norms: Vec::new(),
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// Bytes of vector storage (what a batch-1 search reads).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Storage::F32(v) => v.len() * 4,
+            Storage::F16(v) => v.len() * 2,
+        }
+    }
+
+    /// Forces an instruction set (tests and benchmarks); the kernel falls back to the baseline
+    /// if the CPU lacks it.
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = isa;
+        self
+    }
+
+    fn threads(&self) -> usize {
+        match self.options.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// Adds `ids.len()` vectors (`vectors` is ids.len() × dim, row-major); an existing id is
+    /// replaced. Nothing is written if any vector is malformed.
+    pub fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<(), ExactError> {
+        if vectors.len() != ids.len() * self.dim {
+            return Err(invalid(
+                "vectors",
+                format!("{} floats for {} ids of dimension {}", vectors.len(), ids.len(), self.dim),
+            ));
+        }
+        check_finite("vectors", vectors)?;
+        let mut row = vec![0.0f32; self.stride];
+        for (id, v) in ids.iter().zip(vectors.chunks_exact(self.dim)) {
+            row[..self.dim].copy_from_slice(v);
+            if self.metric == Metric::Cosine {
+                normalise(&mut row[..self.dim]);
+            }
+            let at = match self.rows.get(id) {
+                Some(&at) => at,
+                None => {
+                    let at = self.ids.len();
+                    self.ids.push(*id);
+                    self.rows.insert(*id, at);
+                    match &mut self.data {
+                        Storage::F32(d) => d.resize(d.len() + self.stride, 0.0),
+                        Storage::F16(d) => d.resize(d.len() + self.stride, f16::ZERO),
+                    }
+                    self.norms.push(0.0);
+                    at
+                }
+            };
+            let span = at * self.stride..(at + 1) * self.stride;
+            match &mut self.data {
+                Storage::F32(d) => d[span].copy_from_slice(&row),
+                Storage::F16(d) => d[span.clone()].convert_from_f32_slice(&row),
+            }
+            // The norm of what is stored (after rounding to f16), so L2 stays consistent.
+            let stored = self.row_f32(at);
+            self.norms[at] = stored.iter().map(|x| x * x).sum();
+        }
+        Ok(())
+    }
+
+    fn row_f32(&self, at: usize) -> Vec<f32> {
+        let span = at * self.stride..(at + 1) * self.stride;
+        match &self.data {
+            Storage::F32(d) => d[span].to_vec(),
+            Storage::F16(d) => {
+                let mut out = vec![0.0; self.stride];
+                d[span].convert_to_f32_slice(&mut out);
+                out
+            }
+        }
+    }
+
+    /// Removes the given ids (unknown ones are ignored); returns how many were removed.
+    pub fn remove(&mut self, ids: &[u64]) -> usize {
+        let mut removed = 0;
+        for id in ids {
+            let Some(at) = self.rows.remove(id) else { continue };
+            let last = self.ids.len() - 1;
+            if at != last {
+                let moved = self.ids[last];
+                self.ids[at] = moved;
+                self.rows.insert(moved, at);
+                self.norms[at] = self.norms[last];
+                let s = self.stride;
+                match &mut self.data {
+                    Storage::F32(d) => d.copy_within(last * s..(last + 1) * s, at * s),
+                    Storage::F16(d) => d.copy_within(last * s..(last + 1) * s, at * s),
+                }
+            }
+            self.ids.pop();
+            self.norms.pop();
+            match &mut self.data {
+                Storage::F32(d) => d.truncate(last * self.stride),
+                Storage::F16(d) => d.truncate(last * self.stride),
+            }
+            removed += 1;
+        }
+        removed
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.rows.contains_key(&id)
+    }
+
+    /// The k nearest rows of each query (`queries` is nq × dim), best first.
+    pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>, ExactError> {
+        if queries.is_empty() || queries.len() % self.dim != 0 {
+            return Err(invalid(
+                "queries",
+                format!("{} floats is not a positive multiple of dimension {}", queries.len(), self.dim),
+            ));
+        }
+        if k == 0 {
+            return Err(invalid("k", "must be at least 1"));
+        }
+        check_finite("queries", queries)?;
+        let nq = queries.len() / self.dim;
+        let mut padded = vec![0.0f32; nq * self.stride];
+        for (dst, src) in padded.chunks_exact_mut(self.stride).zip(queries.chunks_exact(self.dim)) {
+            dst[..self.dim].copy_from_slice(src);
+            if self.metric == Metric::Cosine {
+                normalise(&mut dst[..self.dim]);
+            }
+        }
+        let n = self.len();
+        let threads = self.threads().min(n.div_ceil(self.options.block_rows.max(1)).max(1));
+        let per = n.div_ceil(threads.max(1)).max(1);
+        let ranges: Vec<(usize, usize)> =
+            (0..threads).map(|t| (t * per, ((t + 1) * per).min(n))).filter(|(lo, hi)| lo < hi).collect();
+        let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+        let partials: Vec<Vec<TopK>> = match ranges.as_slice() {
+            [] => Vec::new(),
+            [only] => vec![self.scan(&padded, nq, k, *only)],
+            [first, rest @ ..] => std::thread::scope(|s| {
+                let handles: Vec<_> =
+                    rest.iter().map(|r| s.spawn(|| self.scan(&padded, nq, k, *r))).collect();
+                let mut out = vec![self.scan(&padded, nq, k, *first)];
+                out.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
+                out
+            }),
+        };
+        for part in partials {
+            for (m, p) in merged.iter_mut().zip(part) {
+                m.merge(p);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .zip(padded.chunks_exact(self.stride))
+            .map(|(t, q)| {
+                let mut hits = t.into_sorted();
+                if self.metric == Metric::L2 {
+                    // Ranked by 2<q,v> - |v|^2; reported as |q - v|^2 = |q|^2 - that.
+                    let qn: f32 = q.iter().map(|x| x * x).sum();
+                    hits.iter_mut().for_each(|h| h.score = (qn - h.score).max(0.0));
+                }
+                hits
+            })
+            .collect())
+    }
+
+    /// Top-k of every query over rows `lo..hi`, block by block.
+    fn scan(&self, queries: &[f32], nq: usize, k: usize, (lo, hi): (usize, usize)) -> Vec<TopK> {
+        let br = self.options.block_rows.max(1);
+        let qg = self.options.query_group.max(1);
+        let s = self.stride;
+        let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+        let mut scores = vec![0.0f32; qg.min(nq) * br];
+        let mut converted = match self.data {
+            Storage::F16(_) => vec![0.0f32; br * s],
+            Storage::F32(_) => Vec::new(),
+        };
+        let mut start = lo;
+        while start < hi {
+            let end = (start + br).min(hi);
+            let nr = end - start;
+            let block: &[f32] = match &self.data {
+                Storage::F32(d) => &d[start * s..end * s],
+                Storage::F16(d) => {
+                    d[start * s..end * s].convert_to_f32_slice(&mut converted[..nr * s]);
+                    &converted[..nr * s]
+                }
+            };
+            let ids = &self.ids[start..end];
+            let mut q0 = 0;
+            while q0 < nq {
+                let g = qg.min(nq - q0);
+                let out = &mut scores[..g * nr];
+                kernel::scores(self.isa, &queries[q0 * s..(q0 + g) * s], g, block, nr, s, out);
+                if self.metric == Metric::L2 {
+                    for row in out.chunks_exact_mut(nr) {
+                        for (x, n) in row.iter_mut().zip(&self.norms[start..end]) {
+                            *x = 2.0 * *x - n;
+                        }
+                    }
+                }
+                for (i, row) in out.chunks_exact(nr).enumerate() {
+                    tops[q0 + i].offer(row, ids);
+                }
+                q0 += g;
+            }
+            start = end;
+        }
+        tops
+    }
+}
+
+/// The obvious implementation, for tests: full scores, full sort.
+pub fn naive_search(
+    metric: Metric,
+    ids: &[u64],
+    vectors: &[f32],
+    dim: usize,
+    query: &[f32],
+    k: usize,
+) -> Vec<Neighbor> {
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+    let mut all: Vec<Neighbor> = ids
+        .iter()
+        .zip(vectors.chunks_exact(dim))
+        .map(|(id, v)| {
+            let dot: f64 = v.iter().zip(query).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let score = match metric {
+                Metric::InnerProduct => dot,
+                Metric::Cosine => {
+                    let (a, b) = (norm(v), norm(query));
+                    if a == 0.0 || b == 0.0 { 0.0 } else { dot / (a * b) }
+                }
+                Metric::L2 => v.iter().zip(query).map(|(a, b)| ((*a - *b) as f64).powi(2)).sum::<f64>(),
+            };
+            Neighbor { id: *id, score: score as f32 }
+        })
+        .collect();
+    match metric {
+        Metric::L2 => all.sort_by(|a, b| a.score.total_cmp(&b.score).then(a.id.cmp(&b.id))),
+        _ => all.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id))),
+    }
+    all.truncate(k);
+    all
+}
