@@ -26,6 +26,9 @@ test: setup lint
 	$(CARGO) build -p ragd
 	$(CARGO) test --workspace
 
-## Benchmarks; they write their figures to docs/benchmarks.md.
+## Benchmarks; they write their figures to docs/benchmarks.md (faiss-cpu baseline via --with-bench).
 bench: setup
+	scripts/setup --with-bench
 	$(CARGO) bench -p ragd-bench --bench embedder
+	$(CARGO) bench -p ragd-bench --bench indexer
+	$(CARGO) bench -p ragd-bench --bench exact

@@ -14,7 +14,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ragd_bench::{LoadConfig, LoadReport, Mode, bench_secs as secs, raw_ort, ragd_home, report, run, sample_texts};
+use ragd_bench::{
+    LoadConfig, LoadReport, Mode, bench_secs as secs, ragd_home, raw_ort, report, run, sample_texts,
+};
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
 use ragd_embedder::config::Device;
 use ragd_embedder::manifest::Manifest;

@@ -135,7 +135,12 @@ fn edge_request(q: &[f32]) -> SearchRequest {
 }
 
 /// qdrant-edge in-process: queries/s with `threads` threads for `bench_secs()`, and recall.
-fn edge_baseline(shard_dir: &Path, queries: &[Vec<f32>], truth: &[Vec<String>], threads: usize) -> (f64, f64) {
+fn edge_baseline(
+    shard_dir: &Path,
+    queries: &[Vec<f32>],
+    truth: &[Vec<String>],
+    threads: usize,
+) -> (f64, f64) {
     let shard = Arc::new(EdgeShard::load(shard_dir, None).expect("load shard"));
     let doc = |p: &qdrant_edge::ScoredPoint| {
         p.payload.as_ref().and_then(|p| p.0.get("doc_id")).and_then(|v| v.as_str()).unwrap_or("").to_string()
@@ -192,7 +197,8 @@ async fn grpc_search(url: &str, clients: usize, queries: Arc<Vec<Vec<f32>>>) -> 
     for _ in 0..clients.min(4) {
         conns.push(indexer_client(url).await);
     }
-    let config = LoadConfig { clients, mode: Mode::Closed, duration: bench_secs(), warmup: Duration::from_secs(1) };
+    let config =
+        LoadConfig { clients, mode: Mode::Closed, duration: bench_secs(), warmup: Duration::from_secs(1) };
     run(&config, move |i| {
         let mut c = conns[i as usize % conns.len()].clone();
         let req = vector_search(&queries[i as usize % queries.len()]);
@@ -230,8 +236,11 @@ impl Served {
 }
 
 async fn start_indexer(data: &Path, embedder_url: &str) -> Served {
-    let config =
-        IndexerConfig { data_dir: data.to_path_buf(), embedder_url: embedder_url.into(), ..IndexerConfig::default() };
+    let config = IndexerConfig {
+        data_dir: data.to_path_buf(),
+        embedder_url: embedder_url.into(),
+        ..IndexerConfig::default()
+    };
     let served = start(|listener, rx| async move {
         serve_indexer(config, listener, async {
             let _ = rx.await;
@@ -294,7 +303,10 @@ async fn search_bench() -> SearchFigures {
     let queries = Arc::new(queries);
     let grpc_1 = grpc_search(&indexer.url, 1, queries.clone()).await;
     let grpc_8 = grpc_search(&indexer.url, 8, queries).await;
-    eprintln!("indexer gRPC: 1 client {:.0} q/s, 8 clients {:.0} q/s", grpc_1.requests_per_sec, grpc_8.requests_per_sec);
+    eprintln!(
+        "indexer gRPC: 1 client {:.0} q/s, 8 clients {:.0} q/s",
+        grpc_1.requests_per_sec, grpc_8.requests_per_sec
+    );
     indexer.shutdown().await;
     SearchFigures { n, build_secs, edge_1, edge_2, grpc_1, grpc_8, grpc_recall }
 }
@@ -319,7 +331,8 @@ async fn ingest_bench() -> IngestFigures {
         tokio::task::spawn_blocking(move || {
             let env = environment(&ort_lib).expect("onnx runtime");
             let model = TextModel::load(spec.clone()).expect("tokenizer");
-            let tokens = model.tokenize(&texts[..256], ragd_embedder::model::InputKind::Unspecified).expect("tok");
+            let tokens =
+                model.tokenize(&texts[..256], ragd_embedder::model::InputKind::Unspecified).expect("tok");
             let avg = tokens.iter().map(|t| t.ids.len()).sum::<usize>() as f64 / 256.0;
             let mut backend = OrtBackend::new(&env, &spec, Device::Cpu, 0).expect("session");
             (raw_ort(&model, &mut backend, &texts, 32), avg)

@@ -305,6 +305,46 @@ pub fn sample_texts(n: usize, words: usize) -> Vec<String> {
         .collect()
 }
 
+/// `$RAGD_HOME` or `<repo>/.ragd`, where scripts/setup puts the runtime and models.
+pub fn ragd_home() -> std::path::PathBuf {
+    std::env::var_os("RAGD_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.ragd"))
+}
+
+/// Length of each bench measurement: `$RAGD_BENCH_SECS` (default 10 s).
+pub fn bench_secs() -> Duration {
+    Duration::from_secs_f64(
+        std::env::var("RAGD_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0),
+    )
+}
+
+/// Sentences/s of tokenise → pad → ONNX Runtime → pool at a fixed batch size, in-process, for
+/// [`bench_secs`]: the embedder's raw ceiling, the baseline of the gRPC and ingest figures.
+pub fn raw_ort(
+    model: &ragd_embedder::model::TextModel,
+    backend: &mut ragd_embedder::ort_backend::OrtBackend,
+    texts: &[String],
+    batch: usize,
+) -> f64 {
+    use ragd_embedder::model::{Backend, InputKind, PaddedBatch};
+    let run_once = |backend: &mut ragd_embedder::ort_backend::OrtBackend, i: usize| {
+        let chunk: Vec<String> = (0..batch).map(|k| texts[(i * batch + k) % texts.len()].clone()).collect();
+        let tokens = model.tokenize(&chunk, InputKind::Unspecified).expect("tokenize");
+        let padded = PaddedBatch::new(tokens.iter().map(|t| t.ids.as_slice()), model.spec.pad_id);
+        backend.embed(&padded).expect("embed").len()
+    };
+    for i in 0..3 {
+        run_once(backend, i);
+    }
+    let (start, mut done, mut i) = (Instant::now(), 0usize, 0usize);
+    while start.elapsed() < bench_secs() {
+        done += run_once(backend, i);
+        i += 1;
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,42 +388,4 @@ mod tests {
         assert_eq!(sample_texts(3, 10), sample_texts(3, 10));
         assert_eq!(sample_texts(1, 7)[0].split(' ').count(), 7);
     }
-}
-
-/// `$RAGD_HOME` or `<repo>/.ragd`, where scripts/setup puts the runtime and models.
-pub fn ragd_home() -> std::path::PathBuf {
-    std::env::var_os("RAGD_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.ragd"))
-}
-
-/// Length of each bench measurement: `$RAGD_BENCH_SECS` (default 10 s).
-pub fn bench_secs() -> Duration {
-    Duration::from_secs_f64(std::env::var("RAGD_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0))
-}
-
-/// Sentences/s of tokenise → pad → ONNX Runtime → pool at a fixed batch size, in-process, for
-/// [`bench_secs`]: the embedder's raw ceiling, the baseline of the gRPC and ingest figures.
-pub fn raw_ort(
-    model: &ragd_embedder::model::TextModel,
-    backend: &mut ragd_embedder::ort_backend::OrtBackend,
-    texts: &[String],
-    batch: usize,
-) -> f64 {
-    use ragd_embedder::model::{Backend, InputKind, PaddedBatch};
-    let run_once = |backend: &mut ragd_embedder::ort_backend::OrtBackend, i: usize| {
-        let chunk: Vec<String> = (0..batch).map(|k| texts[(i * batch + k) % texts.len()].clone()).collect();
-        let tokens = model.tokenize(&chunk, InputKind::Unspecified).expect("tokenize");
-        let padded = PaddedBatch::new(tokens.iter().map(|t| t.ids.as_slice()), model.spec.pad_id);
-        backend.embed(&padded).expect("embed").len()
-    };
-    for i in 0..3 {
-        run_once(backend, i);
-    }
-    let (start, mut done, mut i) = (Instant::now(), 0usize, 0usize);
-    while start.elapsed() < bench_secs() {
-        done += run_once(backend, i);
-        i += 1;
-    }
-    done as f64 / start.elapsed().as_secs_f64()
 }

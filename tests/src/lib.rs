@@ -226,3 +226,19 @@ pub fn grpcurl() -> PathBuf {
     });
     found.unwrap_or_else(|| panic!("grpcurl not found under {}: run scripts/setup", lib.display()))
 }
+
+#[derive(Deserialize)]
+struct Capital {
+    country: String,
+    city: Option<String>,
+}
+
+/// The npm country-json capitals (fetched by scripts/setup): 245 records, the 238 with a city.
+pub fn capitals() -> Vec<(String, String)> {
+    let path = ragd_home().join("data/country-by-capital-city.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup)", path.display()));
+    let all: Vec<Capital> = serde_json::from_str(&text).expect("country json");
+    assert_eq!(all.len(), 245);
+    all.into_iter().filter_map(|c| c.city.map(|city| (c.country, city))).collect()
+}

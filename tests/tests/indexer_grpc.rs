@@ -6,26 +6,10 @@ use ragd_indexer::{IndexerConfig, StoreKind};
 use ragd_proto::json::to_struct;
 use ragd_proto::v1::{self, indexer_client::IndexerClient};
 use ragd_tests::qdrant_test_server::qdrant_url_or_test_server;
-use ragd_tests::{TestEmbedder, TestIndexer, embedder_config, ragd_home};
-use serde::Deserialize;
+use ragd_tests::{TestEmbedder, TestIndexer, embedder_config};
 use serde_json::json;
 use tonic::Code;
 use tonic::transport::Channel;
-
-#[derive(Deserialize)]
-struct Capital {
-    country: String,
-    city: Option<String>,
-}
-
-fn corpus() -> Vec<(String, String)> {
-    let path = ragd_home().join("data/country-by-capital-city.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup)", path.display()));
-    let all: Vec<Capital> = serde_json::from_str(&text).expect("country json");
-    assert_eq!(all.len(), 245);
-    all.into_iter().filter_map(|c| c.city.map(|city| (c.country, city))).collect()
-}
 
 fn documents(corpus: &[(String, String)]) -> Vec<v1::Document> {
     corpus
@@ -118,7 +102,7 @@ async fn capitals_scenario(config: IndexerConfig) {
         .into_inner();
     assert_eq!((info.dim, info.model.as_str(), info.shards.len()), (384, "all-MiniLM-L6-v2", 3));
 
-    let corpus = corpus();
+    let corpus = ragd_tests::capitals();
     assert_eq!(corpus.len(), 238, "245 records less 7 without a capital");
     let r = client
         .upsert_batch(v1::UpsertRequest { collection: "capitals".into(), documents: documents(&corpus) })

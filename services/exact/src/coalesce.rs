@@ -59,16 +59,23 @@ impl Coalescer {
     /// Searches one query, batched with whatever else is waiting.
     pub async fn search(&self, query: Vec<f32>, k: usize) -> Result<Vec<Neighbor>, ExactError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job { query, k, reply })
-            .map_err(|_| ExactError::InvalidArgument { field: "index", reason: "the coalescer stopped".into() })?;
+        self.tx.send(Job { query, k, reply }).map_err(|_| ExactError::InvalidArgument {
+            field: "index",
+            reason: "the coalescer stopped".into(),
+        })?;
         rx.await.unwrap_or_else(|_| {
             Err(ExactError::InvalidArgument { field: "index", reason: "the coalescer stopped".into() })
         })
     }
 }
 
-fn run(index: Arc<RwLock<ExactIndex>>, rx: Receiver<Job>, max_batch: usize, max_wait: Duration, stats: Arc<CoalesceStats>) {
+fn run(
+    index: Arc<RwLock<ExactIndex>>,
+    rx: Receiver<Job>,
+    max_batch: usize,
+    max_wait: Duration,
+    stats: Arc<CoalesceStats>,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let until = Instant::now() + max_wait;
@@ -100,7 +107,9 @@ fn run(index: Arc<RwLock<ExactIndex>>, rx: Receiver<Job>, max_batch: usize, max_
 fn execute(index: &RwLock<ExactIndex>, jobs: Vec<Job>, stats: &CoalesceStats) {
     let Ok(index) = index.read() else {
         for j in jobs {
-            let _ = j.reply.send(Err(ExactError::InvalidArgument { field: "index", reason: "lock poisoned".into() }));
+            let _ = j
+                .reply
+                .send(Err(ExactError::InvalidArgument { field: "index", reason: "lock poisoned".into() }));
         }
         return;
     };

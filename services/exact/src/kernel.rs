@@ -173,27 +173,75 @@ fn scores_avx2(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usiz
 /// `out[q * nr + j] = <queries[q], rows[j]>` for `nq` queries and `nr` rows of `stride` floats.
 #[allow(unsafe_code)]
 pub fn scores(isa: Isa, queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
-    assert!(stride % LANES == 0, "stride is a multiple of LANES");
+    assert!(stride.is_multiple_of(LANES), "stride is a multiple of LANES");
     assert!(queries.len() >= nq * stride && rows.len() >= nr * stride && out.len() >= nq * nr);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
             // SAFETY: the CPU supports AVX-512F (checked just above; AVX-512F implies AVX2 and
             // FMA on every x86-64 CPU that has it); the function is otherwise safe Rust.
-            unsafe {
-                scores_avx512(queries, nq, rows, nr, stride, out)
-            }
+            unsafe { scores_avx512(queries, nq, rows, nr, stride, out) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") =>
         {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe {
-                scores_avx2(queries, nq, rows, nr, stride, out)
-            }
+            unsafe { scores_avx2(queries, nq, rows, nr, stride, out) }
         }
         _ => scores_impl::<Unfused>(queries, nq, rows, nr, stride, out),
+    }
+}
+
+#[inline(always)]
+fn probe_impl<M: Madd>(iters: usize) -> f32 {
+    // 12 independent 16-lane FMA chains: enough to cover FMA latency × units.
+    let mut acc = [[0.0f32; LANES]; 12];
+    let b = std::hint::black_box([0.999_999_9f32; LANES]);
+    let c = std::hint::black_box([1e-7f32; LANES]);
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            for l in 0..LANES {
+                a[l] = M::madd(a[l], b[l], c[l]);
+            }
+        }
+    }
+    acc.iter().map(|a| a.iter().sum::<f32>()).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn probe_avx512(iters: usize) -> f32 {
+    probe_impl::<Fused>(iters)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn probe_avx2(iters: usize) -> f32 {
+    probe_impl::<Fused>(iters)
+}
+
+/// FLOPs per [`fma_probe`] iteration.
+pub const PROBE_FLOPS_PER_ITER: usize = 12 * LANES * 2;
+
+/// A register-only FMA loop (no memory traffic) on `isa`: with [`PROBE_FLOPS_PER_ITER`] it
+/// measures the core's practical FMA peak, the yardstick of the batched kernel's GFLOP/s.
+#[allow(unsafe_code)]
+pub fn fma_probe(isa: Isa, iters: usize) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            unsafe { probe_avx512(iters) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") =>
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { probe_avx2(iters) }
+        }
+        _ => probe_impl::<Unfused>(iters),
     }
 }
 

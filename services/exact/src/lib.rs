@@ -251,7 +251,7 @@ impl ExactIndex {
 
     /// The k nearest rows of each query (`queries` is nq × dim), best first.
     pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>, ExactError> {
-        if queries.is_empty() || queries.len() % self.dim != 0 {
+        if queries.is_empty() || !queries.len().is_multiple_of(self.dim) {
             return Err(invalid(
                 "queries",
                 format!("{} floats is not a positive multiple of dimension {}", queries.len(), self.dim),
@@ -282,7 +282,9 @@ impl ExactIndex {
                 let handles: Vec<_> =
                     rest.iter().map(|r| s.spawn(|| self.scan(&padded, nq, k, *r))).collect();
                 let mut out = vec![self.scan(&padded, nq, k, *first)];
-                out.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
+                out.extend(
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                );
                 out
             }),
         };

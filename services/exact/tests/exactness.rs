@@ -29,7 +29,10 @@ fn metric() -> impl Strategy<Value = Metric> {
 
 fn isas() -> Vec<Isa> {
     let best = Isa::detect();
-    [Isa::Baseline, Isa::Avx2Fma, Isa::Avx512].into_iter().filter(|i| *i == Isa::Baseline || best == Isa::Avx512 || *i == best).collect()
+    [Isa::Baseline, Isa::Avx2Fma, Isa::Avx512]
+        .into_iter()
+        .filter(|i| *i == Isa::Baseline || best == Isa::Avx512 || *i == best)
+        .collect()
 }
 
 /// Vectors with small integer coordinates: many exact ties and duplicates.
@@ -148,12 +151,14 @@ fn f16_storage_keeps_recall_against_f32() {
     let ids: Vec<u64> = (0..n as u64).collect();
     let mut f32i = ExactIndex::new(dim, Metric::Cosine, Options::default()).expect("index");
     let mut f16i =
-        ExactIndex::new(dim, Metric::Cosine, Options { precision: Precision::F16, ..Options::default() }).expect("index");
+        ExactIndex::new(dim, Metric::Cosine, Options { precision: Precision::F16, ..Options::default() })
+            .expect("index");
     f32i.add(&ids, &vectors).expect("add");
     f16i.add(&ids, &vectors).expect("add");
     assert_eq!(f16i.bytes() * 2, f32i.bytes());
     let (a, b) = (f32i.search(&queries, 10).expect("f32"), f16i.search(&queries, 10).expect("f16"));
-    let found: usize = a.iter().zip(&b).map(|(x, y)| x.iter().filter(|n| y.iter().any(|m| m.id == n.id)).count()).sum();
+    let found: usize =
+        a.iter().zip(&b).map(|(x, y)| x.iter().filter(|n| y.iter().any(|m| m.id == n.id)).count()).sum();
     let recall = found as f64 / 200.0;
     assert!(recall >= 0.95, "recall@10 of f16 storage vs f32: {recall}");
 }
@@ -169,13 +174,16 @@ async fn concurrent_queries_are_coalesced_and_answered_exactly() {
     let index = Arc::new(RwLock::new(index));
     // A wait window long enough that 32 concurrent submissions must share batches.
     let c = Coalescer::new(index.clone(), 64, Duration::from_secs(1));
-    let queries: Vec<Vec<f32>> = (0..32).map(|q| vectors[q * 11 * dim..(q * 11 + 1) * dim].to_vec()).collect();
+    let queries: Vec<Vec<f32>> =
+        (0..32).map(|q| vectors[q * 11 * dim..(q * 11 + 1) * dim].to_vec()).collect();
     let answers = futures_join(&c, &queries).await;
     let direct = index.read().expect("lock").search(&queries.concat(), 3).expect("direct");
     assert_eq!(answers, direct);
     let s = c.stats();
-    let (batches, queries_done) =
-        (s.batches.load(std::sync::atomic::Ordering::Relaxed), s.queries.load(std::sync::atomic::Ordering::Relaxed));
+    let (batches, queries_done) = (
+        s.batches.load(std::sync::atomic::Ordering::Relaxed),
+        s.queries.load(std::sync::atomic::Ordering::Relaxed),
+    );
     assert_eq!(queries_done, 32);
     assert!(batches < 32, "{batches} batches for 32 concurrent queries");
     // A malformed query fails alone.

@@ -8,6 +8,14 @@ use ragd_core::config::GrpcConfig;
 
 use crate::store::remote::QdrantConfig;
 
+/// Storage precision of the resident exact engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExactPrecision {
+    F32,
+    /// Half the memory; recall@10 against f32 stays ≈ 0.99 on embeddings.
+    F16,
+}
+
 /// Where vectors live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
@@ -49,6 +57,13 @@ pub struct IndexerConfig {
     /// How often the background optimizer looks for segments to index, in seconds.
     #[arg(long, env = "RAGD_OPTIMIZE_INTERVAL_SECS", default_value_t = 5)]
     pub optimize_interval_secs: u64,
+    /// Keep a resident copy of each collection's vectors for exact searches (ragd-exact:
+    /// SIMD, batched, coalesced); embedded store only. Costs the vectors' size in RAM.
+    #[arg(long, env = "RAGD_EXACT_ENGINE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub exact_engine: bool,
+    /// Storage precision of the resident exact engine.
+    #[arg(long, env = "RAGD_EXACT_PRECISION", value_enum, default_value_t = ExactPrecision::F32)]
+    pub exact_precision: ExactPrecision,
     /// Document ingest statuses remembered for DocumentStatus.
     #[arg(long, env = "RAGD_STATUS_CAPACITY", default_value_t = 100_000)]
     pub status_capacity: usize,
@@ -70,6 +85,8 @@ impl Default for IndexerConfig {
             indexing_threshold_kb: None,
             optimize_interval_secs: 5,
             status_capacity: 100_000,
+            exact_engine: true,
+            exact_precision: ExactPrecision::F32,
             grpc: GrpcConfig::default(),
         }
     }
@@ -103,6 +120,7 @@ mod tests {
         assert_eq!(c.data_dir, d.data_dir);
         assert_eq!(c.embedder_url, d.embedder_url);
         assert_eq!(c.store, d.store);
+        assert_eq!((c.exact_engine, c.exact_precision), (d.exact_engine, d.exact_precision));
         assert_eq!(c.qdrant.url, d.qdrant.url);
         assert_eq!(c.qdrant.collection_prefix, d.qdrant.collection_prefix);
     }

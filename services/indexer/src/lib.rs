@@ -10,6 +10,7 @@ pub mod chunk;
 pub mod collections;
 pub mod config;
 pub mod error;
+pub mod exact;
 pub mod filter;
 pub mod grpc;
 pub mod service;
@@ -25,11 +26,12 @@ use ragd_proto::v1::embedder_client::EmbedderClient;
 use ragd_proto::v1::indexer_server::IndexerServer;
 use tokio::net::TcpListener;
 
-pub use config::{IndexerConfig, StoreKind};
+pub use config::{ExactPrecision, IndexerConfig, StoreKind};
 pub use error::IndexError;
 pub use service::Indexer;
 
 use crate::collections::Registry;
+use crate::exact::ExactSettings;
 use crate::grpc::IndexerGrpc;
 use crate::service::IndexerLimits;
 use crate::store::VectorStore;
@@ -81,7 +83,16 @@ pub async fn serve(
             indexing_threshold_kb: config.indexing_threshold_kb,
             status_capacity: config.status_capacity,
         };
-        Indexer::open(store, registry, embedder, limits).await
+        // The resident exact engine mirrors the embedded store (a Qdrant cluster has its own).
+        let exact = (config.exact_engine && config.store == StoreKind::Embedded).then_some(ExactSettings {
+            precision: match config.exact_precision {
+                ExactPrecision::F32 => ragd_exact::Precision::F32,
+                ExactPrecision::F16 => ragd_exact::Precision::F16,
+            },
+            max_batch: 256,
+            max_wait: Duration::ZERO,
+        });
+        Indexer::open(store, registry, embedder, limits, exact).await
     };
     let indexer = match opened.await {
         Ok(i) => Arc::new(i),

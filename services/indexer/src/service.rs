@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use crate::chunk::{self, Chunking};
 use crate::collections::{CollectionMeta, Registry, validate_name};
 use crate::error::IndexError;
+use crate::exact::{ExactMirrors, ExactSettings};
 use crate::filter::Filter;
 use crate::store::{ChunkPoint, Distance, Hit, SearchOptions, StoreSpec, StoreStats, VectorStore};
 
@@ -108,6 +109,8 @@ pub struct Indexer {
     embedder: EmbedderClient<Channel>,
     limits: IndexerLimits,
     statuses: Mutex<Statuses>,
+    /// The resident exact engine (None: exact searches go to the store).
+    exact: Option<ExactMirrors>,
 }
 
 fn embedder_err(s: tonic::Status) -> IndexError {
@@ -130,12 +133,19 @@ impl Indexer {
         registry: Registry,
         embedder: EmbedderClient<Channel>,
         limits: IndexerLimits,
+        exact: Option<ExactSettings>,
     ) -> Result<Self, IndexError> {
+        let exact = exact.map(ExactMirrors::new);
         for meta in registry.all()? {
             store.open(&meta.store).await?;
-            tracing::info!(collection = %meta.store.name, shards = meta.store.shards, "collection opened");
+            let s = &meta.store;
+            tracing::info!(collection = %s.name, shards = s.shards, "collection opened");
+            if let Some(exact) = &exact {
+                let n = exact.load(store.as_ref(), &s.name, s.dim, s.distance).await?;
+                tracing::info!(collection = %s.name, points = n, "exact engine loaded");
+            }
         }
-        Ok(Self { store, registry, embedder, limits, statuses: Mutex::default() })
+        Ok(Self { store, registry, embedder, limits, statuses: Mutex::default(), exact })
     }
 
     pub fn store(&self) -> &Arc<dyn VectorStore> {
@@ -210,6 +220,9 @@ impl Indexer {
             let _ = self.store.drop_collection(&meta.store.name).await;
             return Err(e);
         }
+        if let Some(exact) = &self.exact {
+            exact.create(&meta.store.name, meta.store.dim, meta.store.distance)?;
+        }
         tracing::info!(collection = %meta.store.name, model = %meta.model, dim = meta.store.dim, "collection created");
         Ok(meta)
     }
@@ -218,6 +231,9 @@ impl Indexer {
         self.registry.get(name)?;
         self.store.drop_collection(name).await?;
         self.registry.remove(name)?;
+        if let Some(exact) = &self.exact {
+            exact.drop_collection(name);
+        }
         if let Ok(mut s) = self.statuses.lock() {
             s.map.retain(|(c, _), _| c != name);
             s.order.retain(|(c, _)| c != name);
@@ -344,10 +360,15 @@ impl Indexer {
                 });
             }
         }
+        let mirrored = self.exact.as_ref().map(|_| points.clone());
         self.store.upsert(collection, points).await?;
         let counts: Vec<u32> = chunks.iter().map(|c| c.len() as u32).collect();
         let stale: Vec<(String, u32)> = docs.iter().zip(&counts).map(|(d, n)| (d.id.clone(), *n)).collect();
         self.store.delete_chunks_from(collection, &stale).await?;
+        if let (Some(exact), Some(points)) = (&self.exact, mirrored) {
+            exact.add(collection, &points)?;
+            exact.remove_from(collection, &stale)?;
+        }
         Ok(counts)
     }
 
@@ -419,6 +440,9 @@ impl Indexer {
             }
         }
         self.store.delete_documents(collection, ids).await?;
+        if let Some(exact) = &self.exact {
+            exact.remove_documents(collection, ids)?;
+        }
         if let Ok(mut s) = self.statuses.lock() {
             for id in ids {
                 s.map.remove(&(collection.to_string(), id.clone()));
@@ -491,6 +515,29 @@ impl Indexer {
             .collect();
         if options.filter.as_ref().is_some_and(Filter::is_empty) {
             options.filter = None;
+        }
+        // Unfiltered exact searches go to the resident exact engine (batched with concurrent
+        // ones); filtered ones, and HNSW, to the store.
+        if let Some(exact) = &self.exact
+            && options.exact
+            && options.filter.is_none()
+        {
+            if let Some(q) = vectors.iter().find(|q| q.len() != meta.store.dim) {
+                return Err(IndexError::invalid(
+                    "queries",
+                    format!(
+                        "vector dimension {} does not match the collection's {}",
+                        q.len(),
+                        meta.store.dim
+                    ),
+                ));
+            }
+            let found = exact
+                .search(self.store.as_ref(), collection, &vectors, options.k, options.score_threshold)
+                .await?;
+            if let Some(hits) = found {
+                return Ok(hits);
+            }
         }
         self.store.search(collection, &vectors, &options).await
     }

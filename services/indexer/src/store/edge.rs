@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use qdrant_edge::{
     CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
     NamedQuery, Payload, PointId, PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum,
-    ScoredPoint, SearchParams, SearchRequest, UpdateOperation, VectorStructPersisted, WithPayloadInterface,
+    ScoredPoint, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorStructPersisted,
+    WithPayloadInterface, WithVector,
 };
 use serde_json::{Value, json};
 
@@ -157,13 +158,17 @@ impl EdgeStore {
 }
 
 fn hit(p: ScoredPoint) -> Hit {
-    let mut payload = p.payload.map(|p| p.0).unwrap_or_default();
+    payload_hit(p.payload, p.score)
+}
+
+fn payload_hit(payload: Option<Payload>, score: f32) -> Hit {
+    let mut payload = payload.map(|p| p.0).unwrap_or_default();
     let text = |v: Option<Value>| v.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     Hit {
         doc_id: text(payload.remove("doc_id")),
         chunk: payload.remove("chunk").and_then(|v| v.as_u64()).unwrap_or(0) as u32,
         text: text(payload.remove("text")),
-        score: p.score,
+        score,
         metadata: match payload.remove(filter::METADATA) {
             Some(Value::Object(m)) => m,
             _ => Default::default(),
@@ -401,6 +406,75 @@ impl VectorStore for EdgeStore {
                 changed |= shard.engine.optimize().map_err(store_err)?;
             }
             Ok(changed)
+        })
+        .await
+    }
+
+    async fn scan(&self, collection: &str) -> Result<Vec<ChunkPoint>, IndexError> {
+        let c = self.get(collection)?;
+        blocking(move || {
+            let mut out = Vec::new();
+            for shard in &c.shards {
+                let mut offset = None;
+                loop {
+                    let request = ScrollRequest {
+                        offset,
+                        limit: Some(1024),
+                        filter: None,
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: WithVector::Bool(true),
+                        order_by: None,
+                    };
+                    let (records, next) = shard.engine.scroll(request).map_err(store_err)?;
+                    for r in records {
+                        let Some(qdrant_edge::VectorStructInternal::Single(vector)) = r.vector else {
+                            return Err(store_err(format!("point {} has no dense vector", r.id)));
+                        };
+                        let h = payload_hit(r.payload, 0.0);
+                        out.push(ChunkPoint {
+                            doc_id: h.doc_id,
+                            chunk: h.chunk,
+                            text: String::new(),
+                            metadata: Default::default(),
+                            vector,
+                        });
+                    }
+                    match next {
+                        Some(n) => offset = Some(n),
+                        None => break,
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn retrieve(
+        &self,
+        collection: &str,
+        chunks: &[(String, u32)],
+    ) -> Result<Vec<Option<Hit>>, IndexError> {
+        let c = self.get(collection)?;
+        let chunks = chunks.to_vec();
+        blocking(move || {
+            // One retrieve per shard, answers put back in the order asked.
+            let mut per_shard: Vec<Vec<PointId>> = vec![Vec::new(); c.shards.len()];
+            for (doc, chunk) in &chunks {
+                per_shard[shard_of(doc, c.spec.shards)].push(point_id(doc, *chunk));
+            }
+            let mut found: HashMap<PointId, Hit> = HashMap::new();
+            for (shard, ids) in c.shards.iter().zip(per_shard) {
+                if ids.is_empty() {
+                    continue;
+                }
+                let records = shard
+                    .engine
+                    .retrieve(&ids, Some(WithPayloadInterface::Bool(true)), None)
+                    .map_err(store_err)?;
+                found.extend(records.into_iter().map(|r| (r.id, payload_hit(r.payload, 0.0))));
+            }
+            Ok(chunks.iter().map(|(doc, chunk)| found.remove(&point_id(doc, *chunk))).collect())
         })
         .await
     }

@@ -142,4 +142,17 @@ pub trait VectorStore: Send + Sync + Debug {
     async fn optimize(&self, collection: &str) -> Result<bool, IndexError>;
     /// Persists everything (shutdown).
     async fn flush(&self) -> Result<(), IndexError>;
+    /// Every chunk's (doc_id, chunk, vector), to load a resident exact engine; text and metadata
+    /// are left empty.
+    async fn scan(&self, collection: &str) -> Result<Vec<ChunkPoint>, IndexError> {
+        Err(IndexError::Store(format!("{collection}: this store cannot be scanned")))
+    }
+    /// Payloads of the given chunks (score 0), None for chunks not found.
+    async fn retrieve(
+        &self,
+        collection: &str,
+        _chunks: &[(String, u32)],
+    ) -> Result<Vec<Option<Hit>>, IndexError> {
+        Err(IndexError::Store(format!("{collection}: this store cannot retrieve by id")))
+    }
 }

@@ -1,0 +1,132 @@
+//! The indexer's `exact` mode on the resident exact engine (ragd-exact) returns the same top-k
+//! as the store's own exact search, after ingest, after re-upserts and deletes (kept in sync),
+//! and after a restart (loaded from the store). Real embedder, real engine, real gRPC.
+
+use ragd_indexer::IndexerConfig;
+use ragd_proto::v1::{self, indexer_client::IndexerClient};
+use ragd_tests::{TestEmbedder, TestIndexer, embedder_config};
+use tonic::transport::Channel;
+
+const QUESTIONS: [&str; 6] = [
+    "What is the capital of Germany?",
+    "Which city is the capital of Japan?",
+    "capital of a country in South America",
+    "European capitals on a river",
+    "island nation capital",
+    "desert country capital city",
+];
+
+fn config(data: &std::path::Path, embedder: &str, exact_engine: bool) -> IndexerConfig {
+    IndexerConfig {
+        data_dir: data.to_path_buf(),
+        embedder_url: embedder.into(),
+        exact_engine,
+        ..IndexerConfig::default()
+    }
+}
+
+/// (doc id, chunk, score) of the exact top 8 of every question, for every distance.
+async fn answers(client: &mut IndexerClient<Channel>) -> Vec<Vec<(String, u32, f32)>> {
+    let mut out = Vec::new();
+    for collection in ["cos", "dot", "l2"] {
+        let request = v1::SearchRequest {
+            collection: collection.into(),
+            queries: QUESTIONS
+                .iter()
+                .map(|q| v1::Query { query: Some(v1::query::Query::Text(q.to_string())) })
+                .collect(),
+            k: 8,
+            exact: true,
+            ..Default::default()
+        };
+        let r = client.search(request).await.expect("search").into_inner();
+        out.extend(
+            r.results.into_iter().map(|q| q.hits.into_iter().map(|h| (h.doc_id, h.chunk, h.score)).collect()),
+        );
+    }
+    out
+}
+
+fn assert_same(engine: &[Vec<(String, u32, f32)>], store: &[Vec<(String, u32, f32)>]) {
+    assert_eq!(engine.len(), store.len());
+    for (e, s) in engine.iter().zip(store) {
+        assert_eq!(e.len(), s.len(), "engine {e:?}\nstore {s:?}");
+        for (a, b) in e.iter().zip(s) {
+            assert!((a.2 - b.2).abs() < 1e-4, "scores: engine {a:?} store {b:?}");
+            // Equal ids, unless two chunks tie within float noise.
+            assert!(a.0 == b.0 || (a.2 - b.2).abs() < 1e-5, "engine {e:?}\nstore {s:?}");
+        }
+    }
+}
+
+async fn documents(client: &mut IndexerClient<Channel>, docs: Vec<v1::Document>) {
+    for c in ["cos", "dot", "l2"] {
+        let r =
+            client.upsert_batch(v1::UpsertRequest { collection: c.into(), documents: docs.clone() }).await;
+        assert!(r.expect("upsert").into_inner().failed.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_mode_matches_the_store_after_ingest_updates_deletes_and_restart() {
+    let embedder = TestEmbedder::start(embedder_config(&["all-MiniLM-L6-v2"])).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let indexer = TestIndexer::start(config(data.path(), &embedder.url, true)).await;
+    let mut client = indexer.client().await;
+    for (name, distance) in
+        [("cos", v1::Distance::Cosine), ("dot", v1::Distance::Dot), ("l2", v1::Distance::Euclid)]
+    {
+        let create = v1::CreateCollectionRequest {
+            name: name.into(),
+            distance: distance as i32,
+            shards: 2,
+            ..Default::default()
+        };
+        client.create_collection(create).await.expect("create");
+    }
+    let corpus = ragd_tests::capitals();
+    let docs: Vec<v1::Document> = corpus
+        .iter()
+        .map(|(country, city)| v1::Document {
+            id: country.clone(),
+            text: format!("The capital of {country} is {city}. It is a city in {country}."),
+            metadata: None,
+        })
+        .collect();
+    documents(&mut client, docs).await;
+    let first = answers(&mut client).await;
+    assert_eq!(first[0][0].0, "Germany");
+
+    // Updates and deletes reach the resident copy: Germany gets a longer text, France goes.
+    let long = "Berlin is the capital of Germany. It has a river. It has a tower. It is old. It is big.";
+    documents(&mut client, vec![v1::Document { id: "Germany".into(), text: long.into(), metadata: None }])
+        .await;
+    let short = vec![v1::Document {
+        id: "Germany".into(),
+        text: "The capital of Germany is Berlin.".into(),
+        metadata: None,
+    }];
+    documents(&mut client, short).await;
+    for c in ["cos", "dot", "l2"] {
+        client
+            .delete(v1::DeleteRequest { collection: c.into(), ids: vec!["France".into()] })
+            .await
+            .expect("delete");
+    }
+    let engine = answers(&mut client).await;
+    assert!(engine.iter().flatten().all(|h| h.0 != "France"));
+    indexer.stop().await.expect("stop");
+
+    // The store's own exact search on the same data.
+    let indexer = TestIndexer::start(config(data.path(), &embedder.url, false)).await;
+    let store = answers(&mut indexer.client().await).await;
+    indexer.stop().await.expect("stop");
+    assert_same(&engine, &store);
+
+    // Restart with the engine: it loads the vectors from the store and answers the same.
+    let indexer = TestIndexer::start(config(data.path(), &embedder.url, true)).await;
+    let reloaded = answers(&mut indexer.client().await).await;
+    assert_same(&reloaded, &store);
+    indexer.stop().await.expect("stop");
+    embedder.stop().await.expect("stop");
+}
