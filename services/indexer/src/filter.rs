@@ -115,6 +115,13 @@ pub fn chunks_from(doc_id: &str, from: u32) -> Value {
     ] })
 }
 
+/// Qdrant filter selecting, for each `(doc_id, from)`, that document's chunks numbered `from`
+/// and above (nested filters under `should`).
+pub fn chunks_from_many(docs: &[(String, u32)]) -> Value {
+    let each: Vec<Value> = docs.iter().map(|(doc, from)| chunks_from(doc, *from)).collect();
+    json!({ "should": each })
+}
+
 /// Qdrant filter selecting one chunk index (chunk 0 counts documents).
 pub fn chunk(index: u32) -> Value {
     json!({ "must": [{ "key": "chunk", "match": { "value": index } }] })

@@ -176,6 +176,24 @@ fn payload_hit(payload: Option<Payload>, score: f32) -> Hit {
     }
 }
 
+/// Payload indexes on `doc_id` (keyword) and `chunk` (integer), which every delete, count and
+/// status filter uses; without them each filtered delete scans the shard.
+fn ensure_payload_indexes(shard: &EdgeShard) -> Result<(), IndexError> {
+    let have: Vec<String> = shard.info().payload_schema.keys().map(|k| k.to_string()).collect();
+    for (field, kind) in [("doc_id", "keyword"), ("chunk", "integer")] {
+        if have.iter().any(|h| h == field) {
+            continue;
+        }
+        let index = qdrant_edge::CreateIndex {
+            field_name: serde_json::from_value(json!(field)).map_err(store_err)?,
+            field_schema: Some(serde_json::from_value(json!(kind)).map_err(store_err)?),
+        };
+        let op = qdrant_edge::FieldIndexOperations::CreateIndex(index);
+        shard.update(UpdateOperation::FieldIndexOperation(op)).map_err(store_err)?;
+    }
+    Ok(())
+}
+
 /// Real disk usage (allocated blocks: the WAL preallocates sparse 32 MiB segments).
 fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -215,7 +233,9 @@ impl VectorStore for EdgeStore {
                 .map(|i| {
                     let path = dir.join(format!("shard-{i}"));
                     std::fs::create_dir_all(&path).map_err(store_err)?;
-                    EdgeShard::new(&path, config.clone()).map_err(store_err)
+                    let shard = EdgeShard::new(&path, config.clone()).map_err(store_err)?;
+                    ensure_payload_indexes(&shard)?;
+                    Ok(shard)
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
@@ -230,7 +250,10 @@ impl VectorStore for EdgeStore {
             (0..n)
                 .map(|i| {
                     let path = dir.join(format!("shard-{i}"));
-                    EdgeShard::load(&path, None).map_err(|e| store_err(format!("{}: {e}", path.display())))
+                    let shard = EdgeShard::load(&path, None)
+                        .map_err(|e| store_err(format!("{}: {e}", path.display())))?;
+                    ensure_payload_indexes(&shard)?;
+                    Ok(shard)
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
@@ -278,9 +301,14 @@ impl VectorStore for EdgeStore {
 
     async fn delete_chunks_from(&self, collection: &str, docs: &[(String, u32)]) -> Result<(), IndexError> {
         let c = self.get(collection)?;
-        let deletes = docs.iter().map(|(doc, from)| {
-            let shard = c.shards[shard_of(doc, c.spec.shards)].clone();
-            let f = qdrant_filter(filter::chunks_from(doc, *from));
+        // One filtered delete per shard for the whole batch (the doc_id index makes it cheap).
+        let mut per_shard: Vec<Vec<(String, u32)>> = vec![Vec::new(); c.shards.len()];
+        for (doc, from) in docs {
+            per_shard[shard_of(doc, c.spec.shards)].push((doc.clone(), *from));
+        }
+        let deletes = per_shard.into_iter().enumerate().filter(|(_, ds)| !ds.is_empty()).map(|(i, ds)| {
+            let shard = c.shards[i].clone();
+            let f = qdrant_filter(filter::chunks_from_many(&ds));
             blocking(move || {
                 shard.update(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(f?)))
             })

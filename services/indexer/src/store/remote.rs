@@ -336,9 +336,10 @@ impl VectorStore for QdrantStore {
 
     async fn delete_chunks_from(&self, collection: &str, docs: &[(String, u32)]) -> Result<(), IndexError> {
         self.spec(collection)?;
-        let deletes =
-            docs.iter().map(|(doc, from)| self.delete_by_filter(collection, filter::chunks_from(doc, *from)));
-        futures::future::try_join_all(deletes).await.map(|_| ())
+        if docs.is_empty() {
+            return Ok(());
+        }
+        self.delete_by_filter(collection, filter::chunks_from_many(docs)).await
     }
 
     async fn delete_documents(&self, collection: &str, doc_ids: &[String]) -> Result<(), IndexError> {
@@ -546,6 +547,10 @@ pub mod convert {
     }
 
     fn condition(c: &Value) -> Result<qdrant::Condition, IndexError> {
+        // A nested filter (`{must|should|must_not: [...]}`) as a condition.
+        if c.get("key").is_none() && ["must", "should", "must_not"].iter().any(|k| c.get(k).is_some()) {
+            return Ok(qdrant::Condition { condition_one_of: Some(ConditionOneOf::Filter(filter(c)?)) });
+        }
         let key =
             c.get("key").and_then(Value::as_str).ok_or_else(|| bad(format!("condition without key: {c}")))?;
         let mut field = qdrant::FieldCondition { key: key.to_string(), ..Default::default() };
@@ -594,8 +599,10 @@ pub mod convert {
     }
 
     fn condition_to_json(c: &qdrant::Condition) -> Result<Value, String> {
-        let Some(ConditionOneOf::Field(f)) = &c.condition_one_of else {
-            return Err(format!("unsupported condition {c:?}"));
+        let f = match &c.condition_one_of {
+            Some(ConditionOneOf::Field(f)) => f,
+            Some(ConditionOneOf::Filter(nested)) => return filter_to_json(nested),
+            _ => return Err(format!("unsupported condition {c:?}")),
         };
         if let Some(m) = f.r#match.as_ref().and_then(|m| m.match_value.as_ref()) {
             let m = match m {
@@ -659,7 +666,10 @@ pub mod convert {
                 [crate::filter::documents(&["a".into(), "b".into()]), crate::filter::chunks_from("d", 3)]
             {
                 let back = filter_to_json(&filter(&doc).expect("translates")).expect("back");
-                assert_eq!(back["must"].as_array().map(Vec::len), doc["must"].as_array().map(Vec::len));
+                for part in ["must", "should"] {
+                    let len = |v: &Value| v[part].as_array().map_or(0, Vec::len);
+                    assert_eq!(len(&back), len(&doc), "{part} of {doc}");
+                }
             }
         }
 
