@@ -158,10 +158,116 @@ fn scores_impl<M: Madd>(queries: &[f32], nq: usize, rows: &[f32], nr: usize, str
     }
 }
 
+/// AVX-512 micro-kernels with explicit 512-bit intrinsics (LLVM prefers 256-bit vectors even
+/// with AVX-512 enabled, and then spills the 4 × 4 tile's accumulators).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn scores_avx512(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
-    scores_impl::<Fused>(queries, nq, rows, nr, stride, out)
+#[allow(unsafe_code)]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{LANES, TQ, TR};
+
+    /// A full 4 × 4 tile: 16 zmm accumulators, 8 loads per 16 FMAs.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; `q` holds 4 rows and `r` 4 rows of `stride` floats, `stride` a
+    /// multiple of 16; `out` holds at least `3 * os + 4` floats.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile4x4(q: &[f32], r: &[f32], stride: usize, out: &mut [f32], os: usize) {
+        debug_assert!(q.len() >= TQ * stride && r.len() >= TR * stride && out.len() >= 3 * os + 4);
+        let (qp, rp) = (q.as_ptr(), r.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let mut at = 0;
+        while at < stride {
+            // SAFETY: at + 16 <= stride and every row offset is < 4 * stride (see above).
+            unsafe {
+                let r0 = _mm512_loadu_ps(rp.add(at));
+                let r1 = _mm512_loadu_ps(rp.add(stride + at));
+                let r2 = _mm512_loadu_ps(rp.add(2 * stride + at));
+                let r3 = _mm512_loadu_ps(rp.add(3 * stride + at));
+                for i in 0..4 {
+                    let qi = _mm512_loadu_ps(qp.add(i * stride + at));
+                    acc[i * 4] = _mm512_fmadd_ps(qi, r0, acc[i * 4]);
+                    acc[i * 4 + 1] = _mm512_fmadd_ps(qi, r1, acc[i * 4 + 1]);
+                    acc[i * 4 + 2] = _mm512_fmadd_ps(qi, r2, acc[i * 4 + 2]);
+                    acc[i * 4 + 3] = _mm512_fmadd_ps(qi, r3, acc[i * 4 + 3]);
+                }
+            }
+            at += LANES;
+        }
+        for i in 0..4 {
+            for j in 0..4 {
+                out[i * os + j] = _mm512_reduce_add_ps(acc[i * 4 + j]);
+            }
+        }
+    }
+
+    /// One query against 4 rows (batch 1: bandwidth-bound, 4 independent chains).
+    ///
+    /// # Safety
+    /// As [`tile4x4`] with one query row.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile1x4(q: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
+        debug_assert!(q.len() >= stride && r.len() >= TR * stride && out.len() >= 4);
+        let (qp, rp) = (q.as_ptr(), r.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut at = 0;
+        while at < stride {
+            // SAFETY: at + 16 <= stride; row offsets < 4 * stride.
+            unsafe {
+                let qv = _mm512_loadu_ps(qp.add(at));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rp.add(j * stride + at)), *a);
+                }
+            }
+            at += LANES;
+        }
+        for j in 0..4 {
+            out[j] = _mm512_reduce_add_ps(acc[j]);
+        }
+    }
+
+    /// 12 independent FMA chains in registers, `iters` times: the core's FMA peak.
+    #[target_feature(enable = "avx512f")]
+    pub fn probe(iters: usize) -> f32 {
+        let b = _mm512_set1_ps(std::hint::black_box(0.999_999_9));
+        let c = _mm512_set1_ps(std::hint::black_box(1e-7));
+        let mut acc = [_mm512_setzero_ps(); 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, b, c);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub fn scores(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
+        let mut qi = 0;
+        while qi < nq {
+            let tq = TQ.min(nq - qi);
+            let q = &queries[qi * stride..(qi + tq) * stride];
+            let mut rj = 0;
+            while rj < nr {
+                let tr = TR.min(nr - rj);
+                let r = &rows[rj * stride..(rj + tr) * stride];
+                let o = &mut out[qi * nr + rj..];
+                if tq == TQ && tr == TR {
+                    // SAFETY: AVX-512F is enabled here; q has 4 rows, r 4 rows, o >= 3*nr+4.
+                    unsafe { tile4x4(q, r, stride, o, nr) }
+                } else if tr == TR {
+                    for i in 0..tq {
+                        // SAFETY: one query row, 4 rows, 4 outputs.
+                        unsafe { tile1x4(&q[i * stride..], r, stride, &mut o[i * nr..]) }
+                    }
+                } else {
+                    super::tile_dyn::<super::Fused>(tq, tr, q, r, stride, o, nr);
+                }
+                rj += tr;
+            }
+            qi += tq;
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -179,8 +285,8 @@ pub fn scores(isa: Isa, queries: &[f32], nq: usize, rows: &[f32], nr: usize, str
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
             // SAFETY: the CPU supports AVX-512F (checked just above; AVX-512F implies AVX2 and
-            // FMA on every x86-64 CPU that has it); the function is otherwise safe Rust.
-            unsafe { scores_avx512(queries, nq, rows, nr, stride, out) }
+            // FMA on every x86-64 CPU that has it).
+            unsafe { avx512::scores(queries, nq, rows, nr, stride, out) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma
@@ -210,12 +316,6 @@ fn probe_impl<M: Madd>(iters: usize) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn probe_avx512(iters: usize) -> f32 {
-    probe_impl::<Fused>(iters)
-}
-
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn probe_avx2(iters: usize) -> f32 {
     probe_impl::<Fused>(iters)
@@ -232,7 +332,7 @@ pub fn fma_probe(isa: Isa, iters: usize) -> f32 {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
             // SAFETY: the CPU supports AVX-512F (checked just above).
-            unsafe { probe_avx512(iters) }
+            unsafe { avx512::probe(iters) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma

@@ -81,6 +81,18 @@ fn qdrant_filter(value: Value) -> Result<qdrant_edge::Filter, IndexError> {
     serde_json::from_value(value).map_err(|e| IndexError::Store(format!("filter translation: {e}")))
 }
 
+/// Runs a search: a single shard's search (sub-millisecond with HNSW) runs in place on a
+/// multi-threaded runtime (`block_in_place`: no hand-off to the blocking pool and back);
+/// several shards fan out over the blocking pool in parallel.
+async fn search_blocking<T: Send + 'static>(
+    single: bool,
+    f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if single && multi { tokio::task::block_in_place(f) } else { blocking(f).await }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, IndexError> {
@@ -350,10 +362,11 @@ impl VectorStore for EdgeStore {
             _ => None,
         };
         let params = SearchParams { hnsw_ef: options.hnsw_ef, exact: options.exact, ..Default::default() };
+        let single = c.shards.len() == 1;
         let per_shard = c.shards.iter().map(|shard| {
             let (shard, queries, filter) = (shard.clone(), queries.to_vec(), filter.clone());
             let (k, threshold) = (options.k, options.score_threshold);
-            blocking(move || {
+            search_blocking(single, move || {
                 queries
                     .into_iter()
                     .map(|q| {
