@@ -7,6 +7,8 @@
 //!   scored against every query by the register-blocked SIMD [`kernel`] (AVX-512 / AVX2+FMA /
 //!   baseline, chosen at run time), then a per-query [`topk::TopK`] keeps the k best with one
 //!   comparison per candidate. Rows are split over threads, each with its own top-k, merged.
+//! - `gpu::GpuIndex` (feature `cuda`): the rows resident on a GPU, our own tiled-GEMM and
+//!   top-k kernels compiled by NVRTC, same results.
 //! - [`coalesce::Coalescer`]: concurrent single-query searches that arrive while a batch runs
 //!   are executed together as the next batch (where batched scoring pays off).
 //!
@@ -14,6 +16,8 @@
 //! (lower first), as faiss reports it. Ties rank the lower id first.
 
 pub mod coalesce;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod kernel;
 pub mod topk;
 
