@@ -20,11 +20,15 @@ demo:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p ragd-exact -p ragd-bench --all-targets --features ragd-exact/cuda,ragd-bench/cuda -- -D warnings
 
 ## Set up, lint and run every test (unit, in-process gRPC, multi-process).
 test: setup lint
 	$(CARGO) build -p ragd
 	$(CARGO) test --workspace
+	# ragd-exact's CUDA kernels: NVRTC (from PyPI, no GPU needed) must compile them; the GPU
+	# search tests run where a GPU is and otherwise check the clean error.
+	LD_LIBRARY_PATH=$${RAGD_HOME:-$(CURDIR)/.ragd}/lib/cuda RAGD_REQUIRE_NVRTC=1 $(CARGO) test -p ragd-exact --features cuda
 
 ## Benchmarks; they write their figures to docs/benchmarks.md (faiss-cpu baseline via --with-bench).
 bench: setup

@@ -158,6 +158,8 @@ fn main() {
 
     let mut rows = String::new();
     let mut f16_line = String::new();
+    #[allow(unused_mut)]
+    let mut gpu_lines = String::new();
     let mut faiss_version = None;
     for n in sizes() {
         let data = random(n * DIM, 1);
@@ -196,6 +198,8 @@ fn main() {
             eprintln!("n={n} batch={b}: ragd {ours:.0} q/s, faiss {f}");
             rows.push_str(&format!("| {n} | {b} | {ours:.0} | {f} | {ratio} | {hw} |\n"));
         }
+        #[cfg(feature = "cuda")]
+        gpu_rows(&index, &queries, n, &mut gpu_lines);
         if n == sizes()[0] {
             let mut half = ExactIndex::new(
                 DIM,
@@ -236,11 +240,51 @@ fn main() {
          {bw1:.1} GB/s (1 thread) / {bwn:.1} GB/s ({threads} threads); FMA peak {peak:.0} GFLOP/s \
          ({threads} threads, register-only `{isa}` loop).\n\n\
          | vectors | batch | ragd-exact q/s | faiss q/s | ratio | hardware use |\n|---:|---:|---:|---:|---|---|\n\
-         {rows}\n{f16_line}\n\nTargets: ≥ 1.0× faiss at batch 1, ≥ 2× at batch ≥ 64.\n",
+         {rows}\n{f16_line}\n\n{gpu}Targets: ≥ 1.0× faiss at batch 1, ≥ 2× at batch ≥ 64.\n",
         machine = report::machine(),
         secs = bench_secs().as_secs_f64(),
         isa = isa.name(),
+        gpu = if gpu_lines.is_empty() {
+            "GPU: not measured in this run (build with `--features cuda` on a GPU machine).\n\n".to_string()
+        } else {
+            format!(
+                "GPU (ragd-exact CUDA kernels, f32 rows resident in device memory, k = {K}):\n\n| vectors | batch | q/s | achieved |\n|---:|---:|---:|---|\n{gpu_lines}\n"
+            )
+        },
     );
     println!("{body}");
     report::update_section(&report::benchmarks_md(), "exact", &body).expect("write docs/benchmarks.md");
+}
+
+/// GPU rows: the same index uploaded to GPU 0, queries/s per batch (GB/s at batch 1, TFLOP/s of
+/// the score kernel at larger batches, top-k included).
+#[cfg(feature = "cuda")]
+fn gpu_rows(index: &ExactIndex, queries: &[f32], n: usize, out: &mut String) {
+    let gpu = match ragd_exact::gpu::GpuIndex::upload(index, 0) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("GPU rows skipped: {e}");
+            return;
+        }
+    };
+    for b in BATCHES {
+        let run = |i: usize| {
+            let start = (i * b) % (QUERIES - b + 1);
+            gpu.search(&queries[start * DIM..(start + b) * DIM], K).expect("gpu search").len()
+        };
+        run(0);
+        let (t, mut done, mut i) = (Instant::now(), 0usize, 0usize);
+        while t.elapsed() < bench_secs() || i < 3 {
+            done += run(i);
+            i += 1;
+        }
+        let qps = done as f64 / t.elapsed().as_secs_f64();
+        let achieved = if b == 1 {
+            format!("{:.0} GB/s scanned", qps * index.bytes() as f64 / 1e9)
+        } else {
+            format!("{:.1} TFLOP/s", qps * 2.0 * (n * DIM) as f64 / 1e12)
+        };
+        eprintln!("GPU {} n={n} batch={b}: {qps:.0} q/s ({achieved})", gpu.device_name());
+        out.push_str(&format!("| {n} | {b} | {qps:.0} | {achieved} on {} |\n", gpu.device_name()));
+    }
 }

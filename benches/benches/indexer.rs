@@ -68,7 +68,10 @@ fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
             let t = &topics[(i * 7919 + seed as usize) % topics.len()];
             let z: Vec<f32> = t.iter().map(|c| c + 0.6 * sample()).collect();
             let mut v: Vec<f32> = (0..DIM)
-                .map(|d| projection[d * LATENT..(d + 1) * LATENT].iter().zip(&z).map(|(w, x)| w * x).sum::<f32>() + 0.02 * sample())
+                .map(|d| {
+                    projection[d * LATENT..(d + 1) * LATENT].iter().zip(&z).map(|(w, x)| w * x).sum::<f32>()
+                        + 0.02 * sample()
+                })
                 .collect();
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             v.iter_mut().for_each(|x| *x /= norm);
@@ -215,7 +218,12 @@ async fn indexer_client(url: &str) -> IndexerClient<Channel> {
 }
 
 /// `clients` closed-loop clients, each request carrying `per_request` queries; items = queries.
-async fn grpc_search(url: &str, clients: usize, per_request: usize, queries: Arc<Vec<Vec<f32>>>) -> LoadReport {
+async fn grpc_search(
+    url: &str,
+    clients: usize,
+    per_request: usize,
+    queries: Arc<Vec<Vec<f32>>>,
+) -> LoadReport {
     let mut conns = Vec::new();
     for _ in 0..clients.min(4) {
         conns.push(indexer_client(url).await);
@@ -239,7 +247,8 @@ async fn grpc_search(url: &str, clients: usize, per_request: usize, queries: Arc
 async fn rpc_floor(url: &str) -> LoadReport {
     let ch = ragd_core::client::connect(url).await.expect("connect");
     let client = tonic_health::pb::health_client::HealthClient::new(ch);
-    let config = LoadConfig { clients: 8, mode: Mode::Closed, duration: bench_secs(), warmup: Duration::from_secs(1) };
+    let config =
+        LoadConfig { clients: 8, mode: Mode::Closed, duration: bench_secs(), warmup: Duration::from_secs(1) };
     run(&config, move |_| {
         let mut c = client.clone();
         async move {

@@ -131,7 +131,7 @@ extern "C" __global__ void topk_partial(const float* S, const float* bias, int u
         ls[p] = s; li[p] = j;
     }
     for (int c = 0; c < k; c++) {
-        ss[t * MAXK + c] = c < cnt ? ls[c] : -INFINITY;
+        ss[t * MAXK + c] = c < cnt ? ls[c] : __int_as_float(0xff800000);
         si[t * MAXK + c] = c < cnt ? li[c] : 0x7fffffff;
     }
     __syncthreads();
@@ -191,7 +191,9 @@ pub fn libraries_present() -> Result<(), GpuError> {
         unsafe { (cudarc::driver::sys::is_culib_present(), cudarc::nvrtc::sys::is_culib_present()) };
     match (driver, nvrtc) {
         (true, true) => Ok(()),
-        (false, _) => Err(GpuError::Unavailable("the CUDA driver library (libcuda.so) is not installed".into())),
+        (false, _) => {
+            Err(GpuError::Unavailable("the CUDA driver library (libcuda.so) is not installed".into()))
+        }
         (true, false) => Err(GpuError::Unavailable("NVRTC (libnvrtc.so) is not installed".into())),
     }
 }
@@ -214,13 +216,15 @@ impl GpuIndex {
     /// Uploads `index` to GPU `ordinal`.
     pub fn upload(index: &ExactIndex, ordinal: usize) -> Result<Self, GpuError> {
         libraries_present()?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| GpuError::Unavailable(format!("GPU {ordinal}: {e}")))?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| GpuError::Unavailable(format!("GPU {ordinal}: {e}")))?;
         let device_name = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
         let ptx = compile_kernels()?;
         let module = ctx.load_module(ptx).map_err(cuda)?;
         let stream = ctx.default_stream();
         let load = |name: &str| module.load_function(name).map_err(cuda);
-        let (scores_f32, scores_f16, topk) = (load("scores_f32")?, load("scores_f16")?, load("topk_partial")?);
+        let (scores_f32, scores_f16, topk) =
+            (load("scores_f32")?, load("scores_f16")?, load("topk_partial")?);
         let rows = match &index.data {
             crate::Storage::F32(d) => DeviceRows::F32(stream.clone_htod(d).map_err(cuda)?),
             crate::Storage::F16(d) => {
@@ -311,12 +315,8 @@ impl GpuIndex {
         let mut out_s = s.alloc_zeros::<f32>(nq * slices * k).map_err(cuda)?;
         let mut out_i = s.alloc_zeros::<i32>(nq * slices * k).map_err(cuda)?;
         let use_bias = i32::from(self.norms.is_some());
-        let (scale, k_i, slice_i, slices_i) = (
-            if self.metric == Metric::L2 { 2.0f32 } else { 1.0 },
-            k as i32,
-            SLICE as i32,
-            slices as i32,
-        );
+        let (scale, k_i, slice_i, slices_i) =
+            (if self.metric == Metric::L2 { 2.0f32 } else { 1.0 }, k as i32, SLICE as i32, slices as i32);
         let cfg = LaunchConfig {
             grid_dim: (slices as u32, nq as u32, 1),
             block_dim: (THREADS_TOPK, 1, 1),
@@ -333,7 +333,14 @@ impl GpuIndex {
                 Some(norms) => b.arg(norms),
                 None => b.arg(&no_bias),
             };
-            b.arg(&use_bias).arg(&scale).arg(&n_i).arg(&k_i).arg(&slice_i).arg(&slices_i).arg(&mut out_s).arg(&mut out_i);
+            b.arg(&use_bias)
+                .arg(&scale)
+                .arg(&n_i)
+                .arg(&k_i)
+                .arg(&slice_i)
+                .arg(&slices_i)
+                .arg(&mut out_s)
+                .arg(&mut out_i);
             b.launch(cfg)
         }
         .map_err(cuda)?;

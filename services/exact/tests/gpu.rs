@@ -58,7 +58,8 @@ fn gpu_search_matches_the_reference() {
     let ids: Vec<u64> = (0..n as u64).map(|i| i * 3 + 1).collect();
     for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
         for precision in [Precision::F32, Precision::F16] {
-            let mut index = ExactIndex::new(dim, metric, Options { precision, ..Options::default() }).expect("index");
+            let mut index =
+                ExactIndex::new(dim, metric, Options { precision, ..Options::default() }).expect("index");
             index.add(&ids, &vectors).expect("add");
             let gpu = match GpuIndex::upload(&index, 0) {
                 Ok(g) => g,
@@ -74,7 +75,10 @@ fn gpu_search_matches_the_reference() {
             for ((q, g), c) in queries.chunks_exact(dim).zip(&got).zip(&cpu) {
                 assert_eq!(g.len(), 10);
                 for (a, b) in g.iter().zip(c) {
-                    assert!((a.score - b.score).abs() <= tol, "{metric:?} {precision:?}: gpu {a:?} cpu {b:?}");
+                    assert!(
+                        (a.score - b.score).abs() <= tol,
+                        "{metric:?} {precision:?}: gpu {a:?} cpu {b:?}"
+                    );
                 }
                 if precision == Precision::F32 {
                     let want = naive_search(metric, &ids, &vectors, dim, q, 10);
