@@ -327,6 +327,17 @@ pub fn raw_ort(
     texts: &[String],
     batch: usize,
 ) -> f64 {
+    raw_ort_for(model, backend, texts, batch, bench_secs())
+}
+
+/// [`raw_ort`] for a given measurement length.
+pub fn raw_ort_for(
+    model: &ragd_embedder::model::TextModel,
+    backend: &mut ragd_embedder::ort_backend::OrtBackend,
+    texts: &[String],
+    batch: usize,
+    duration: Duration,
+) -> f64 {
     use ragd_embedder::model::{Backend, InputKind, PaddedBatch};
     let run_once = |backend: &mut ragd_embedder::ort_backend::OrtBackend, i: usize| {
         let chunk: Vec<String> = (0..batch).map(|k| texts[(i * batch + k) % texts.len()].clone()).collect();
@@ -338,7 +349,7 @@ pub fn raw_ort(
         run_once(backend, i);
     }
     let (start, mut done, mut i) = (Instant::now(), 0usize, 0usize);
-    while start.elapsed() < bench_secs() {
+    while start.elapsed() < duration {
         done += run_once(backend, i);
         i += 1;
     }
