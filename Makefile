@@ -11,7 +11,7 @@ setup:
 build:
 	$(CARGO) build --release -p ragd
 
-## Set up, build and run the demo: start the embedder, embed and compare sample texts.
+## Set up, build and run the demo: embedder (embed, compare) then indexer (ingest capitals, search).
 demo:
 	scripts/setup
 	$(CARGO) build --release -p ragd
