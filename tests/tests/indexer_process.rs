@@ -95,3 +95,65 @@ async fn cli_ingests_files_and_searches_through_real_processes() {
     drop(indexer);
     drop(embedder);
 }
+
+/// SIGTERM to the indexer while an upsert is being embedded: the upsert is answered (documents
+/// stored), the process exits 0, and a restarted indexer finds every document (flushed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexer_sigterm_finishes_the_in_flight_upsert_and_keeps_it() {
+    let metrics_addr = format!("127.0.0.1:{}", ragd_tests::free_port());
+    let env = vec![
+        ("RAGD_MODELS_DIR", ragd_home().join("models").display().to_string()),
+        ("RAGD_ORT_LIBRARY", ragd_home().join("lib/libonnxruntime.so.1.31.1").display().to_string()),
+        ("RAGD_MODELS", "all-MiniLM-L6-v2".to_string()),
+    ];
+    let embedder = RagdProcess::serve("embedder", &["--metrics-addr", &metrics_addr], &env);
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().join("indexer").display().to_string();
+    let args = ["--embedder-url", &embedder.url(), "--data-dir", &data_dir];
+    let mut indexer = RagdProcess::serve("indexer", &args, &[]);
+    wait_serving(&embedder.url(), "ragd.v1.Embedder", Duration::from_secs(120)).await;
+    wait_serving(&indexer.url(), "ragd.v1.Indexer", Duration::from_secs(120)).await;
+    let connect = |url: String| async move {
+        let ch = ragd_core::client::connect(&url).await.expect("connect");
+        ragd_proto::v1::indexer_client::IndexerClient::new(ch)
+    };
+    let mut client = connect(indexer.url()).await;
+    let create = ragd_proto::v1::CreateCollectionRequest { name: "docs".into(), ..Default::default() };
+    client.create_collection(create).await.expect("create");
+
+    // 512 documents: two Embed calls of 256 texts, seconds of work on this machine.
+    let documents: Vec<ragd_proto::v1::Document> = (0..512)
+        .map(|i| ragd_proto::v1::Document {
+            id: format!("doc-{i}"),
+            text: format!(
+                "Document number {i} talks about rivers, mountains, cities and the history of place {i}."
+            ),
+            metadata: None,
+        })
+        .collect();
+    let mut c = client.clone();
+    let upsert = tokio::spawn(async move {
+        c.upsert_batch(ragd_proto::v1::UpsertRequest { collection: "docs".into(), documents }).await
+    });
+    // Signal once the indexer's first Embed call is queued in the embedder.
+    ragd_tests::wait_queued(metrics_addr.parse().expect("addr"), 1.0).await;
+    indexer.signal("TERM");
+    let answer = upsert.await.expect("task").expect("the in-flight upsert was answered, not cut off");
+    let answer = answer.into_inner();
+    assert_eq!((answer.documents, answer.failed.len()), (512, 0));
+    let status = tokio::task::spawn_blocking(move || indexer.wait(Duration::from_secs(60)))
+        .await
+        .expect("wait task")
+        .expect("the indexer exited after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+
+    let indexer = RagdProcess::serve("indexer", &args, &[]);
+    wait_serving(&indexer.url(), "ragd.v1.Indexer", Duration::from_secs(120)).await;
+    let mut client = connect(indexer.url()).await;
+    let info = client
+        .describe_collection(ragd_proto::v1::DescribeCollectionRequest { name: "docs".into() })
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!((info.documents, info.points), (512, 512), "every acknowledged document survived");
+}
