@@ -100,7 +100,7 @@ async fn build(data: &Path, points: &[Vec<f32>], queries: &[Vec<f32>]) -> (Vec<V
     };
     store.create(&spec).await.expect("create");
     for (b, batch) in points.chunks(2000).enumerate() {
-        let pts = batch
+        let pts: Vec<ChunkPoint> = batch
             .iter()
             .enumerate()
             .map(|(i, v)| {
@@ -114,7 +114,7 @@ async fn build(data: &Path, points: &[Vec<f32>], queries: &[Vec<f32>]) -> (Vec<V
                 }
             })
             .collect();
-        store.upsert(COLLECTION, pts).await.expect("upsert");
+        store.upsert(COLLECTION, &pts).await.expect("upsert");
     }
     while store.optimize(COLLECTION).await.expect("optimize") {}
     let stats = store.stats(COLLECTION).await.expect("stats");

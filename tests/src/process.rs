@@ -80,3 +80,13 @@ impl Drop for RagdProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Environment for `ragd serve embedder` with the set-up MiniLM model and ONNX Runtime.
+pub fn model_env() -> Vec<(&'static str, String)> {
+    let home = crate::ragd_home();
+    vec![
+        ("RAGD_MODELS_DIR", home.join("models").display().to_string()),
+        ("RAGD_ORT_LIBRARY", home.join("lib/libonnxruntime.so.1.31.1").display().to_string()),
+        ("RAGD_MODELS", "all-MiniLM-L6-v2".to_string()),
+    ]
+}

@@ -95,7 +95,7 @@ pub fn ids(hits: &[Hit]) -> Vec<(String, u32)> {
 pub async fn exact_search_matches_brute_force(store: &dyn VectorStore, name: &str) {
     store.create(&spec(name, 3)).await.expect("create");
     let pts = points(&vectors(300, 1));
-    store.upsert(name, pts.clone()).await.expect("upsert");
+    store.upsert(name, &pts).await.expect("upsert");
     let queries = vectors(5, 99);
     let exact = SearchOptions { k: 10, exact: true, ..Default::default() };
     let results = store.search(name, &queries, &exact).await.expect("search");
@@ -175,9 +175,9 @@ pub async fn reupsert_replaces_a_document(store: &dyn VectorStore, name: &str) {
         metadata: Default::default(),
         vector: vs[i].clone(),
     };
-    store.upsert(name, (0..3).map(|i| chunk(i, "old")).collect()).await.expect("upsert v1");
+    store.upsert(name, &(0..3).map(|i| chunk(i, "old")).collect::<Vec<_>>()).await.expect("upsert v1");
     assert_eq!(store.count_chunks(name, "doc").await.expect("count"), 3);
-    store.upsert(name, vec![chunk(0, "new")]).await.expect("upsert v2");
+    store.upsert(name, &[chunk(0, "new")]).await.expect("upsert v2");
     store.delete_chunks_from(name, &[("doc".into(), 1)]).await.expect("delete tail");
     assert_eq!(store.count_chunks(name, "doc").await.expect("count"), 1);
     let r = store.search(name, &vs[..1], &SearchOptions { k: 5, exact: true, ..Default::default() }).await;
@@ -193,7 +193,7 @@ pub async fn distances_rank_like_brute_force(store: &dyn VectorStore, name: &str
     for distance in [Distance::Dot, Distance::Euclid] {
         let spec = StoreSpec { distance, ..spec(name, 2) };
         store.create(&spec).await.expect("create");
-        store.upsert(name, pts.clone()).await.expect("upsert");
+        store.upsert(name, &pts).await.expect("upsert");
         let r =
             store.search(name, &queries, &SearchOptions { k: 7, exact: true, ..Default::default() }).await;
         for (q, hits) in queries.iter().zip(r.expect("search")) {
@@ -213,7 +213,7 @@ pub async fn distances_rank_like_brute_force(store: &dyn VectorStore, name: &str
 pub async fn hnsw_agrees_with_exact(store: &dyn VectorStore, name: &str) {
     let spec = StoreSpec { indexing_threshold_kb: Some(10), ..spec(name, 1) };
     store.create(&spec).await.expect("create");
-    store.upsert(name, points(&vectors(2000, 3))).await.expect("upsert");
+    store.upsert(name, &points(&vectors(2000, 3))).await.expect("upsert");
     let until = Instant::now() + Duration::from_secs(120);
     loop {
         store.optimize(name).await.expect("optimize");
@@ -248,10 +248,10 @@ pub async fn bad_inputs_are_rejected_without_losing_data(store: &dyn VectorStore
         Err(IndexError::CollectionNotFound(_))
     ));
     let good = points(&vectors(2, 1));
-    store.upsert(name, good[..1].to_vec()).await.expect("upsert");
+    store.upsert(name, &good[..1]).await.expect("upsert");
     let mut bad = good.clone();
     bad[1].vector.pop();
-    let err = store.upsert(name, bad).await.expect_err("wrong dimension");
+    let err = store.upsert(name, &bad).await.expect_err("wrong dimension");
     assert!(matches!(err, IndexError::InvalidArgument { field: "vector", .. }), "{err}");
     assert_eq!(store.stats(name).await.expect("stats").points, 1, "a rejected batch writes nothing");
     let err = store

@@ -5,16 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use ragd_proto::v1;
-use ragd_tests::process::{RagdProcess, ragd_bin};
-use ragd_tests::{embedder_client, free_port, ragd_home, repo_root, wait_queued, wait_serving};
-
-fn model_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("RAGD_MODELS_DIR", ragd_home().join("models").display().to_string()),
-        ("RAGD_ORT_LIBRARY", ragd_home().join("lib/libonnxruntime.so.1.31.1").display().to_string()),
-        ("RAGD_MODELS", "all-MiniLM-L6-v2".to_string()),
-    ]
-}
+use ragd_tests::process::{RagdProcess, model_env, ragd_bin};
+use ragd_tests::{embedder_client, free_port, repo_root, wait_queued, wait_serving};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_cleanly() {

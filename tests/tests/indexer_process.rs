@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ragd_tests::process::{RagdProcess, ragd_bin};
-use ragd_tests::{ragd_home, repo_root, wait_serving};
+use ragd_tests::process::{RagdProcess, model_env, ragd_bin};
+use ragd_tests::{repo_root, wait_serving};
 use serde_json::Value;
 
 fn ragd(args: &[&str]) -> (bool, String, String) {
@@ -20,11 +20,7 @@ fn ragd(args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_ingests_files_and_searches_through_real_processes() {
-    let env = vec![
-        ("RAGD_MODELS_DIR", ragd_home().join("models").display().to_string()),
-        ("RAGD_ORT_LIBRARY", ragd_home().join("lib/libonnxruntime.so.1.31.1").display().to_string()),
-        ("RAGD_MODELS", "all-MiniLM-L6-v2".to_string()),
-    ];
+    let env = model_env();
     let embedder = RagdProcess::serve("embedder", &[], &env);
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().join("indexer").display().to_string();
@@ -101,11 +97,7 @@ async fn cli_ingests_files_and_searches_through_real_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexer_sigterm_finishes_the_in_flight_upsert_and_keeps_it() {
     let metrics_addr = format!("127.0.0.1:{}", ragd_tests::free_port());
-    let env = vec![
-        ("RAGD_MODELS_DIR", ragd_home().join("models").display().to_string()),
-        ("RAGD_ORT_LIBRARY", ragd_home().join("lib/libonnxruntime.so.1.31.1").display().to_string()),
-        ("RAGD_MODELS", "all-MiniLM-L6-v2".to_string()),
-    ];
+    let env = model_env();
     let embedder = RagdProcess::serve("embedder", &["--metrics-addr", &metrics_addr], &env);
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().join("indexer").display().to_string();

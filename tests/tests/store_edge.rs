@@ -36,7 +36,7 @@ async fn optimizer_builds_hnsw_and_it_agrees_with_exact_search() {
     let (_dir, store) = store();
     let spec = StoreSpec { indexing_threshold_kb: Some(10), ..spec("h", 1) };
     store.create(&spec).await.expect("create");
-    store.upsert("h", points(&vectors(2000, 3))).await.expect("upsert");
+    store.upsert("h", &points(&vectors(2000, 3))).await.expect("upsert");
     assert_eq!(store.stats("h").await.expect("stats").indexed_vectors, 0, "no index before optimize");
     store.drop_collection("h").await.expect("drop");
     store_suite::hnsw_agrees_with_exact(&store, "h").await;
@@ -62,7 +62,7 @@ async fn data_survives_reopen_and_the_directory_is_locked() {
     let before = {
         let store = EdgeStore::new(dir.path()).expect("store");
         store.create(&on_disk).await.expect("create");
-        store.upsert("keep", pts.clone()).await.expect("upsert");
+        store.upsert("keep", &pts).await.expect("upsert");
         let second = EdgeStore::new(dir.path()).expect_err("locked");
         assert!(matches!(second, IndexError::StoreUnavailable(_)), "{second}");
         let r = store.search("keep", &q, &opts).await.expect("search");

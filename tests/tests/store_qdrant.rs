@@ -75,7 +75,7 @@ async fn collection_options_map_to_qdrant_and_data_survives_a_new_client() {
     };
     store.create(&spec).await.expect("create");
     let pts = points(&vectors(50, 4));
-    store.upsert("opts", pts).await.expect("upsert");
+    store.upsert("opts", &pts).await.expect("upsert");
 
     // What Qdrant itself was told, read back with qdrant-client.
     let client =

@@ -39,6 +39,16 @@ pub enum GpuError {
     InvalidArgument { field: &'static str, reason: String },
 }
 
+impl From<crate::ExactError> for GpuError {
+    fn from(e: crate::ExactError) -> Self {
+        match e {
+            crate::ExactError::InvalidArgument { field, reason } => {
+                GpuError::InvalidArgument { field, reason }
+            }
+        }
+    }
+}
+
 fn cuda(e: impl std::fmt::Display) -> GpuError {
     GpuError::Cuda(e.to_string())
 }
@@ -212,6 +222,39 @@ pub fn compile_kernels() -> Result<cudarc::nvrtc::Ptx, GpuError> {
     cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| GpuError::Cuda(format!("NVRTC: {e}")))
 }
 
+/// Launches `scores_f32` or `scores_f16` (same parameters; `rows` of the kernel's element type):
+/// S (nq × n) = Q (nq × stride) · rowsᵀ (n × stride), 64 × 64 tiles per 256-thread block.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+fn launch_scores<T: cudarc::driver::DeviceRepr>(
+    s: &CudaStream,
+    kernel: &CudaFunction,
+    queries: &CudaSlice<f32>,
+    rows: &CudaSlice<T>,
+    scores: &mut CudaSlice<f32>,
+    nq: usize,
+    n: usize,
+    stride: usize,
+) -> Result<(), GpuError> {
+    let (nq_i, n_i, stride_i) = (nq as i32, n as i32, stride as i32);
+    let grid = (n.div_ceil(64) as u32, nq.div_ceil(64) as u32, 1);
+    let cfg = LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: the arguments match the kernels' parameters in type and order (`rows` is f32 for
+    // `scores_f32`, the f16 bits as u16 for `scores_f16`); Q holds nq × stride floats, the rows
+    // n × stride elements, S nq × n floats.
+    unsafe {
+        s.launch_builder(kernel)
+            .arg(queries)
+            .arg(rows)
+            .arg(scores)
+            .arg(&nq_i)
+            .arg(&n_i)
+            .arg(&stride_i)
+            .launch(cfg)
+    }
+    .map(|_| ())
+    .map_err(cuda)
+}
+
 impl GpuIndex {
     /// Uploads `index` to GPU `ordinal`.
     pub fn upload(index: &ExactIndex, ordinal: usize) -> Result<Self, GpuError> {
@@ -258,59 +301,30 @@ impl GpuIndex {
     /// The k nearest rows of each query, like [`ExactIndex::search`] (k ≤ [`MAX_K`]).
     #[allow(unsafe_code)]
     pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>, GpuError> {
-        let bad = |field, reason: String| GpuError::InvalidArgument { field, reason };
-        if queries.is_empty() || !queries.len().is_multiple_of(self.dim) {
-            return Err(bad("queries", format!("not a positive multiple of dimension {}", self.dim)));
+        if k > MAX_K {
+            return Err(GpuError::InvalidArgument {
+                field: "k",
+                reason: format!("must be 1..={MAX_K} on the GPU"),
+            });
         }
-        if k == 0 || k > MAX_K {
-            return Err(bad("k", format!("must be 1..={MAX_K} on the GPU")));
-        }
-        if let Some(i) = queries.iter().position(|x| !x.is_finite()) {
-            return Err(bad("queries", format!("value at index {i} is not finite")));
-        }
+        let padded = crate::prepare_queries(self.dim, self.stride, self.metric, queries, k)?;
         let n = self.ids.len();
         let nq = queries.len() / self.dim;
         if n == 0 {
             return Ok(vec![Vec::new(); nq]);
         }
-        let mut padded = vec![0.0f32; nq * self.stride];
-        for (dst, src) in padded.chunks_exact_mut(self.stride).zip(queries.chunks_exact(self.dim)) {
-            dst[..self.dim].copy_from_slice(src);
-            if self.metric == Metric::Cosine {
-                crate::normalise(&mut dst[..self.dim]);
-            }
-        }
         let s = &self.stream;
         let q_dev = s.clone_htod(&padded).map_err(cuda)?;
         let mut scores = s.alloc_zeros::<f32>(nq * n).map_err(cuda)?;
-        let (nq_i, n_i, stride_i) = (nq as i32, n as i32, self.stride as i32);
-        let grid = (n.div_ceil(64) as u32, nq.div_ceil(64) as u32, 1);
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: the arguments match the kernels' parameters in type and order; Q holds nq ×
-        // stride floats, the rows n × stride elements, S nq × n floats.
-        unsafe {
-            match &self.rows {
-                DeviceRows::F32(rows) => s
-                    .launch_builder(&self.scores_f32)
-                    .arg(&q_dev)
-                    .arg(rows)
-                    .arg(&mut scores)
-                    .arg(&nq_i)
-                    .arg(&n_i)
-                    .arg(&stride_i)
-                    .launch(cfg),
-                DeviceRows::F16(rows) => s
-                    .launch_builder(&self.scores_f16)
-                    .arg(&q_dev)
-                    .arg(rows)
-                    .arg(&mut scores)
-                    .arg(&nq_i)
-                    .arg(&n_i)
-                    .arg(&stride_i)
-                    .launch(cfg),
+        let n_i = n as i32;
+        match &self.rows {
+            DeviceRows::F32(rows) => {
+                launch_scores(s, &self.scores_f32, &q_dev, rows, &mut scores, nq, n, self.stride)
             }
-        }
-        .map_err(cuda)?;
+            DeviceRows::F16(rows) => {
+                launch_scores(s, &self.scores_f16, &q_dev, rows, &mut scores, nq, n, self.stride)
+            }
+        }?;
         let slices = n.div_ceil(SLICE);
         let mut out_s = s.alloc_zeros::<f32>(nq * slices * k).map_err(cuda)?;
         let mut out_i = s.alloc_zeros::<i32>(nq * slices * k).map_err(cuda)?;
@@ -355,12 +369,7 @@ impl GpuIndex {
                     top.push(Neighbor { id: self.ids[row as usize], score: hs[c] });
                 }
             }
-            let mut hits = top.into_sorted();
-            if self.metric == Metric::L2 {
-                let qn: f32 = q.iter().map(|x| x * x).sum();
-                hits.iter_mut().for_each(|h| h.score = (qn - h.score).max(0.0));
-            }
-            out.push(hits);
+            out.push(crate::reported(self.metric, q, top.into_sorted()));
         }
         Ok(out)
     }

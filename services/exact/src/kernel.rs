@@ -136,8 +136,18 @@ fn tile_dyn<M: Madd>(nq: usize, nr: usize, q: &[f32], r: &[f32], stride: usize, 
     shapes!(1 1, 1 2, 1 3, 1 4, 2 1, 2 2, 2 3, 2 4, 3 1, 3 2, 3 3, 3 4, 4 1, 4 2, 4 3, 4 4)
 }
 
+/// Walks the `nq × nr` output in tiles of at most `TQ × TR` and hands each to `tile(tq, tr, q,
+/// r, out)`: `q` the tile's query rows, `r` its rows, `out` starting at the tile (row stride nr).
 #[inline(always)]
-fn scores_impl<M: Madd>(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
+fn walk_tiles(
+    queries: &[f32],
+    nq: usize,
+    rows: &[f32],
+    nr: usize,
+    stride: usize,
+    out: &mut [f32],
+    mut tile: impl FnMut(usize, usize, &[f32], &[f32], &mut [f32]),
+) {
     let mut qi = 0;
     while qi < nq {
         let tq = TQ.min(nq - qi);
@@ -145,17 +155,22 @@ fn scores_impl<M: Madd>(queries: &[f32], nq: usize, rows: &[f32], nr: usize, str
         let mut rj = 0;
         while rj < nr {
             let tr = TR.min(nr - rj);
-            let r = &rows[rj * stride..(rj + tr) * stride];
-            let o = &mut out[qi * nr + rj..];
-            if tq == TQ && tr == TR {
-                tile::<M, TQ, TR>(q, r, stride, o, nr);
-            } else {
-                tile_dyn::<M>(tq, tr, q, r, stride, o, nr);
-            }
+            tile(tq, tr, q, &rows[rj * stride..(rj + tr) * stride], &mut out[qi * nr + rj..]);
             rj += tr;
         }
         qi += tq;
     }
+}
+
+#[inline(always)]
+fn scores_impl<M: Madd>(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
+    walk_tiles(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
+        if tq == TQ && tr == TR {
+            tile::<M, TQ, TR>(q, r, stride, o, nr);
+        } else {
+            tile_dyn::<M>(tq, tr, q, r, stride, o, nr);
+        }
+    })
 }
 
 /// AVX-512 micro-kernels with explicit 512-bit intrinsics (LLVM prefers 256-bit vectors even
@@ -243,30 +258,19 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub fn scores(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
-        let mut qi = 0;
-        while qi < nq {
-            let tq = TQ.min(nq - qi);
-            let q = &queries[qi * stride..(qi + tq) * stride];
-            let mut rj = 0;
-            while rj < nr {
-                let tr = TR.min(nr - rj);
-                let r = &rows[rj * stride..(rj + tr) * stride];
-                let o = &mut out[qi * nr + rj..];
-                if tq == TQ && tr == TR {
-                    // SAFETY: AVX-512F is enabled here; q has 4 rows, r 4 rows, o >= 3*nr+4.
-                    unsafe { tile4x4(q, r, stride, o, nr) }
-                } else if tr == TR {
-                    for i in 0..tq {
-                        // SAFETY: one query row, 4 rows, 4 outputs.
-                        unsafe { tile1x4(&q[i * stride..], r, stride, &mut o[i * nr..]) }
-                    }
-                } else {
-                    super::tile_dyn::<super::Fused>(tq, tr, q, r, stride, o, nr);
+        super::walk_tiles(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
+            if tq == TQ && tr == TR {
+                // SAFETY: AVX-512F is enabled here; q has 4 rows, r 4 rows, o >= 3*nr+4.
+                unsafe { tile4x4(q, r, stride, o, nr) }
+            } else if tr == TR {
+                for i in 0..tq {
+                    // SAFETY: one query row, 4 rows, 4 outputs.
+                    unsafe { tile1x4(&q[i * stride..], r, stride, &mut o[i * nr..]) }
                 }
-                rj += tr;
+            } else {
+                super::tile_dyn::<super::Fused>(tq, tr, q, r, stride, o, nr);
             }
-            qi += tq;
-        }
+        })
     }
 }
 

@@ -101,6 +101,45 @@ fn check_finite(field: &'static str, v: &[f32]) -> Result<(), ExactError> {
     }
 }
 
+/// Checks a search's queries (nq × dim, finite) and k, and returns them zero-padded to `stride`
+/// (normalised for cosine): the form every engine scores.
+fn prepare_queries(
+    dim: usize,
+    stride: usize,
+    metric: Metric,
+    queries: &[f32],
+    k: usize,
+) -> Result<Vec<f32>, ExactError> {
+    if queries.is_empty() || !queries.len().is_multiple_of(dim) {
+        return Err(invalid(
+            "queries",
+            format!("{} floats is not a positive multiple of dimension {dim}", queries.len()),
+        ));
+    }
+    if k == 0 {
+        return Err(invalid("k", "must be at least 1"));
+    }
+    check_finite("queries", queries)?;
+    let mut padded = vec![0.0f32; queries.len() / dim * stride];
+    for (dst, src) in padded.chunks_exact_mut(stride).zip(queries.chunks_exact(dim)) {
+        dst[..dim].copy_from_slice(src);
+        if metric == Metric::Cosine {
+            normalise(&mut dst[..dim]);
+        }
+    }
+    Ok(padded)
+}
+
+/// Hits as reported: L2 is ranked by `2<q,v> - |v|^2` and reported as `|q - v|^2`, that is
+/// `|q|^2` minus the ranking score; the other metrics as ranked.
+fn reported(metric: Metric, padded_query: &[f32], mut hits: Vec<Neighbor>) -> Vec<Neighbor> {
+    if metric == Metric::L2 {
+        let qn: f32 = padded_query.iter().map(|x| x * x).sum();
+        hits.iter_mut().for_each(|h| h.score = (qn - h.score).max(0.0));
+    }
+    hits
+}
+
 fn normalise(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {
@@ -255,24 +294,8 @@ impl ExactIndex {
 
     /// The k nearest rows of each query (`queries` is nq × dim), best first.
     pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>, ExactError> {
-        if queries.is_empty() || !queries.len().is_multiple_of(self.dim) {
-            return Err(invalid(
-                "queries",
-                format!("{} floats is not a positive multiple of dimension {}", queries.len(), self.dim),
-            ));
-        }
-        if k == 0 {
-            return Err(invalid("k", "must be at least 1"));
-        }
-        check_finite("queries", queries)?;
+        let padded = prepare_queries(self.dim, self.stride, self.metric, queries, k)?;
         let nq = queries.len() / self.dim;
-        let mut padded = vec![0.0f32; nq * self.stride];
-        for (dst, src) in padded.chunks_exact_mut(self.stride).zip(queries.chunks_exact(self.dim)) {
-            dst[..self.dim].copy_from_slice(src);
-            if self.metric == Metric::Cosine {
-                normalise(&mut dst[..self.dim]);
-            }
-        }
         let n = self.len();
         let threads = self.threads().min(n.div_ceil(self.options.block_rows.max(1)).max(1));
         let per = n.div_ceil(threads.max(1)).max(1);
@@ -300,15 +323,7 @@ impl ExactIndex {
         Ok(merged
             .into_iter()
             .zip(padded.chunks_exact(self.stride))
-            .map(|(t, q)| {
-                let mut hits = t.into_sorted();
-                if self.metric == Metric::L2 {
-                    // Ranked by 2<q,v> - |v|^2; reported as |q - v|^2 = |q|^2 - that.
-                    let qn: f32 = q.iter().map(|x| x * x).sum();
-                    hits.iter_mut().for_each(|h| h.score = (qn - h.score).max(0.0));
-                }
-                hits
-            })
+            .map(|(t, q)| reported(self.metric, q, t.into_sorted()))
             .collect())
     }
 

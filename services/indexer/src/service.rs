@@ -360,12 +360,11 @@ impl Indexer {
                 });
             }
         }
-        let mirrored = self.exact.as_ref().map(|_| points.clone());
-        self.store.upsert(collection, points).await?;
+        self.store.upsert(collection, &points).await?;
         let counts: Vec<u32> = chunks.iter().map(|c| c.len() as u32).collect();
         let stale: Vec<(String, u32)> = docs.iter().zip(&counts).map(|(d, n)| (d.id.clone(), *n)).collect();
         self.store.delete_chunks_from(collection, &stale).await?;
-        if let (Some(exact), Some(points)) = (&self.exact, mirrored) {
+        if let Some(exact) = &self.exact {
             exact.add(collection, &points)?;
             exact.remove_from(collection, &stale)?;
         }
@@ -522,16 +521,7 @@ impl Indexer {
             && options.exact
             && options.filter.is_none()
         {
-            if let Some(q) = vectors.iter().find(|q| q.len() != meta.store.dim) {
-                return Err(IndexError::invalid(
-                    "queries",
-                    format!(
-                        "vector dimension {} does not match the collection's {}",
-                        q.len(),
-                        meta.store.dim
-                    ),
-                ));
-            }
+            crate::store::check_queries(&vectors, meta.store.dim)?;
             let found = exact
                 .search(self.store.as_ref(), collection, &vectors, options.k, options.score_threshold)
                 .await?;

@@ -158,15 +158,6 @@ impl EdgeStore {
             .insert(spec.name.clone(), Arc::new(collection));
         Ok(())
     }
-
-    fn payload(p: &ChunkPoint) -> Payload {
-        let Value::Object(map) = json!({
-            "doc_id": p.doc_id, "chunk": p.chunk, "text": p.text, filter::METADATA: p.metadata,
-        }) else {
-            unreachable!("json! of an object literal is an object")
-        };
-        Payload(map)
-    }
 }
 
 fn hit(p: ScoredPoint) -> Hit {
@@ -285,20 +276,15 @@ impl VectorStore for EdgeStore {
         blocking(move || std::fs::remove_dir_all(&dir).map_err(store_err)).await
     }
 
-    async fn upsert(&self, collection: &str, points: Vec<ChunkPoint>) -> Result<(), IndexError> {
+    async fn upsert(&self, collection: &str, points: &[ChunkPoint]) -> Result<(), IndexError> {
         let c = self.get(collection)?;
+        super::check_vectors(points, c.spec.dim)?;
         let mut per_shard: Vec<Vec<PointStructPersisted>> = vec![Vec::new(); c.shards.len()];
-        for p in &points {
-            if p.vector.len() != c.spec.dim {
-                return Err(IndexError::invalid(
-                    "vector",
-                    format!("dimension {} does not match the collection's {}", p.vector.len(), c.spec.dim),
-                ));
-            }
+        for p in points {
             per_shard[shard_of(&p.doc_id, c.spec.shards)].push(PointStructPersisted {
                 id: point_id(&p.doc_id, p.chunk),
                 vector: VectorStructPersisted::Single(p.vector.clone()),
-                payload: Some(Self::payload(p)),
+                payload: Some(Payload(super::payload(p))),
             });
         }
         let writes = per_shard.into_iter().enumerate().filter(|(_, ps)| !ps.is_empty()).map(|(i, ps)| {
@@ -351,12 +337,7 @@ impl VectorStore for EdgeStore {
         options: &SearchOptions,
     ) -> Result<Vec<Vec<Hit>>, IndexError> {
         let c = self.get(collection)?;
-        if let Some(q) = queries.iter().find(|q| q.len() != c.spec.dim) {
-            return Err(IndexError::invalid(
-                "queries",
-                format!("vector dimension {} does not match the collection's {}", q.len(), c.spec.dim),
-            ));
-        }
+        super::check_queries(queries, c.spec.dim)?;
         let filter = match &options.filter {
             Some(f) if !f.is_empty() => Some(qdrant_filter(f.to_qdrant_json())?),
             _ => None,

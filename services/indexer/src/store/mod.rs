@@ -53,6 +53,38 @@ pub struct StoreSpec {
     pub on_disk: Option<bool>,
 }
 
+/// A chunk's payload, the same in every store: `{doc_id, chunk, text, metadata}`.
+pub fn payload(p: &ChunkPoint) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("doc_id".into(), p.doc_id.clone().into());
+    m.insert("chunk".into(), p.chunk.into());
+    m.insert("text".into(), p.text.clone().into());
+    m.insert(crate::filter::METADATA.into(), serde_json::Value::Object(p.metadata.clone()));
+    m
+}
+
+/// Rejects chunks whose vector is not of the collection's dimension (before anything is written).
+pub fn check_vectors(points: &[ChunkPoint], dim: usize) -> Result<(), IndexError> {
+    match points.iter().find(|p| p.vector.len() != dim) {
+        Some(p) => Err(IndexError::invalid(
+            "vector",
+            format!("dimension {} does not match the collection's {dim}", p.vector.len()),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Rejects query vectors not of the collection's dimension.
+pub fn check_queries(queries: &[Vec<f32>], dim: usize) -> Result<(), IndexError> {
+    match queries.iter().find(|q| q.len() != dim) {
+        Some(q) => Err(IndexError::invalid(
+            "queries",
+            format!("vector dimension {} does not match the collection's {dim}", q.len()),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Deterministic point id of a document chunk (UUID v5), so re-upserts overwrite, in every store.
 pub fn point_uuid(doc_id: &str, chunk: u32) -> uuid::Uuid {
     let ns = uuid::Uuid::from_u128(0x6a1d_7c4e_2b9f_4e31_9d0a_5c8b_3f2e_1a70);
@@ -121,7 +153,7 @@ pub trait VectorStore: Send + Sync + Debug {
     /// Deletes a collection's storage.
     async fn drop_collection(&self, name: &str) -> Result<(), IndexError>;
     /// Writes chunks; returns once they are durable (in the write-ahead log).
-    async fn upsert(&self, collection: &str, points: Vec<ChunkPoint>) -> Result<(), IndexError>;
+    async fn upsert(&self, collection: &str, points: &[ChunkPoint]) -> Result<(), IndexError>;
     /// Deletes the chunks numbered `n` and above of each `(doc_id, n)`: after re-upserting a
     /// document as `n` chunks (same point ids for 0..n), what remains of a longer old version.
     async fn delete_chunks_from(&self, collection: &str, docs: &[(String, u32)]) -> Result<(), IndexError>;

@@ -19,7 +19,6 @@ use qdrant_client::qdrant::{
     WithPayloadSelector,
 };
 use qdrant_client::{Qdrant, QdrantError};
-use serde_json::json;
 
 use super::merge::merge_top_k;
 use super::{ChunkPoint, Distance, Hit, SearchOptions, ShardStats, StoreSpec, StoreStats, VectorStore};
@@ -294,29 +293,23 @@ impl VectorStore for QdrantStore {
         Ok(())
     }
 
-    async fn upsert(&self, collection: &str, points: Vec<ChunkPoint>) -> Result<(), IndexError> {
+    async fn upsert(&self, collection: &str, points: &[ChunkPoint]) -> Result<(), IndexError> {
         let spec = self.spec(collection)?;
+        super::check_vectors(points, spec.dim)?;
         let mut out = Vec::with_capacity(points.len());
         for p in points {
-            if p.vector.len() != spec.dim {
-                return Err(IndexError::invalid(
-                    "vector",
-                    format!("dimension {} does not match the collection's {}", p.vector.len(), spec.dim),
-                ));
-            }
-            let payload = json!({
-                "doc_id": p.doc_id, "chunk": p.chunk, "text": p.text, filter::METADATA: p.metadata,
-            });
             out.push(PointStruct {
                 id: Some(qdrant::PointId {
                     point_id_options: Some(qdrant::point_id::PointIdOptions::Uuid(
                         super::point_uuid(&p.doc_id, p.chunk).to_string(),
                     )),
                 }),
-                payload: convert::payload(payload),
+                payload: convert::payload(serde_json::Value::Object(super::payload(p))),
                 vectors: Some(qdrant::Vectors {
                     vectors_options: Some(qdrant::vectors::VectorsOptions::Vector(qdrant::Vector {
-                        vector: Some(qdrant::vector::Vector::Dense(qdrant::DenseVector { data: p.vector })),
+                        vector: Some(qdrant::vector::Vector::Dense(qdrant::DenseVector {
+                            data: p.vector.clone(),
+                        })),
                         ..Default::default()
                     })),
                 }),
@@ -357,12 +350,7 @@ impl VectorStore for QdrantStore {
         options: &SearchOptions,
     ) -> Result<Vec<Vec<Hit>>, IndexError> {
         let spec = self.spec(collection)?;
-        if let Some(q) = queries.iter().find(|q| q.len() != spec.dim) {
-            return Err(IndexError::invalid(
-                "queries",
-                format!("vector dimension {} does not match the collection's {}", q.len(), spec.dim),
-            ));
-        }
+        super::check_queries(queries, spec.dim)?;
         let filter = match &options.filter {
             Some(f) if !f.is_empty() => Some(convert::filter(&f.to_qdrant_json())?),
             _ => None,
