@@ -36,3 +36,4 @@ bench: setup
 	$(CARGO) bench -p ragd-bench --bench embedder
 	$(CARGO) bench -p ragd-bench --bench indexer
 	$(CARGO) bench -p ragd-bench --bench exact
+	$(CARGO) bench -p ragd-bench --bench generator

@@ -3,7 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["ragd/v1/embedder.proto", "ragd/v1/indexer.proto"];
+    let protos = ["ragd/v1/embedder.proto", "ragd/v1/indexer.proto", "ragd/v1/generator.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -25,4 +25,6 @@ pub mod service_names {
     pub const EMBEDDER: &str = "ragd.v1.Embedder";
     /// `ragd.v1.Indexer`.
     pub const INDEXER: &str = "ragd.v1.Indexer";
+    /// `ragd.v1.Generator`.
+    pub const GENERATOR: &str = "ragd.v1.Generator";
 }

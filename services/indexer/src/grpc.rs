@@ -319,12 +319,16 @@ impl indexer_server::Indexer for IndexerGrpc {
             exact: r.exact,
             hnsw_ef: (r.hnsw_ef > 0).then_some(r.hnsw_ef as usize),
         };
-        let results = indexer.search(&r.collection, queries, options, deadline).await?;
+        let (results, timings) = indexer.search(&r.collection, queries, options, deadline).await?;
         Ok(Response::new(v1::SearchResponse {
             results: results
                 .into_iter()
                 .map(|hits| v1::QueryResult { hits: hits.into_iter().map(hit).collect() })
                 .collect(),
+            stats: Some(v1::SearchStats {
+                embed_us: timings.embed.as_micros() as u64,
+                search_us: timings.search.as_micros() as u64,
+            }),
         }))
     }
 }

@@ -70,6 +70,15 @@ pub struct CreateCollection {
 }
 
 /// Limits and tuning of the indexer.
+/// Where a search's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchTimings {
+    /// Embedding the text queries (zero for vector queries).
+    pub embed: Duration,
+    /// The store's (or exact engine's) search.
+    pub search: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct IndexerLimits {
     pub max_k: usize,
@@ -457,7 +466,7 @@ impl Indexer {
         queries: Vec<QueryIn>,
         mut options: SearchOptions,
         deadline: Option<Instant>,
-    ) -> Result<Vec<Vec<Hit>>, IndexError> {
+    ) -> Result<(Vec<Vec<Hit>>, SearchTimings), IndexError> {
         let meta = self.registry.get(collection)?;
         if queries.is_empty() || queries.len() > self.limits.max_queries {
             return Err(IndexError::invalid(
@@ -500,11 +509,14 @@ impl Indexer {
                 QueryIn::Vector(_) => {}
             }
         }
+        let started = Instant::now();
         let mut embedded = if texts.is_empty() {
             Vec::new().into_iter()
         } else {
             self.embed(&meta.model, texts, v1::InputKind::Query, deadline).await?.into_iter()
         };
+        let mut timings = SearchTimings { embed: started.elapsed(), search: Duration::ZERO };
+        let started = Instant::now();
         let vectors: Vec<Vec<f32>> = queries
             .into_iter()
             .map(|q| match q {
@@ -526,9 +538,12 @@ impl Indexer {
                 .search(self.store.as_ref(), collection, &vectors, options.k, options.score_threshold)
                 .await?;
             if let Some(hits) = found {
-                return Ok(hits);
+                timings.search = started.elapsed();
+                return Ok((hits, timings));
             }
         }
-        self.store.search(collection, &vectors, &options).await
+        let hits = self.store.search(collection, &vectors, &options).await?;
+        timings.search = started.elapsed();
+        Ok((hits, timings))
     }
 }

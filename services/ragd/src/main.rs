@@ -1,10 +1,11 @@
 //! `ragd`: one binary for every ragd service and the client verbs.
 //!
-//! - `ragd serve embedder|indexer` runs a service;
+//! - `ragd serve embedder|indexer|generator` runs a service;
 //! - `ragd embed`, `ragd models`, `ragd health`, `ragd collections`, `ragd ingest`,
-//!   `ragd search` talk to running services over gRPC.
+//!   `ragd search`, `ragd ask`, `ragd generate`, `ragd backends` talk to running services over gRPC.
 
 mod client;
+mod generator_cli;
 mod indexer_cli;
 mod loaders;
 
@@ -15,6 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ragd_core::config::LogConfig;
 use ragd_embedder::EmbedderConfig;
+use ragd_generator::GeneratorConfig;
 use ragd_indexer::IndexerConfig;
 
 #[derive(Debug, Parser)]
@@ -50,6 +52,12 @@ enum Command {
     Ingest(indexer_cli::IngestArgs),
     /// Search a collection with text queries.
     Search(indexer_cli::SearchArgs),
+    /// Ask a question about a collection: the grounded answer streams, then its citations.
+    Ask(generator_cli::AskArgs),
+    /// Generate text from a prompt (no retrieval).
+    Generate(generator_cli::GenerateArgs),
+    /// List the generator's language-model backends.
+    Backends(generator_cli::GeneratorEndpoint),
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,7 +68,7 @@ enum Service {
         #[arg(long, env = "RAGD_LISTEN", default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
         #[command(flatten)]
-        config: EmbedderConfig,
+        config: Box<EmbedderConfig>,
     },
     /// Collections of document chunks in Qdrant shards: ingest and search.
     Indexer {
@@ -68,7 +76,16 @@ enum Service {
         #[arg(long, env = "RAGD_LISTEN", default_value = "127.0.0.1:50052")]
         listen: SocketAddr,
         #[command(flatten)]
-        config: IndexerConfig,
+        config: Box<IndexerConfig>,
+    },
+    /// Retrieval, grounded prompts and streamed answers (llama.cpp in-process or an
+    /// OpenAI-compatible server).
+    Generator {
+        /// gRPC listen address (port 0 picks a free port).
+        #[arg(long, env = "RAGD_LISTEN", default_value = "127.0.0.1:50053")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        config: Box<GeneratorConfig>,
     },
 }
 
@@ -92,15 +109,23 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { service: Service::Embedder { listen, config } } => {
-            ragd_embedder::serve(config, bind(listen, "embedder").await?, ragd_core::shutdown::signal())
+            ragd_embedder::serve(*config, bind(listen, "embedder").await?, ragd_core::shutdown::signal())
                 .await?;
             Ok(())
         }
         Command::Serve { service: Service::Indexer { listen, config } } => {
-            ragd_indexer::serve(config, bind(listen, "indexer").await?, ragd_core::shutdown::signal())
+            ragd_indexer::serve(*config, bind(listen, "indexer").await?, ragd_core::shutdown::signal())
                 .await?;
             Ok(())
         }
+        Command::Serve { service: Service::Generator { listen, config } } => {
+            ragd_generator::serve(*config, bind(listen, "generator").await?, ragd_core::shutdown::signal())
+                .await?;
+            Ok(())
+        }
+        Command::Ask(args) => generator_cli::ask(args).await,
+        Command::Generate(args) => generator_cli::generate(args).await,
+        Command::Backends(endpoint) => generator_cli::backends(endpoint).await,
         Command::Embed(args) => client::embed(args).await,
         Command::Models(args) => client::models(args).await,
         Command::Health(args) => client::health(args).await,

@@ -1,0 +1,158 @@
+//! ragd-generator: grounded answers streamed over gRPC.
+//!
+//! Request path: gRPC ([`grpc`]) → [`service::Generator`] (validate, admit into a backend's
+//! generation slots, retrieve through the indexer, fit a numbered [`prompt`] to the context
+//! window, stream) → [`backend`] (one `LanguageModel` trait: llama.cpp in-process, or any
+//! OpenAI-compatible server). [`error`] maps every failure to one gRPC status.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod prompt;
+pub mod service;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ragd_core::health::Readiness;
+use ragd_proto::service_names::GENERATOR;
+use ragd_proto::v1::generator_server::GeneratorServer;
+use ragd_proto::v1::indexer_client::IndexerClient;
+use tokio::net::TcpListener;
+
+pub use config::{GeneratorConfig, NoContextPolicy};
+pub use error::GenError;
+pub use service::Generator;
+
+use crate::backend::LanguageModel;
+use crate::backend::llama::{LlamaBackend, LlamaSettings};
+use crate::backend::openai::{OpenAiBackend, OpenAiSettings};
+use crate::grpc::GeneratorGrpc;
+use crate::metrics::GeneratorMetrics;
+use crate::service::GeneratorLimits;
+
+/// Loads the configured backends: the embedded model (unless `llm_model` is empty) and the
+/// OpenAI-compatible server (if `openai_url` is set).
+pub fn load_backends(config: &GeneratorConfig) -> Result<Vec<Arc<dyn LanguageModel>>, GenError> {
+    let mut backends: Vec<Arc<dyn LanguageModel>> = Vec::new();
+    if !config.llm_model.as_os_str().is_empty() {
+        backends.push(Arc::new(LlamaBackend::load(&LlamaSettings {
+            name: config.llm_name.clone(),
+            model_path: config.llm_model.clone(),
+            context: config.llm_context,
+            parallel: config.llm_parallel,
+            threads: config.llm_threads(),
+            batch: config.llm_batch,
+        })?));
+    }
+    if let Some(url) = &config.openai_url {
+        backends.push(Arc::new(OpenAiBackend::new(OpenAiSettings {
+            name: config.openai_name.clone(),
+            base_url: url.clone(),
+            api_key: config.openai_api_key.clone(),
+            model: config.openai_model.clone(),
+            context_window: config.openai_context,
+            max_concurrent: config.openai_concurrency,
+            tokenizer: config.openai_tokenizer.clone(),
+            connect_timeout: Duration::from_secs(5),
+        })?));
+    }
+    Ok(backends)
+}
+
+/// Runs the generator on `listener` until `shutdown` resolves.
+///
+/// NOT_SERVING while the models load, SERVING after. On shutdown: NOT_SERVING, then tonic
+/// drains in-flight streams for up to the grace period.
+pub async fn serve(
+    config: GeneratorConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GenError> {
+    let (readiness, health) = Readiness::new(GENERATOR).await;
+    let metrics = Arc::new(GeneratorMetrics::default());
+    let slot = Arc::new(OnceLock::new());
+    let max = config.grpc.max_message_bytes;
+    let service = GeneratorServer::new(GeneratorGrpc::new(slot.clone(), metrics.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let local = listener.local_addr().map_err(|e| GenError::Model(e.to_string()))?;
+    let stop = ragd_core::grpc::Stop::default();
+    let mut server =
+        ragd_core::grpc::spawn_server(health, service, &[ragd_proto::FILE_DESCRIPTOR_SET], listener, &stop)
+            .map_err(|e| GenError::Model(format!("reflection: {e}")))?;
+    if let Some(addr) = config.metrics_addr {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| GenError::Model(format!("metrics listener {addr}: {e}")))?;
+        let mut registry = ragd_core::metrics::Registry::default();
+        metrics.register(&mut registry);
+        let stopped = stop.wait();
+        tokio::spawn(async move {
+            if let Err(e) = ragd_core::metrics::serve(Arc::new(registry), l, stopped).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    tracing::info!(addr = %local, indexer = %config.indexer_url, "generator listening; loading models");
+
+    let load_config = config.clone();
+    let loaded = tokio::task::spawn_blocking(move || load_backends(&load_config))
+        .await
+        .map_err(|e| GenError::Model(format!("model loading panicked: {e}")))
+        .and_then(|r| r)
+        .and_then(|backends| {
+            let channel = ragd_core::client::endpoint(&config.indexer_url)
+                .map_err(|e| GenError::invalid("indexer_url", e.to_string()))?
+                .connect_lazy();
+            let indexer =
+                IndexerClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
+            let limits = GeneratorLimits {
+                default_k: config.default_k,
+                max_k: config.max_k,
+                default_max_tokens: config.default_max_tokens,
+                max_tokens_limit: config.max_tokens_limit,
+                queue: config.queue,
+                no_context: config.no_context,
+                no_context_answer: config.no_context_answer.clone(),
+            };
+            Generator::new(
+                backends,
+                &config.default_backend,
+                indexer,
+                config.template(),
+                limits,
+                metrics.clone(),
+            )
+        });
+    let generator = match loaded {
+        Ok(g) => Arc::new(g),
+        Err(e) => {
+            stop.trigger();
+            return Err(e);
+        }
+    };
+    let _ = slot.set(generator);
+    readiness.serving().await;
+    tracing::info!(addr = %local, "generator ready");
+
+    tokio::pin!(shutdown);
+    let early = tokio::select! {
+        () = &mut shutdown => None,
+        r = &mut server => Some(GenError::Model(format!("grpc server stopped: {r:?}"))),
+    };
+    readiness.not_serving().await;
+    stop.trigger();
+    if early.is_none() {
+        let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            tracing::warn!(?grace, "in-flight generations outlived the shutdown grace period");
+            server.abort();
+        }
+    }
+    tracing::info!("generator stopped");
+    early.map_or(Ok(()), Err)
+}

@@ -1,0 +1,343 @@
+//! The generator over real gRPC with a real embedder (MiniLM, ONNX Runtime), a real indexer (the
+//! Qdrant engine in-process) and the real SmolLM2-135M-Instruct GGUF run by llama.cpp in-process,
+//! on the npm country-json corpus: "The capital of {country} is {city}."
+
+use std::time::Duration;
+
+use ragd_generator::GeneratorConfig;
+use ragd_proto::v1::{self, generator_client::GeneratorClient};
+use ragd_tests::{TestGenerator, capitals_cluster, generator_config};
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+fn ask(question: &str) -> v1::AskRequest {
+    v1::AskRequest {
+        question: question.into(),
+        collection: "capitals".into(),
+        k: 4,
+        sampling: Some(v1::Sampling { max_tokens: 48, seed: Some(7), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// A whole Ask stream: (retrieval, answer text, done). Asserts the event order.
+async fn collect(mut s: Streaming<v1::AskResponse>) -> (v1::Retrieval, String, v1::Done) {
+    use v1::ask_response::Event;
+    let first = s.message().await.expect("first message").expect("not empty");
+    let Some(Event::Retrieval(retrieval)) = first.event else {
+        panic!("first message is not the retrieval: {first:?}")
+    };
+    let mut text = String::new();
+    loop {
+        let m = s.message().await.expect("stream message").expect("stream ended before done");
+        match m.event {
+            Some(Event::Delta(d)) => {
+                assert!(!d.is_empty(), "empty delta");
+                text.push_str(&d);
+            }
+            Some(Event::Done(done)) => {
+                assert!(s.message().await.expect("end").is_none(), "messages after done");
+                return (retrieval, text, done);
+            }
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+async fn backend_stats(c: &mut GeneratorClient<Channel>) -> v1::BackendInfo {
+    c.list_backends(v1::ListBackendsRequest {}).await.expect("list backends").into_inner().backends.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_streams_a_grounded_answer_with_citations() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (embedder, indexer) = capitals_cluster(data.path()).await;
+    let generator = TestGenerator::start(generator_config(&indexer.url)).await;
+    let mut c = generator.client().await;
+
+    let info = backend_stats(&mut c).await;
+    assert_eq!((info.kind.as_str(), info.default), ("embedded", true));
+    assert!(info.model.to_lowercase().contains("smollm2"), "{info:?}");
+
+    let (retrieval, text, done) =
+        collect(c.ask(ask("What is the capital of Germany?")).await.expect("ask").into_inner()).await;
+    // Retrieval: Germany's document first, numbered [1].
+    assert!(!retrieval.no_context);
+    assert_eq!(retrieval.passages.len(), 4);
+    assert_eq!(retrieval.passages[0].doc_id, "Germany");
+    assert_eq!(retrieval.passages[0].number, 1);
+    assert!(retrieval.passages.windows(2).all(|w| w[0].score >= w[1].score));
+    assert!(retrieval.passages[0].metadata.is_some());
+    // The answer is grounded in it.
+    assert!(text.contains("Berlin"), "answer {text:?} does not mention Berlin");
+    let citation = done.citations.iter().find(|c| c.doc_id == "Germany").expect("Germany cited");
+    assert_eq!(citation.number, 1);
+    let finish = v1::FinishReason::try_from(done.finish_reason).expect("finish reason");
+    assert!(matches!(finish, v1::FinishReason::Stop | v1::FinishReason::Length), "{finish:?}");
+    let usage = done.usage.expect("usage");
+    assert!(usage.prompt_tokens > 50 && usage.completion_tokens > 0, "{usage:?}");
+    assert!(usage.completion_tokens <= 48);
+    let t = done.timings.expect("timings");
+    assert!(t.embed_us > 0 && t.search_us > 0 && t.prompt_us > 0, "{t:?}");
+    assert!(t.time_to_first_token_us > t.embed_us + t.search_us, "{t:?}");
+    assert!(t.total_us >= t.time_to_first_token_us + t.decode_us, "{t:?}");
+    assert!(usage.completion_tokens < 2 || t.decode_tokens_per_second > 0.0, "{t:?}");
+    assert_eq!((done.backend.as_str(), done.model.as_str()), (info.name.as_str(), info.model.as_str()));
+
+    // Greedy decoding is reproducible.
+    let (_, again, _) =
+        collect(c.ask(ask("What is the capital of Germany?")).await.expect("ask").into_inner()).await;
+    assert_eq!(again, text);
+
+    // Sampling with a seed is reproducible too (same seed, prompt and settings → same tokens).
+    let sampled = |seed| v1::GenerateRequest {
+        input: Some(v1::generate_request::Input::Chat(v1::ChatMessages {
+            messages: vec![v1::ChatMessage { role: "user".into(), content: "Tell me about the sea.".into() }],
+        })),
+        sampling: Some(v1::Sampling { temperature: 0.9, top_p: 0.95, max_tokens: 32, seed: Some(seed), ..Default::default() }),
+        backend: String::new(),
+    };
+    let mut texts = Vec::new();
+    for seed in [42, 42] {
+        let mut s = c.generate(sampled(seed)).await.expect("generate").into_inner();
+        let mut text = String::new();
+        while let Some(m) = s.message().await.expect("message") {
+            if let Some(v1::generate_response::Event::Delta(d)) = m.event {
+                text.push_str(&d);
+            }
+        }
+        assert!(!text.is_empty());
+        texts.push(text);
+    }
+    assert_eq!(texts[0], texts[1]);
+
+    // A stop sequence cuts the answer before it and says so.
+    let mut stopped = ask("What is the capital of Germany?");
+    stopped.sampling.as_mut().expect("sampling").stop = vec!["Berlin".into()];
+    let (_, cut, done) = collect(c.ask(stopped).await.expect("ask").into_inner()).await;
+    assert_eq!(cut, text[..text.find("Berlin").expect("Berlin")]);
+    assert_eq!(done.finish_reason, v1::FinishReason::StopSequence as i32);
+
+    // A filter narrows the retrieval (France only) and the answer follows it.
+    let mut filtered = ask("What is the capital?");
+    filtered.filter = Some(v1::Filter {
+        must: vec![v1::Condition {
+            key: "country".into(),
+            test: Some(v1::condition::Test::Match(v1::Value {
+                kind: Some(v1::value::Kind::Keyword("France".into())),
+            })),
+        }],
+        ..Default::default()
+    });
+    let (retrieval, text, _) = collect(c.ask(filtered).await.expect("ask").into_inner()).await;
+    assert_eq!(retrieval.passages.iter().map(|p| p.doc_id.as_str()).collect::<Vec<_>>(), ["France"]);
+    assert!(text.contains("Paris"), "answer {text:?} does not mention Paris");
+
+    generator.stop().await.expect("stop generator");
+    indexer.stop().await.expect("stop indexer");
+    embedder.stop().await.expect("stop embedder");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_threshold_takes_the_no_context_path() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (embedder, indexer) = capitals_cluster(data.path()).await;
+    let config = generator_config(&indexer.url);
+    let refusal = config.no_context_answer.clone();
+    let generator = TestGenerator::start(config).await;
+    let mut c = generator.client().await;
+    let question = "How does a diesel engine ignite its fuel?";
+
+    // Refuse (the default): no model call, the configured answer, no citations.
+    let mut req = ask(question);
+    req.score_threshold = Some(0.8);
+    let (retrieval, text, done) = collect(c.ask(req.clone()).await.expect("ask").into_inner()).await;
+    assert!(retrieval.no_context && retrieval.passages.is_empty());
+    assert_eq!(text, refusal);
+    assert_eq!(done.finish_reason, v1::FinishReason::NoContext as i32);
+    assert!(done.citations.is_empty());
+    assert_eq!(done.usage.expect("usage").completion_tokens, 0);
+
+    // Answer: the model is called with the no-context prompt, still no citations.
+    req.no_context = v1::NoContext::Answer as i32;
+    let (retrieval, text, done) = collect(c.ask(req).await.expect("ask").into_inner()).await;
+    assert!(retrieval.no_context);
+    assert!(!text.is_empty());
+    assert!(done.citations.is_empty());
+    assert!(done.usage.expect("usage").completion_tokens > 0);
+
+    // The same question without a threshold does retrieve (the threshold is what emptied it).
+    let (retrieval, _, _) = collect(c.ask(ask(question)).await.expect("ask").into_inner()).await;
+    assert!(!retrieval.no_context && retrieval.passages.len() == 4);
+
+    generator.stop().await.expect("stop generator");
+    indexer.stop().await.expect("stop indexer");
+    embedder.stop().await.expect("stop embedder");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_clear_statuses() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (embedder, indexer) = capitals_cluster(data.path()).await;
+    let generator = TestGenerator::start(generator_config(&indexer.url)).await;
+    let mut c = generator.client().await;
+    let code = |r: Result<tonic::Response<Streaming<v1::AskResponse>>, tonic::Status>| match r {
+        Ok(_) => panic!("expected an error"),
+        Err(s) => (s.code(), s.message().to_string()),
+    };
+
+    let (k, m) = code(c.ask(ask("   ")).await);
+    assert_eq!(k, Code::InvalidArgument);
+    assert!(m.contains("question"), "{m}");
+
+    let mut r = ask("What is the capital of Germany?");
+    r.sampling.as_mut().expect("sampling").max_tokens = 5000;
+    let (k, m) = code(c.ask(r).await);
+    assert_eq!(k, Code::InvalidArgument);
+    assert!(m.contains("max_tokens"), "{m}");
+
+    let mut r = ask("What is the capital of Germany?");
+    r.collection = "nope".into();
+    let (k, m) = code(c.ask(r).await);
+    assert_eq!(k, Code::NotFound);
+    assert!(m.contains("nope"), "{m}");
+
+    let mut r = ask("What is the capital of Germany?");
+    r.backend = "gpt-17".into();
+    assert_eq!(code(c.ask(r).await).0, Code::NotFound);
+
+    let mut r = ask("What is the capital of Germany?");
+    r.sampling.as_mut().expect("sampling").temperature = -1.0;
+    assert_eq!(code(c.ask(r).await).0, Code::InvalidArgument);
+
+    let mut r = ask("What is the capital of Germany?");
+    r.k = 10_000;
+    assert_eq!(code(c.ask(r).await).0, Code::InvalidArgument);
+
+    let mut r = ask("What is the capital of Germany?");
+    r.filter =
+        Some(v1::Filter { must: vec![v1::Condition { key: "".into(), test: None }], ..Default::default() });
+    assert_eq!(code(c.ask(r).await).0, Code::InvalidArgument);
+
+    let e = c.generate(v1::GenerateRequest::default()).await.expect_err("no input");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .generate(v1::GenerateRequest {
+            input: Some(v1::generate_request::Input::Chat(v1::ChatMessages {
+                messages: vec![v1::ChatMessage { role: "wizard".into(), content: "hi".into() }],
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad role");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // A prompt longer than the context window.
+    let e = c
+        .generate(v1::GenerateRequest {
+            input: Some(v1::generate_request::Input::Prompt("word ".repeat(3000))),
+            ..Default::default()
+        })
+        .await
+        .expect_err("too long");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    generator.stop().await.expect("stop generator");
+    indexer.stop().await.expect("stop indexer");
+    embedder.stop().await.expect("stop embedder");
+}
+
+/// A small context window: the lowest-scored chunks are dropped so prompt + max_tokens fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_budget_drops_the_lowest_scored_chunks() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (embedder, indexer) = capitals_cluster(data.path()).await;
+    let generator =
+        TestGenerator::start(GeneratorConfig { llm_context: 200, ..generator_config(&indexer.url) }).await;
+    let mut c = generator.client().await;
+    let mut req = ask("What is the capital of Germany?");
+    req.k = 12;
+    req.sampling.as_mut().expect("sampling").max_tokens = 32;
+    let (retrieval, _, done) = collect(c.ask(req).await.expect("ask").into_inner()).await;
+    let used: Vec<u32> = retrieval.passages.iter().map(|p| p.number).collect();
+    let kept = used.iter().filter(|&&n| n > 0).count();
+    assert!((1..12).contains(&kept), "numbers {used:?}");
+    // Kept chunks are the best-scored ones, numbered in order.
+    assert_eq!(used[..kept], (1..=kept as u32).collect::<Vec<_>>()[..], "{used:?}");
+    assert!(used[kept..].iter().all(|&n| n == 0), "{used:?}");
+    assert_eq!(done.citations.len(), kept);
+    let usage = done.usage.expect("usage");
+    assert!(usage.prompt_tokens + 32 <= 200, "{usage:?}");
+    generator.stop().await.expect("stop generator");
+    indexer.stop().await.expect("stop indexer");
+    embedder.stop().await.expect("stop embedder");
+}
+
+/// A raw prompt the model keeps completing for a long time (it counts on).
+fn long_story() -> v1::GenerateRequest {
+    v1::GenerateRequest {
+        input: Some(v1::generate_request::Input::Prompt("1, 2, 3, 4, 5, 6, 7, 8, 9, 10,".into())),
+        sampling: Some(v1::Sampling { max_tokens: 1000, ..Default::default() }),
+        backend: String::new(),
+    }
+}
+
+/// One generation slot, no queue: a second request while the first streams is
+/// RESOURCE_EXHAUSTED with a retry hint; dropping the first stream cancels its generation in the
+/// engine (counted there) and the slot takes new work; a deadline ends a stream with
+/// DEADLINE_EXCEEDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_frees_the_slot_overload_and_deadlines() {
+    let generator = TestGenerator::start(GeneratorConfig {
+        llm_parallel: 1,
+        queue: 0,
+        llm_context: 1536,
+        ..generator_config("http://127.0.0.1:9")
+    })
+    .await;
+    let mut c = generator.client().await;
+    let mut first = c.generate(long_story()).await.expect("first").into_inner();
+    let m = first.message().await.expect("first delta").expect("some");
+    assert!(matches!(m.event, Some(v1::generate_response::Event::Delta(_))));
+    assert_eq!(backend_stats(&mut c).await.active, 1);
+
+    let e = c.generate(long_story()).await.expect_err("second while the first runs");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(ragd_core::status::retry_after(&e).is_some());
+
+    drop(first);
+    // The engine notices the dropped stream at its next step and frees the sequence.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = backend_stats(&mut c).await;
+        if b.cancelled == 1 && b.active == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cancelled generation still holds the slot: {b:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut short = long_story();
+    short.sampling.as_mut().expect("sampling").max_tokens = 8;
+    let mut s = c.generate(short).await.expect("slot is free again").into_inner();
+    let mut done = None;
+    while let Some(m) = s.message().await.expect("message") {
+        if let Some(v1::generate_response::Event::Done(d)) = m.event {
+            done = Some(d);
+        }
+    }
+    let done = done.expect("done");
+    assert_eq!(done.usage.expect("usage").completion_tokens, 8);
+    assert_eq!(done.finish_reason, v1::FinishReason::Length as i32);
+
+    // A deadline shorter than the generation ends the stream with DEADLINE_EXCEEDED.
+    let mut req = tonic::Request::new(long_story());
+    req.set_timeout(Duration::from_millis(1500));
+    let result = async {
+        let mut s = c.generate(req).await?.into_inner();
+        while s.message().await?.is_some() {}
+        Ok::<(), tonic::Status>(())
+    }
+    .await;
+    let e = result.expect_err("deadline");
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    generator.stop().await.expect("stop generator");
+}
