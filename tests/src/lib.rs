@@ -17,7 +17,9 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+pub mod etcd;
 pub mod llama_server;
+pub mod otlp_receiver;
 pub mod process;
 pub mod qdrant_test_server;
 pub mod store_suite;

@@ -49,6 +49,37 @@ impl RagdProcess {
         Self { child, addr }
     }
 
+    /// Runs `ragd up <args>` (all three services in one process) and reads the three
+    /// `RAGD_LISTENING <service> <addr>` lines; returns the process (its `addr` is the
+    /// generator's) and the URL of each service.
+    pub fn up(args: &[&str], envs: &[(&str, String)]) -> (Self, std::collections::HashMap<String, String>) {
+        let mut cmd = Command::new(ragd_bin());
+        cmd.arg("up")
+            .args(args)
+            .current_dir(super::repo_root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ragd up");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut urls = std::collections::HashMap::new();
+        for _ in 0..3 {
+            let mut line = String::new();
+            out.read_line(&mut line).expect("read RAGD_LISTENING line");
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("RAGD_LISTENING"), Some(service), Some(addr)) => {
+                    urls.insert(service.to_string(), format!("http://{addr}"));
+                }
+                _ => panic!("unexpected line {line:?}"),
+            }
+        }
+        let addr = urls["generator"].trim_start_matches("http://").to_string();
+        (Self { child, addr }, urls)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

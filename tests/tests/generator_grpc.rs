@@ -94,7 +94,13 @@ async fn ask_streams_a_grounded_answer_with_citations() {
         input: Some(v1::generate_request::Input::Chat(v1::ChatMessages {
             messages: vec![v1::ChatMessage { role: "user".into(), content: "Tell me about the sea.".into() }],
         })),
-        sampling: Some(v1::Sampling { temperature: 0.9, top_p: 0.95, max_tokens: 32, seed: Some(seed), ..Default::default() }),
+        sampling: Some(v1::Sampling {
+            temperature: 0.9,
+            top_p: 0.95,
+            max_tokens: 32,
+            seed: Some(seed),
+            ..Default::default()
+        }),
         backend: String::new(),
     };
     let mut texts = Vec::new();

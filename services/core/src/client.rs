@@ -17,3 +17,73 @@ pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true))
 }
+
+/// Runs an idempotent call again while it fails with UNAVAILABLE — a peer just died, is
+/// restarting or draining, and a balanced channel may route the next try elsewhere: at most
+/// `attempts` tries, backoff doubling from 20 ms, never sleeping past `deadline`. Other codes
+/// return at once.
+pub async fn retry_unavailable<T, F, Fut>(
+    attempts: u32,
+    deadline: Option<std::time::Instant>,
+    mut call: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut delay = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && attempt < attempts
+                    && deadline.is_none_or(|d| std::time::Instant::now() + delay < d) =>
+            {
+                tracing::debug!(attempt, error = %s, "UNAVAILABLE; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn retries_only_unavailable_and_only_so_often() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = retry_unavailable(3, None, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(tonic::Status::unavailable("down"))
+        })
+        .await;
+        assert_eq!(r.expect_err("fails").code(), tonic::Code::Unavailable);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        calls.store(0, Ordering::SeqCst);
+        let r: Result<(), _> = retry_unavailable(3, None, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(tonic::Status::invalid_argument("bad"))
+        })
+        .await;
+        assert_eq!(r.expect_err("fails").code(), tonic::Code::InvalidArgument);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        calls.store(0, Ordering::SeqCst);
+        let r = retry_unavailable(5, None, || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(tonic::Status::unavailable("down"))
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert_eq!(r.expect("third try"), 7);
+    }
+}

@@ -61,6 +61,8 @@ where
     let (reflection_v1, reflection_v1alpha) = reflection(descriptor_sets)?;
     Ok(tokio::spawn(
         tonic::transport::Server::builder()
+            // One span per RPC, child of the caller's W3C traceparent.
+            .trace_fn(crate::telemetry::rpc_span)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

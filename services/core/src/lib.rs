@@ -6,6 +6,7 @@
 //! - [`telemetry`]: one-time `tracing` initialisation;
 //! - [`status`]: building rich gRPC statuses (field violations, retry hints) and reading the
 //!   caller's deadline from `grpc-timeout`;
+//! - [`discovery`]: etcd registration (lease + keep-alive) and watch-driven balanced channels;
 //! - [`grpc`]: reflection, accepted-socket settings, a shared stop signal;
 //! - [`health`]: `grpc.health.v1` reporter that follows readiness;
 //! - [`metrics`]: a Prometheus registry served over HTTP;
@@ -13,6 +14,7 @@
 
 pub mod client;
 pub mod config;
+pub mod discovery;
 pub mod grpc;
 pub mod health;
 pub mod metrics;

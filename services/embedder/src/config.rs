@@ -96,6 +96,8 @@ pub struct EmbedderConfig {
     pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub grpc: GrpcConfig,
+    #[command(flatten)]
+    pub discovery: ragd_core::discovery::DiscoveryConfig,
 }
 
 impl Default for EmbedderConfig {
@@ -116,6 +118,7 @@ impl Default for EmbedderConfig {
             stream_window: 8,
             metrics_addr: None,
             grpc: GrpcConfig::default(),
+            discovery: ragd_core::discovery::DiscoveryConfig::default(),
         }
     }
 }

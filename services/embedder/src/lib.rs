@@ -87,6 +87,21 @@ pub async fn serve(
     let _ = slot.set(embedder.clone());
     readiness.serving().await;
     tracing::info!(addr = %local, "embedder ready");
+    let models: Vec<String> = embedder.models().map(|(m, _)| m.name.clone()).collect();
+    let registration = match ragd_core::discovery::register_if_enabled(
+        &config.discovery,
+        "embedder",
+        local,
+        serde_json::json!({ "models": models }),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            stop.trigger();
+            return Err(EmbedError::Runtime(format!("registration: {e}")));
+        }
+    };
 
     let early = tokio::select! {
         () = &mut shutdown => None,
@@ -104,6 +119,10 @@ pub async fn serve(
                 server.abort();
             }
         }
+    }
+    // Drained: only now leave discovery (clients saw NOT_SERVING first).
+    if let Some(r) = registration {
+        r.deregister().await;
     }
     let e = embedder.clone();
     let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;

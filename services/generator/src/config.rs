@@ -22,7 +22,8 @@ pub enum NoContextPolicy {
 
 #[derive(Debug, Clone, Args)]
 pub struct GeneratorConfig {
-    /// gRPC endpoint of the indexer (retrieval).
+    /// gRPC endpoint of the indexer (retrieval), or `etcd` to discover the cluster's indexers
+    /// and balance over them (needs --etcd-endpoints).
     #[arg(long, env = "RAGD_INDEXER_URL", default_value = "http://127.0.0.1:50052")]
     pub indexer_url: String,
 
@@ -110,6 +111,8 @@ pub struct GeneratorConfig {
     pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub grpc: GrpcConfig,
+    #[command(flatten)]
+    pub discovery: ragd_core::discovery::DiscoveryConfig,
 }
 
 pub const DEFAULT_REFUSAL: &str = "I could not find anything relevant to this question in the collection, so I cannot answer it from the documents.";
@@ -145,6 +148,7 @@ impl Default for GeneratorConfig {
             no_context_template: prompt::DEFAULT_NO_CONTEXT_USER.into(),
             metrics_addr: None,
             grpc: GrpcConfig::default(),
+            discovery: ragd_core::discovery::DiscoveryConfig::default(),
         }
     }
 }

@@ -105,9 +105,8 @@ pub async fn serve(
         .map_err(|e| GenError::Model(format!("model loading panicked: {e}")))
         .and_then(|r| r)
         .and_then(|backends| {
-            let channel = ragd_core::client::endpoint(&config.indexer_url)
-                .map_err(|e| GenError::invalid("indexer_url", e.to_string()))?
-                .connect_lazy();
+            let channel = ragd_core::discovery::channel(&config.indexer_url, &config.discovery, "indexer")
+                .map_err(|e| GenError::invalid("indexer_url", e))?;
             let indexer =
                 IndexerClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
             let limits = GeneratorLimits {
@@ -135,9 +134,25 @@ pub async fn serve(
             return Err(e);
         }
     };
+    let backends: Vec<String> =
+        generator.backends().map(|(b, ..)| format!("{}:{}", b.name, b.model)).collect();
     let _ = slot.set(generator);
     readiness.serving().await;
     tracing::info!(addr = %local, "generator ready");
+    let registration = match ragd_core::discovery::register_if_enabled(
+        &config.discovery,
+        "generator",
+        local,
+        serde_json::json!({ "backends": backends }),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            stop.trigger();
+            return Err(GenError::Model(format!("registration: {e}")));
+        }
+    };
 
     tokio::pin!(shutdown);
     let early = tokio::select! {
@@ -152,6 +167,9 @@ pub async fn serve(
             tracing::warn!(?grace, "in-flight generations outlived the shutdown grace period");
             server.abort();
         }
+    }
+    if let Some(r) = registration {
+        r.deregister().await;
     }
     tracing::info!("generator stopped");
     early.map_or(Ok(()), Err)

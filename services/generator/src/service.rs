@@ -298,7 +298,7 @@ impl Generator {
         let queue = arrived.elapsed();
 
         // Retrieval through the indexer (it embeds the question with the collection's model).
-        let mut search = tonic::Request::new(v1::SearchRequest {
+        let search = v1::SearchRequest {
             collection: req.collection.clone(),
             queries: vec![v1::Query { query: Some(v1::query::Query::Text(question.clone())) }],
             k: k as u32,
@@ -306,11 +306,20 @@ impl Generator {
             filter: req.filter,
             exact: false,
             hnsw_ef: 0,
-        });
-        if let Some(d) = deadline {
-            search.set_timeout(d.saturating_duration_since(Instant::now()));
-        }
-        let found = self.indexer.clone().search(search).await.map_err(GenError::Indexer)?.into_inner();
+        };
+        // Search is idempotent: retried while the indexer answers UNAVAILABLE.
+        let found = ragd_core::client::retry_unavailable(5, deadline, || {
+            let mut r = tonic::Request::new(search.clone());
+            ragd_core::telemetry::inject(&mut r);
+            if let Some(d) = deadline {
+                r.set_timeout(d.saturating_duration_since(Instant::now()));
+            }
+            let mut indexer = self.indexer.clone();
+            async move { indexer.search(r).await }
+        })
+        .await
+        .map_err(GenError::Indexer)?
+        .into_inner();
         let stats = found.stats.unwrap_or_default();
         let hits = found.results.into_iter().next().map(|r| r.hits).unwrap_or_default();
         let mut timings = Timings {

@@ -35,7 +35,8 @@ pub struct IndexerConfig {
     /// Data directory: collections registry and shard directories.
     #[arg(long, env = "RAGD_DATA_DIR", default_value = ".ragd/data/indexer")]
     pub data_dir: PathBuf,
-    /// gRPC endpoint of the embedder.
+    /// gRPC endpoint of the embedder, or `etcd` to discover every embedder of the cluster and
+    /// balance over them (needs --etcd-endpoints).
     #[arg(long, env = "RAGD_EMBEDDER_URL", default_value = "http://127.0.0.1:50051")]
     pub embedder_url: String,
     /// Largest k a search may ask for.
@@ -69,6 +70,8 @@ pub struct IndexerConfig {
     pub status_capacity: usize,
     #[command(flatten)]
     pub grpc: GrpcConfig,
+    #[command(flatten)]
+    pub discovery: ragd_core::discovery::DiscoveryConfig,
 }
 
 impl Default for IndexerConfig {
@@ -88,6 +91,7 @@ impl Default for IndexerConfig {
             exact_engine: true,
             exact_precision: ExactPrecision::F32,
             grpc: GrpcConfig::default(),
+            discovery: ragd_core::discovery::DiscoveryConfig::default(),
         }
     }
 }

@@ -70,9 +70,8 @@ pub async fn serve(
             StoreKind::Qdrant => Arc::new(QdrantStore::connect(&config.qdrant).await?),
         };
         let registry = Registry::load(&config.data_dir)?;
-        let channel = ragd_core::client::endpoint(&config.embedder_url)
-            .map_err(|e| IndexError::invalid("embedder_url", e.to_string()))?
-            .connect_lazy();
+        let channel = ragd_core::discovery::channel(&config.embedder_url, &config.discovery, "embedder")
+            .map_err(|e| IndexError::invalid("embedder_url", e))?;
         let embedder =
             EmbedderClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
         let limits = IndexerLimits {
@@ -104,6 +103,22 @@ pub async fn serve(
     let _ = slot.set(indexer.clone());
     readiness.serving().await;
     tracing::info!(addr = %local, "indexer ready");
+    let collections: Vec<String> =
+        indexer.collections().map(|c| c.into_iter().map(|m| m.store.name).collect()).unwrap_or_default();
+    let registration = match ragd_core::discovery::register_if_enabled(
+        &config.discovery,
+        "indexer",
+        local,
+        serde_json::json!({ "store": format!("{:?}", config.store), "collections": collections }),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            stop.trigger();
+            return Err(IndexError::StoreUnavailable(format!("registration: {e}")));
+        }
+    };
     let optimizer = tokio::spawn(optimize_forever(indexer.clone(), config.optimize_interval(), stop.clone()));
 
     tokio::pin!(shutdown);
@@ -119,6 +134,9 @@ pub async fn serve(
             tracing::warn!(?grace, "in-flight requests outlived the shutdown grace period");
             server.abort();
         }
+    }
+    if let Some(r) = registration {
+        r.deregister().await;
     }
     let _ = optimizer.await;
     indexer.store().flush().await?;

@@ -70,6 +70,9 @@ pub struct CreateCollection {
 }
 
 /// Limits and tuning of the indexer.
+/// Tries of one Embed call while the embedder answers UNAVAILABLE.
+const EMBED_ATTEMPTS: u32 = 5;
+
 /// Where a search's time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SearchTimings {
@@ -127,8 +130,10 @@ fn embedder_err(s: tonic::Status) -> IndexError {
 }
 
 /// Request with the caller's remaining time as its deadline.
+/// A request with the caller's deadline and the current trace context.
 fn with_deadline<T>(msg: T, deadline: Option<Instant>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
+    ragd_core::telemetry::inject(&mut r);
     if let Some(d) = deadline {
         r.set_timeout(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
     }
@@ -429,8 +434,15 @@ impl Indexer {
                 normalize: None,
                 kind: kind as i32,
             };
-            let r =
-                self.embedder.clone().embed(with_deadline(request, deadline)).await.map_err(embedder_err)?;
+            // Embedding is idempotent: an embedder that just died or is draining is retried
+            // (through a discovered, balanced channel the retry goes to another instance).
+            let r = ragd_core::client::retry_unavailable(EMBED_ATTEMPTS, deadline, || {
+                let mut embedder = self.embedder.clone();
+                let request = with_deadline(request.clone(), deadline);
+                async move { embedder.embed(request).await }
+            })
+            .await
+            .map_err(embedder_err)?;
             out.extend(r.into_inner().embeddings.into_iter().map(|e| e.values));
         }
         Ok(out)

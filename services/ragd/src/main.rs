@@ -8,6 +8,7 @@ mod client;
 mod generator_cli;
 mod indexer_cli;
 mod loaders;
+mod up;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Embedder, indexer and generator in one process (embedded Qdrant engine and language
+    /// model, no etcd), one loopback port each.
+    Up(up::UpArgs),
     /// Run a service.
     Serve {
         #[command(subcommand)]
@@ -91,18 +95,37 @@ enum Service {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ragd_core::telemetry::init(&cli.log);
+    let service = service_name(&cli.command);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run(cli.command)));
+        .and_then(|rt| {
+            rt.block_on(async {
+                // Inside the runtime: the OTLP exporter's gRPC channel needs it, also to flush.
+                let telemetry = ragd_core::telemetry::init(&cli.log, service);
+                let result = run(cli.command).await;
+                let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+                result
+            })
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ragd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `service.name` of this process's traces.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Serve { service: Service::Embedder { .. } } => "ragd-embedder",
+        Command::Serve { service: Service::Indexer { .. } } => "ragd-indexer",
+        Command::Serve { service: Service::Generator { .. } } => "ragd-generator",
+        Command::Up(_) => "ragd",
+        _ => "ragd-cli",
     }
 }
 
@@ -123,6 +146,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             Ok(())
         }
+        Command::Up(args) => up::up(args).await,
         Command::Ask(args) => generator_cli::ask(args).await,
         Command::Generate(args) => generator_cli::generate(args).await,
         Command::Backends(endpoint) => generator_cli::backends(endpoint).await,
@@ -133,6 +157,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ingest(args) => indexer_cli::ingest(args).await,
         Command::Search(args) => indexer_cli::search(args).await,
     }
+}
+
+/// Binds a listener (the caller reports its address).
+async fn bind_quiet(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))
 }
 
 /// Binds a service's listener and prints `RAGD_LISTENING <service> <addr>` (machine-readable for

@@ -1,0 +1,389 @@
+//! Service discovery through etcd.
+//!
+//! Each instance registers `/<prefix>/<cluster>/<service>/<instance-id>` → JSON `{addr, service,
+//! version, meta}` under a lease with a TTL, kept alive every TTL/3; on graceful shutdown the
+//! lease is revoked (after the service went NOT_SERVING and drained), so the key disappears at
+//! once; a killed instance's key disappears when its lease expires. If etcd restarts or the
+//! keep-alive fails, the registration grants a new lease and puts the key again.
+//!
+//! Clients get a [`Channel`] that balances (tower p2c) over every registered instance of a
+//! service: a background task lists the prefix, then watches it from the listed revision,
+//! inserting and removing endpoints as keys come and go. During an etcd outage the channel keeps
+//! the last known endpoints and the task re-lists and re-watches when etcd is back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use clap::Args;
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::transport::channel::Change;
+
+/// etcd settings shared by every service.
+#[derive(Debug, Clone, Args)]
+pub struct DiscoveryConfig {
+    /// etcd endpoints (comma-separated, e.g. 127.0.0.1:2379); empty = no registration and
+    /// static URLs only.
+    #[arg(long, env = "RAGD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Cluster name: instances of different clusters in one etcd do not see each other.
+    #[arg(long, env = "RAGD_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Key prefix in etcd.
+    #[arg(long, env = "RAGD_DISCOVERY_PREFIX", default_value = "ragd")]
+    pub discovery_prefix: String,
+    /// Lease TTL: a killed instance disappears from discovery within this time.
+    #[arg(long, env = "RAGD_LEASE_TTL_SECS", default_value_t = 5)]
+    pub lease_ttl_secs: u64,
+    /// Address clients should use to reach this instance (default: the listener's address).
+    #[arg(long, env = "RAGD_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            etcd_endpoints: Vec::new(),
+            cluster: "default".into(),
+            discovery_prefix: "ragd".into(),
+            lease_ttl_secs: 5,
+            advertise_addr: None,
+        }
+    }
+}
+
+/// The URL value that asks for discovery instead of a static address (`--embedder-url etcd`).
+pub const DISCOVER: &str = "etcd";
+
+impl DiscoveryConfig {
+    pub fn enabled(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+    }
+
+    /// `/<prefix>/<cluster>/<service>/`.
+    pub fn service_prefix(&self, service: &str) -> String {
+        format!("/{}/{}/{service}/", self.discovery_prefix.trim_matches('/'), self.cluster)
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs.max(1))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("discovery is not configured (set --etcd-endpoints)")]
+    NotConfigured,
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+}
+
+/// What an instance publishes about itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Instance {
+    /// gRPC URL, e.g. `http://10.0.0.5:50051`.
+    pub addr: String,
+    pub service: String,
+    pub version: String,
+    /// Service-specific facts: models served, shard ids, ...
+    #[serde(default)]
+    pub meta: serde_json::Value,
+}
+
+async fn connect(config: &DiscoveryConfig) -> Result<Client, DiscoveryError> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5));
+    Ok(Client::connect(&config.etcd_endpoints, Some(options)).await?)
+}
+
+/// A live registration; [`Registration::deregister`] revokes it.
+#[derive(Debug)]
+pub struct Registration {
+    pub key: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Registration {
+    /// Revokes the lease (the key disappears at once) and stops the keep-alive.
+    pub async fn deregister(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Registers `instance` and keeps it registered until [`Registration::deregister`]. The first
+/// registration is awaited (so a wrong etcd address fails start-up); later failures are retried
+/// in the background.
+pub async fn register(config: &DiscoveryConfig, instance: Instance) -> Result<Registration, DiscoveryError> {
+    if !config.enabled() {
+        return Err(DiscoveryError::NotConfigured);
+    }
+    let id = format!(
+        "{}-{}",
+        instance.addr.trim_start_matches("http://").trim_start_matches("https://").replace([':', '/'], "_"),
+        std::process::id()
+    );
+    let key = format!("{}{id}", config.service_prefix(&instance.service));
+    let value = serde_json::to_string(&instance).unwrap_or_default();
+    let mut client = connect(config).await?;
+    let lease = put_with_lease(&mut client, config, &key, &value).await?;
+    tracing::info!(%key, addr = %instance.addr, ttl = ?config.ttl(), "registered in etcd");
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(keep_registered(config.clone(), key.clone(), value, client, lease, stopped));
+    Ok(Registration { key, stop: Some(stop), task: Some(task) })
+}
+
+async fn put_with_lease(
+    client: &mut Client,
+    config: &DiscoveryConfig,
+    key: &str,
+    value: &str,
+) -> Result<i64, DiscoveryError> {
+    let lease = client.lease_grant(config.ttl().as_secs() as i64, None).await?.id();
+    client.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
+    Ok(lease)
+}
+
+async fn keep_registered(
+    config: DiscoveryConfig,
+    key: String,
+    value: String,
+    mut client: Client,
+    mut lease: i64,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let every = config.ttl() / 3;
+    loop {
+        // Keep the lease alive until stopped or it fails.
+        let failed = match client.lease_keep_alive(lease).await {
+            Ok((mut keeper, mut responses)) => loop {
+                tokio::select! {
+                    _ = &mut stopped => {
+                        match client.lease_revoke(lease).await {
+                            Ok(_) => tracing::info!(%key, "lease revoked"),
+                            Err(e) => tracing::warn!(%key, error = %e, "could not revoke the lease; it will expire"),
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = keeper.keep_alive().await {
+                    break e.to_string();
+                }
+                match responses.message().await {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    Ok(Some(_)) => break "lease expired".to_string(),
+                    Ok(None) => break "keep-alive stream closed".to_string(),
+                    Err(e) => break e.to_string(),
+                }
+            },
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(%key, error = %failed, "etcd keep-alive failed; registering again");
+        // Re-register (new connection, new lease) until it works or we are stopped.
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let again = async {
+                let mut c = connect(&config).await?;
+                let l = put_with_lease(&mut c, &config, &key, &value).await?;
+                Ok::<_, DiscoveryError>((c, l))
+            };
+            match again.await {
+                Ok((c, l)) => {
+                    (client, lease) = (c, l);
+                    tracing::info!(%key, "registered in etcd again");
+                    break;
+                }
+                Err(e) => tracing::debug!(%key, error = %e, "etcd still unreachable"),
+            }
+        }
+    }
+}
+
+/// A channel balancing over every registered instance of `service`, kept current by a watch.
+/// Requests wait (up to their deadline) while no instance is known.
+pub fn balanced_channel(
+    config: &DiscoveryConfig,
+    service: &str,
+) -> Result<(Channel, JoinHandle<()>), DiscoveryError> {
+    if !config.enabled() {
+        return Err(DiscoveryError::NotConfigured);
+    }
+    let (channel, changes) = Channel::balance_channel::<String>(64);
+    let task = tokio::spawn(follow(config.clone(), config.service_prefix(service), changes));
+    Ok((channel, task))
+}
+
+async fn follow(
+    config: DiscoveryConfig,
+    prefix: String,
+    changes: mpsc::Sender<Change<String, tonic::transport::Endpoint>>,
+) {
+    // key → addr of the endpoints the channel has now.
+    let mut known: HashMap<String, String> = HashMap::new();
+    loop {
+        if changes.is_closed() {
+            return;
+        }
+        match follow_once(&config, &prefix, &changes, &mut known).await {
+            Ok(()) => return, // the channel was dropped
+            Err(e) => {
+                tracing::warn!(%prefix, error = %e, endpoints = known.len(), "etcd watch failed; keeping the last known endpoints");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Lists, reconciles, then applies watch events until an error (Err) or the channel is gone (Ok).
+async fn follow_once(
+    config: &DiscoveryConfig,
+    prefix: &str,
+    changes: &mpsc::Sender<Change<String, tonic::transport::Endpoint>>,
+    known: &mut HashMap<String, String>,
+) -> Result<(), DiscoveryError> {
+    let mut client = connect(config).await?;
+    let listed = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
+    let revision = listed.header().map_or(0, |h| h.revision());
+    let mut now: HashMap<String, String> = HashMap::new();
+    for kv in listed.kvs() {
+        if let (Ok(k), Some(addr)) = (kv.key_str(), addr_of(kv.value())) {
+            now.insert(k.to_string(), addr);
+        }
+    }
+    // Reconcile: drop what vanished while we were not watching, add what is new.
+    let gone: Vec<String> = known.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
+    for k in gone {
+        known.remove(&k);
+        if !remove(changes, &k).await {
+            return Ok(());
+        }
+    }
+    for (k, addr) in now {
+        if known.get(&k) != Some(&addr) && !insert(changes, known, k, addr).await {
+            return Ok(());
+        }
+    }
+    let mut events = client
+        .watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)))
+        .await?;
+    while let Some(resp) = events.message().await? {
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Ok(k) = kv.key_str() else { continue };
+            let open = match ev.event_type() {
+                EventType::Put => match addr_of(kv.value()) {
+                    Some(addr) => insert(changes, known, k.to_string(), addr).await,
+                    None => true,
+                },
+                EventType::Delete => {
+                    known.remove(k);
+                    remove(changes, k).await
+                }
+            };
+            if !open {
+                return Ok(());
+            }
+        }
+    }
+    Err(DiscoveryError::Etcd(etcd_client::Error::WatchError("watch stream ended".into())))
+}
+
+/// Registers this instance if discovery is configured: its address is `--advertise-addr` or
+/// `http://<local>`.
+pub async fn register_if_enabled(
+    config: &DiscoveryConfig,
+    service: &str,
+    local: std::net::SocketAddr,
+    meta: serde_json::Value,
+) -> Result<Option<Registration>, DiscoveryError> {
+    if !config.enabled() {
+        return Ok(None);
+    }
+    let addr = config.advertise_addr.clone().unwrap_or_else(|| format!("http://{local}"));
+    let instance =
+        Instance { addr, service: service.to_string(), version: env!("CARGO_PKG_VERSION").into(), meta };
+    register(config, instance).await.map(Some)
+}
+
+/// A channel to `service`: discovered through etcd when `url` is [`DISCOVER`] ("etcd"), else a
+/// lazily connected channel to the static `url`.
+pub fn channel(url: &str, config: &DiscoveryConfig, service: &str) -> Result<Channel, String> {
+    if url == DISCOVER {
+        let (channel, _follow) = balanced_channel(config, service).map_err(|e| e.to_string())?;
+        Ok(channel)
+    } else {
+        Ok(crate::client::endpoint(url).map_err(|e| format!("{url}: {e}"))?.connect_lazy())
+    }
+}
+
+fn addr_of(value: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Instance>(value).ok().map(|i| i.addr)
+}
+
+async fn insert(
+    changes: &mpsc::Sender<Change<String, tonic::transport::Endpoint>>,
+    known: &mut HashMap<String, String>,
+    key: String,
+    addr: String,
+) -> bool {
+    let endpoint = match crate::client::endpoint(&addr) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(%key, %addr, error = %e, "ignoring an instance with a bad address");
+            return true;
+        }
+    };
+    tracing::info!(%key, %addr, "endpoint discovered");
+    known.insert(key.clone(), addr);
+    changes.send(Change::Insert(key, endpoint)).await.is_ok()
+}
+
+async fn remove(changes: &mpsc::Sender<Change<String, tonic::transport::Endpoint>>, key: &str) -> bool {
+    tracing::info!(%key, "endpoint gone");
+    changes.send(Change::Remove(key.to_string())).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_layout() {
+        let c = DiscoveryConfig { cluster: "prod".into(), ..DiscoveryConfig::default() };
+        assert_eq!(c.service_prefix("embedder"), "/ragd/prod/embedder/");
+        assert!(!c.enabled());
+    }
+
+    #[test]
+    fn instances_round_trip_and_bad_values_are_ignored() {
+        let i = Instance {
+            addr: "http://127.0.0.1:1".into(),
+            service: "embedder".into(),
+            version: "0.1.0".into(),
+            meta: serde_json::json!({"models": ["m"]}),
+        };
+        let v = serde_json::to_vec(&i).expect("json");
+        assert_eq!(addr_of(&v).as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(addr_of(b"not json"), None);
+    }
+}

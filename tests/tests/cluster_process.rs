@@ -1,0 +1,222 @@
+//! A cluster of real processes that find each other through a real etcd: two embedders, one
+//! indexer (`--embedder-url etcd`), one generator (`--indexer-url etcd`), each registered under a
+//! lease. Ingest and Ask work end to end; searches are balanced over both embedders; a SIGKILLed
+//! embedder leaves discovery when its lease expires and the survivor serves everything; a
+//! SIGTERMed one revokes its lease on the way out. Every process exports its spans over OTLP to
+//! a test receiver: one Ask is one trace across the generator, the indexer and the embedder.
+
+use std::time::Duration;
+
+use ragd_proto::v1;
+use ragd_tests::etcd::Etcd;
+use ragd_tests::otlp_receiver::OtlpReceiver;
+use ragd_tests::process::{RagdProcess, model_env};
+use ragd_tests::{capitals, free_port, llm_model, metric, scrape, wait_serving};
+
+const TTL: &str = "2";
+
+fn search(q: &str) -> v1::SearchRequest {
+    v1::SearchRequest {
+        collection: "capitals".into(),
+        queries: vec![v1::Query { query: Some(v1::query::Query::Text(q.into())) }],
+        k: 3,
+        ..Default::default()
+    }
+}
+
+async fn wait_keys(etcd: &Etcd, prefix: &str, n: usize) -> Vec<(String, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys = etcd.list(prefix).await;
+        if keys.len() == n {
+            return keys;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{prefix}: {} keys, want {n}: {keys:?}", keys.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_discover_each_other_and_survive_losing_an_embedder() {
+    let mut etcd = Etcd::start().await;
+    let otlp = OtlpReceiver::start().await;
+    let cluster = format!("t{}", std::process::id());
+    let common =
+        ["--etcd-endpoints", etcd.endpoint.as_str(), "--cluster", cluster.as_str(), "--lease-ttl-secs", TTL];
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ];
+    let mut env = model_env();
+    env.extend(otel.iter().cloned());
+    let metrics: Vec<std::net::SocketAddr> =
+        (0..2).map(|_| format!("127.0.0.1:{}", free_port()).parse().expect("addr")).collect();
+    let embedder = |m: &std::net::SocketAddr| {
+        let m = m.to_string();
+        let mut args = common.to_vec();
+        args.extend(["--metrics-addr", m.as_str()]);
+        RagdProcess::serve("embedder", &args, &env)
+    };
+    let mut e1 = embedder(&metrics[0]);
+    let mut e2 = embedder(&metrics[1]);
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().display().to_string();
+    let mut args = common.to_vec();
+    args.extend(["--embedder-url", "etcd", "--data-dir", &data_dir]);
+    let indexer = RagdProcess::serve("indexer", &args, &otel);
+    let llm = llm_model().display().to_string();
+    let mut args = common.to_vec();
+    args.extend(["--indexer-url", "etcd", "--llm-model", &llm, "--llm-parallel", "1"]);
+    let generator = RagdProcess::serve("generator", &args, &otel);
+    for (p, s) in [
+        (&e1, "ragd.v1.Embedder"),
+        (&e2, "ragd.v1.Embedder"),
+        (&indexer, "ragd.v1.Indexer"),
+        (&generator, "ragd.v1.Generator"),
+    ] {
+        wait_serving(&p.url(), s, Duration::from_secs(120)).await;
+    }
+
+    // Registrations: /ragd/<cluster>/<service>/<instance> → {addr, service, version, meta}.
+    let prefix = |s: &str| format!("/ragd/{cluster}/{s}/");
+    let embedders = wait_keys(&etcd, &prefix("embedder"), 2).await;
+    for (_, v) in &embedders {
+        let i: ragd_core::discovery::Instance = serde_json::from_str(v).expect("instance json");
+        assert!([e1.url(), e2.url()].contains(&i.addr), "{i:?}");
+        assert_eq!(i.meta["models"], serde_json::json!(["all-MiniLM-L6-v2"]));
+    }
+    wait_keys(&etcd, &prefix("indexer"), 1).await;
+    wait_keys(&etcd, &prefix("generator"), 1).await;
+
+    // Ingest through the indexer (its embedder found through etcd) and ask the generator (its
+    // indexer found through etcd).
+    let mut idx = v1::indexer_client::IndexerClient::new(
+        ragd_core::client::connect(&indexer.url()).await.expect("connect"),
+    );
+    idx.create_collection(v1::CreateCollectionRequest { name: "capitals".into(), ..Default::default() })
+        .await
+        .expect("create");
+    let documents = capitals()
+        .into_iter()
+        .map(|(country, city)| v1::Document {
+            id: country.clone(),
+            text: format!("The capital of {country} is {city}."),
+            metadata: None,
+        })
+        .collect::<Vec<_>>();
+    let r = idx
+        .upsert_batch(v1::UpsertRequest { collection: "capitals".into(), documents })
+        .await
+        .expect("upsert");
+    assert_eq!(r.into_inner().documents, 238);
+    let mut gen_client = v1::generator_client::GeneratorClient::new(
+        ragd_core::client::connect(&generator.url()).await.expect("connect"),
+    );
+    let mut s = gen_client
+        .ask(v1::AskRequest {
+            question: "What is the capital of Germany?".into(),
+            collection: "capitals".into(),
+            k: 4,
+            sampling: Some(v1::Sampling { max_tokens: 32, ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .expect("ask")
+        .into_inner();
+    let mut text = String::new();
+    while let Some(m) = s.message().await.expect("ask stream") {
+        if let Some(v1::ask_response::Event::Delta(d)) = m.event {
+            text.push_str(&d);
+        }
+    }
+    assert!(text.contains("Berlin"), "{text:?}");
+
+    // The Ask is one trace: spans of the generator, the indexer and the embedder share its id.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = otlp.spans();
+        let ask = spans.iter().find(|s| s.service == "ragd-generator" && s.name.contains("Generator/Ask"));
+        if let Some(ask) = ask {
+            let services: std::collections::BTreeSet<&str> =
+                spans.iter().filter(|s| s.trace_id == ask.trace_id).map(|s| s.service.as_str()).collect();
+            if services.len() == 3 {
+                assert_eq!(
+                    services.into_iter().collect::<Vec<_>>(),
+                    ["ragd-embedder", "ragd-generator", "ragd-indexer"]
+                );
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no trace spans the three services: {:?}",
+            spans.iter().map(|s| (&s.service, &s.name)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Searches embed their query on either embedder: both take traffic.
+    let texts = |i: usize| {
+        let addr = metrics[i];
+        async move { metric(&scrape(addr).await, "ragd_embedder_texts_total") }
+    };
+    let before = (texts(0).await, texts(1).await);
+    for i in 0..30 {
+        let hits = idx.search(search(&format!("capital of country number {i}"))).await.expect("search");
+        assert_eq!(hits.into_inner().results[0].hits.len(), 3);
+    }
+    let after = (texts(0).await, texts(1).await);
+    assert!(after.0 > before.0 && after.1 > before.1, "not balanced: {before:?} → {after:?}");
+
+    // SIGKILL one embedder: its key goes when the lease expires (TTL 2 s), and then every search
+    // is served by the survivor.
+    e1.signal("KILL");
+    e1.wait(Duration::from_secs(10)).expect("killed");
+    let left = wait_keys(&etcd, &prefix("embedder"), 1).await;
+    assert!(left[0].1.contains(&e2.url()), "{left:?}");
+    // The balancer hears the deletion through its watch; give it the same bounded wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut failures = 0;
+    let mut ok_in_a_row = 0;
+    while ok_in_a_row < 20 {
+        match idx.search(search("What is the capital of France?")).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().results[0].hits[0].doc_id, "France");
+                ok_in_a_row += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                failures += 1;
+                ok_in_a_row = 0;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "searches kept failing after the lease expired ({failures} failures)"
+        );
+    }
+    assert_eq!(failures, 0, "searches failed after the dead embedder left discovery");
+
+    // etcd down: clients keep their last known endpoints, so searches and asks go on.
+    etcd.kill();
+    for _ in 0..20 {
+        let r =
+            idx.search(search("What is the capital of Italy?")).await.expect("search during the etcd outage");
+        assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Italy");
+    }
+    // etcd back (same data): the survivor registers again under a fresh lease and stays
+    // registered past the old lease's TTL.
+    etcd.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let back = wait_keys(&etcd, &prefix("embedder"), 1).await;
+    assert!(back[0].1.contains(&e2.url()), "{back:?}");
+    let r = idx.search(search("What is the capital of Spain?")).await.expect("search after the etcd restart");
+    assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Spain");
+
+    // SIGTERM the survivor: it drains, revokes its lease (the key goes at once, not after the TTL)
+    // and exits 0.
+    e2.signal("TERM");
+    let status = e2.wait(Duration::from_secs(30)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    assert!(etcd.list(&prefix("embedder")).await.is_empty(), "the lease was not revoked");
+}
