@@ -61,8 +61,10 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     let mut e2 = embedder(&metrics[1]);
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().display().to_string();
+    let indexer_metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let im = indexer_metrics.to_string();
     let mut args = common.to_vec();
-    args.extend(["--embedder-url", "etcd", "--data-dir", &data_dir]);
+    args.extend(["--embedder-url", "etcd", "--data-dir", &data_dir, "--metrics-addr", &im]);
     let indexer = RagdProcess::serve("indexer", &args, &otel);
     let llm = llm_model().display().to_string();
     let mut args = common.to_vec();
@@ -167,6 +169,18 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     }
     let after = (texts(0).await, texts(1).await);
     assert!(after.0 > before.0 && after.1 > before.1, "not balanced: {before:?} → {after:?}");
+    // The indexer's metrics count every RPC by method and status.
+    let body = scrape(indexer_metrics).await;
+    let searches = body
+        .lines()
+        .find(|l| {
+            l.starts_with("ragd_indexer_rpc_requests_total")
+                && l.contains("Indexer/Search")
+                && l.contains("code=\"Ok\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no search counter in\n{body}"));
+    assert!(searches >= 30.0, "{searches}");
 
     // SIGKILL one embedder: its key goes when the lease expires (TTL 2 s), and then every search
     // is served by the survivor.

@@ -38,13 +38,15 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
 }
 
 /// Serves `service` with grpc.health.v1 (`health`) and reflection over `descriptor_sets` on
-/// `listener` (TCP_NODELAY) until `stop` fires; tonic then drains in-flight requests.
+/// `listener` (TCP_NODELAY) until `stop` fires; tonic then drains in-flight requests. With
+/// `metrics`, every RPC is counted by method and status code and timed.
 pub fn spawn_server<S>(
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     service: S,
     descriptor_sets: &[&'static [u8]],
     listener: TcpListener,
     stop: &Stop,
+    metrics: Option<crate::metrics::RpcMetrics>,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, tonic_reflection::server::Error>
 where
     S: tonic::codegen::Service<
@@ -63,6 +65,7 @@ where
         tonic::transport::Server::builder()
             // One span per RPC, child of the caller's W3C traceparent.
             .trace_fn(crate::telemetry::rpc_span)
+            .layer(crate::metrics::RpcMetricsLayer(metrics))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

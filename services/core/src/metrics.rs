@@ -51,3 +51,114 @@ pub fn encode_text(registry: &Registry) -> String {
     let _ = encode(&mut body, registry);
     body
 }
+
+/// Labels of one RPC outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RpcCodeLabels {
+    /// gRPC path, e.g. `/ragd.v1.Indexer/Search`.
+    pub method: String,
+    /// gRPC status code name (`Ok`, `NotFound`, ...).
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RpcMethodLabels {
+    pub method: String,
+}
+
+fn rpc_seconds() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 20),
+    )
+}
+
+/// Requests per gRPC method and status code, and their latency, for every RPC a server
+/// handles — recorded by [`RpcMetricsLayer`] around the whole tonic router. The code is the
+/// `grpc-status` of the response headers (errors before the first message, and every unary
+/// error), else OK; latency is to the response headers (for streams: to the first message).
+#[derive(Debug, Clone)]
+pub struct RpcMetrics {
+    requests: prometheus_client::metrics::family::Family<
+        RpcCodeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    seconds: prometheus_client::metrics::family::Family<
+        RpcMethodLabels,
+        prometheus_client::metrics::histogram::Histogram,
+        fn() -> prometheus_client::metrics::histogram::Histogram,
+    >,
+}
+
+impl RpcMetrics {
+    /// Registers `<prefix>_rpc_requests` and `<prefix>_rpc_seconds` in `registry`.
+    pub fn new(registry: &mut Registry, prefix: &str) -> Self {
+        let this = Self {
+            requests: Default::default(),
+            seconds: prometheus_client::metrics::family::Family::new_with_constructor(rpc_seconds),
+        };
+        let r = registry.sub_registry_with_prefix(prefix);
+        r.register("rpc_requests", "gRPC requests by method and status code", this.requests.clone());
+        r.register("rpc_seconds", "gRPC latency to the response headers by method", this.seconds.clone());
+        this
+    }
+
+    fn record(&self, method: String, code: tonic::Code, elapsed: std::time::Duration) {
+        self.seconds
+            .get_or_create(&RpcMethodLabels { method: method.clone() })
+            .observe(elapsed.as_secs_f64());
+        self.requests.get_or_create(&RpcCodeLabels { method, code: format!("{code:?}") }).inc();
+    }
+}
+
+/// Tower layer recording [`RpcMetrics`] (a no-op with `None`).
+#[derive(Debug, Clone, Default)]
+pub struct RpcMetricsLayer(pub Option<RpcMetrics>);
+
+impl<S> tower_layer::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetricsService { inner, metrics: self.0.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcMetricsService<S> {
+    inner: S,
+    metrics: Option<RpcMetrics>,
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for RpcMetricsService<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let started = std::time::Instant::now();
+        let method = request.uri().path().to_string();
+        let metrics = self.metrics.clone();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await;
+            if let (Some(m), Ok(r)) = (metrics, &response) {
+                let code = r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from);
+                m.record(method, code, started.elapsed());
+            }
+            response
+        })
+    }
+}

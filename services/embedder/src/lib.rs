@@ -53,9 +53,15 @@ pub async fn serve(
         .max_encoding_message_size(max);
     let local = listener.local_addr().map_err(|e| EmbedError::Runtime(e.to_string()))?;
     let stop = ragd_core::grpc::Stop::default();
-    let mut server =
-        ragd_core::grpc::spawn_server(health, service, &[ragd_proto::FILE_DESCRIPTOR_SET], listener, &stop)
-            .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
+    let mut server = ragd_core::grpc::spawn_server(
+        health,
+        service,
+        &[ragd_proto::FILE_DESCRIPTOR_SET],
+        listener,
+        &stop,
+        None,
+    )
+    .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {
         let l = TcpListener::bind(addr)
             .await

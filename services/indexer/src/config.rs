@@ -68,6 +68,10 @@ pub struct IndexerConfig {
     /// Document ingest statuses remembered for DocumentStatus.
     #[arg(long, env = "RAGD_STATUS_CAPACITY", default_value_t = 100_000)]
     pub status_capacity: usize,
+    /// Serve Prometheus metrics on this address (`GET /metrics`): requests and latency per RPC
+    /// and status, points/documents per collection.
+    #[arg(long, env = "RAGD_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub grpc: GrpcConfig,
     #[command(flatten)]
@@ -90,6 +94,7 @@ impl Default for IndexerConfig {
             status_capacity: 100_000,
             exact_engine: true,
             exact_precision: ExactPrecision::F32,
+            metrics_addr: None,
             grpc: GrpcConfig::default(),
             discovery: ragd_core::discovery::DiscoveryConfig::default(),
         }

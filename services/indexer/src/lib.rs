@@ -56,9 +56,31 @@ pub async fn serve(
         .max_encoding_message_size(max);
     let local = listener.local_addr().map_err(|e| IndexError::Store(e.to_string()))?;
     let stop = ragd_core::grpc::Stop::default();
-    let mut server =
-        ragd_core::grpc::spawn_server(health, service, &[ragd_proto::FILE_DESCRIPTOR_SET], listener, &stop)
-            .map_err(|e| IndexError::Store(format!("reflection: {e}")))?;
+    let mut registry = ragd_core::metrics::Registry::default();
+    let rpc_metrics = ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_indexer");
+    let gauges = CollectionGauges::default();
+    gauges.register(&mut registry);
+    let mut server = ragd_core::grpc::spawn_server(
+        health,
+        service,
+        &[ragd_proto::FILE_DESCRIPTOR_SET],
+        listener,
+        &stop,
+        Some(rpc_metrics),
+    )
+    .map_err(|e| IndexError::Store(format!("reflection: {e}")))?;
+    if let Some(addr) = config.metrics_addr {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| IndexError::StoreUnavailable(format!("metrics listener {addr}: {e}")))?;
+        let stopped = stop.wait();
+        let registry = Arc::new(registry);
+        tokio::spawn(async move {
+            if let Err(e) = ragd_core::metrics::serve(registry, l, stopped).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
     tracing::info!(
         addr = %local, data_dir = %config.data_dir.display(), store = ?config.store,
         "indexer listening; opening collections"
@@ -119,7 +141,8 @@ pub async fn serve(
             return Err(IndexError::StoreUnavailable(format!("registration: {e}")));
         }
     };
-    let optimizer = tokio::spawn(optimize_forever(indexer.clone(), config.optimize_interval(), stop.clone()));
+    let optimizer =
+        tokio::spawn(optimize_forever(indexer.clone(), config.optimize_interval(), stop.clone(), gauges));
 
     tokio::pin!(shutdown);
     let early = tokio::select! {
@@ -144,8 +167,36 @@ pub async fn serve(
     early.map_or(Ok(()), Err)
 }
 
-/// Builds HNSW indexes where thresholds are reached, every `interval`, until `stop`.
-async fn optimize_forever(indexer: Arc<Indexer>, interval: Duration, stop: ragd_core::grpc::Stop) {
+/// Points and documents per collection, refreshed by the optimizer's rounds.
+#[derive(Debug, Clone, Default)]
+struct CollectionGauges {
+    points:
+        prometheus_client::metrics::family::Family<CollectionLabel, prometheus_client::metrics::gauge::Gauge>,
+    documents:
+        prometheus_client::metrics::family::Family<CollectionLabel, prometheus_client::metrics::gauge::Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CollectionLabel {
+    collection: String,
+}
+
+impl CollectionGauges {
+    fn register(&self, registry: &mut ragd_core::metrics::Registry) {
+        let r = registry.sub_registry_with_prefix("ragd_indexer");
+        r.register("collection_points", "Points (chunks) stored per collection", self.points.clone());
+        r.register("collection_documents", "Documents stored per collection", self.documents.clone());
+    }
+}
+
+/// Builds HNSW indexes where thresholds are reached, every `interval`, until `stop`; refreshes
+/// the collection gauges on the way.
+async fn optimize_forever(
+    indexer: Arc<Indexer>,
+    interval: Duration,
+    stop: ragd_core::grpc::Stop,
+    gauges: CollectionGauges,
+) {
     let stopped = stop.wait();
     tokio::pin!(stopped);
     loop {
@@ -154,7 +205,14 @@ async fn optimize_forever(indexer: Arc<Indexer>, interval: Duration, stop: ragd_
             () = tokio::time::sleep(interval) => {}
         }
         let Ok(collections) = indexer.collections() else { continue };
+        gauges.points.clear();
+        gauges.documents.clear();
         for meta in collections {
+            if let Ok(stats) = indexer.stats(&meta.store.name).await {
+                let label = CollectionLabel { collection: meta.store.name.clone() };
+                gauges.points.get_or_create(&label).set(stats.points as i64);
+                gauges.documents.get_or_create(&label).set(stats.documents as i64);
+            }
             match indexer.store().optimize(&meta.store.name).await {
                 Ok(true) => tracing::info!(collection = %meta.store.name, "optimizer built indexes"),
                 Ok(false) => {}
