@@ -26,26 +26,34 @@ pub struct RagdProcess {
 }
 
 impl RagdProcess {
-    /// Runs `ragd serve <service> --listen 127.0.0.1:0 <args>` and waits for its address.
-    pub fn serve(service: &str, args: &[&str], envs: &[(&str, String)]) -> Self {
+    /// Spawns `ragd <args>` and reads `n` `RAGD_LISTENING <service> <addr>` lines from its stdout.
+    fn spawn(args: &[&str], envs: &[(&str, String)], n: usize) -> (Child, Vec<(String, String)>) {
         let mut cmd = Command::new(ragd_bin());
-        cmd.args(["serve", service, "--listen", "127.0.0.1:0"])
-            .args(args)
-            .current_dir(super::repo_root())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args(args).current_dir(super::repo_root()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         for (k, v) in envs {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn ragd");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read RAGD_LISTENING line");
-        let addr = line
-            .trim()
-            .strip_prefix(&format!("RAGD_LISTENING {service} "))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut listening = Vec::new();
+        for _ in 0..n {
+            let mut line = String::new();
+            out.read_line(&mut line).expect("read RAGD_LISTENING line");
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["RAGD_LISTENING", service, addr] => listening.push((service.to_string(), addr.to_string())),
+                _ => panic!("unexpected line {line:?}"),
+            }
+        }
+        (child, listening)
+    }
+
+    /// Runs `ragd serve <service> --listen 127.0.0.1:0 <args>` and waits for its address.
+    pub fn serve(service: &str, args: &[&str], envs: &[(&str, String)]) -> Self {
+        let mut all = vec!["serve", service, "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (child, mut listening) = Self::spawn(&all, envs, 1);
+        let (named, addr) = listening.remove(0);
+        assert_eq!(named, service);
         Self { child, addr }
     }
 
@@ -110,6 +118,16 @@ impl Drop for RagdProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs a `ragd` client verb to completion: (success, stdout, stderr).
+pub fn ragd_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ragd_bin()).args(args).current_dir(super::repo_root()).output().expect("run ragd");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Environment for `ragd serve embedder` with the set-up MiniLM model and ONNX Runtime.

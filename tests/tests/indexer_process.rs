@@ -2,21 +2,11 @@
 //! CLI verbs `collections`, `ingest` (CSV, JSONL, markdown and a corrupt file that fails alone)
 //! and `search`, talking gRPC over loopback.
 
-use std::process::Command;
 use std::time::Duration;
 
-use ragd_tests::process::{RagdProcess, model_env, ragd_bin};
-use ragd_tests::{repo_root, wait_serving};
+use ragd_tests::process::{RagdProcess, model_env, ragd_cli};
+use ragd_tests::wait_serving;
 use serde_json::Value;
-
-fn ragd(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(ragd_bin()).args(args).current_dir(repo_root()).output().expect("run ragd");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_ingests_files_and_searches_through_real_processes() {
@@ -32,7 +22,7 @@ async fn cli_ingests_files_and_searches_through_real_processes() {
 
     let (ok, out, err) = tokio::task::spawn_blocking({
         let url = url.clone();
-        move || ragd(&["collections", "--indexer", &url, "--json", "create", "docs", "--shards", "2"])
+        move || ragd_cli(&["collections", "--indexer", &url, "--json", "create", "docs", "--shards", "2"])
     })
     .await
     .expect("create");
@@ -56,7 +46,7 @@ async fn cli_ingests_files_and_searches_through_real_processes() {
         move || {
             let mut args = vec!["ingest", "--indexer", &url, "--json", "--collection", "docs"];
             args.extend(paths.iter().map(String::as_str));
-            ragd(&args)
+            ragd_cli(&args)
         }
     })
     .await
@@ -70,7 +60,7 @@ async fn cli_ingests_files_and_searches_through_real_processes() {
     assert!(failed[0]["reason"].as_str().unwrap_or("").starts_with("line 2"), "{summary}");
 
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        ragd(&[
+        ragd_cli(&[
             "search",
             "--indexer",
             &url,

@@ -1,21 +1,11 @@
 //! `ragd up`: the three services in one process, driven by the CLI verbs as separate processes —
 //! create a collection, ingest a JSONL file, ask a question (`--json`), then SIGTERM.
 
-use std::process::Command;
 use std::time::Duration;
 
-use ragd_tests::process::{RagdProcess, model_env, ragd_bin};
-use ragd_tests::{capitals, llm_model, repo_root, wait_serving};
+use ragd_tests::process::{RagdProcess, model_env, ragd_cli};
+use ragd_tests::{capitals, llm_model, wait_serving};
 use serde_json::Value;
-
-fn ragd(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(ragd_bin()).args(args).current_dir(repo_root()).output().expect("run ragd");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_all_three_and_the_cli_asks_through_it() {
@@ -58,11 +48,11 @@ async fn up_serves_all_three_and_the_cli_asks_through_it() {
     let (indexer, generator) = (urls["indexer"].clone(), urls["generator"].clone());
     let jsonl = jsonl.display().to_string();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        let (ok, _, err) = ragd(&["collections", "--indexer", &indexer, "create", "capitals"]);
+        let (ok, _, err) = ragd_cli(&["collections", "--indexer", &indexer, "create", "capitals"]);
         assert!(ok, "{err}");
-        let (ok, _, err) = ragd(&["ingest", "--indexer", &indexer, "--collection", "capitals", &jsonl]);
+        let (ok, _, err) = ragd_cli(&["ingest", "--indexer", &indexer, "--collection", "capitals", &jsonl]);
         assert!(ok, "{err}");
-        ragd(&[
+        ragd_cli(&[
             "ask",
             "--endpoint",
             &generator,

@@ -47,7 +47,7 @@ pub fn spawn_server<S>(
     listener: TcpListener,
     stop: &Stop,
     metrics: Option<crate::metrics::RpcMetrics>,
-) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, tonic_reflection::server::Error>
+) -> Result<ServerTask, tonic_reflection::server::Error>
 where
     S: tonic::codegen::Service<
             tonic::codegen::http::Request<tonic::body::Body>,
@@ -72,6 +72,24 @@ where
             .add_service(service)
             .serve_with_incoming_shutdown(incoming(listener), stop.wait()),
     ))
+}
+
+/// A served gRPC server, as [`spawn_server`] returns it.
+pub type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Waits up to `grace` for a stopped server to finish its in-flight requests, then aborts it.
+/// Returns the server's own error if it failed while draining.
+pub async fn drain(server: &mut ServerTask, grace: std::time::Duration) -> Result<(), String> {
+    match tokio::time::timeout(grace, &mut *server).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(format!("grpc server: {e}")),
+        Ok(Err(e)) => Err(format!("grpc server task: {e}")),
+        Err(_) => {
+            tracing::warn!(?grace, "in-flight requests outlived the shutdown grace period");
+            server.abort();
+            Ok(())
+        }
+    }
 }
 
 /// A one-way stop signal: [`Stop::trigger`] once, any number of [`Stop::wait`]ers.

@@ -44,6 +44,25 @@ fn render(registry: &Registry) -> impl IntoResponse + use<> {
     }
 }
 
+/// Binds `addr` and serves `registry` there in the background until `stop` fires; returns the
+/// bound address.
+pub async fn spawn(
+    addr: std::net::SocketAddr,
+    registry: Registry,
+    stop: &crate::grpc::Stop,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "metrics on /metrics");
+    let stopped = stop.wait();
+    tokio::spawn(async move {
+        if let Err(e) = serve(Arc::new(registry), listener, stopped).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    Ok(local)
+}
+
 /// Renders `registry` as OpenMetrics text (also used by tests and the CLI).
 pub fn encode_text(registry: &Registry) -> String {
     let mut body = String::new();

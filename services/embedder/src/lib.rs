@@ -63,17 +63,9 @@ pub async fn serve(
     )
     .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {
-        let l = TcpListener::bind(addr)
+        ragd_core::metrics::spawn(addr, registry, &stop)
             .await
             .map_err(|e| EmbedError::Runtime(format!("metrics listener {addr}: {e}")))?;
-        tracing::info!(addr = %l.local_addr().map_err(|e| EmbedError::Runtime(e.to_string()))?, "metrics on /metrics");
-        let registry = Arc::new(registry);
-        let stopped = stop.wait();
-        tokio::spawn(async move {
-            if let Err(e) = ragd_core::metrics::serve(registry, l, stopped).await {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
     }
     tracing::info!(addr = %local, "embedder listening; loading models");
 
@@ -94,20 +86,13 @@ pub async fn serve(
     readiness.serving().await;
     tracing::info!(addr = %local, "embedder ready");
     let models: Vec<String> = embedder.models().map(|(m, _)| m.name.clone()).collect();
-    let registration = match ragd_core::discovery::register_if_enabled(
-        &config.discovery,
-        "embedder",
-        local,
-        serde_json::json!({ "models": models }),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
+    let meta = serde_json::json!({ "models": models });
+    let registration = ragd_core::discovery::register_if_enabled(&config.discovery, "embedder", local, meta)
+        .await
+        .map_err(|e| {
             stop.trigger();
-            return Err(EmbedError::Runtime(format!("registration: {e}")));
-        }
-    };
+            EmbedError::Runtime(format!("registration: {e}"))
+        })?;
 
     let early = tokio::select! {
         () = &mut shutdown => None,
@@ -117,13 +102,9 @@ pub async fn serve(
     stop.trigger();
     if early.is_none() {
         let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
-        match tokio::time::timeout(grace, &mut server).await {
-            Ok(Ok(Ok(()))) => tracing::info!("embedder drained"),
-            Ok(r) => tracing::error!(error = %server_ended(r), "server error while draining"),
-            Err(_) => {
-                tracing::warn!(?grace, "in-flight requests outlived the shutdown grace period");
-                server.abort();
-            }
+        match ragd_core::grpc::drain(&mut server, grace).await {
+            Ok(()) => tracing::info!("embedder drained"),
+            Err(e) => tracing::error!(error = %e, "server error while draining"),
         }
     }
     // Drained: only now leave discovery (clients saw NOT_SERVING first).

@@ -145,20 +145,13 @@ pub async fn serve(
     let _ = slot.set(generator);
     readiness.serving().await;
     tracing::info!(addr = %local, "generator ready");
-    let registration = match ragd_core::discovery::register_if_enabled(
-        &config.discovery,
-        "generator",
-        local,
-        serde_json::json!({ "backends": backends }),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
+    let meta = serde_json::json!({ "backends": backends });
+    let registration = ragd_core::discovery::register_if_enabled(&config.discovery, "generator", local, meta)
+        .await
+        .map_err(|e| {
             stop.trigger();
-            return Err(GenError::Model(format!("registration: {e}")));
-        }
-    };
+            GenError::Model(format!("registration: {e}"))
+        })?;
 
     tokio::pin!(shutdown);
     let early = tokio::select! {
@@ -169,9 +162,8 @@ pub async fn serve(
     stop.trigger();
     if early.is_none() {
         let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
-        if tokio::time::timeout(grace, &mut server).await.is_err() {
-            tracing::warn!(?grace, "in-flight generations outlived the shutdown grace period");
-            server.abort();
+        if let Err(e) = ragd_core::grpc::drain(&mut server, grace).await {
+            tracing::error!(error = %e, "server error while draining");
         }
     }
     if let Some(r) = registration {

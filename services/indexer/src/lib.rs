@@ -70,16 +70,9 @@ pub async fn serve(
     )
     .map_err(|e| IndexError::Store(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {
-        let l = TcpListener::bind(addr)
+        ragd_core::metrics::spawn(addr, registry, &stop)
             .await
             .map_err(|e| IndexError::StoreUnavailable(format!("metrics listener {addr}: {e}")))?;
-        let stopped = stop.wait();
-        let registry = Arc::new(registry);
-        tokio::spawn(async move {
-            if let Err(e) = ragd_core::metrics::serve(registry, l, stopped).await {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
     }
     tracing::info!(
         addr = %local, data_dir = %config.data_dir.display(), store = ?config.store,
@@ -127,20 +120,13 @@ pub async fn serve(
     tracing::info!(addr = %local, "indexer ready");
     let collections: Vec<String> =
         indexer.collections().map(|c| c.into_iter().map(|m| m.store.name).collect()).unwrap_or_default();
-    let registration = match ragd_core::discovery::register_if_enabled(
-        &config.discovery,
-        "indexer",
-        local,
-        serde_json::json!({ "store": format!("{:?}", config.store), "collections": collections }),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
+    let meta = serde_json::json!({ "store": format!("{:?}", config.store), "collections": collections });
+    let registration = ragd_core::discovery::register_if_enabled(&config.discovery, "indexer", local, meta)
+        .await
+        .map_err(|e| {
             stop.trigger();
-            return Err(IndexError::StoreUnavailable(format!("registration: {e}")));
-        }
-    };
+            IndexError::StoreUnavailable(format!("registration: {e}"))
+        })?;
     let optimizer =
         tokio::spawn(optimize_forever(indexer.clone(), config.optimize_interval(), stop.clone(), gauges));
 
@@ -153,9 +139,8 @@ pub async fn serve(
     stop.trigger();
     if early.is_none() {
         let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
-        if tokio::time::timeout(grace, &mut server).await.is_err() {
-            tracing::warn!(?grace, "in-flight requests outlived the shutdown grace period");
-            server.abort();
+        if let Err(e) = ragd_core::grpc::drain(&mut server, grace).await {
+            tracing::error!(error = %e, "server error while draining");
         }
     }
     if let Some(r) = registration {
