@@ -24,7 +24,7 @@ lint:
 
 ## Set up, lint and run every test (unit, in-process gRPC, multi-process).
 test: setup lint
-	$(CARGO) build -p ragd
+	$(CARGO) build -p ragd -p ragd-bench --bins
 	$(CARGO) test --workspace
 	# ragd-exact's CUDA kernels: NVRTC (from PyPI, no GPU needed) must compile them; the GPU
 	# search tests run where a GPU is and otherwise check the clean error.

@@ -18,6 +18,17 @@ pub fn ragd_bin() -> PathBuf {
     bin
 }
 
+/// The `loadgen` binary (ragd-bench), built next to `ragd` (`make test` builds both).
+pub fn loadgen_bin() -> PathBuf {
+    let bin = ragd_bin().with_file_name("loadgen");
+    assert!(
+        bin.is_file(),
+        "{} not built: run `cargo build -p ragd-bench --bins` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A running `ragd serve ...` child process; killed on drop.
 #[derive(Debug)]
 pub struct RagdProcess {

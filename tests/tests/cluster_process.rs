@@ -10,7 +10,7 @@ use std::time::Duration;
 use ragd_proto::v1;
 use ragd_tests::etcd::Etcd;
 use ragd_tests::otlp_receiver::OtlpReceiver;
-use ragd_tests::process::{RagdProcess, model_env};
+use ragd_tests::process::{RagdProcess, loadgen_bin, model_env};
 use ragd_tests::{capitals, free_port, llm_model, metric, scrape, wait_serving};
 
 const TTL: &str = "2";
@@ -41,8 +41,9 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     let mut etcd = Etcd::start().await;
     let otlp = OtlpReceiver::start().await;
     let cluster = format!("t{}", std::process::id());
+    let etcd_endpoint = etcd.endpoint.clone();
     let common =
-        ["--etcd-endpoints", etcd.endpoint.as_str(), "--cluster", cluster.as_str(), "--lease-ttl-secs", TTL];
+        ["--etcd-endpoints", etcd_endpoint.as_str(), "--cluster", cluster.as_str(), "--lease-ttl-secs", TTL];
     let otel = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
@@ -182,12 +183,29 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
         .unwrap_or_else(|| panic!("no search counter in\n{body}"));
     assert!(searches >= 30.0, "{searches}");
 
-    // SIGKILL one embedder: its key goes when the lease expires (TTL 2 s), and then every search
-    // is served by the survivor.
+    // SIGKILL one embedder under steady load from loadgen (4 clients searching in a closed loop):
+    // fewer than 1 % of the searches fail (the indexer retries an Embed that hit the dead
+    // instance), and its key goes when the lease expires (TTL 2 s).
+    let load = std::process::Command::new(loadgen_bin())
+        .args(["search", "--endpoint", &indexer.url(), "--collection", "capitals", "--k", "3"])
+        .args(["--clients", "4", "--connections", "2", "--duration-secs", "8", "--warmup-secs", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn loadgen");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     e1.signal("KILL");
     e1.wait(Duration::from_secs(10)).expect("killed");
     let left = wait_keys(&etcd, &prefix("embedder"), 1).await;
     assert!(left[0].1.contains(&e2.url()), "{left:?}");
+    let out =
+        tokio::task::spawn_blocking(move || load.wait_with_output()).await.expect("join").expect("loadgen");
+    assert!(out.status.success(), "loadgen failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("loadgen report");
+    let (ok, failed) =
+        (report["requests_ok"].as_u64().unwrap_or(0), report["requests_failed"].as_u64().unwrap_or(0));
+    eprintln!("loadgen through the SIGKILL: {report}");
+    assert!(ok > 0, "{report}");
+    assert!(failed * 100 < ok + failed, "{failed} of {} searches failed: {report}", ok + failed);
     // The balancer hears the deletion through its watch; give it the same bounded wait.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut failures = 0;
@@ -227,10 +245,55 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     let r = idx.search(search("What is the capital of Spain?")).await.expect("search after the etcd restart");
     assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Spain");
 
+    // A new embedder (on the dead one's metrics port) joins and takes load.
+    let e3 = embedder(&metrics[0]);
+    wait_serving(&e3.url(), "ragd.v1.Embedder", Duration::from_secs(120)).await;
+    wait_keys(&etcd, &prefix("embedder"), 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while texts(0).await == 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the new embedder never got a request");
+        idx.search(search("What is the capital of Peru?")).await.expect("search with the new embedder");
+    }
+
     // SIGTERM the survivor: it drains, revokes its lease (the key goes at once, not after the TTL)
-    // and exits 0.
+    // and exits 0; the new one serves on.
     e2.signal("TERM");
     let status = e2.wait(Duration::from_secs(30)).expect("exited");
     assert!(status.success(), "{status:?}");
-    assert!(etcd.list(&prefix("embedder")).await.is_empty(), "the lease was not revoked");
+    let left = etcd.list(&prefix("embedder")).await;
+    assert!(left.len() == 1 && left[0].1.contains(&e3.url()), "the lease was not revoked: {left:?}");
+    let r = idx.search(search("What is the capital of Chile?")).await.expect("search after the drain");
+    assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Chile");
+
+    // SIGTERM the indexer under load: the lease is revoked, exit 0; clients see UNAVAILABLE once
+    // it has stopped listening, and at most one CANCELLED per client: a request written while the
+    // drained connection closes (h2 races GOAWAY and close; it never reached a handler — requests
+    // in flight at the signal are answered, see indexer_process.rs).
+    let load = std::process::Command::new(loadgen_bin())
+        .args(["search", "--endpoint", &indexer.url(), "--collection", "capitals", "--k", "3"])
+        .args(["--clients", "2", "--connections", "1", "--duration-secs", "4", "--warmup-secs", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn loadgen");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut indexer = indexer;
+    indexer.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = indexer.wait(Duration::from_secs(30));
+        (s, indexer)
+    })
+    .await
+    .expect("join");
+    assert!(status.0.expect("indexer exited").success(), "{status:?}");
+    assert!(etcd.list(&prefix("indexer")).await.is_empty(), "the indexer's lease was not revoked");
+    let out =
+        tokio::task::spawn_blocking(move || load.wait_with_output()).await.expect("join").expect("loadgen");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("loadgen report");
+    assert!(report["requests_ok"].as_u64().unwrap_or(0) > 0, "{report}");
+    let errors = report["errors"].as_object().cloned().unwrap_or_default();
+    assert!(
+        errors.keys().all(|code| code == "Unavailable" || code == "Cancelled"),
+        "unexpected errors: {report}"
+    );
+    assert!(errors.get("Cancelled").and_then(|n| n.as_u64()).unwrap_or(0) <= 2, "{report}");
 }

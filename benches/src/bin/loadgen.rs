@@ -3,6 +3,7 @@
 //!
 //!   loadgen embed --endpoint http://127.0.0.1:50051 --clients 32 --duration-secs 20
 //!   loadgen embed --mode open --rate 200 --clients 64 --texts-per-request 4
+//!   loadgen search --endpoint http://127.0.0.1:50052 --collection docs --k 5 --clients 8
 
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Target {
     /// Load the embedder's Embed RPC.
     Embed(EmbedArgs),
+    /// Load the indexer's Search RPC with text queries (embedded by the indexer's embedders).
+    Search(SearchArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -67,32 +70,103 @@ struct EmbedArgs {
     words: usize,
 }
 
+#[derive(Debug, Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    collection: String,
+    #[arg(long, default_value_t = 5)]
+    k: u32,
+    /// Words per query.
+    #[arg(long, default_value_t = 8)]
+    words: usize,
+    /// Exact search instead of HNSW.
+    #[arg(long)]
+    exact: bool,
+}
+
+impl Common {
+    fn load_config(&self) -> LoadConfig {
+        LoadConfig {
+            clients: self.clients,
+            mode: match self.mode {
+                LoopKind::Closed => Mode::Closed,
+                LoopKind::Open => Mode::Open { rate: self.rate },
+            },
+            duration: Duration::from_secs_f64(self.duration_secs),
+            warmup: Duration::from_secs_f64(self.warmup_secs),
+        }
+    }
+
+    async fn channels(&self) -> anyhow::Result<Vec<tonic::transport::Channel>> {
+        let mut channels = Vec::new();
+        for _ in 0..self.connections.max(1) {
+            channels.push(ragd_core::client::connect(&self.endpoint).await?);
+        }
+        Ok(channels)
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Target::Embed(args) = Cli::parse().target;
+    let report = match Cli::parse().target {
+        Target::Embed(args) => embed(args).await?,
+        Target::Search(args) => search(args).await?,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn search(args: SearchArgs) -> anyhow::Result<ragd_bench::LoadReport> {
     let c = &args.common;
-    let mut clients = Vec::new();
-    for _ in 0..c.connections.max(1) {
-        let channel = ragd_core::client::connect(&c.endpoint).await?;
-        clients.push(
-            EmbedderClient::new(channel)
+    let clients: Vec<_> = c
+        .channels()
+        .await?
+        .into_iter()
+        .map(|ch| {
+            v1::indexer_client::IndexerClient::new(ch).max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+        })
+        .collect();
+    let queries = std::sync::Arc::new(sample_texts(1024, args.words));
+    let (collection, k, exact, timeout) =
+        (args.collection.clone(), args.k, args.exact, Duration::from_millis(c.timeout_ms));
+    Ok(run(&c.load_config(), move |i| {
+        let mut client = clients[i as usize % clients.len()].clone();
+        let query = queries[i as usize % queries.len()].clone();
+        let collection = collection.clone();
+        async move {
+            let mut request = tonic::Request::new(v1::SearchRequest {
+                collection,
+                queries: vec![v1::Query { query: Some(v1::query::Query::Text(query)) }],
+                k,
+                exact,
+                ..Default::default()
+            });
+            request.set_timeout(timeout);
+            let r = client.search(request).await?;
+            Ok(r.into_inner().results.iter().map(|q| q.hits.len() as u64).sum())
+        }
+    })
+    .await)
+}
+
+async fn embed(args: EmbedArgs) -> anyhow::Result<ragd_bench::LoadReport> {
+    let c = &args.common;
+    let clients: Vec<_> = c
+        .channels()
+        .await?
+        .into_iter()
+        .map(|ch| {
+            EmbedderClient::new(ch)
                 .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES),
-        );
-    }
+                .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+        })
+        .collect();
     let texts = std::sync::Arc::new(sample_texts(1024, args.words));
     let (model, per_request, timeout) =
         (args.model.clone(), args.texts_per_request, Duration::from_millis(c.timeout_ms));
-    let config = LoadConfig {
-        clients: c.clients,
-        mode: match c.mode {
-            LoopKind::Closed => Mode::Closed,
-            LoopKind::Open => Mode::Open { rate: c.rate },
-        },
-        duration: Duration::from_secs_f64(c.duration_secs),
-        warmup: Duration::from_secs_f64(c.warmup_secs),
-    };
-    let report = run(&config, move |i| {
+    Ok(run(&c.load_config(), move |i| {
         let mut client = clients[i as usize % clients.len()].clone();
         let batch: Vec<String> =
             (0..per_request).map(|k| texts[(i as usize * per_request + k) % texts.len()].clone()).collect();
@@ -105,7 +179,5 @@ async fn main() -> anyhow::Result<()> {
             Ok(r.into_inner().embeddings.len() as u64)
         }
     })
-    .await;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    .await)
 }

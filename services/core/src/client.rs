@@ -18,7 +18,18 @@ pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
-/// Runs an idempotent call again while it fails with UNAVAILABLE — a peer just died, is
+/// True for failures worth another try of an idempotent call: UNAVAILABLE, and errors the
+/// transport raised itself (a connection reset mid-call surfaces as UNKNOWN or CANCELLED with
+/// the transport error as its source; a status the server sent has no source).
+pub fn retryable(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown | tonic::Code::Cancelled => std::error::Error::source(s).is_some(),
+        _ => false,
+    }
+}
+
+/// Runs an idempotent call again while it fails [`retryable`]-ly — a peer just died, is
 /// restarting or draining, and a balanced channel may route the next try elsewhere: at most
 /// `attempts` tries, backoff doubling from 20 ms, never sleeping past `deadline`. Other codes
 /// return at once.
@@ -36,11 +47,11 @@ where
     loop {
         match call().await {
             Err(s)
-                if s.code() == tonic::Code::Unavailable
+                if retryable(&s)
                     && attempt < attempts
                     && deadline.is_none_or(|d| std::time::Instant::now() + delay < d) =>
             {
-                tracing::debug!(attempt, error = %s, "UNAVAILABLE; retrying");
+                tracing::debug!(attempt, error = %s, "peer unavailable; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
@@ -74,6 +85,12 @@ mod tests {
         .await;
         assert_eq!(r.expect_err("fails").code(), tonic::Code::InvalidArgument);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // A server-sent UNKNOWN is the server's answer, not a transport failure.
+        assert!(!retryable(&tonic::Status::unknown("handler said so")));
+        let transport = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(transport.code(), tonic::Code::Unknown);
+        assert!(retryable(&transport));
 
         calls.store(0, Ordering::SeqCst);
         let r = retry_unavailable(5, None, || async {
