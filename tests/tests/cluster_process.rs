@@ -142,7 +142,10 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
         if let Some(ask) = ask {
             let services: std::collections::BTreeSet<&str> =
                 spans.iter().filter(|s| s.trace_id == ask.trace_id).map(|s| s.service.as_str()).collect();
-            if services.len() == 3 {
+            let stages: std::collections::BTreeSet<&str> =
+                spans.iter().filter(|s| s.trace_id == ask.trace_id).map(|s| s.name.as_str()).collect();
+            let want = ["retrieve", "prompt", "generate", "embed_queries", "shard_search"];
+            if services.len() == 3 && want.iter().all(|w| stages.contains(w)) {
                 assert_eq!(
                     services.into_iter().collect::<Vec<_>>(),
                     ["ragd-embedder", "ragd-generator", "ragd-indexer"]

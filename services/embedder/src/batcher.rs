@@ -309,7 +309,8 @@ pub fn run_worker(queue: &Queue, mut backends: Vec<Box<dyn Backend>>, pad_ids: &
             batch.parts.iter().flat_map(|(job, r)| job.texts[r.clone()].iter().map(|t| t.ids.as_slice())),
             pad_ids[batch.model],
         );
-        let span = tracing::debug_span!(
+        // A batch serves several requests: linked to each request's span (follows-from).
+        let span = tracing::info_span!(
             "embed_batch",
             model = batch.model,
             texts,

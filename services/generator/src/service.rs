@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ragd_proto::v1::{self, indexer_client::IndexerClient};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::backend::text::cited_numbers;
 use crate::backend::{
@@ -308,6 +309,7 @@ impl Generator {
             hnsw_ef: 0,
         };
         // Search is idempotent: retried while the indexer answers UNAVAILABLE.
+        let retrieve = tracing::info_span!("retrieve", collection = %req.collection, k);
         let found = ragd_core::client::retry_unavailable(5, deadline, || {
             let mut r = tonic::Request::new(search.clone());
             ragd_core::telemetry::inject(&mut r);
@@ -317,6 +319,7 @@ impl Generator {
             let mut indexer = self.indexer.clone();
             async move { indexer.search(r).await }
         })
+        .instrument(retrieve)
         .await
         .map_err(GenError::Indexer)?
         .into_inner();
@@ -370,10 +373,12 @@ impl Generator {
             let q = question.clone();
             let c = chunks.clone();
             let m = model.clone();
-            let fitted =
-                tokio::task::spawn_blocking(move || prompt::fit(&template, &q, &c, m.as_ref(), max_tokens))
-                    .await
-                    .map_err(|e| GenError::Model(format!("prompt task: {e}")))??;
+            let span = tracing::info_span!("prompt", chunks = c.len(), max_tokens);
+            let fitted = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| prompt::fit(&template, &q, &c, m.as_ref(), max_tokens))
+            })
+            .await
+            .map_err(|e| GenError::Model(format!("prompt task: {e}")))??;
             (fitted.input, fitted.used)
         };
         timings.prompt = started.elapsed();
@@ -402,7 +407,7 @@ impl Generator {
         let events = backend.model.generate(GenerationRequest { input, sampling, deadline })?;
         let _ = tx.try_send(Ok(AskEvent::Retrieval { passages, no_context }));
         let forward = Forward { slot, info, arrived, timings, citations, metrics: self.metrics.clone() };
-        tokio::spawn(forward.run(events, tx));
+        tokio::spawn(forward.run(events, tx).instrument(tracing::info_span!("generate")));
         Ok(rx)
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ragd_proto::v1::{self, embedder_client::EmbedderClient};
 use serde_json::{Map, Value};
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::chunk::{self, Chunking};
 use crate::collections::{CollectionMeta, Registry, validate_name};
@@ -525,7 +526,8 @@ impl Indexer {
         let mut embedded = if texts.is_empty() {
             Vec::new().into_iter()
         } else {
-            self.embed(&meta.model, texts, v1::InputKind::Query, deadline).await?.into_iter()
+            let span = tracing::info_span!("embed_queries", texts = texts.len());
+            self.embed(&meta.model, texts, v1::InputKind::Query, deadline).instrument(span).await?.into_iter()
         };
         let mut timings = SearchTimings { embed: started.elapsed(), search: Duration::ZERO };
         let started = Instant::now();
@@ -548,13 +550,15 @@ impl Indexer {
             crate::store::check_queries(&vectors, meta.store.dim)?;
             let found = exact
                 .search(self.store.as_ref(), collection, &vectors, options.k, options.score_threshold)
+                .instrument(tracing::info_span!("exact_search", queries = vectors.len()))
                 .await?;
             if let Some(hits) = found {
                 timings.search = started.elapsed();
                 return Ok((hits, timings));
             }
         }
-        let hits = self.store.search(collection, &vectors, &options).await?;
+        let span = tracing::info_span!("shard_search", queries = vectors.len(), exact = options.exact);
+        let hits = self.store.search(collection, &vectors, &options).instrument(span).await?;
         timings.search = started.elapsed();
         Ok((hits, timings))
     }
