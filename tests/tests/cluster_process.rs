@@ -10,7 +10,7 @@ use std::time::Duration;
 use ragd_proto::v1;
 use ragd_tests::etcd::Etcd;
 use ragd_tests::otlp_receiver::OtlpReceiver;
-use ragd_tests::process::{RagdProcess, loadgen_bin, model_env};
+use ragd_tests::process::{RagdProcess, loadgen_bin, model_env, ragd_cli};
 use ragd_tests::{capitals, free_port, llm_model, metric, scrape, wait_serving};
 
 const TTL: &str = "2";
@@ -160,6 +160,21 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The CLI finds the indexer through etcd too.
+    let args: Vec<String> = ["search", "--indexer", "etcd", "--json", "--collection", "capitals", "--k", "1"]
+        .into_iter()
+        .chain(common.iter().take(4).copied())
+        .chain(["What is the capital of Japan?"])
+        .map(str::to_string)
+        .collect();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || ragd_cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .expect("cli");
+    assert!(ok, "{err}");
+    let found: serde_json::Value = serde_json::from_str(out.trim()).expect("search json");
+    assert_eq!(found["hits"][0]["doc_id"], "Japan", "{out}");
 
     // Searches embed their query on either embedder: both take traffic.
     let texts = |i: usize| {

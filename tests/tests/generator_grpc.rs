@@ -295,7 +295,7 @@ fn long_story() -> v1::GenerateRequest {
 async fn cancellation_frees_the_slot_overload_and_deadlines() {
     let generator = TestGenerator::start(GeneratorConfig {
         llm_parallel: 1,
-        queue: 0,
+        generation_queue: 0,
         llm_context: 1536,
         ..generator_config("http://127.0.0.1:9")
     })

@@ -325,6 +325,16 @@ pub async fn register_if_enabled(
     register(config, instance).await.map(Some)
 }
 
+/// The instances of `service` registered now (one read, no watch).
+pub async fn instances(config: &DiscoveryConfig, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+    if !config.enabled() {
+        return Err(DiscoveryError::NotConfigured);
+    }
+    let mut client = connect(config).await?;
+    let listed = client.get(config.service_prefix(service), Some(GetOptions::new().with_prefix())).await?;
+    Ok(listed.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
+}
+
 /// A channel to `service`: discovered through etcd when `url` is [`DISCOVER`] ("etcd"), else a
 /// lazily connected channel to the static `url`.
 pub fn channel(url: &str, config: &DiscoveryConfig, service: &str) -> Result<Channel, String> {

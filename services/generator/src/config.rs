@@ -73,7 +73,7 @@ pub struct GeneratorConfig {
 
     /// Requests waiting for a generation slot, per backend, before RESOURCE_EXHAUSTED.
     #[arg(long, env = "RAGD_GENERATION_QUEUE", default_value_t = 16)]
-    pub queue: usize,
+    pub generation_queue: usize,
     /// Chunks retrieved when a request does not say.
     #[arg(long, env = "RAGD_DEFAULT_K", default_value_t = 4)]
     pub default_k: usize,
@@ -135,7 +135,7 @@ impl Default for GeneratorConfig {
             openai_concurrency: 16,
             openai_tokenizer: None,
             default_backend: String::new(),
-            queue: 16,
+            generation_queue: 16,
             default_k: 4,
             max_k: 50,
             default_max_tokens: 256,
@@ -193,7 +193,7 @@ mod tests {
             (c.llm_context, c.llm_parallel, c.llm_batch),
             (d.llm_context, d.llm_parallel, d.llm_batch)
         );
-        assert_eq!((c.queue, c.default_k, c.max_k), (d.queue, d.default_k, d.max_k));
+        assert_eq!((c.generation_queue, c.default_k, c.max_k), (d.generation_queue, d.default_k, d.max_k));
         assert_eq!((c.default_max_tokens, c.max_tokens_limit), (d.default_max_tokens, d.max_tokens_limit));
         assert_eq!(c.no_context, d.no_context);
         assert_eq!(c.template(), d.template());

@@ -120,7 +120,7 @@ pub async fn serve(
                 max_k: config.max_k,
                 default_max_tokens: config.default_max_tokens,
                 max_tokens_limit: config.max_tokens_limit,
-                queue: config.queue,
+                queue: config.generation_queue,
                 no_context: config.no_context,
                 no_context_answer: config.no_context_answer.clone(),
             };

@@ -18,6 +18,23 @@ pub struct EndpointArgs {
     pub endpoint: String,
 }
 
+/// A channel to `url`, or — when `url` is `etcd` — balanced over the instances of `service`
+/// registered in etcd (an error if there is none).
+pub async fn channel(
+    url: &str,
+    discovery: &ragd_core::discovery::DiscoveryConfig,
+    service: &str,
+) -> anyhow::Result<Channel> {
+    if url != ragd_core::discovery::DISCOVER {
+        return ragd_core::client::connect(url).await.with_context(|| format!("cannot connect to {url}"));
+    }
+    let found = ragd_core::discovery::instances(discovery, service).await?;
+    if found.is_empty() {
+        bail!("no {service} registered in etcd under {}", discovery.service_prefix(service));
+    }
+    ragd_core::discovery::channel(url, discovery, service).map_err(anyhow::Error::msg)
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Kind {
     Query,

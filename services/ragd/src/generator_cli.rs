@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
 use ragd_proto::v1::{self, generator_client::GeneratorClient};
@@ -12,9 +12,11 @@ use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Args)]
 pub struct GeneratorEndpoint {
-    /// gRPC endpoint of the generator.
+    /// gRPC endpoint of the generator, or `etcd` to find the cluster's generators there.
     #[arg(long, env = "RAGD_GENERATOR_ENDPOINT", default_value = "http://127.0.0.1:50053")]
     pub endpoint: String,
+    #[command(flatten)]
+    pub discovery: ragd_core::discovery::DiscoveryConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -88,9 +90,8 @@ pub struct GenerateArgs {
     prompt: Vec<String>,
 }
 
-async fn client(url: &str) -> anyhow::Result<GeneratorClient<Channel>> {
-    let channel =
-        ragd_core::client::connect(url).await.with_context(|| format!("cannot connect to {url}"))?;
+async fn client(endpoint: &GeneratorEndpoint) -> anyhow::Result<GeneratorClient<Channel>> {
+    let channel = crate::client::channel(&endpoint.endpoint, &endpoint.discovery, "generator").await?;
     Ok(GeneratorClient::new(channel)
         .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES))
@@ -146,7 +147,7 @@ fn print_done(d: &v1::Done) {
 }
 
 pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
-    let mut c = client(&args.endpoint.endpoint).await?;
+    let mut c = client(&args.endpoint).await?;
     let mut req = tonic::Request::new(v1::AskRequest {
         question: args.question.join(" "),
         collection: args.collection,
@@ -200,7 +201,7 @@ pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
 }
 
 pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let mut c = client(&args.endpoint.endpoint).await?;
+    let mut c = client(&args.endpoint).await?;
     let text = args.prompt.join(" ");
     let input = if args.chat {
         v1::generate_request::Input::Chat(v1::ChatMessages {
@@ -235,7 +236,7 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 pub async fn backends(endpoint: GeneratorEndpoint) -> anyhow::Result<()> {
-    let mut c = client(&endpoint.endpoint).await?;
+    let mut c = client(&endpoint).await?;
     let r = c.list_backends(v1::ListBackendsRequest {}).await.map_err(status)?.into_inner();
     for b in r.backends {
         println!(

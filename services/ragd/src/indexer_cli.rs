@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
@@ -16,12 +15,14 @@ use crate::loaders::{self, Columns};
 
 #[derive(Debug, Clone, Args)]
 pub struct IndexerEndpoint {
-    /// gRPC endpoint of the indexer.
+    /// gRPC endpoint of the indexer, or `etcd` to find the cluster's indexers there.
     #[arg(long, env = "RAGD_INDEXER_URL", default_value = "http://127.0.0.1:50052")]
     pub indexer: String,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub discovery: ragd_core::discovery::DiscoveryConfig,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -109,9 +110,8 @@ pub struct SearchArgs {
     queries: Vec<String>,
 }
 
-async fn client(url: &str) -> anyhow::Result<IndexerClient<Channel>> {
-    let channel =
-        ragd_core::client::connect(url).await.with_context(|| format!("cannot connect to {url}"))?;
+async fn client(endpoint: &IndexerEndpoint) -> anyhow::Result<IndexerClient<Channel>> {
+    let channel = crate::client::channel(&endpoint.indexer, &endpoint.discovery, "indexer").await?;
     Ok(IndexerClient::new(channel)
         .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES))
@@ -152,7 +152,7 @@ fn print_info(c: &v1::CollectionInfo, as_json: bool) {
 }
 
 pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand) -> anyhow::Result<()> {
-    let mut c = client(&endpoint.indexer).await?;
+    let mut c = client(&endpoint).await?;
     match command {
         CollectionsCommand::Create {
             name,
@@ -217,7 +217,7 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
 /// Loads every file, sends documents in batches with a progress bar, prints a summary. A file
 /// that fails to load is reported and skipped; a failed call stops the ingest with its status.
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    let mut c = client(&args.endpoint.indexer).await?;
+    let mut c = client(&args.endpoint).await?;
     let columns = Columns { text: args.text_column.clone(), id: args.id_column.clone() };
     let mut file_errors = Vec::new();
     let mut docs = Vec::new();
@@ -277,7 +277,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 }
 
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
-    let mut c = client(&args.endpoint.indexer).await?;
+    let mut c = client(&args.endpoint).await?;
     let request = v1::SearchRequest {
         collection: args.collection,
         queries: args
