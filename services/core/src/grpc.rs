@@ -92,6 +92,42 @@ pub async fn drain(server: &mut ServerTask, grace: std::time::Duration) -> Resul
     }
 }
 
+/// The end of a service's life, the same for every ragd service: wait for `shutdown` (or the
+/// server stopping on its own), go NOT_SERVING so balancers stop sending work, stop the server
+/// and let it drain in-flight requests for up to `grace`, and only then leave discovery. Returns
+/// why the server stopped on its own, if it did.
+pub async fn run_until_shutdown(
+    mut server: ServerTask,
+    shutdown: impl std::future::Future<Output = ()>,
+    readiness: &crate::health::Readiness,
+    stop: &Stop,
+    grace: std::time::Duration,
+    registration: Option<crate::discovery::Registration>,
+) -> Option<String> {
+    tokio::pin!(shutdown);
+    let early = tokio::select! {
+        () = &mut shutdown => None,
+        r = &mut server => Some(match r {
+            Ok(Ok(())) => "grpc server stopped unexpectedly".to_string(),
+            Ok(Err(e)) => format!("grpc server: {e}"),
+            Err(e) => format!("grpc server task: {e}"),
+        }),
+    };
+    readiness.not_serving().await;
+    stop.trigger();
+    if early.is_none() {
+        match drain(&mut server, grace).await {
+            Ok(()) => tracing::info!("drained"),
+            Err(e) => tracing::error!(error = %e, "server error while draining"),
+        }
+    }
+    // Drained: only now leave discovery (clients saw NOT_SERVING first).
+    if let Some(r) = registration {
+        r.deregister().await;
+    }
+    early
+}
+
 /// A one-way stop signal: [`Stop::trigger`] once, any number of [`Stop::wait`]ers.
 #[derive(Debug, Clone)]
 pub struct Stop {

@@ -94,23 +94,10 @@ pub async fn serve(
             EmbedError::Runtime(format!("registration: {e}"))
         })?;
 
-    let early = tokio::select! {
-        () = &mut shutdown => None,
-        r = &mut server => Some(server_ended(r)),
-    };
-    readiness.not_serving().await;
-    stop.trigger();
-    if early.is_none() {
-        let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
-        match ragd_core::grpc::drain(&mut server, grace).await {
-            Ok(()) => tracing::info!("embedder drained"),
-            Err(e) => tracing::error!(error = %e, "server error while draining"),
-        }
-    }
-    // Drained: only now leave discovery (clients saw NOT_SERVING first).
-    if let Some(r) = registration {
-        r.deregister().await;
-    }
+    let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
+    let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)
+        .await
+        .map(EmbedError::Runtime);
     let e = embedder.clone();
     let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
     tracing::info!("embedder stopped");

@@ -81,7 +81,7 @@ pub async fn serve(
         .max_encoding_message_size(max);
     let local = listener.local_addr().map_err(|e| GenError::Model(e.to_string()))?;
     let stop = ragd_core::grpc::Stop::default();
-    let mut server = ragd_core::grpc::spawn_server(
+    let server = ragd_core::grpc::spawn_server(
         health,
         service,
         &[ragd_proto::FILE_DESCRIPTOR_SET],
@@ -153,22 +153,10 @@ pub async fn serve(
             GenError::Model(format!("registration: {e}"))
         })?;
 
-    tokio::pin!(shutdown);
-    let early = tokio::select! {
-        () = &mut shutdown => None,
-        r = &mut server => Some(GenError::Model(format!("grpc server stopped: {r:?}"))),
-    };
-    readiness.not_serving().await;
-    stop.trigger();
-    if early.is_none() {
-        let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
-        if let Err(e) = ragd_core::grpc::drain(&mut server, grace).await {
-            tracing::error!(error = %e, "server error while draining");
-        }
-    }
-    if let Some(r) = registration {
-        r.deregister().await;
-    }
+    let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
+    let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)
+        .await
+        .map(GenError::Model);
     tracing::info!("generator stopped");
     early.map_or(Ok(()), Err)
 }

@@ -60,7 +60,7 @@ pub async fn serve(
     let rpc_metrics = ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_indexer");
     let gauges = CollectionGauges::default();
     gauges.register(&mut registry);
-    let mut server = ragd_core::grpc::spawn_server(
+    let server = ragd_core::grpc::spawn_server(
         health,
         service,
         &[ragd_proto::FILE_DESCRIPTOR_SET],
@@ -130,22 +130,10 @@ pub async fn serve(
     let optimizer =
         tokio::spawn(optimize_forever(indexer.clone(), config.optimize_interval(), stop.clone(), gauges));
 
-    tokio::pin!(shutdown);
-    let early = tokio::select! {
-        () = &mut shutdown => None,
-        r = &mut server => Some(IndexError::Store(format!("grpc server stopped: {r:?}"))),
-    };
-    readiness.not_serving().await;
-    stop.trigger();
-    if early.is_none() {
-        let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
-        if let Err(e) = ragd_core::grpc::drain(&mut server, grace).await {
-            tracing::error!(error = %e, "server error while draining");
-        }
-    }
-    if let Some(r) = registration {
-        r.deregister().await;
-    }
+    let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
+    let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)
+        .await
+        .map(IndexError::Store);
     let _ = optimizer.await;
     indexer.store().flush().await?;
     tracing::info!("indexer stopped");
