@@ -15,6 +15,31 @@ use ragd_tests::{capitals, free_port, llm_model, metric, scrape, wait_serving};
 
 const TTL: &str = "2";
 
+/// `loadgen search` against the capitals collection: `clients` closed-loop clients for `secs`.
+fn loadgen_search(indexer: &str, clients: usize, secs: u64) -> std::process::Child {
+    std::process::Command::new(loadgen_bin())
+        .args(["search", "--endpoint", indexer, "--collection", "capitals", "--k", "3", "--warmup-secs", "0"])
+        .args(["--clients", &clients.to_string(), "--connections", "2", "--duration-secs", &secs.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn loadgen")
+}
+
+/// Waits until the metric line `series value` at `addr` reads `want`.
+async fn wait_gauge(addr: std::net::SocketAddr, series: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = scrape(addr).await;
+        let now =
+            body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()));
+        if now == Some(want) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{series} is {now:?}, want {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn search(q: &str) -> v1::SearchRequest {
     v1::SearchRequest {
         collection: "capitals".into(),
@@ -90,6 +115,8 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     }
     wait_keys(&etcd, &prefix("indexer"), 1).await;
     wait_keys(&etcd, &prefix("generator"), 1).await;
+    // The indexer's discovered channel balances over both (its discovery gauge).
+    wait_gauge(indexer_metrics, "ragd_discovery_endpoints{service=\"embedder\"}", 2.0).await;
 
     // Ingest through the indexer (its embedder found through etcd) and ask the generator (its
     // indexer found through etcd).
@@ -144,7 +171,7 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
                 spans.iter().filter(|s| s.trace_id == ask.trace_id).map(|s| s.service.as_str()).collect();
             let stages: std::collections::BTreeSet<&str> =
                 spans.iter().filter(|s| s.trace_id == ask.trace_id).map(|s| s.name.as_str()).collect();
-            let want = ["retrieve", "prompt", "generate", "embed_queries", "shard_search"];
+            let want = ["queue_wait", "retrieve", "prompt", "generate", "embed_queries", "shard_search"];
             if services.len() == 3 && want.iter().all(|w| stages.contains(w)) {
                 assert_eq!(
                     services.into_iter().collect::<Vec<_>>(),
@@ -204,12 +231,7 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     // SIGKILL one embedder under steady load from loadgen (4 clients searching in a closed loop):
     // fewer than 1 % of the searches fail (the indexer retries an Embed that hit the dead
     // instance), and its key goes when the lease expires (TTL 2 s).
-    let load = std::process::Command::new(loadgen_bin())
-        .args(["search", "--endpoint", &indexer.url(), "--collection", "capitals", "--k", "3"])
-        .args(["--clients", "4", "--connections", "2", "--duration-secs", "8", "--warmup-secs", "0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn loadgen");
+    let load = loadgen_search(&indexer.url(), 4, 8);
     tokio::time::sleep(Duration::from_secs(2)).await;
     e1.signal("KILL");
     e1.wait(Duration::from_secs(10)).expect("killed");
@@ -247,19 +269,23 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     }
     assert_eq!(failures, 0, "searches failed after the dead embedder left discovery");
 
-    // etcd down: clients keep their last known endpoints, so searches and asks go on.
+    // etcd stopped and restarted under steady load: clients keep their last known endpoints, so
+    // no search fails; the survivor registers again under a fresh lease and stays registered
+    // past the old lease's TTL; the indexer's watch comes back (its endpoint gauge says 1).
+    let load = loadgen_search(&indexer.url(), 4, 6);
+    tokio::time::sleep(Duration::from_secs(1)).await;
     etcd.kill();
-    for _ in 0..20 {
-        let r =
-            idx.search(search("What is the capital of Italy?")).await.expect("search during the etcd outage");
-        assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Italy");
-    }
-    // etcd back (same data): the survivor registers again under a fresh lease and stays
-    // registered past the old lease's TTL.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     etcd.restart().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report =
+        tokio::task::spawn_blocking(move || load.wait_with_output()).await.expect("join").expect("loadgen");
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("loadgen report");
+    eprintln!("loadgen through the etcd outage: {report}");
+    assert!(report["requests_ok"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert_eq!(report["requests_failed"], 0, "searches failed during the etcd outage: {report}");
     let back = wait_keys(&etcd, &prefix("embedder"), 1).await;
     assert!(back[0].1.contains(&e2.url()), "{back:?}");
+    wait_gauge(indexer_metrics, "ragd_discovery_endpoints{service=\"embedder\"}", 1.0).await;
     let r = idx.search(search("What is the capital of Spain?")).await.expect("search after the etcd restart");
     assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Spain");
 
@@ -287,12 +313,7 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     // it has stopped listening, and at most one CANCELLED per client: a request written while the
     // drained connection closes (h2 races GOAWAY and close; it never reached a handler — requests
     // in flight at the signal are answered, see indexer_process.rs).
-    let load = std::process::Command::new(loadgen_bin())
-        .args(["search", "--endpoint", &indexer.url(), "--collection", "capitals", "--k", "3"])
-        .args(["--clients", "2", "--connections", "1", "--duration-secs", "4", "--warmup-secs", "0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn loadgen");
+    let load = loadgen_search(&indexer.url(), 2, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut indexer = indexer;
     indexer.signal("TERM");

@@ -219,34 +219,71 @@ async fn keep_registered(
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+/// `ragd_discovery_endpoints{service}`: the endpoints a discovered channel balances over now,
+/// and `ragd_discovery_watch_failures{service}`: etcd watches lost (and re-established).
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryMetrics {
+    endpoints:
+        prometheus_client::metrics::family::Family<ServiceLabel, prometheus_client::metrics::gauge::Gauge>,
+    watch_failures: prometheus_client::metrics::family::Family<
+        ServiceLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl DiscoveryMetrics {
+    pub fn register(registry: &mut crate::metrics::Registry) -> Self {
+        let this = Self::default();
+        let r = registry.sub_registry_with_prefix("ragd_discovery");
+        r.register("endpoints", "Endpoints a discovered channel balances over", this.endpoints.clone());
+        r.register("watch_failures", "etcd watches lost (then re-established)", this.watch_failures.clone());
+        this
+    }
+
+    pub fn endpoints(&self, service: &str) -> i64 {
+        self.endpoints.get_or_create(&ServiceLabel { service: service.to_string() }).get()
+    }
+}
+
 /// A channel balancing over every registered instance of `service`, kept current by a watch.
 /// Requests wait (up to their deadline) while no instance is known.
 pub fn balanced_channel(
     config: &DiscoveryConfig,
     service: &str,
+    metrics: Option<DiscoveryMetrics>,
 ) -> Result<(Channel, JoinHandle<()>), DiscoveryError> {
     if !config.enabled() {
         return Err(DiscoveryError::NotConfigured);
     }
     let (channel, changes) = Channel::balance_channel::<String>(64);
-    let task = tokio::spawn(follow(config.clone(), config.service_prefix(service), changes));
-    Ok((channel, task))
+    let follow = follow(config.clone(), service.to_string(), changes, metrics.unwrap_or_default());
+    Ok((channel, tokio::spawn(follow)))
 }
 
 async fn follow(
     config: DiscoveryConfig,
-    prefix: String,
+    service: String,
     changes: mpsc::Sender<Change<String, tonic::transport::Endpoint>>,
+    metrics: DiscoveryMetrics,
 ) {
+    let prefix = config.service_prefix(&service);
+    let label = ServiceLabel { service };
     // key → addr of the endpoints the channel has now.
     let mut known: HashMap<String, String> = HashMap::new();
     loop {
         if changes.is_closed() {
             return;
         }
-        match follow_once(&config, &prefix, &changes, &mut known).await {
+        let endpoints = metrics.endpoints.get_or_create(&label).clone();
+        match follow_once(&config, &prefix, &changes, &mut known, &endpoints).await {
             Ok(()) => return, // the channel was dropped
             Err(e) => {
+                metrics.watch_failures.get_or_create(&label).inc();
                 tracing::warn!(%prefix, error = %e, endpoints = known.len(), "etcd watch failed; keeping the last known endpoints");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -260,6 +297,7 @@ async fn follow_once(
     prefix: &str,
     changes: &mpsc::Sender<Change<String, tonic::transport::Endpoint>>,
     known: &mut HashMap<String, String>,
+    endpoints: &prometheus_client::metrics::gauge::Gauge,
 ) -> Result<(), DiscoveryError> {
     let mut client = connect(config).await?;
     let listed = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
@@ -283,6 +321,7 @@ async fn follow_once(
             return Ok(());
         }
     }
+    endpoints.set(known.len() as i64);
     let mut events = client
         .watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)))
         .await?;
@@ -304,6 +343,7 @@ async fn follow_once(
                 return Ok(());
             }
         }
+        endpoints.set(known.len() as i64);
     }
     Err(DiscoveryError::Etcd(etcd_client::Error::WatchError("watch stream ended".into())))
 }
@@ -337,9 +377,14 @@ pub async fn instances(config: &DiscoveryConfig, service: &str) -> Result<Vec<In
 
 /// A channel to `service`: discovered through etcd when `url` is [`DISCOVER`] ("etcd"), else a
 /// lazily connected channel to the static `url`.
-pub fn channel(url: &str, config: &DiscoveryConfig, service: &str) -> Result<Channel, String> {
+pub fn channel(
+    url: &str,
+    config: &DiscoveryConfig,
+    service: &str,
+    metrics: Option<DiscoveryMetrics>,
+) -> Result<Channel, String> {
     if url == DISCOVER {
-        let (channel, _follow) = balanced_channel(config, service).map_err(|e| e.to_string())?;
+        let (channel, _follow) = balanced_channel(config, service, metrics).map_err(|e| e.to_string())?;
         Ok(channel)
     } else {
         Ok(crate::client::endpoint(url).map_err(|e| format!("{url}: {e}"))?.connect_lazy())

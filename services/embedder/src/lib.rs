@@ -59,7 +59,7 @@ pub async fn serve(
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
         &stop,
-        None,
+        Some(ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_embedder")),
     )
     .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {

@@ -81,27 +81,23 @@ pub async fn serve(
         .max_encoding_message_size(max);
     let local = listener.local_addr().map_err(|e| GenError::Model(e.to_string()))?;
     let stop = ragd_core::grpc::Stop::default();
+    let mut registry = ragd_core::metrics::Registry::default();
+    metrics.register(&mut registry);
+    let discovery_metrics = ragd_core::discovery::DiscoveryMetrics::register(&mut registry);
+    let rpc_metrics = ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_generator");
     let server = ragd_core::grpc::spawn_server(
         health,
         service,
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
         &stop,
-        None,
+        Some(rpc_metrics),
     )
     .map_err(|e| GenError::Model(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {
-        let l = TcpListener::bind(addr)
+        ragd_core::metrics::spawn(addr, registry, &stop)
             .await
             .map_err(|e| GenError::Model(format!("metrics listener {addr}: {e}")))?;
-        let mut registry = ragd_core::metrics::Registry::default();
-        metrics.register(&mut registry);
-        let stopped = stop.wait();
-        tokio::spawn(async move {
-            if let Err(e) = ragd_core::metrics::serve(Arc::new(registry), l, stopped).await {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
     }
     tracing::info!(addr = %local, indexer = %config.indexer_url, "generator listening; loading models");
 
@@ -111,8 +107,13 @@ pub async fn serve(
         .map_err(|e| GenError::Model(format!("model loading panicked: {e}")))
         .and_then(|r| r)
         .and_then(|backends| {
-            let channel = ragd_core::discovery::channel(&config.indexer_url, &config.discovery, "indexer")
-                .map_err(|e| GenError::invalid("indexer_url", e))?;
+            let channel = ragd_core::discovery::channel(
+                &config.indexer_url,
+                &config.discovery,
+                "indexer",
+                Some(discovery_metrics),
+            )
+            .map_err(|e| GenError::invalid("indexer_url", e))?;
             let indexer =
                 IndexerClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
             let limits = GeneratorLimits {

@@ -295,7 +295,7 @@ impl Generator {
         let sampling = self.sampling(req.sampling)?;
         let backend = self.backend(&req.backend)?;
         let info = backend.model.info().clone();
-        let slot = self.admit(backend, deadline).await?;
+        let slot = self.admit(backend, deadline).instrument(tracing::info_span!("queue_wait")).await?;
         let queue = arrived.elapsed();
 
         // Retrieval through the indexer (it embeds the question with the collection's model).
@@ -440,7 +440,7 @@ impl Generator {
         let sampling = self.sampling(sampling)?;
         let backend = self.backend(backend)?;
         let info = backend.model.info().clone();
-        let slot = self.admit(backend, deadline).await?;
+        let slot = self.admit(backend, deadline).instrument(tracing::info_span!("queue_wait")).await?;
         let timings = Timings { queue: arrived.elapsed(), ..Timings::default() };
         let events = backend.model.generate(GenerationRequest { input, sampling, deadline })?;
         let (tx, rx) = mpsc::channel(64);

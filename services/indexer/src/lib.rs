@@ -60,6 +60,7 @@ pub async fn serve(
     let rpc_metrics = ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_indexer");
     let gauges = CollectionGauges::default();
     gauges.register(&mut registry);
+    let discovery_metrics = ragd_core::discovery::DiscoveryMetrics::register(&mut registry);
     let server = ragd_core::grpc::spawn_server(
         health,
         service,
@@ -85,8 +86,13 @@ pub async fn serve(
             StoreKind::Qdrant => Arc::new(QdrantStore::connect(&config.qdrant).await?),
         };
         let registry = Registry::load(&config.data_dir)?;
-        let channel = ragd_core::discovery::channel(&config.embedder_url, &config.discovery, "embedder")
-            .map_err(|e| IndexError::invalid("embedder_url", e))?;
+        let channel = ragd_core::discovery::channel(
+            &config.embedder_url,
+            &config.discovery,
+            "embedder",
+            Some(discovery_metrics),
+        )
+        .map_err(|e| IndexError::invalid("embedder_url", e))?;
         let embedder =
             EmbedderClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
         let limits = IndexerLimits {
@@ -118,8 +124,15 @@ pub async fn serve(
     let _ = slot.set(indexer.clone());
     readiness.serving().await;
     tracing::info!(addr = %local, "indexer ready");
-    let collections: Vec<String> =
-        indexer.collections().map(|c| c.into_iter().map(|m| m.store.name).collect()).unwrap_or_default();
+    // What this instance serves: each collection with its shard ids.
+    let collections: Vec<serde_json::Value> = indexer
+        .collections()
+        .map(|c| {
+            c.into_iter()
+                .map(|m| serde_json::json!({ "name": m.store.name, "shards": (0..m.store.shards).collect::<Vec<_>>() }))
+                .collect()
+        })
+        .unwrap_or_default();
     let meta = serde_json::json!({ "store": format!("{:?}", config.store), "collections": collections });
     let registration = ragd_core::discovery::register_if_enabled(&config.discovery, "indexer", local, meta)
         .await
@@ -147,6 +160,14 @@ struct CollectionGauges {
         prometheus_client::metrics::family::Family<CollectionLabel, prometheus_client::metrics::gauge::Gauge>,
     documents:
         prometheus_client::metrics::family::Family<CollectionLabel, prometheus_client::metrics::gauge::Gauge>,
+    shard_points:
+        prometheus_client::metrics::family::Family<ShardLabel, prometheus_client::metrics::gauge::Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ShardLabel {
+    collection: String,
+    shard: u32,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -159,6 +180,7 @@ impl CollectionGauges {
         let r = registry.sub_registry_with_prefix("ragd_indexer");
         r.register("collection_points", "Points (chunks) stored per collection", self.points.clone());
         r.register("collection_documents", "Documents stored per collection", self.documents.clone());
+        r.register("shard_points", "Points (chunks) stored per shard", self.shard_points.clone());
     }
 }
 
@@ -180,11 +202,16 @@ async fn optimize_forever(
         let Ok(collections) = indexer.collections() else { continue };
         gauges.points.clear();
         gauges.documents.clear();
+        gauges.shard_points.clear();
         for meta in collections {
             if let Ok(stats) = indexer.stats(&meta.store.name).await {
                 let label = CollectionLabel { collection: meta.store.name.clone() };
                 gauges.points.get_or_create(&label).set(stats.points as i64);
                 gauges.documents.get_or_create(&label).set(stats.documents as i64);
+                for shard in &stats.shards {
+                    let l = ShardLabel { collection: meta.store.name.clone(), shard: shard.id };
+                    gauges.shard_points.get_or_create(&l).set(shard.points as i64);
+                }
             }
             match indexer.store().optimize(&meta.store.name).await {
                 Ok(true) => tracing::info!(collection = %meta.store.name, "optimizer built indexes"),

@@ -32,7 +32,7 @@ pub async fn channel(
     if found.is_empty() {
         bail!("no {service} registered in etcd under {}", discovery.service_prefix(service));
     }
-    ragd_core::discovery::channel(url, discovery, service).map_err(anyhow::Error::msg)
+    ragd_core::discovery::channel(url, discovery, service, None).map_err(anyhow::Error::msg)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
