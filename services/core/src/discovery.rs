@@ -6,20 +6,23 @@
 //! once; a killed instance's key disappears when its lease expires. If etcd restarts or the
 //! keep-alive fails, the registration grants a new lease and puts the key again.
 //!
-//! Clients get a [`Channel`] that balances (tower p2c) over every registered instance of a
-//! service: a background task lists the prefix, then watches it from the listed revision,
-//! inserting and removing endpoints as keys come and go. During an etcd outage the channel keeps
-//! the last known endpoints and the task re-lists and re-watches when etcd is back.
+//! Clients get an [`Upstream`] over every registered instance of a service: a background task
+//! lists the prefix, then watches it from the listed revision, adding and removing members as
+//! keys come and go. During an etcd outage the upstream keeps the last known members and the
+//! task re-lists and re-watches when etcd is back. A member whose connection fails is skipped
+//! for a while at once (see [`crate::upstream`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use clap::Args;
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Weak;
+
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
-use tonic::transport::channel::Change;
+
+use crate::upstream::{Members, Upstream};
 
 /// etcd settings shared by every service.
 #[derive(Debug, Clone, Args)]
@@ -250,38 +253,33 @@ impl DiscoveryMetrics {
     }
 }
 
-/// A channel balancing over every registered instance of `service`, kept current by a watch.
-/// Requests wait (up to their deadline) while no instance is known.
-pub fn balanced_channel(
+/// An [`Upstream`] over every registered instance of `service`, kept current by a watch.
+pub fn discovered(
     config: &DiscoveryConfig,
     service: &str,
     metrics: Option<DiscoveryMetrics>,
-) -> Result<(Channel, JoinHandle<()>), DiscoveryError> {
+) -> Result<(Upstream, JoinHandle<()>), DiscoveryError> {
     if !config.enabled() {
         return Err(DiscoveryError::NotConfigured);
     }
-    let (channel, changes) = Channel::balance_channel::<String>(64);
-    let follow = follow(config.clone(), service.to_string(), changes, metrics.unwrap_or_default());
-    Ok((channel, tokio::spawn(follow)))
+    let upstream = Upstream::empty();
+    let follow =
+        follow(config.clone(), service.to_string(), upstream.downgrade(), metrics.unwrap_or_default());
+    Ok((upstream, tokio::spawn(follow)))
 }
 
-async fn follow(
-    config: DiscoveryConfig,
-    service: String,
-    changes: mpsc::Sender<Change<String, tonic::transport::Endpoint>>,
-    metrics: DiscoveryMetrics,
-) {
+async fn follow(config: DiscoveryConfig, service: String, members: Weak<Members>, metrics: DiscoveryMetrics) {
     let prefix = config.service_prefix(&service);
     let label = ServiceLabel { service };
-    // key → addr of the endpoints the channel has now.
+    // key → addr of the members the upstream has now.
     let mut known: HashMap<String, String> = HashMap::new();
     loop {
-        if changes.is_closed() {
+        if members.strong_count() == 0 {
             return;
         }
         let endpoints = metrics.endpoints.get_or_create(&label).clone();
-        match follow_once(&config, &prefix, &changes, &mut known, &endpoints).await {
-            Ok(()) => return, // the channel was dropped
+        match follow_once(&config, &prefix, &members, &mut known, &endpoints).await {
+            Ok(()) => return, // every client is gone
             Err(e) => {
                 metrics.watch_failures.get_or_create(&label).inc();
                 tracing::warn!(%prefix, error = %e, endpoints = known.len(), "etcd watch failed; keeping the last known endpoints");
@@ -295,7 +293,7 @@ async fn follow(
 async fn follow_once(
     config: &DiscoveryConfig,
     prefix: &str,
-    changes: &mpsc::Sender<Change<String, tonic::transport::Endpoint>>,
+    members: &Weak<Members>,
     known: &mut HashMap<String, String>,
     endpoints: &prometheus_client::metrics::gauge::Gauge,
 ) -> Result<(), DiscoveryError> {
@@ -312,12 +310,12 @@ async fn follow_once(
     let gone: Vec<String> = known.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
     for k in gone {
         known.remove(&k);
-        if !remove(changes, &k).await {
+        if !remove(members, &k) {
             return Ok(());
         }
     }
     for (k, addr) in now {
-        if known.get(&k) != Some(&addr) && !insert(changes, known, k, addr).await {
+        if known.get(&k) != Some(&addr) && !insert(members, known, k, addr) {
             return Ok(());
         }
     }
@@ -331,12 +329,12 @@ async fn follow_once(
             let Ok(k) = kv.key_str() else { continue };
             let open = match ev.event_type() {
                 EventType::Put => match addr_of(kv.value()) {
-                    Some(addr) => insert(changes, known, k.to_string(), addr).await,
+                    Some(addr) => insert(members, known, k.to_string(), addr),
                     None => true,
                 },
                 EventType::Delete => {
                     known.remove(k);
-                    remove(changes, k).await
+                    remove(members, k)
                 }
             };
             if !open {
@@ -375,19 +373,19 @@ pub async fn instances(config: &DiscoveryConfig, service: &str) -> Result<Vec<In
     Ok(listed.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
 }
 
-/// A channel to `service`: discovered through etcd when `url` is [`DISCOVER`] ("etcd"), else a
-/// lazily connected channel to the static `url`.
-pub fn channel(
+/// The transport to `service`: every instance discovered through etcd when `url` is
+/// [`DISCOVER`] ("etcd"), else a lazily connected channel to the static `url`.
+pub fn upstream(
     url: &str,
     config: &DiscoveryConfig,
     service: &str,
     metrics: Option<DiscoveryMetrics>,
-) -> Result<Channel, String> {
+) -> Result<Upstream, String> {
     if url == DISCOVER {
-        let (channel, _follow) = balanced_channel(config, service, metrics).map_err(|e| e.to_string())?;
-        Ok(channel)
+        let (upstream, _follow) = discovered(config, service, metrics).map_err(|e| e.to_string())?;
+        Ok(upstream)
     } else {
-        Ok(crate::client::endpoint(url).map_err(|e| format!("{url}: {e}"))?.connect_lazy())
+        Ok(Upstream::fixed(crate::client::endpoint(url).map_err(|e| format!("{url}: {e}"))?.connect_lazy()))
     }
 }
 
@@ -395,12 +393,9 @@ fn addr_of(value: &[u8]) -> Option<String> {
     serde_json::from_slice::<Instance>(value).ok().map(|i| i.addr)
 }
 
-async fn insert(
-    changes: &mpsc::Sender<Change<String, tonic::transport::Endpoint>>,
-    known: &mut HashMap<String, String>,
-    key: String,
-    addr: String,
-) -> bool {
+/// Adds a member; false once every client is gone.
+fn insert(members: &Weak<Members>, known: &mut HashMap<String, String>, key: String, addr: String) -> bool {
+    let Some(m) = members.upgrade() else { return false };
     let endpoint = match crate::client::endpoint(&addr) {
         Ok(e) => e,
         Err(e) => {
@@ -410,12 +405,16 @@ async fn insert(
     };
     tracing::info!(%key, %addr, "endpoint discovered");
     known.insert(key.clone(), addr);
-    changes.send(Change::Insert(key, endpoint)).await.is_ok()
+    m.insert(key, endpoint.connect_lazy());
+    true
 }
 
-async fn remove(changes: &mpsc::Sender<Change<String, tonic::transport::Endpoint>>, key: &str) -> bool {
+/// Removes a member; false once every client is gone.
+fn remove(members: &Weak<Members>, key: &str) -> bool {
+    let Some(m) = members.upgrade() else { return false };
     tracing::info!(%key, "endpoint gone");
-    changes.send(Change::Remove(key.to_string())).await.is_ok()
+    m.remove(key);
+    true
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`grpc`]: reflection, accepted-socket settings, a shared stop signal;
 //! - [`health`]: `grpc.health.v1` reporter that follows readiness;
 //! - [`metrics`]: a Prometheus registry served over HTTP;
+//! - [`upstream`]: the client transport over one or many (discovered) members, ejecting failed ones;
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, for `serve(config, listener, shutdown)`.
 
 pub mod client;
@@ -21,3 +22,4 @@ pub mod metrics;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod upstream;

@@ -107,7 +107,7 @@ pub async fn serve(
         .map_err(|e| GenError::Model(format!("model loading panicked: {e}")))
         .and_then(|r| r)
         .and_then(|backends| {
-            let channel = ragd_core::discovery::channel(
+            let channel = ragd_core::discovery::upstream(
                 &config.indexer_url,
                 &config.discovery,
                 "indexer",

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use ragd_proto::v1::{self, indexer_client::IndexerClient};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::backend::text::cited_numbers;
@@ -146,7 +145,7 @@ impl Drop for Slot {
 pub struct Generator {
     backends: Vec<Backend>,
     default: usize,
-    indexer: IndexerClient<Channel>,
+    indexer: IndexerClient<ragd_core::upstream::Upstream>,
     template: PromptTemplate,
     limits: GeneratorLimits,
     metrics: Arc<GeneratorMetrics>,
@@ -157,7 +156,7 @@ impl Generator {
     pub fn new(
         backends: Vec<Arc<dyn LanguageModel>>,
         default: &str,
-        indexer: IndexerClient<Channel>,
+        indexer: IndexerClient<ragd_core::upstream::Upstream>,
         template: PromptTemplate,
         limits: GeneratorLimits,
         metrics: Arc<GeneratorMetrics>,

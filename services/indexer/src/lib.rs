@@ -86,7 +86,7 @@ pub async fn serve(
             StoreKind::Qdrant => Arc::new(QdrantStore::connect(&config.qdrant).await?),
         };
         let registry = Registry::load(&config.data_dir)?;
-        let channel = ragd_core::discovery::channel(
+        let channel = ragd_core::discovery::upstream(
             &config.embedder_url,
             &config.discovery,
             "embedder",

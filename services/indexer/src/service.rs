@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use ragd_proto::v1::{self, embedder_client::EmbedderClient};
 use serde_json::{Map, Value};
-use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::chunk::{self, Chunking};
@@ -119,7 +118,7 @@ impl Statuses {
 pub struct Indexer {
     store: Arc<dyn VectorStore>,
     registry: Registry,
-    embedder: EmbedderClient<Channel>,
+    embedder: EmbedderClient<ragd_core::upstream::Upstream>,
     limits: IndexerLimits,
     statuses: Mutex<Statuses>,
     /// The resident exact engine (None: exact searches go to the store).
@@ -146,7 +145,7 @@ impl Indexer {
     pub async fn open(
         store: Arc<dyn VectorStore>,
         registry: Registry,
-        embedder: EmbedderClient<Channel>,
+        embedder: EmbedderClient<ragd_core::upstream::Upstream>,
         limits: IndexerLimits,
         exact: Option<ExactSettings>,
     ) -> Result<Self, IndexError> {

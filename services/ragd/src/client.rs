@@ -32,7 +32,12 @@ pub async fn channel(
     if found.is_empty() {
         bail!("no {service} registered in etcd under {}", discovery.service_prefix(service));
     }
-    ragd_core::discovery::channel(url, discovery, service, None).map_err(anyhow::Error::msg)
+    let (channel, changes) = Channel::balance_channel::<String>(16);
+    for i in found {
+        let endpoint = ragd_core::client::endpoint(&i.addr)?;
+        changes.send(tonic::transport::channel::Change::Insert(i.addr.clone(), endpoint)).await?;
+    }
+    Ok(channel)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
