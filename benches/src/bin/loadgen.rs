@@ -55,6 +55,10 @@ struct Common {
     /// Per-request deadline in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
+    /// Tries of a request that fails with UNAVAILABLE or a transport error, as a well-behaved
+    /// client of an idempotent RPC would (1 = no retry: every failure counts).
+    #[arg(long, default_value_t = 1)]
+    tries: u32,
 }
 
 #[derive(Debug, Args)]
@@ -129,22 +133,28 @@ async fn search(args: SearchArgs) -> anyhow::Result<ragd_bench::LoadReport> {
         })
         .collect();
     let queries = std::sync::Arc::new(sample_texts(1024, args.words));
-    let (collection, k, exact, timeout) =
-        (args.collection.clone(), args.k, args.exact, Duration::from_millis(c.timeout_ms));
+    let (collection, k, exact, timeout, tries) =
+        (args.collection.clone(), args.k, args.exact, Duration::from_millis(c.timeout_ms), c.tries);
     Ok(run(&c.load_config(), move |i| {
-        let mut client = clients[i as usize % clients.len()].clone();
+        let client = clients[i as usize % clients.len()].clone();
         let query = queries[i as usize % queries.len()].clone();
         let collection = collection.clone();
         async move {
-            let mut request = tonic::Request::new(v1::SearchRequest {
+            let search = v1::SearchRequest {
                 collection,
                 queries: vec![v1::Query { query: Some(v1::query::Query::Text(query)) }],
                 k,
                 exact,
                 ..Default::default()
-            });
-            request.set_timeout(timeout);
-            let r = client.search(request).await?;
+            };
+            let deadline = std::time::Instant::now() + timeout;
+            let r = ragd_core::client::retry_unavailable(tries, Some(deadline), || {
+                let mut client = client.clone();
+                let mut request = tonic::Request::new(search.clone());
+                request.set_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+                async move { client.search(request).await }
+            })
+            .await?;
             Ok(r.into_inner().results.iter().map(|q| q.hits.len() as u64).sum())
         }
     })
