@@ -15,7 +15,7 @@ use ragd_generator::backend::openai::{OpenAiBackend, OpenAiSettings};
 use ragd_generator::backend::{Event, GenerationRequest, Input, LanguageModel, Sampling};
 use ragd_proto::v1;
 use ragd_tests::llama_server::LlamaCppServer;
-use ragd_tests::{TestGenerator, capitals_cluster, generator_config};
+use ragd_tests::{TestGenerator, capitals_cluster, collect_ask, generator_config};
 
 const ROUNDS: usize = 5;
 const PROMPTS_PER_ROUND: usize = 3;
@@ -181,7 +181,7 @@ async fn ask_bench() -> AskBreakdown {
     let mut samples = Vec::new();
     let (mut answer, mut prompt_tokens, mut completion_tokens) = (String::new(), 0, 0);
     for (n, q) in questions.iter().enumerate() {
-        let mut s = c
+        let s = c
             .ask(v1::AskRequest {
                 question: (*q).into(),
                 collection: "capitals".into(),
@@ -192,17 +192,12 @@ async fn ask_bench() -> AskBreakdown {
             .await
             .expect("ask")
             .into_inner();
-        let mut text = String::new();
-        while let Some(m) = s.message().await.expect("ask stream") {
-            match m.event {
-                Some(v1::ask_response::Event::Delta(d)) => text.push_str(&d),
-                Some(v1::ask_response::Event::Done(d)) if n > 0 => {
-                    samples.push(d.timings.unwrap_or_default());
-                    let u = d.usage.unwrap_or_default();
-                    (prompt_tokens, completion_tokens) = (u.prompt_tokens, u.completion_tokens);
-                }
-                _ => {}
-            }
+        let (_, text, done) = collect_ask(s).await;
+        // The first question warms up; it is not measured.
+        if n > 0 {
+            samples.push(done.timings.unwrap_or_default());
+            let u = done.usage.unwrap_or_default();
+            (prompt_tokens, completion_tokens) = (u.prompt_tokens, u.completion_tokens);
         }
         if n == 1 {
             answer = text;

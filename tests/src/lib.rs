@@ -318,3 +318,48 @@ pub async fn capitals_cluster(data: &std::path::Path) -> (TestEmbedder, TestInde
     assert_eq!(r.documents, 238);
     (embedder, indexer)
 }
+
+/// A whole `Ask` stream: (retrieval, answer text, done). Asserts the protocol: the retrieval
+/// first, then non-empty deltas, then one done and nothing after it.
+pub async fn collect_ask(
+    mut s: tonic::Streaming<ragd_proto::v1::AskResponse>,
+) -> (ragd_proto::v1::Retrieval, String, ragd_proto::v1::Done) {
+    use ragd_proto::v1::ask_response::Event;
+    let first = s.message().await.expect("first message").expect("not empty");
+    let Some(Event::Retrieval(retrieval)) = first.event else {
+        panic!("first message is not the retrieval: {first:?}")
+    };
+    let mut text = String::new();
+    loop {
+        let m = s.message().await.expect("stream message").expect("stream ended before done");
+        match m.event {
+            Some(Event::Delta(d)) => {
+                assert!(!d.is_empty(), "empty delta");
+                text.push_str(&d);
+            }
+            Some(Event::Done(done)) => {
+                assert!(s.message().await.expect("end").is_none(), "messages after done");
+                return (retrieval, text, done);
+            }
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Runs a `Generate` to its end: (text, done), or the status the call or the stream ended with.
+pub async fn generate_text(
+    c: &mut ragd_proto::v1::generator_client::GeneratorClient<Channel>,
+    req: ragd_proto::v1::GenerateRequest,
+) -> Result<(String, ragd_proto::v1::Done), tonic::Status> {
+    use ragd_proto::v1::generate_response::Event;
+    let mut s = c.generate(req).await?.into_inner();
+    let mut text = String::new();
+    while let Some(m) = s.message().await? {
+        match m.event {
+            Some(Event::Delta(d)) => text.push_str(&d),
+            Some(Event::Done(d)) => return Ok((text, d)),
+            None => {}
+        }
+    }
+    panic!("stream ended without done");
+}

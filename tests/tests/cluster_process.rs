@@ -11,7 +11,7 @@ use ragd_proto::v1;
 use ragd_tests::etcd::Etcd;
 use ragd_tests::otlp_receiver::OtlpReceiver;
 use ragd_tests::process::{RagdProcess, loadgen_bin, model_env, ragd_cli};
-use ragd_tests::{capitals, free_port, llm_model, metric, scrape, wait_serving};
+use ragd_tests::{capitals, collect_ask, free_port, llm_model, metric, scrape, wait_serving};
 
 const TTL: &str = "2";
 
@@ -144,7 +144,7 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     let mut gen_client = v1::generator_client::GeneratorClient::new(
         ragd_core::client::connect(&generator.url()).await.expect("connect"),
     );
-    let mut s = gen_client
+    let s = gen_client
         .ask(v1::AskRequest {
             question: "What is the capital of Germany?".into(),
             collection: "capitals".into(),
@@ -155,12 +155,7 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
         .await
         .expect("ask")
         .into_inner();
-    let mut text = String::new();
-    while let Some(m) = s.message().await.expect("ask stream") {
-        if let Some(v1::ask_response::Event::Delta(d)) = m.event {
-            text.push_str(&d);
-        }
-    }
+    let (_, text, _) = collect_ask(s).await;
     assert!(text.contains("Berlin"), "{text:?}");
 
     // The Ask is one trace: spans of the generator, the indexer and the embedder share its id.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ragd_generator::GeneratorConfig;
 use ragd_proto::v1::{self, generator_client::GeneratorClient};
-use ragd_tests::{TestGenerator, capitals_cluster, generator_config};
+use ragd_tests::{TestGenerator, capitals_cluster, collect_ask, generate_text, generator_config};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
@@ -17,30 +17,6 @@ fn ask(question: &str) -> v1::AskRequest {
         k: 4,
         sampling: Some(v1::Sampling { max_tokens: 48, seed: Some(7), ..Default::default() }),
         ..Default::default()
-    }
-}
-
-/// A whole Ask stream: (retrieval, answer text, done). Asserts the event order.
-async fn collect(mut s: Streaming<v1::AskResponse>) -> (v1::Retrieval, String, v1::Done) {
-    use v1::ask_response::Event;
-    let first = s.message().await.expect("first message").expect("not empty");
-    let Some(Event::Retrieval(retrieval)) = first.event else {
-        panic!("first message is not the retrieval: {first:?}")
-    };
-    let mut text = String::new();
-    loop {
-        let m = s.message().await.expect("stream message").expect("stream ended before done");
-        match m.event {
-            Some(Event::Delta(d)) => {
-                assert!(!d.is_empty(), "empty delta");
-                text.push_str(&d);
-            }
-            Some(Event::Done(done)) => {
-                assert!(s.message().await.expect("end").is_none(), "messages after done");
-                return (retrieval, text, done);
-            }
-            other => panic!("unexpected message {other:?}"),
-        }
     }
 }
 
@@ -60,7 +36,7 @@ async fn ask_streams_a_grounded_answer_with_citations() {
     assert!(info.model.to_lowercase().contains("smollm2"), "{info:?}");
 
     let (retrieval, text, done) =
-        collect(c.ask(ask("What is the capital of Germany?")).await.expect("ask").into_inner()).await;
+        collect_ask(c.ask(ask("What is the capital of Germany?")).await.expect("ask").into_inner()).await;
     // Retrieval: Germany's document first, numbered [1].
     assert!(!retrieval.no_context);
     assert_eq!(retrieval.passages.len(), 4);
@@ -86,7 +62,7 @@ async fn ask_streams_a_grounded_answer_with_citations() {
 
     // Greedy decoding is reproducible.
     let (_, again, _) =
-        collect(c.ask(ask("What is the capital of Germany?")).await.expect("ask").into_inner()).await;
+        collect_ask(c.ask(ask("What is the capital of Germany?")).await.expect("ask").into_inner()).await;
     assert_eq!(again, text);
 
     // Sampling with a seed is reproducible too (same seed, prompt and settings → same tokens).
@@ -105,13 +81,7 @@ async fn ask_streams_a_grounded_answer_with_citations() {
     };
     let mut texts = Vec::new();
     for seed in [42, 42] {
-        let mut s = c.generate(sampled(seed)).await.expect("generate").into_inner();
-        let mut text = String::new();
-        while let Some(m) = s.message().await.expect("message") {
-            if let Some(v1::generate_response::Event::Delta(d)) = m.event {
-                text.push_str(&d);
-            }
-        }
+        let (text, _) = generate_text(&mut c, sampled(seed)).await.expect("generate");
         assert!(!text.is_empty());
         texts.push(text);
     }
@@ -120,7 +90,7 @@ async fn ask_streams_a_grounded_answer_with_citations() {
     // A stop sequence cuts the answer before it and says so.
     let mut stopped = ask("What is the capital of Germany?");
     stopped.sampling.as_mut().expect("sampling").stop = vec!["Berlin".into()];
-    let (_, cut, done) = collect(c.ask(stopped).await.expect("ask").into_inner()).await;
+    let (_, cut, done) = collect_ask(c.ask(stopped).await.expect("ask").into_inner()).await;
     assert_eq!(cut, text[..text.find("Berlin").expect("Berlin")]);
     assert_eq!(done.finish_reason, v1::FinishReason::StopSequence as i32);
 
@@ -135,7 +105,7 @@ async fn ask_streams_a_grounded_answer_with_citations() {
         }],
         ..Default::default()
     });
-    let (retrieval, text, _) = collect(c.ask(filtered).await.expect("ask").into_inner()).await;
+    let (retrieval, text, _) = collect_ask(c.ask(filtered).await.expect("ask").into_inner()).await;
     assert_eq!(retrieval.passages.iter().map(|p| p.doc_id.as_str()).collect::<Vec<_>>(), ["France"]);
     assert!(text.contains("Paris"), "answer {text:?} does not mention Paris");
 
@@ -157,7 +127,7 @@ async fn below_threshold_takes_the_no_context_path() {
     // Refuse (the default): no model call, the configured answer, no citations.
     let mut req = ask(question);
     req.score_threshold = Some(0.8);
-    let (retrieval, text, done) = collect(c.ask(req.clone()).await.expect("ask").into_inner()).await;
+    let (retrieval, text, done) = collect_ask(c.ask(req.clone()).await.expect("ask").into_inner()).await;
     assert!(retrieval.no_context && retrieval.passages.is_empty());
     assert_eq!(text, refusal);
     assert_eq!(done.finish_reason, v1::FinishReason::NoContext as i32);
@@ -166,14 +136,14 @@ async fn below_threshold_takes_the_no_context_path() {
 
     // Answer: the model is called with the no-context prompt, still no citations.
     req.no_context = v1::NoContext::Answer as i32;
-    let (retrieval, text, done) = collect(c.ask(req).await.expect("ask").into_inner()).await;
+    let (retrieval, text, done) = collect_ask(c.ask(req).await.expect("ask").into_inner()).await;
     assert!(retrieval.no_context);
     assert!(!text.is_empty());
     assert!(done.citations.is_empty());
     assert!(done.usage.expect("usage").completion_tokens > 0);
 
     // The same question without a threshold does retrieve (the threshold is what emptied it).
-    let (retrieval, _, _) = collect(c.ask(ask(question)).await.expect("ask").into_inner()).await;
+    let (retrieval, _, _) = collect_ask(c.ask(ask(question)).await.expect("ask").into_inner()).await;
     assert!(!retrieval.no_context && retrieval.passages.len() == 4);
 
     generator.stop().await.expect("stop generator");
@@ -263,7 +233,7 @@ async fn token_budget_drops_the_lowest_scored_chunks() {
     let mut req = ask("What is the capital of Germany?");
     req.k = 12;
     req.sampling.as_mut().expect("sampling").max_tokens = 32;
-    let (retrieval, _, done) = collect(c.ask(req).await.expect("ask").into_inner()).await;
+    let (retrieval, _, done) = collect_ask(c.ask(req).await.expect("ask").into_inner()).await;
     let used: Vec<u32> = retrieval.passages.iter().map(|p| p.number).collect();
     let kept = used.iter().filter(|&&n| n > 0).count();
     assert!((1..12).contains(&kept), "numbers {used:?}");
@@ -323,14 +293,7 @@ async fn cancellation_frees_the_slot_overload_and_deadlines() {
     }
     let mut short = long_story();
     short.sampling.as_mut().expect("sampling").max_tokens = 8;
-    let mut s = c.generate(short).await.expect("slot is free again").into_inner();
-    let mut done = None;
-    while let Some(m) = s.message().await.expect("message") {
-        if let Some(v1::generate_response::Event::Done(d)) = m.event {
-            done = Some(d);
-        }
-    }
-    let done = done.expect("done");
+    let (_, done) = generate_text(&mut c, short).await.expect("slot is free again");
     assert_eq!(done.usage.expect("usage").completion_tokens, 8);
     assert_eq!(done.finish_reason, v1::FinishReason::Length as i32);
 

@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use ragd_generator::GeneratorConfig;
-use ragd_proto::v1::{self, generator_client::GeneratorClient};
+use ragd_proto::v1;
 use ragd_tests::llama_server::LlamaCppServer;
-use ragd_tests::{TestGenerator, capitals_cluster, free_port};
+use ragd_tests::{TestGenerator, capitals_cluster, collect_ask, free_port, generate_text};
 use tonic::Code;
-use tonic::transport::Channel;
 
 const KEY: &str = "ragd-test-key";
 
@@ -38,22 +37,6 @@ fn chat(text: &str, max_tokens: u32) -> v1::GenerateRequest {
     }
 }
 
-async fn run(
-    c: &mut GeneratorClient<Channel>,
-    req: v1::GenerateRequest,
-) -> Result<(String, v1::Done), tonic::Status> {
-    let mut s = c.generate(req).await?.into_inner();
-    let mut text = String::new();
-    while let Some(m) = s.message().await? {
-        match m.event {
-            Some(v1::generate_response::Event::Delta(d)) => text.push_str(&d),
-            Some(v1::generate_response::Event::Done(d)) => return Ok((text, d)),
-            None => {}
-        }
-    }
-    panic!("stream ended without done");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_backend_streams_from_llama_cpp_server() {
     let server = LlamaCppServer::start(2048, 2, Some(KEY)).await;
@@ -66,8 +49,9 @@ async fn openai_backend_streams_from_llama_cpp_server() {
     assert_eq!((backends[0].kind.as_str(), backends[0].name.as_str()), ("openai", "openai"));
 
     // Chat completions, streamed.
-    let (text, done) =
-        run(&mut c, chat("What is the capital of France? Answer in one word.", 16)).await.expect("chat");
+    let (text, done) = generate_text(&mut c, chat("What is the capital of France? Answer in one word.", 16))
+        .await
+        .expect("chat");
     assert!(text.contains("Paris"), "{text:?}");
     let usage = done.usage.expect("usage");
     assert!(usage.completion_tokens > 0 && usage.prompt_tokens > 0, "{usage:?}");
@@ -80,7 +64,7 @@ async fn openai_backend_streams_from_llama_cpp_server() {
         sampling: Some(v1::Sampling { max_tokens: 6, ..Default::default() }),
         backend: "openai".into(),
     };
-    let (text, done) = run(&mut c, prompt).await.expect("completion");
+    let (text, done) = generate_text(&mut c, prompt).await.expect("completion");
     assert!(text.contains('7'), "{text:?}");
     assert_eq!(done.finish_reason, v1::FinishReason::Length as i32);
     assert_eq!(done.usage.expect("usage").completion_tokens, 6);
@@ -88,7 +72,7 @@ async fn openai_backend_streams_from_llama_cpp_server() {
     // A stop sequence.
     let mut req = chat("Count from one to ten in words, separated by commas.", 48);
     req.sampling.as_mut().expect("sampling").stop = vec!["four".into()];
-    let (text, _) = run(&mut c, req).await.expect("stop");
+    let (text, _) = generate_text(&mut c, req).await.expect("stop");
     assert!(!text.contains("four") && !text.contains("five"), "{text:?}");
 
     // Cancellation: drop the stream; the backend stops the request.
@@ -117,7 +101,7 @@ async fn openai_backend_streams_from_llama_cpp_server() {
     }
     // The server is free for the next request.
     long.sampling.as_mut().expect("sampling").max_tokens = 4;
-    run(&mut c, long).await.expect("after cancel");
+    generate_text(&mut c, long).await.expect("after cancel");
     generator.stop().await.expect("stop");
 }
 
@@ -128,11 +112,11 @@ async fn openai_errors_map_to_grpc_statuses() {
     let generator =
         TestGenerator::start(openai_config(&server.base_url, Some("wrong"), "http://127.0.0.1:9")).await;
     let mut c = generator.client().await;
-    let e = run(&mut c, chat("hello", 4)).await.expect_err("wrong key");
+    let e = generate_text(&mut c, chat("hello", 4)).await.expect_err("wrong key");
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("401"), "{e:?}");
     // Over the configured context window → INVALID_ARGUMENT before any call.
-    let e = run(&mut c, chat(&"word ".repeat(6000), 4)).await.expect_err("too long");
+    let e = generate_text(&mut c, chat(&"word ".repeat(6000), 4)).await.expect_err("too long");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     generator.stop().await.expect("stop");
 
@@ -140,7 +124,7 @@ async fn openai_errors_map_to_grpc_statuses() {
     let url = format!("http://127.0.0.1:{}/v1", free_port());
     let generator = TestGenerator::start(openai_config(&url, None, "http://127.0.0.1:9")).await;
     let mut c = generator.client().await;
-    let e = run(&mut c, chat("hello", 4)).await.expect_err("refused");
+    let e = generate_text(&mut c, chat("hello", 4)).await.expect_err("refused");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     generator.stop().await.expect("stop");
 }
@@ -154,7 +138,7 @@ async fn ask_through_the_openai_backend() {
     let (embedder, indexer) = capitals_cluster(data.path()).await;
     let generator = TestGenerator::start(openai_config(&server.base_url, None, &indexer.url)).await;
     let mut c = generator.client().await;
-    let mut s = c
+    let s = c
         .ask(v1::AskRequest {
             question: "What is the capital of Germany?".into(),
             collection: "capitals".into(),
@@ -165,21 +149,9 @@ async fn ask_through_the_openai_backend() {
         .await
         .expect("ask")
         .into_inner();
-    let mut text = String::new();
-    let mut retrieval = None;
-    let mut done = None;
-    while let Some(m) = s.message().await.expect("message") {
-        match m.event {
-            Some(v1::ask_response::Event::Retrieval(r)) => retrieval = Some(r),
-            Some(v1::ask_response::Event::Delta(d)) => text.push_str(&d),
-            Some(v1::ask_response::Event::Done(d)) => done = Some(d),
-            None => {}
-        }
-    }
-    let retrieval = retrieval.expect("retrieval");
+    let (retrieval, text, done) = collect_ask(s).await;
     assert_eq!(retrieval.passages[0].doc_id, "Germany");
     assert!(text.contains("Berlin"), "{text:?}");
-    let done = done.expect("done");
     assert!(done.citations.iter().any(|c| c.doc_id == "Germany" && c.number == 1));
     assert_eq!(done.backend, "openai");
     generator.stop().await.expect("stop generator");

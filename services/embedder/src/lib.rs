@@ -59,7 +59,8 @@ pub async fn serve(
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
         &stop,
-        Some(ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_embedder")),
+        // Its own EmbedderMetrics count and time every RPC.
+        None,
     )
     .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {

@@ -48,30 +48,22 @@ impl GeneratorGrpc {
         events: AskStream,
         map: fn(AskEvent) -> Option<T>,
     ) -> EventStream<T> {
+        // Forward ends every stream right after its Done or error, so each request is counted once.
         let metrics = self.metrics.clone();
-        let mut ended = false;
-        let s = ReceiverStream::new(events).filter_map(move |e| {
-            if ended {
-                return None;
+        let s = ReceiverStream::new(events).filter_map(move |e| match e {
+            Ok(event) => {
+                if matches!(event, AskEvent::Done(_)) {
+                    metrics.requests.get_or_create(&RpcLabels { rpc, code: "Ok".into() }).inc();
+                }
+                map(event).map(Ok)
             }
-            match e {
-                Ok(event) => {
-                    let last = matches!(event, AskEvent::Done(_));
-                    if last {
-                        ended = true;
-                        metrics.requests.get_or_create(&RpcLabels { rpc, code: "Ok".into() }).inc();
-                    }
-                    map(event).map(Ok)
-                }
-                Err(e) => {
-                    ended = true;
-                    let status = Status::from(e);
-                    metrics
-                        .requests
-                        .get_or_create(&RpcLabels { rpc, code: format!("{:?}", status.code()) })
-                        .inc();
-                    Some(Err(status))
-                }
+            Err(e) => {
+                let status = Status::from(e);
+                metrics
+                    .requests
+                    .get_or_create(&RpcLabels { rpc, code: format!("{:?}", status.code()) })
+                    .inc();
+                Some(Err(status))
             }
         });
         Box::pin(s)

@@ -84,14 +84,15 @@ pub async fn serve(
     let mut registry = ragd_core::metrics::Registry::default();
     metrics.register(&mut registry);
     let discovery_metrics = ragd_core::discovery::DiscoveryMetrics::register(&mut registry);
-    let rpc_metrics = ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_generator");
     let server = ragd_core::grpc::spawn_server(
         health,
         service,
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
         &stop,
-        Some(rpc_metrics),
+        // GeneratorMetrics counts every RPC by its final status (the end of the stream, not its
+        // headers) and times the stages that matter for streams.
+        None,
     )
     .map_err(|e| GenError::Model(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {

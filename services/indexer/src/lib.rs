@@ -141,7 +141,14 @@ pub async fn serve(
             IndexError::StoreUnavailable(format!("registration: {e}"))
         })?;
     let optimizer =
-        tokio::spawn(optimize_forever(indexer.clone(), config.optimize_interval(), stop.clone(), gauges));
+        // The gauges cost a stats call (shard counts, a walk of the shard directories) per collection
+        // and round: only refreshed when something can scrape them.
+        tokio::spawn(optimize_forever(
+            indexer.clone(),
+            config.optimize_interval(),
+            stop.clone(),
+            config.metrics_addr.is_some().then_some(gauges),
+        ));
 
     let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
     let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)
@@ -182,15 +189,31 @@ impl CollectionGauges {
         r.register("collection_documents", "Documents stored per collection", self.documents.clone());
         r.register("shard_points", "Points (chunks) stored per shard", self.shard_points.clone());
     }
+
+    fn clear(&self) {
+        self.points.clear();
+        self.documents.clear();
+        self.shard_points.clear();
+    }
+
+    fn set(&self, collection: &str, stats: &store::StoreStats) {
+        let label = CollectionLabel { collection: collection.to_string() };
+        self.points.get_or_create(&label).set(stats.points as i64);
+        self.documents.get_or_create(&label).set(stats.documents as i64);
+        for shard in &stats.shards {
+            let l = ShardLabel { collection: collection.to_string(), shard: shard.id };
+            self.shard_points.get_or_create(&l).set(shard.points as i64);
+        }
+    }
 }
 
 /// Builds HNSW indexes where thresholds are reached, every `interval`, until `stop`; refreshes
-/// the collection gauges on the way.
+/// the collection gauges (if any) on the way.
 async fn optimize_forever(
     indexer: Arc<Indexer>,
     interval: Duration,
     stop: ragd_core::grpc::Stop,
-    gauges: CollectionGauges,
+    gauges: Option<CollectionGauges>,
 ) {
     let stopped = stop.wait();
     tokio::pin!(stopped);
@@ -200,18 +223,14 @@ async fn optimize_forever(
             () = tokio::time::sleep(interval) => {}
         }
         let Ok(collections) = indexer.collections() else { continue };
-        gauges.points.clear();
-        gauges.documents.clear();
-        gauges.shard_points.clear();
+        if let Some(g) = &gauges {
+            g.clear();
+        }
         for meta in collections {
-            if let Ok(stats) = indexer.stats(&meta.store.name).await {
-                let label = CollectionLabel { collection: meta.store.name.clone() };
-                gauges.points.get_or_create(&label).set(stats.points as i64);
-                gauges.documents.get_or_create(&label).set(stats.documents as i64);
-                for shard in &stats.shards {
-                    let l = ShardLabel { collection: meta.store.name.clone(), shard: shard.id };
-                    gauges.shard_points.get_or_create(&l).set(shard.points as i64);
-                }
+            if let Some(g) = &gauges
+                && let Ok(stats) = indexer.stats(&meta.store.name).await
+            {
+                g.set(&meta.store.name, &stats);
             }
             match indexer.store().optimize(&meta.store.name).await {
                 Ok(true) => tracing::info!(collection = %meta.store.name, "optimizer built indexes"),

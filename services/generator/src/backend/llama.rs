@@ -100,7 +100,7 @@ impl LlamaBackend {
         };
         let (jobs, rx) = std_mpsc::channel();
         let stats = Arc::new(BackendStats::default());
-        let engine = Engine::new(model.clone(), settings, context, stats.clone())?;
+        let engine = Engine::new(model.clone(), settings, context, stats.clone());
         std::thread::Builder::new()
             .name("llama-engine".into())
             .spawn(move || engine.run(rx))
@@ -237,20 +237,15 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(
-        model: Arc<LlamaModel>,
-        s: &LlamaSettings,
-        context: usize,
-        stats: Arc<BackendStats>,
-    ) -> Result<Self, GenError> {
-        Ok(Self {
+    fn new(model: Arc<LlamaModel>, s: &LlamaSettings, context: usize, stats: Arc<BackendStats>) -> Self {
+        Self {
             model,
             parallel: s.parallel,
             threads: s.threads.max(1),
             batch: s.batch.max(s.parallel),
             context,
             stats,
-        })
+        }
     }
 
     fn run(self, jobs: std_mpsc::Receiver<Job>) {
