@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use qdrant_edge::{EdgeShard, NamedQuery, QueryEnum, SearchParams, SearchRequest, WithPayloadInterface};
 use ragd_bench::{
-    LoadConfig, LoadReport, Mode, bench_secs, ragd_home, raw_ort_for, report, run, sample_texts,
+    LoadConfig, LoadReport, Mode, bench_secs, cpu_time, ragd_home, raw_ort_for, report, run, sample_texts,
 };
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
 use ragd_embedder::config::Device;
@@ -154,13 +154,8 @@ fn edge_request(q: &[f32]) -> SearchRequest {
     }
 }
 
-/// qdrant-edge in-process: queries/s with `threads` threads for `bench_secs()`, and recall.
-fn edge_baseline(
-    shard_dir: &Path,
-    queries: &[Vec<f32>],
-    truth: &[Vec<String>],
-    threads: usize,
-) -> (f64, f64) {
+/// Loads the baseline's shard and measures its recall (against `truth`) after a 1 s warm-up.
+fn edge_open(shard_dir: &Path, queries: &[Vec<f32>], truth: &[Vec<String>]) -> (Arc<EdgeShard>, f64) {
     let shard = Arc::new(EdgeShard::load(shard_dir, None).expect("load shard"));
     let doc = |p: &qdrant_edge::ScoredPoint| {
         p.payload.as_ref().and_then(|p| p.0.get("doc_id")).and_then(|v| v.as_str()).unwrap_or("").to_string()
@@ -176,6 +171,12 @@ fn edge_baseline(
             shard.search(edge_request(q)).expect("warm-up");
         }
     }
+    (shard, r)
+}
+
+/// qdrant-edge in-process: queries/s with `threads` threads for `secs`, and CPU time per query.
+fn edge_qps(shard: &Arc<EdgeShard>, queries: &[Vec<f32>], threads: usize, secs: Duration) -> (f64, Duration) {
+    let cpu = cpu_time();
     let started = Instant::now();
     let done: usize = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -183,7 +184,7 @@ fn edge_baseline(
                 let shard = shard.clone();
                 s.spawn(move || {
                     let mut n = 0usize;
-                    while started.elapsed() < bench_secs() {
+                    while started.elapsed() < secs {
                         let hits = shard.search(edge_request(&queries[(n * threads + t) % queries.len()]));
                         assert_eq!(hits.expect("search").len(), K);
                         n += 1;
@@ -194,7 +195,21 @@ fn edge_baseline(
             .collect();
         handles.into_iter().map(|h| h.join().expect("thread")).sum()
     });
-    (done as f64 / started.elapsed().as_secs_f64(), r)
+    let qps = done as f64 / started.elapsed().as_secs_f64();
+    (qps, (cpu_time() - cpu) / done.max(1) as u32)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
 }
 
 fn vector_search(q: &[f32]) -> v1::SearchRequest {
@@ -220,28 +235,37 @@ async fn indexer_client(url: &str) -> IndexerClient<Channel> {
 }
 
 /// `clients` closed-loop clients, each request carrying `per_request` queries; items = queries.
+/// Also returns the process's CPU time per query over the whole run (warm-up included; server
+/// and clients together).
 async fn grpc_search(
     url: &str,
     clients: usize,
     per_request: usize,
     queries: Arc<Vec<Vec<f32>>>,
-) -> LoadReport {
+    duration: Duration,
+) -> (LoadReport, Duration) {
     let mut conns = Vec::new();
     for _ in 0..clients.min(4) {
         conns.push(indexer_client(url).await);
     }
-    let config =
-        LoadConfig { clients, mode: Mode::Closed, duration: bench_secs(), warmup: Duration::from_secs(1) };
-    run(&config, move |i| {
+    let config = LoadConfig { clients, mode: Mode::Closed, duration, warmup: Duration::from_secs(1) };
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = answered.clone();
+    let cpu = cpu_time();
+    let report = run(&config, move |i| {
         let mut c = conns[i as usize % conns.len()].clone();
         let start = (i as usize * per_request) % (queries.len() - per_request + 1);
         let req = vectors_search(&queries[start..start + per_request]);
+        let counter = counter.clone();
         async move {
             let r = c.search(req).await?.into_inner();
+            counter.fetch_add(r.results.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(r.results.len() as u64)
         }
     })
-    .await
+    .await;
+    let cpu = cpu_time() - cpu;
+    (report, cpu / answered.load(std::sync::atomic::Ordering::Relaxed).max(1) as u32)
 }
 
 /// The cost of an RPC that does nothing (grpc.health.v1 Check on the indexer), 8 clients: the
@@ -249,8 +273,12 @@ async fn grpc_search(
 async fn rpc_floor(url: &str) -> LoadReport {
     let ch = ragd_core::client::connect(url).await.expect("connect");
     let client = tonic_health::pb::health_client::HealthClient::new(ch);
-    let config =
-        LoadConfig { clients: 8, mode: Mode::Closed, duration: bench_secs(), warmup: Duration::from_secs(1) };
+    let config = LoadConfig {
+        clients: 8,
+        mode: Mode::Closed,
+        duration: bench_secs() / 2,
+        warmup: Duration::from_secs(1),
+    };
     run(&config, move |_| {
         let mut c = client.clone();
         async move {
@@ -309,16 +337,60 @@ async fn start_indexer(data: &Path, embedder_url: &str) -> Served {
     served
 }
 
+/// One round of the search bench: the in-process baseline with 2 threads, then the indexer's
+/// gRPC with 8 clients (one query per request) and with 4 clients (16 queries per request).
+struct SearchRound {
+    edge_2: f64,
+    grpc_8: LoadReport,
+    grpc_batched: LoadReport,
+    /// CPU time per query: in-process 2 threads, gRPC 8 clients, gRPC 16 per request.
+    cpu: [Duration; 3],
+}
+
+impl SearchRound {
+    /// The in-process CPU time per query over the gRPC path's (server and clients together).
+    fn cpu_ratio(&self, path: usize) -> f64 {
+        self.cpu[0].as_secs_f64() / self.cpu[path].as_secs_f64()
+    }
+}
+
 struct SearchFigures {
     n: usize,
     build_secs: f64,
-    edge_1: (f64, f64),
-    edge_2: (f64, f64),
-    grpc_1: LoadReport,
-    grpc_8: LoadReport,
-    grpc_batched: LoadReport,
+    edge_recall: f64,
     grpc_recall: f64,
+    edge_1: f64,
+    grpc_1: LoadReport,
+    rounds: Vec<SearchRound>,
     floor: LoadReport,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+impl SearchFigures {
+    fn median_ratio_8(&self) -> f64 {
+        median(self.rounds.iter().map(|r| r.grpc_8.items_per_sec / r.edge_2).collect())
+    }
+
+    fn median_cpu_ratio(&self, path: usize) -> f64 {
+        median(self.rounds.iter().map(|r| r.cpu_ratio(path)).collect())
+    }
+
+    fn median_ratio_batched(&self) -> f64 {
+        median(self.rounds.iter().map(|r| r.grpc_batched.items_per_sec / r.edge_2).collect())
+    }
+
+    fn failed(&self) -> u64 {
+        self.grpc_1.requests_failed
+            + self
+                .rounds
+                .iter()
+                .map(|r| r.grpc_8.requests_failed + r.grpc_batched.requests_failed)
+                .sum::<u64>()
+    }
 }
 
 async fn search_bench() -> SearchFigures {
@@ -331,20 +403,17 @@ async fn search_bench() -> SearchFigures {
     drop(points);
     eprintln!("built in {build_secs:.1} s");
 
+    // The baseline opens a byte-for-byte copy of the indexer's shard (one process may not open
+    // the same shard directory twice), so the two can alternate round by round.
     let shard_dir = data.path().join("shards").join(COLLECTION).join("shard-0");
-    let (edge_1, edge_2) = {
+    let baseline_dir = data.path().join("baseline-shard");
+    copy_dir(&shard_dir, &baseline_dir);
+    let (edge, edge_recall) = {
         let (q, t) = (queries.clone(), truth.clone());
-        tokio::task::spawn_blocking(move || {
-            let one = edge_baseline(&shard_dir, &q, &t, 1);
-            let two = edge_baseline(&shard_dir, &q, &t, 2);
-            (one, two)
-        })
-        .await
-        .expect("baseline")
+        tokio::task::spawn_blocking(move || edge_open(&baseline_dir, &q, &t)).await.expect("baseline")
     };
-    eprintln!("qdrant-edge in-process: 1 thread {:.0} q/s, 2 threads {:.0} q/s", edge_1.0, edge_2.0);
 
-    // The indexer opens the same data directory; its embedder is not needed for vector queries.
+    // The indexer opens the data directory; its embedder is not needed for vector queries.
     let indexer = start_indexer(data.path(), "http://127.0.0.1:9").await;
     let mut client = indexer_client(&indexer.url).await;
     let mut got = Vec::new();
@@ -354,16 +423,41 @@ async fn search_bench() -> SearchFigures {
     }
     let grpc_recall = recall(&truth, &got);
     let queries = Arc::new(queries);
-    let grpc_1 = grpc_search(&indexer.url, 1, 1, queries.clone()).await;
-    let grpc_8 = grpc_search(&indexer.url, 8, 1, queries.clone()).await;
-    let grpc_batched = grpc_search(&indexer.url, 4, 16, queries).await;
+    let secs = bench_secs() / 2;
+    let edge_on = |threads: usize| {
+        let (e, q) = (edge.clone(), queries.clone());
+        tokio::task::spawn_blocking(move || edge_qps(&e, &q, threads, secs))
+    };
+    let (edge_1, _) = edge_on(1).await.expect("baseline");
+    let (grpc_1, _) = grpc_search(&indexer.url, 1, 1, queries.clone(), secs).await;
+    let mut rounds = Vec::new();
+    for round in 1..=search_rounds() {
+        let (edge_2, cpu_edge) = edge_on(2).await.expect("baseline");
+        let (grpc_8, cpu_8) = grpc_search(&indexer.url, 8, 1, queries.clone(), secs).await;
+        let (grpc_batched, cpu_b) = grpc_search(&indexer.url, 4, 16, queries.clone(), secs).await;
+        let r = SearchRound { edge_2, grpc_8, grpc_batched, cpu: [cpu_edge, cpu_8, cpu_b] };
+        eprintln!(
+            "round {round}: in-process {edge_2:.0} q/s, gRPC 8 clients {:.0} q/s ({:.2}×, CPU {:.2}×), 16 per request {:.0} q/s ({:.2}×, CPU {:.2}×); CPU µs/query {:.0} / {:.0} / {:.0}",
+            r.grpc_8.items_per_sec,
+            r.grpc_8.items_per_sec / edge_2,
+            r.cpu_ratio(1),
+            r.grpc_batched.items_per_sec,
+            r.grpc_batched.items_per_sec / edge_2,
+            r.cpu_ratio(2),
+            cpu_edge.as_secs_f64() * 1e6,
+            cpu_8.as_secs_f64() * 1e6,
+            cpu_b.as_secs_f64() * 1e6,
+        );
+        rounds.push(r);
+    }
     let floor = rpc_floor(&indexer.url).await;
-    eprintln!(
-        "indexer gRPC: 1 client {:.0} q/s, 8 clients {:.0} q/s",
-        grpc_1.requests_per_sec, grpc_8.requests_per_sec
-    );
     indexer.shutdown().await;
-    SearchFigures { n, build_secs, edge_1, edge_2, grpc_1, grpc_8, grpc_batched, grpc_recall, floor }
+    SearchFigures { n, build_secs, edge_recall, grpc_recall, edge_1, grpc_1, rounds, floor }
+}
+
+/// Alternating baseline/gRPC rounds of the search bench.
+fn search_rounds() -> usize {
+    std::env::var("RAGD_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5)
 }
 
 /// Alternating raw/ingest rounds of the ingest bench.
@@ -379,9 +473,7 @@ struct IngestFigures {
 
 impl IngestFigures {
     fn median_ratio(&self) -> f64 {
-        let mut r: Vec<f64> = self.rounds.iter().map(|(raw, ing)| ing / raw).collect();
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+        median(self.rounds.iter().map(|(raw, ing)| ing / raw).collect())
     }
 }
 
@@ -497,10 +589,21 @@ async fn ingest_bench() -> IngestFigures {
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let s = rt.block_on(search_bench());
+    if std::env::var("RAGD_BENCH_ONLY").as_deref() == Ok("search") {
+        // A development shortcut: search figures on stderr, docs/benchmarks.md left alone.
+        eprintln!(
+            "median ratios: 1 client {:.2}×, 8 clients {:.2}× (CPU {:.2}×), batched {:.2}× (CPU {:.2}×); floor {:.0} rps",
+            s.grpc_1.items_per_sec / s.edge_1,
+            s.median_ratio_8(),
+            s.median_cpu_ratio(1),
+            s.median_ratio_batched(),
+            s.median_cpu_ratio(2),
+            s.floor.requests_per_sec
+        );
+        return;
+    }
     let g = rt.block_on(ingest_bench());
     let q1 = s.grpc_1.items_per_sec;
-    let q8 = s.grpc_8.items_per_sec;
-    let qb = s.grpc_batched.items_per_sec;
     let body = format!(
         "## Indexer: HNSW search and ingest\n\n\
          Measured by `cargo bench -p ragd-bench --bench indexer` in one run on: {machine}.\n\n\
@@ -508,15 +611,21 @@ fn main() {
          32-d latent space, projected, plus noise; cosine, one shard; HNSW built by the optimizer in {build:.0} s \
          including inserts), {QUERIES} query vectors, k = {K}, \
          hnsw_ef = {EF}, payloads returned. Baseline: qdrant-edge's `EdgeShard::search` called \
-         in-process on the same shard directory. gRPC clients run in the bench process and share the \
-         cores with the indexer. Recall@10 is against exact search of the same collection.\n\n\
+         in-process on a byte-for-byte copy of the shard directory. gRPC clients run in the bench \
+         process and share the cores with the indexer. Recall@10 is against exact search of the same \
+         collection. The machine's speed drifts, so the 2-thread baseline and the gRPC paths alternate \
+         in {rounds} rounds of {secs:.0} s each and the ratio is the median of the rounds' ratios.\n\n\
          | path | queries/s | recall@10 | ratio |\n|---|---:|---:|---|\n\
          | qdrant-edge in-process, 1 thread | {e1:.0} | {er:.3} | |\n\
-         | qdrant-edge in-process, 2 threads (= cores) | {e2:.0} | | |\n\
          | indexer gRPC, 1 client (p50 {p50_1:.2} ms, p99 {p99_1:.2} ms) | {q1:.0} | {gr:.3} | {r1:.2}× in-process 1 thread |\n\
-         | indexer gRPC, 8 clients, 1 query per request (p50 {p50_8:.2} ms, p99 {p99_8:.2} ms) | {q8:.0} | | **{r8:.2}×** in-process 2 threads (target ≥ 0.8×) |\n\
-         | indexer gRPC, 4 clients, 16 queries per request (p50 {p50_b:.2} ms per request) | {qb:.0} | | **{rb:.2}×** in-process 2 threads |\n\
          | RPC floor: empty health check, 8 clients (p50 {p50_f:.2} ms) | {qf:.0} | | |\n\n\
+         | round | in-process, 2 threads (q/s) | gRPC, 8 clients, 1 query per request (q/s) | p50 / p99 (ms) | ratio | CPU µs per query, in-process / gRPC | gRPC, 4 clients, 16 queries per request (q/s) | ratio |\n\
+         |---:|---:|---:|---:|---|---:|---:|---|\n\
+         {search_rows}\
+         | **median** | | | | **{r8:.2}×** (target ≥ 0.8×) | {c8:.2}× | | **{rb:.2}×** |\n\n\
+         CPU µs per query is the bench process's CPU time (server and clients together) over the \
+         queries answered in that phase; its ratio says how much of the gap is work rather than \
+         the machine's drift between phases.\n\n\
          Failed search requests: {failed}.\n\n\
          **Ingest.** {docs} documents of 50 words (≈ {tok:.0} tokens, one chunk each; {chunks} chunks \
          stored), `UpsertBatch` of 256 documents from 2 concurrent clients → sentence chunking → \
@@ -530,21 +639,38 @@ fn main() {
         machine = report::machine(),
         n = s.n,
         build = s.build_secs,
-        e1 = s.edge_1.0,
-        er = s.edge_1.1,
-        e2 = s.edge_2.0,
+        rounds = s.rounds.len(),
+        secs = (bench_secs() / 2).as_secs_f64(),
+        e1 = s.edge_1,
+        er = s.edge_recall,
         p50_1 = s.grpc_1.latency.p50_ms,
         p99_1 = s.grpc_1.latency.p99_ms,
         gr = s.grpc_recall,
-        r1 = q1 / s.edge_1.0,
-        p50_8 = s.grpc_8.latency.p50_ms,
-        p99_8 = s.grpc_8.latency.p99_ms,
-        r8 = q8 / s.edge_2.0,
-        p50_b = s.grpc_batched.latency.p50_ms,
-        rb = qb / s.edge_2.0,
+        r1 = q1 / s.edge_1,
+        search_rows = s
+            .rounds
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!(
+                "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2}× | {:.0} / {:.0} | {:.0} | {:.2}× |\n",
+                i + 1,
+                r.edge_2,
+                r.grpc_8.items_per_sec,
+                r.grpc_8.latency.p50_ms,
+                r.grpc_8.latency.p99_ms,
+                r.grpc_8.items_per_sec / r.edge_2,
+                r.cpu[0].as_secs_f64() * 1e6,
+                r.cpu[1].as_secs_f64() * 1e6,
+                r.grpc_batched.items_per_sec,
+                r.grpc_batched.items_per_sec / r.edge_2
+            ))
+            .collect::<String>(),
+        r8 = s.median_ratio_8(),
+        c8 = s.median_cpu_ratio(1),
+        rb = s.median_ratio_batched(),
         p50_f = s.floor.latency.p50_ms,
         qf = s.floor.requests_per_sec,
-        failed = s.grpc_1.requests_failed + s.grpc_8.requests_failed + s.grpc_batched.requests_failed,
+        failed = s.failed(),
         docs = g.docs,
         tok = g.avg_tokens,
         chunks = g.chunks,

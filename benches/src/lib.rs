@@ -6,6 +6,10 @@
 
 pub mod report;
 
+/// mimalloc, as in the `ragd` binary: every figure is measured with the allocator ragd ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -354,6 +358,18 @@ pub fn raw_ort_for(
         i += 1;
     }
     done as f64 / start.elapsed().as_secs_f64()
+}
+
+/// CPU time this process has used so far (user + system, all threads), from /proc/self/stat
+/// (clock ticks of 1/100 s, Linux's USER_HZ); zero where that file cannot be read.
+pub fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at field 3; utime and
+    // stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 #[cfg(test)]

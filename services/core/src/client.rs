@@ -6,7 +6,12 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Connects to `url` (e.g. `http://127.0.0.1:50051`).
 pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
-    endpoint(url)?.connect().await
+    endpoint(url)?.connect_with_connector(crate::net::Connector).await
+}
+
+/// A channel that connects on first use (see [`connect`]).
+pub fn connect_lazy(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(url)?.connect_with_connector_lazy(crate::net::Connector))
 }
 
 /// An endpoint with ragd's defaults, for callers that want to tune it further.

@@ -385,7 +385,7 @@ pub fn upstream(
         let (upstream, _follow) = discovered(config, service, metrics).map_err(|e| e.to_string())?;
         Ok(upstream)
     } else {
-        Ok(Upstream::fixed(crate::client::endpoint(url).map_err(|e| format!("{url}: {e}"))?.connect_lazy()))
+        Ok(Upstream::fixed(crate::client::connect_lazy(url).map_err(|e| format!("{url}: {e}"))?))
     }
 }
 
@@ -405,7 +405,7 @@ fn insert(members: &Weak<Members>, known: &mut HashMap<String, String>, key: Str
     };
     tracing::info!(%key, %addr, "endpoint discovered");
     known.insert(key.clone(), addr);
-    m.insert(key, endpoint.connect_lazy());
+    m.insert(key, endpoint.connect_with_connector_lazy(crate::net::Connector));
     true
 }
 

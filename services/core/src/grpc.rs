@@ -33,8 +33,11 @@ pub fn reflection(
 
 /// Accepted connections of `listener` with TCP_NODELAY: tonic's `Server::tcp_nodelay` only
 /// applies to listeners it binds itself, and without it Nagle + delayed ACKs add ~40 ms.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+pub fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<crate::net::Coalesce<tokio::net::TcpStream>>> {
+    use futures::StreamExt;
+    TcpIncoming::from(listener).with_nodelay(Some(true)).map(|s| s.map(crate::net::Coalesce::new))
 }
 
 /// Serves `service` with grpc.health.v1 (`health`) and reflection over `descriptor_sets` on

@@ -10,6 +10,7 @@
 //! - [`grpc`]: reflection, accepted-socket settings, a shared stop signal;
 //! - [`health`]: `grpc.health.v1` reporter that follows readiness;
 //! - [`metrics`]: a Prometheus registry served over HTTP;
+//! - [`net`]: the TCP transport of servers and clients (write coalescing);
 //! - [`upstream`]: the client transport over one or many (discovered) members, ejecting failed ones;
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, for `serve(config, listener, shutdown)`.
 
@@ -19,6 +20,7 @@ pub mod discovery;
 pub mod grpc;
 pub mod health;
 pub mod metrics;
+pub mod net;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

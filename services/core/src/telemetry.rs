@@ -107,8 +107,10 @@ impl Injector for MetadataInjector<'_> {
 /// `traceparent` when it sent one.
 pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
     let span = tracing::info_span!("grpc.server", otel.name = %request.uri().path(), rpc.method = %request.uri().path());
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-    let _ = span.set_parent(parent);
+    if !span.is_disabled() {
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+        let _ = span.set_parent(parent);
+    }
     span
 }
 

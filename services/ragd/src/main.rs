@@ -10,6 +10,13 @@ mod indexer_cli;
 mod loaders;
 mod up;
 
+/// mimalloc: small, short-lived allocations (protobuf messages, HTTP/2 frames, payload maps) are
+/// on every request's path. Against glibc malloc, in A/B runs of the indexer bench, it raised the
+/// 8-client HNSW search throughput through gRPC from 0.57–0.60× to 0.71–0.74× of in-process
+/// qdrant-edge, which barely moved. Qdrant ships jemalloc for the same reason.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
