@@ -396,8 +396,8 @@ fn addr_of(value: &[u8]) -> Option<String> {
 /// Adds a member; false once every client is gone.
 fn insert(members: &Weak<Members>, known: &mut HashMap<String, String>, key: String, addr: String) -> bool {
     let Some(m) = members.upgrade() else { return false };
-    let endpoint = match crate::client::endpoint(&addr) {
-        Ok(e) => e,
+    let channel = match crate::client::connect_lazy(&addr) {
+        Ok(c) => c,
         Err(e) => {
             tracing::warn!(%key, %addr, error = %e, "ignoring an instance with a bad address");
             return true;
@@ -405,7 +405,7 @@ fn insert(members: &Weak<Members>, known: &mut HashMap<String, String>, key: Str
     };
     tracing::info!(%key, %addr, "endpoint discovered");
     known.insert(key.clone(), addr);
-    m.insert(key, endpoint.connect_with_connector_lazy(crate::net::Connector));
+    m.insert(key, channel);
     true
 }
 

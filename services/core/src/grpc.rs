@@ -31,8 +31,9 @@ pub fn reflection(
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
-/// Accepted connections of `listener` with TCP_NODELAY: tonic's `Server::tcp_nodelay` only
-/// applies to listeners it binds itself, and without it Nagle + delayed ACKs add ~40 ms.
+/// Accepted connections of `listener` with TCP_NODELAY (tonic's `Server::tcp_nodelay` only
+/// applies to listeners it binds itself, and without it Nagle + delayed ACKs add ~40 ms), their
+/// writes coalesced by [`crate::net::Coalesce`].
 pub fn incoming(
     listener: TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<crate::net::Coalesce<tokio::net::TcpStream>>> {
@@ -93,6 +94,25 @@ pub async fn drain(server: &mut ServerTask, grace: std::time::Duration) -> Resul
             Ok(())
         }
     }
+}
+
+/// The start of a service's life once it can answer, the same for every ragd service: go
+/// SERVING, then register `service` (with `meta`) in etcd when discovery is enabled. A failed
+/// registration stops the server and is returned.
+pub async fn go_live(
+    readiness: &crate::health::Readiness,
+    stop: &Stop,
+    discovery: &crate::discovery::DiscoveryConfig,
+    service: &str,
+    local: std::net::SocketAddr,
+    meta: serde_json::Value,
+) -> Result<Option<crate::discovery::Registration>, String> {
+    readiness.serving().await;
+    tracing::info!(addr = %local, "{service} ready");
+    crate::discovery::register_if_enabled(discovery, service, local, meta).await.map_err(|e| {
+        stop.trigger();
+        format!("registration: {e}")
+    })
 }
 
 /// The end of a service's life, the same for every ragd service: wait for `shutdown` (or the

@@ -51,10 +51,6 @@ impl<T> Coalesce<T> {
     pub fn new(io: T) -> Self {
         Self { io, buf: Vec::new(), written: 0, pause: None, paused: false }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
 }
 
 impl<T: AsyncWrite + Unpin> Coalesce<T> {

@@ -84,16 +84,12 @@ pub async fn serve(
         r = &mut server => return Err(server_ended(r)),
     };
     let _ = slot.set(embedder.clone());
-    readiness.serving().await;
-    tracing::info!(addr = %local, "embedder ready");
     let models: Vec<String> = embedder.models().map(|(m, _)| m.name.clone()).collect();
     let meta = serde_json::json!({ "models": models });
-    let registration = ragd_core::discovery::register_if_enabled(&config.discovery, "embedder", local, meta)
-        .await
-        .map_err(|e| {
-            stop.trigger();
-            EmbedError::Runtime(format!("registration: {e}"))
-        })?;
+    let registration =
+        ragd_core::grpc::go_live(&readiness, &stop, &config.discovery, "embedder", local, meta)
+            .await
+            .map_err(EmbedError::Runtime)?;
 
     let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
     let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)

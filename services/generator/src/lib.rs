@@ -145,15 +145,11 @@ pub async fn serve(
     let backends: Vec<String> =
         generator.backends().map(|(b, ..)| format!("{}:{}", b.name, b.model)).collect();
     let _ = slot.set(generator);
-    readiness.serving().await;
-    tracing::info!(addr = %local, "generator ready");
     let meta = serde_json::json!({ "backends": backends });
-    let registration = ragd_core::discovery::register_if_enabled(&config.discovery, "generator", local, meta)
-        .await
-        .map_err(|e| {
-            stop.trigger();
-            GenError::Model(format!("registration: {e}"))
-        })?;
+    let registration =
+        ragd_core::grpc::go_live(&readiness, &stop, &config.discovery, "generator", local, meta)
+            .await
+            .map_err(GenError::Model)?;
 
     let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
     let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)

@@ -122,8 +122,6 @@ pub async fn serve(
         }
     };
     let _ = slot.set(indexer.clone());
-    readiness.serving().await;
-    tracing::info!(addr = %local, "indexer ready");
     // What this instance serves: each collection with its shard ids.
     let collections: Vec<serde_json::Value> = indexer
         .collections()
@@ -134,12 +132,9 @@ pub async fn serve(
         })
         .unwrap_or_default();
     let meta = serde_json::json!({ "store": format!("{:?}", config.store), "collections": collections });
-    let registration = ragd_core::discovery::register_if_enabled(&config.discovery, "indexer", local, meta)
+    let registration = ragd_core::grpc::go_live(&readiness, &stop, &config.discovery, "indexer", local, meta)
         .await
-        .map_err(|e| {
-            stop.trigger();
-            IndexError::StoreUnavailable(format!("registration: {e}"))
-        })?;
+        .map_err(IndexError::StoreUnavailable)?;
     let optimizer =
         // The gauges cost a stats call (shard counts, a walk of the shard directories) per collection
         // and round: only refreshed when something can scrape them.
