@@ -643,13 +643,15 @@ impl QdrantProtocolTestServer {
                 let Some(state) = weak.upgrade() else { return };
                 let collections: Vec<Arc<Collection>> =
                     state.collections.read().map(|c| c.values().cloned().collect()).unwrap_or_default();
-                drop(state);
+                // The pass keeps `state` (which owns the data directory) until its shard handles
+                // are dropped: a shard flushes on drop, and must not outlive its directory.
                 let _ = tokio::task::spawn_blocking(move || {
                     for c in collections {
                         for s in &c.shards {
                             let _ = s.engine.optimize();
                         }
                     }
+                    drop(state);
                 })
                 .await;
             }
