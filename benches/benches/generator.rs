@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use ragd_bench::report;
+use ragd_bench::{median, report};
 use ragd_generator::GeneratorConfig;
 use ragd_generator::backend::openai::{OpenAiBackend, OpenAiSettings};
 use ragd_generator::backend::{Event, GenerationRequest, Input, LanguageModel, Sampling};
@@ -102,15 +102,6 @@ async fn ours(
         }
     }
     panic!("stream ended without done");
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 struct Decode {

@@ -8,7 +8,9 @@
 //!    store) against the embedder's raw in-process ONNX Runtime throughput on the same texts.
 //!
 //! `cargo bench -p ragd-bench --bench indexer` (or `make bench`); `RAGD_BENCH_SECS` sets each
-//! measurement's length (default 10 s), `RAGD_BENCH_VECTORS` the collection size (default 50 000).
+//! measurement's length (default 10 s), `RAGD_BENCH_VECTORS` the collection size (default 50 000);
+//! for development, `RAGD_BENCH_ONLY=search` or `=ingest` runs one part and prints its medians
+//! without touching the docs, and `RAGD_BENCH_ROUNDS` sets the search rounds (default 5).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use qdrant_edge::{EdgeShard, NamedQuery, QueryEnum, SearchParams, SearchRequest, WithPayloadInterface};
 use ragd_bench::{
-    LoadConfig, LoadReport, Mode, bench_secs, cpu_time, ragd_home, raw_ort_for, report, run, sample_texts,
+    LoadConfig, LoadReport, Mode, bench_secs, cpu_time, embedder_batch, median, ragd_home, raw_ort_for,
+    report, run, sample_texts,
 };
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
 use ragd_embedder::config::Device;
@@ -365,11 +368,6 @@ struct SearchFigures {
     floor: LoadReport,
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 impl SearchFigures {
     fn median_ratio_8(&self) -> f64 {
         median(self.rounds.iter().map(|r| r.grpc_8.items_per_sec / r.edge_2).collect())
@@ -469,6 +467,8 @@ struct IngestFigures {
     rounds: Vec<(f64, f64)>,
     chunks: u64,
     avg_tokens: f64,
+    /// The embedder's batch size on these texts, which the raw baseline uses too.
+    raw_batch: usize,
 }
 
 impl IngestFigures {
@@ -486,7 +486,7 @@ async fn ingest_bench() -> IngestFigures {
     let texts = sample_texts(2048, 50);
     // The raw baseline's session stays loaded next to the servers; rounds alternate raw and
     // ingest so both see the same machine (this VM's speed drifts between minutes).
-    let (raw, avg_tokens) = {
+    let (raw, (avg_tokens, raw_batch)) = {
         let (texts, spec, ort_lib) = (texts.clone(), spec.clone(), ort_lib.clone());
         tokio::task::spawn_blocking(move || {
             let env = environment(&ort_lib).expect("onnx runtime");
@@ -494,8 +494,9 @@ async fn ingest_bench() -> IngestFigures {
             let tokens =
                 model.tokenize(&texts[..256], ragd_embedder::model::InputKind::Unspecified).expect("tok");
             let avg = tokens.iter().map(|t| t.ids.len()).sum::<usize>() as f64 / 256.0;
+            let batch = embedder_batch(&model, &texts);
             let backend = OrtBackend::new(&env, &spec, Device::Cpu, 0).expect("session");
-            (Arc::new(std::sync::Mutex::new((model, backend))), avg)
+            (Arc::new(std::sync::Mutex::new((model, backend))), (avg, batch))
         })
         .await
         .expect("raw")
@@ -546,17 +547,17 @@ async fn ingest_bench() -> IngestFigures {
     let mut next_round = 1;
     let (mut docs_total, mut chunks) = (0usize, 0u64);
     for _ in 0..ROUNDS {
-        let raw_32 = {
+        let raw_rate = {
             let (raw, texts) = (raw.clone(), texts.clone());
             tokio::task::spawn_blocking(move || {
                 let mut guard = raw.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let (model, backend) = &mut *guard;
-                raw_ort_for(model, backend, &texts, 32, window)
+                raw_ort_for(model, backend, &texts, raw_batch, window)
             })
             .await
             .expect("raw")
         };
-        let docs = ((raw_32 * window.as_secs_f64()) as usize / 256).max(2) * 256;
+        let docs = ((raw_rate * window.as_secs_f64()) as usize / 256).max(2) * 256;
         let first = next_round;
         next_round += docs / 256;
         let started = Instant::now();
@@ -577,17 +578,23 @@ async fn ingest_bench() -> IngestFigures {
         });
         chunks += futures::future::join_all(senders).await.into_iter().sum::<u64>();
         let docs_per_sec = docs as f64 / started.elapsed().as_secs_f64();
-        eprintln!("round: raw ORT {raw_32:.1}/s, ingest {docs} documents at {docs_per_sec:.1}/s");
+        eprintln!("round: raw ORT {raw_rate:.1}/s, ingest {docs} documents at {docs_per_sec:.1}/s");
         docs_total += docs;
-        rounds.push((raw_32, docs_per_sec));
+        rounds.push((raw_rate, docs_per_sec));
     }
     indexer.shutdown().await;
     embedder.shutdown().await;
-    IngestFigures { docs: docs_total, rounds, chunks, avg_tokens }
+    IngestFigures { docs: docs_total, rounds, chunks, avg_tokens, raw_batch }
 }
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if std::env::var("RAGD_BENCH_ONLY").as_deref() == Ok("ingest") {
+        // A development shortcut: ingest figures on stderr, docs/benchmarks.md left alone.
+        let g = rt.block_on(ingest_bench());
+        eprintln!("median ratio: ingest {:.2}× raw", g.median_ratio());
+        return;
+    }
     let s = rt.block_on(search_bench());
     if std::env::var("RAGD_BENCH_ONLY").as_deref() == Ok("search") {
         // A development shortcut: search figures on stderr, docs/benchmarks.md left alone.
@@ -630,10 +637,11 @@ fn main() {
          **Ingest.** {docs} documents of 50 words (≈ {tok:.0} tokens, one chunk each; {chunks} chunks \
          stored), `UpsertBatch` of 256 documents from 2 concurrent clients → sentence chunking → \
          `Embed` over gRPC to the embedder (same process, loopback) → qdrant-edge. Baseline: the \
-         embedder's raw in-process ONNX Runtime throughput at batch 32 on the same texts, measured in \
+         embedder's raw in-process ONNX Runtime throughput on the same texts in the batches the embedder \
+         forms of them ({raw_batch} texts: its default CPU budget of {budget} padded tokens), measured in \
          {ROUNDS} rounds alternating with the ingest (each round: raw for half the window, then as \
          many documents as raw embedded in it).\n\n\
-         | round | raw ORT batch 32 (sentences/s) | ingest (documents/s) | ratio |\n|---:|---:|---:|---|\n\
+         | round | raw ORT batch {raw_batch} (sentences/s) | ingest (documents/s) | ratio |\n|---:|---:|---:|---|\n\
          {round_rows}\
          | **median** | | | **{ri:.2}×** raw (target ≥ 0.9×) |\n",
         machine = report::machine(),
@@ -673,6 +681,8 @@ fn main() {
         failed = s.failed(),
         docs = g.docs,
         tok = g.avg_tokens,
+        raw_batch = g.raw_batch,
+        budget = ragd_embedder::EmbedderConfig::default().batch_tokens(),
         chunks = g.chunks,
         round_rows = g
             .rounds

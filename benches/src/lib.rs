@@ -334,6 +334,51 @@ pub fn raw_ort(
     raw_ort_for(model, backend, texts, batch, bench_secs())
 }
 
+/// The median of `xs` (the mean of the middle two of an even count; 0 for none).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => xs[n / 2],
+        _ => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// The batch size the embedder's default batching forms on `texts` (its padded-token budget and
+/// text limit): the raw baseline that differs from the embedder only in having no pipeline
+/// around it.
+pub fn embedder_batch(model: &ragd_embedder::model::TextModel, texts: &[String]) -> usize {
+    let config = ragd_embedder::EmbedderConfig::default();
+    planned_batch(model, texts, config.batch_tokens(), config.max_batch_texts)
+}
+
+/// The median batch size `ragd_embedder::batcher::plan` makes of a queue of `texts` under a
+/// padded-token budget and a text limit.
+pub fn planned_batch(
+    model: &ragd_embedder::model::TextModel,
+    texts: &[String],
+    max_tokens: usize,
+    max_texts: usize,
+) -> usize {
+    use ragd_embedder::batcher::{BatchPolicy, plan};
+    let policy = BatchPolicy { max_tokens, max_texts, max_wait: Duration::ZERO };
+    let lens: Vec<usize> = model
+        .tokenize(texts, ragd_embedder::model::InputKind::Unspecified)
+        .expect("tokenize")
+        .iter()
+        .map(|t| t.ids.len())
+        .collect();
+    let (mut at, mut sizes) = (0, Vec::new());
+    while at < lens.len() {
+        let n = plan(lens[at..].iter().copied(), &policy);
+        sizes.push(n);
+        at += n;
+    }
+    sizes.sort_unstable();
+    sizes.get(sizes.len() / 2).copied().unwrap_or(1)
+}
+
 /// [`raw_ort`] for a given measurement length.
 pub fn raw_ort_for(
     model: &ragd_embedder::model::TextModel,
@@ -408,6 +453,13 @@ mod tests {
         // 200/s for 0.5 s: exactly 100 requests scheduled, however slow the machine.
         assert_eq!(r.requests_offered, 100);
         assert!(r.requests_ok + r.requests_failed <= 100 && r.requests_ok > 0);
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
     }
 
     #[test]

@@ -87,6 +87,33 @@ async fn large_request_is_split_into_batches_beyond_default_message_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_batches_are_packed_to_the_default_padded_token_budget() {
+    // The CPU default budget is 1024 padded tokens: texts of ~100 tokens go 10 to a batch (not the
+    // 64-text limit), while short texts still fill a batch to the text limit.
+    let server = TestEmbedder::start(config()).await;
+    assert_eq!(config().batch_tokens(), 1024);
+    let mut client = server.client().await;
+    let long: Vec<String> = (0..40).map(|i| long_text(100, i)).collect();
+    let r = client.embed(v1::EmbedRequest { texts: long, ..Default::default() }).await.expect("long");
+    let r = r.into_inner();
+    let longest = r.embeddings.iter().map(|e| e.tokens).max().expect("embeddings") as usize;
+    let stats = r.stats.expect("stats");
+    assert!(longest > 60, "texts of {longest} tokens");
+    let per_batch = 1024 / longest;
+    assert!(
+        stats.max_batch_texts as usize <= per_batch,
+        "{} texts of {longest} tokens",
+        stats.max_batch_texts
+    );
+    assert!(stats.batches as usize >= 40usize.div_ceil(per_batch), "{} batches", stats.batches);
+    let short: Vec<String> = (0..64).map(|i| format!("item {i}")).collect();
+    let r = client.embed(v1::EmbedRequest { texts: short, ..Default::default() }).await.expect("short");
+    let stats = r.into_inner().stats.expect("stats");
+    assert_eq!((stats.batches, stats.max_batch_texts), (1, 64), "64 short texts fit one batch");
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_statuses() {
     let server =
         TestEmbedder::start(EmbedderConfig { max_texts_per_request: 4, max_text_bytes: 100, ..config() })

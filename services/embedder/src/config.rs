@@ -68,9 +68,12 @@ pub struct EmbedderConfig {
     /// ONNX Runtime intra-op threads per worker (0 = one per core).
     #[arg(long, env = "RAGD_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
-    /// Token budget of one batch, counted with padding (texts x longest text).
-    #[arg(long, env = "RAGD_MAX_BATCH_TOKENS", default_value_t = 16384)]
-    pub max_batch_tokens: usize,
+    /// Token budget of one batch, counted with padding (texts x longest text). Default: 1024 on
+    /// cpu, 16384 on cuda. On a CPU a batch runs fastest while its activations stay in cache:
+    /// measured raw ONNX Runtime throughput falls by 15-35 % from a ~1000-token batch to a
+    /// 4000-8000-token one (docs/benchmarks.md); a GPU wants large batches.
+    #[arg(long, env = "RAGD_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
     /// Most texts in one batch.
     #[arg(long, env = "RAGD_MAX_BATCH_TEXTS", default_value_t = 64)]
     pub max_batch_texts: usize,
@@ -109,7 +112,7 @@ impl Default for EmbedderConfig {
             device: Device::Cpu,
             workers: 1,
             intra_threads: 0,
-            max_batch_tokens: 16384,
+            max_batch_tokens: None,
             max_batch_texts: 64,
             max_batch_wait_us: 0,
             max_queue_texts: 8192,
@@ -123,7 +126,20 @@ impl Default for EmbedderConfig {
     }
 }
 
+/// The padded-token budget of one batch where `--max-batch-tokens` is not given.
+pub fn default_batch_tokens(device: Device) -> usize {
+    match device {
+        Device::Cpu => 1024,
+        Device::Cuda(_) => 16384,
+    }
+}
+
 impl EmbedderConfig {
+    /// The padded-token budget of one batch: the configured one, or the device's default.
+    pub fn batch_tokens(&self) -> usize {
+        self.max_batch_tokens.unwrap_or_else(|| default_batch_tokens(self.device))
+    }
+
     pub fn max_batch_wait(&self) -> Duration {
         Duration::from_micros(self.max_batch_wait_us)
     }
@@ -137,10 +153,10 @@ impl EmbedderConfig {
         if self.max_batch_texts == 0 || self.stream_window == 0 {
             return bad("max_batch_texts/stream_window", "must be at least 1".into());
         }
-        if self.max_batch_tokens < max_seq_len {
+        if self.batch_tokens() < max_seq_len {
             return bad(
                 "max_batch_tokens",
-                format!("{} cannot hold one text of max_seq_len {max_seq_len}", self.max_batch_tokens),
+                format!("{} cannot hold one text of max_seq_len {max_seq_len}", self.batch_tokens()),
             );
         }
         if self.max_texts_per_request == 0 || self.max_texts_per_request > self.max_queue_texts {
@@ -176,6 +192,17 @@ mod tests {
     }
 
     #[test]
+    fn batch_budget_defaults_by_device_unless_given() {
+        let cpu = EmbedderConfig::default();
+        assert_eq!(cpu.batch_tokens(), 1024);
+        let gpu = EmbedderConfig { device: Device::Cuda(0), ..Default::default() };
+        assert_eq!(gpu.batch_tokens(), 16384);
+        let cli = Cli::try_parse_from(["embedder", "--max-batch-tokens", "4096", "--device", "cuda:1"])
+            .expect("flags parse");
+        assert_eq!(cli.config.batch_tokens(), 4096);
+    }
+
+    #[test]
     fn devices_parse() {
         assert_eq!("cpu".parse(), Ok(Device::Cpu));
         assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
@@ -186,7 +213,7 @@ mod tests {
 
     #[test]
     fn inconsistent_limits_are_rejected() {
-        let c = EmbedderConfig { max_batch_tokens: 100, ..Default::default() };
+        let c = EmbedderConfig { max_batch_tokens: Some(100), ..Default::default() };
         assert!(c.validate(256).is_err());
         let c = EmbedderConfig { max_texts_per_request: 10, max_queue_texts: 5, ..Default::default() };
         assert!(c.validate(256).is_err());

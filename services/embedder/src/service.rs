@@ -145,7 +145,7 @@ impl Embedder {
             models.iter().enumerate().map(|(i, m)| (m.spec.name.clone(), i)).collect();
         let default = by_name.get(&manifest.default).copied().unwrap_or(0);
         let policy = BatchPolicy {
-            max_tokens: config.max_batch_tokens,
+            max_tokens: config.batch_tokens(),
             max_texts: config.max_batch_texts,
             max_wait: config.max_batch_wait(),
         };
