@@ -156,6 +156,8 @@ impl Embedder {
             models = ?manifest.names(),
             device = %config.device,
             workers = config.workers,
+            max_batch_tokens = config.batch_tokens(),
+            max_batch_texts = config.max_batch_texts,
             "embedder models loaded"
         );
         Ok(Self {
