@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ragd_bench::{
-    LoadConfig, LoadReport, Mode, bench_secs as secs, embedder_batch, median, planned_batch, ragd_home,
-    raw_ort, raw_ort_for, report, run, sample_texts,
+    LoadConfig, LoadReport, Mode, bench_secs as secs, embedder_batch, mean_tokens, median, planned_batch,
+    ragd_home, raw_ort, raw_ort_for, report, run, sample_texts, token_lens,
 };
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
 use ragd_embedder::config::Device;
 use ragd_embedder::manifest::Manifest;
-use ragd_embedder::model::{InputKind, TextModel};
+use ragd_embedder::model::TextModel;
 use ragd_embedder::ort_backend::{OrtBackend, environment};
 use ragd_embedder::{EmbedderConfig, serve};
 use ragd_proto::v1::{self, embedder_client::EmbedderClient};
@@ -86,10 +86,9 @@ fn budget_sweep(model: &TextModel, backend: &mut OrtBackend) -> String {
         .iter()
         .map(|&w| {
             let texts = sample_texts(512, w);
-            let lens = model.tokenize(&texts[..64], InputKind::Unspecified).expect("tokenize");
-            let avg = lens.iter().map(|t| t.ids.len()).sum::<usize>() as f64 / 64.0;
-            let batches = SWEEP_BUDGETS.iter().map(|&b| planned_batch(model, &texts, b, 64)).collect();
-            (texts, avg, batches)
+            let lens = token_lens(model, &texts);
+            let batches = SWEEP_BUDGETS.iter().map(|&b| planned_batch(&lens, b, 64)).collect();
+            (texts, mean_tokens(&lens[..64]), batches)
         })
         .collect();
     let mut cells = vec![vec![Vec::new(); SWEEP_BUDGETS.len()]; sets.len()];
@@ -130,17 +129,12 @@ fn main() {
     // Raw ONNX Runtime in-process.
     let env = environment(&ort_lib).expect("onnx runtime");
     let model = TextModel::load(spec.clone()).expect("tokenizer");
-    let avg_tokens = model
-        .tokenize(&texts[..256], InputKind::Unspecified)
-        .expect("tokenize")
-        .iter()
-        .map(|t| t.ids.len())
-        .sum::<usize>() as f64
-        / 256.0;
+    let lens = token_lens(&model, &texts);
+    let avg_tokens = mean_tokens(&lens[..256]);
     let mut backend = OrtBackend::new(&env, &spec, Device::Cpu, 0).expect("session");
     let raw_1 = raw_ort(&model, &mut backend, &texts, 1);
     let raw_32 = raw_ort(&model, &mut backend, &texts, 32);
-    let batch = embedder_batch(&model, &texts);
+    let batch = embedder_batch(&lens);
     let raw_own = raw_ort(&model, &mut backend, &texts, batch);
     eprintln!("raw ORT: batch 1 {raw_1:.1}/s, batch 32 {raw_32:.1}/s, batch {batch} {raw_own:.1}/s");
     let sweep = budget_sweep(&model, &mut backend);

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use qdrant_edge::{EdgeShard, NamedQuery, QueryEnum, SearchParams, SearchRequest, WithPayloadInterface};
 use ragd_bench::{
-    LoadConfig, LoadReport, Mode, bench_secs, cpu_time, embedder_batch, median, ragd_home, raw_ort_for,
-    report, run, sample_texts,
+    LoadConfig, LoadReport, Mode, bench_secs, cpu_time, embedder_batch, mean_tokens, median, ragd_home,
+    raw_ort_for, report, run, sample_texts, token_lens,
 };
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
 use ragd_embedder::config::Device;
@@ -491,10 +491,8 @@ async fn ingest_bench() -> IngestFigures {
         tokio::task::spawn_blocking(move || {
             let env = environment(&ort_lib).expect("onnx runtime");
             let model = TextModel::load(spec.clone()).expect("tokenizer");
-            let tokens =
-                model.tokenize(&texts[..256], ragd_embedder::model::InputKind::Unspecified).expect("tok");
-            let avg = tokens.iter().map(|t| t.ids.len()).sum::<usize>() as f64 / 256.0;
-            let batch = embedder_batch(&model, &texts);
+            let lens = token_lens(&model, &texts);
+            let (avg, batch) = (mean_tokens(&lens[..256]), embedder_batch(&lens));
             let backend = OrtBackend::new(&env, &spec, Device::Cpu, 0).expect("session");
             (Arc::new(std::sync::Mutex::new((model, backend))), (avg, batch))
         })

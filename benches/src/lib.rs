@@ -345,30 +345,34 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-/// The batch size the embedder's default batching forms on `texts` (its padded-token budget and
-/// text limit): the raw baseline that differs from the embedder only in having no pipeline
-/// around it.
-pub fn embedder_batch(model: &ragd_embedder::model::TextModel, texts: &[String]) -> usize {
-    let config = ragd_embedder::EmbedderConfig::default();
-    planned_batch(model, texts, config.batch_tokens(), config.max_batch_texts)
-}
-
-/// The median batch size `ragd_embedder::batcher::plan` makes of a queue of `texts` under a
-/// padded-token budget and a text limit.
-pub fn planned_batch(
-    model: &ragd_embedder::model::TextModel,
-    texts: &[String],
-    max_tokens: usize,
-    max_texts: usize,
-) -> usize {
-    use ragd_embedder::batcher::{BatchPolicy, plan};
-    let policy = BatchPolicy { max_tokens, max_texts, max_wait: Duration::ZERO };
-    let lens: Vec<usize> = model
+/// Tokens per text as the embedder counts them (special tokens included, no truncation).
+pub fn token_lens(model: &ragd_embedder::model::TextModel, texts: &[String]) -> Vec<usize> {
+    model
         .tokenize(texts, ragd_embedder::model::InputKind::Unspecified)
         .expect("tokenize")
         .iter()
         .map(|t| t.ids.len())
-        .collect();
+        .collect()
+}
+
+/// The mean of token lengths (0 for none).
+pub fn mean_tokens(lens: &[usize]) -> f64 {
+    lens.iter().sum::<usize>() as f64 / lens.len().max(1) as f64
+}
+
+/// The batch size the embedder's default batching forms of texts with these token lengths (its
+/// padded-token budget and text limit): the raw baseline that differs from the embedder only in
+/// having no pipeline around it.
+pub fn embedder_batch(lens: &[usize]) -> usize {
+    let config = ragd_embedder::EmbedderConfig::default();
+    planned_batch(lens, config.batch_tokens(), config.max_batch_texts)
+}
+
+/// The median batch size `ragd_embedder::batcher::plan` makes of a queue of texts with these
+/// token lengths under a padded-token budget and a text limit.
+pub fn planned_batch(lens: &[usize], max_tokens: usize, max_texts: usize) -> usize {
+    use ragd_embedder::batcher::{BatchPolicy, plan};
+    let policy = BatchPolicy { max_tokens, max_texts, max_wait: Duration::ZERO };
     let (mut at, mut sizes) = (0, Vec::new());
     while at < lens.len() {
         let n = plan(lens[at..].iter().copied(), &policy);
@@ -453,6 +457,14 @@ mod tests {
         // 200/s for 0.5 s: exactly 100 requests scheduled, however slow the machine.
         assert_eq!(r.requests_offered, 100);
         assert!(r.requests_ok + r.requests_failed <= 100 && r.requests_ok > 0);
+    }
+
+    #[test]
+    fn planned_batch_follows_the_padded_budget() {
+        assert_eq!(planned_batch(&[60; 100], 1024, 64), 17);
+        assert_eq!(planned_batch(&[10; 100], 1024, 64), 64);
+        assert_eq!(planned_batch(&[300; 10], 256, 64), 1);
+        assert_eq!(mean_tokens(&[1, 2, 6]), 3.0);
     }
 
     #[test]
