@@ -147,11 +147,8 @@ async fn search(args: SearchArgs) -> anyhow::Result<ragd_bench::LoadReport> {
                 exact,
                 ..Default::default()
             };
-            let deadline = std::time::Instant::now() + timeout;
-            let r = ragd_core::client::retry_unavailable(tries, Some(deadline), || {
+            let r = call(tries, timeout, search, |request| {
                 let mut client = client.clone();
-                let mut request = tonic::Request::new(search.clone());
-                request.set_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
                 async move { client.search(request).await }
             })
             .await?;
@@ -174,20 +171,40 @@ async fn embed(args: EmbedArgs) -> anyhow::Result<ragd_bench::LoadReport> {
         })
         .collect();
     let texts = std::sync::Arc::new(sample_texts(1024, args.words));
-    let (model, per_request, timeout) =
-        (args.model.clone(), args.texts_per_request, Duration::from_millis(c.timeout_ms));
+    let (model, per_request, timeout, tries) =
+        (args.model.clone(), args.texts_per_request, Duration::from_millis(c.timeout_ms), c.tries);
     Ok(run(&c.load_config(), move |i| {
-        let mut client = clients[i as usize % clients.len()].clone();
+        let client = clients[i as usize % clients.len()].clone();
         let batch: Vec<String> =
             (0..per_request).map(|k| texts[(i as usize * per_request + k) % texts.len()].clone()).collect();
         let model = model.clone();
         async move {
-            let mut request =
-                tonic::Request::new(v1::EmbedRequest { texts: batch, model, ..Default::default() });
-            request.set_timeout(timeout);
-            let r = client.embed(request).await?;
+            let embed = v1::EmbedRequest { texts: batch, model, ..Default::default() };
+            let r = call(tries, timeout, embed, |request| {
+                let mut client = client.clone();
+                async move { client.embed(request).await }
+            })
+            .await?;
             Ok(r.into_inner().embeddings.len() as u64)
         }
     })
     .await)
+}
+
+/// One request of an idempotent RPC under the per-request deadline (`--timeout-ms`, sent as
+/// `grpc-timeout`), tried up to `--tries` times while it fails with UNAVAILABLE or a transport
+/// error; each try carries what is left of the deadline.
+async fn call<M, T, F, Fut>(tries: u32, timeout: Duration, message: M, mut rpc: F) -> Result<T, tonic::Status>
+where
+    M: Clone,
+    F: FnMut(tonic::Request<M>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    ragd_core::client::retry_unavailable(tries, Some(deadline), || {
+        let mut request = tonic::Request::new(message.clone());
+        request.set_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+        rpc(request)
+    })
+    .await
 }
