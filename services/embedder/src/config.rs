@@ -69,9 +69,9 @@ pub struct EmbedderConfig {
     #[arg(long, env = "RAGD_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
     /// Token budget of one batch, counted with padding (texts x longest text). Default: 1024 on
-    /// cpu, 16384 on cuda. On a CPU a batch runs fastest while its activations stay in cache:
-    /// measured raw ONNX Runtime throughput falls by 15-35 % from a ~1000-token batch to a
-    /// 4000-8000-token one (docs/benchmarks.md); a GPU wants large batches.
+    /// cpu, 16384 on cuda. On a CPU a batch runs fastest while its activations stay in cache: in
+    /// the sweep in docs/benchmarks.md 1024-token batches beat 16384-token ones by 4-21 % (the
+    /// more, the longer the texts); a GPU wants large batches.
     #[arg(long, env = "RAGD_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
     /// Most texts in one batch.
