@@ -1,19 +1,21 @@
 # ragd — the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
-SETUP_FLAGS ?= --with-mpnet
 
-.PHONY: setup build demo test lint bench
+.PHONY: setup setup-test build demo test lint bench fresh-check
 
-## Install everything ragd needs (idempotent): system packages, ONNX Runtime, models.
+## What the demo needs (idempotent; `scripts/setup --help` lists the sets).
 setup:
-	scripts/setup $(SETUP_FLAGS)
+	scripts/setup
+
+## What the tests need: the demo's set plus etcd, grpcurl, NVRTC, mpnet, llama.cpp's server, PDFs.
+setup-test:
+	scripts/setup --with-test
 
 build:
 	$(CARGO) build --release -p ragd
 
 ## Set up, build and run the demo: embedder (embed, compare) then indexer (ingest capitals, search).
-demo:
-	scripts/setup
+demo: setup
 	$(CARGO) build --release -p ragd
 	scripts/demo
 
@@ -23,7 +25,7 @@ lint:
 	$(CARGO) clippy -p ragd-exact -p ragd-bench --all-targets --features ragd-exact/cuda,ragd-bench/cuda -- -D warnings
 
 ## Set up, lint and run every test (unit, in-process gRPC, multi-process).
-test: setup lint
+test: setup-test lint
 	$(CARGO) build -p ragd -p ragd-bench --bins
 	$(CARGO) test --workspace
 	# ragd-exact's CUDA kernels: NVRTC (from PyPI, no GPU needed) must compile them; the GPU
@@ -31,9 +33,14 @@ test: setup lint
 	LD_LIBRARY_PATH=$${RAGD_HOME:-$(CURDIR)/.ragd}/lib/cuda RAGD_REQUIRE_NVRTC=1 $(CARGO) test -p ragd-exact --features cuda
 
 ## Benchmarks; they write their figures to docs/benchmarks.md (faiss-cpu baseline via --with-bench).
-bench: setup
+bench:
 	scripts/setup --with-bench
 	$(CARGO) bench -p ragd-bench --bench embedder
 	$(CARGO) bench -p ragd-bench --bench indexer
 	$(CARGO) bench -p ragd-bench --bench exact
 	$(CARGO) bench -p ragd-bench --bench generator
+
+## Fresh-machine rehearsal: a clean Debian bookworm container (podman) with only what the machine
+## image guarantees clones this repository and runs `make demo` then `make test`, timing each.
+fresh-check:
+	scripts/fresh-check

@@ -17,7 +17,7 @@ pub struct LlamaCppServer {
 /// The venv's python.
 pub fn python() -> PathBuf {
     let p = super::ragd_home().join("llm-venv/bin/python");
-    assert!(p.is_file(), "{} missing: run scripts/setup", p.display());
+    assert!(p.is_file(), "{} missing: run scripts/setup --with-test", p.display());
     p
 }
 

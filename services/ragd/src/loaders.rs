@@ -186,7 +186,7 @@ mod tests {
         let home = std::env::var_os("RAGD_HOME").map(std::path::PathBuf::from);
         let dir = home.map(|h| h.join("data/pdf")).unwrap_or(dir);
         let valid = dir.join("04-valid.pdf");
-        assert!(valid.is_file(), "{} missing: run scripts/setup", valid.display());
+        assert!(valid.is_file(), "{} missing: run scripts/setup --with-test", valid.display());
         let docs = load(&valid, &cols()).expect("valid pdf");
         assert!(!docs.is_empty());
         assert_eq!(docs[0].metadata["page"], Value::from(1));
