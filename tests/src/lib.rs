@@ -261,7 +261,8 @@ pub fn grpcurl() -> PathBuf {
             p.is_file().then_some(p)
         })
     });
-    found.unwrap_or_else(|| panic!("grpcurl not found under {}: run scripts/setup --with-test", lib.display()))
+    found
+        .unwrap_or_else(|| panic!("grpcurl not found under {}: run scripts/setup --with-test", lib.display()))
 }
 
 #[derive(Deserialize)]
