@@ -1,6 +1,6 @@
 //! The collections registry: ragd's metadata of every collection (store spec, embedding model,
 //! chunking policy), persisted as one JSON file in the data directory and rewritten atomically
-//! (temp file + rename) on every change.
+//! and durably (temp file + fsync + rename + fsync of the directory) on every change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,11 +77,16 @@ impl Registry {
         self.collections.read().map_err(|_| poisoned())
     }
 
+    /// Replaces the file atomically and durably: a temp file, synced, renamed over the old one,
+    /// then the directory synced (so the rename itself survives a power loss).
     fn save(&self, map: &BTreeMap<String, CollectionMeta>) -> Result<(), IndexError> {
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(map).map_err(|e| IndexError::Store(e.to_string()))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .and_then(|()| crate::store::journal::sync_dir(dir))
             .map_err(|e| IndexError::Store(format!("{}: {e}", self.path.display())))
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use ragd_core::config::GrpcConfig;
 
+use crate::store::journal::Durability;
 use crate::store::remote::QdrantConfig;
 
 /// Storage precision of the resident exact engine.
@@ -65,6 +66,17 @@ pub struct IndexerConfig {
     /// Storage precision of the resident exact engine.
     #[arg(long, env = "RAGD_EXACT_PRECISION", value_enum, default_value_t = ExactPrecision::F32)]
     pub exact_precision: ExactPrecision,
+    /// When the embedded store acknowledges a write: `fsync` once its journal record is on the
+    /// disk (survives a power loss), `page-cache` once it is in the OS page cache (survives a
+    /// crash of the process, not of the machine), `none` without a journal (a crash loses what
+    /// was written since the last clean stop). Concurrent writes share one journal append and
+    /// one sync.
+    #[arg(long, env = "RAGD_DURABILITY", value_enum, default_value_t = Durability::Fsync)]
+    pub durability: Durability,
+    /// MiB of journal after which the embedded store flushes its shards and deletes the journal
+    /// (in the background); bounds the replay at start-up.
+    #[arg(long, env = "RAGD_JOURNAL_CHECKPOINT_MB", default_value_t = 64)]
+    pub journal_checkpoint_mb: u64,
     /// Document ingest statuses remembered for DocumentStatus.
     #[arg(long, env = "RAGD_STATUS_CAPACITY", default_value_t = 100_000)]
     pub status_capacity: usize,
@@ -92,6 +104,8 @@ impl Default for IndexerConfig {
             indexing_threshold_kb: None,
             optimize_interval_secs: 5,
             status_capacity: 100_000,
+            durability: Durability::Fsync,
+            journal_checkpoint_mb: 64,
             exact_engine: true,
             exact_precision: ExactPrecision::F32,
             metrics_addr: None,
@@ -129,6 +143,7 @@ mod tests {
         assert_eq!(c.data_dir, d.data_dir);
         assert_eq!(c.embedder_url, d.embedder_url);
         assert_eq!(c.store, d.store);
+        assert_eq!((c.durability, c.journal_checkpoint_mb), (d.durability, d.journal_checkpoint_mb));
         assert_eq!((c.exact_engine, c.exact_precision), (d.exact_engine, d.exact_precision));
         assert_eq!(c.qdrant.url, d.qdrant.url);
         assert_eq!(c.qdrant.collection_prefix, d.qdrant.collection_prefix);

@@ -35,7 +35,7 @@ use crate::exact::ExactSettings;
 use crate::grpc::IndexerGrpc;
 use crate::service::IndexerLimits;
 use crate::store::VectorStore;
-use crate::store::edge::EdgeStore;
+use crate::store::edge::{EdgeOptions, EdgeStore};
 use crate::store::remote::QdrantStore;
 
 /// Runs the indexer on `listener` until `shutdown` resolves.
@@ -61,6 +61,8 @@ pub async fn serve(
     let gauges = CollectionGauges::default();
     gauges.register(&mut registry);
     let discovery_metrics = ragd_core::discovery::DiscoveryMetrics::register(&mut registry);
+    let recovery = RecoveryGauges::default();
+    recovery.register(&mut registry);
     let server = ragd_core::grpc::spawn_server(
         health,
         service,
@@ -82,7 +84,14 @@ pub async fn serve(
 
     let opened = async {
         let store: Arc<dyn VectorStore> = match config.store {
-            StoreKind::Embedded => Arc::new(EdgeStore::new(&config.data_dir.join("shards"))?),
+            StoreKind::Embedded => {
+                let options = EdgeOptions {
+                    durability: config.durability,
+                    checkpoint_bytes: config.journal_checkpoint_mb.max(1) << 20,
+                };
+                let root = config.data_dir.join("shards");
+                Arc::new(blocking_open(move || EdgeStore::with_options(&root, options)).await?)
+            }
             StoreKind::Qdrant => Arc::new(QdrantStore::connect(&config.qdrant).await?),
         };
         let registry = Registry::load(&config.data_dir)?;
@@ -121,6 +130,7 @@ pub async fn serve(
             return Err(e);
         }
     };
+    recovery.set(indexer.recovery());
     let _ = slot.set(indexer.clone());
     // What this instance serves: each collection with its shard ids.
     let collections: Vec<serde_json::Value> = indexer
@@ -153,6 +163,62 @@ pub async fn serve(
     indexer.store().flush().await?;
     tracing::info!("indexer stopped");
     early.map_or(Ok(()), Err)
+}
+
+/// Reads the journal (a blocking read of every record) off the async workers.
+async fn blocking_open<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| IndexError::Store(format!("store open failed: {e}")))?
+}
+
+/// What the embedded store replayed from its journal at start-up.
+#[derive(Debug, Clone, Default)]
+struct RecoveryGauges {
+    records: prometheus_client::metrics::gauge::Gauge,
+    points: prometheus_client::metrics::gauge::Gauge,
+    skipped: prometheus_client::metrics::gauge::Gauge,
+    failed: prometheus_client::metrics::gauge::Gauge,
+    torn_bytes: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl RecoveryGauges {
+    fn register(&self, registry: &mut ragd_core::metrics::Registry) {
+        let r = registry.sub_registry_with_prefix("ragd_indexer_journal");
+        r.register(
+            "replayed_records",
+            "Journal records replayed into the shards at start-up",
+            self.records.clone(),
+        );
+        r.register(
+            "replayed_points",
+            "Chunks upserted by the records replayed at start-up",
+            self.points.clone(),
+        );
+        r.register(
+            "skipped_records",
+            "Journal records of dropped collections skipped at start-up",
+            self.skipped.clone(),
+        );
+        r.register(
+            "failed_records",
+            "Journal records that failed to replay at start-up",
+            self.failed.clone(),
+        );
+        r.register(
+            "torn_bytes",
+            "Bytes of a write torn by a crash, dropped at start-up",
+            self.torn_bytes.clone(),
+        );
+    }
+
+    fn set(&self, r: store::Recovery) {
+        self.records.set(r.records as i64);
+        self.points.set(r.points as i64);
+        self.skipped.set(r.skipped as i64);
+        self.failed.set(r.failed as i64);
+        self.torn_bytes.set(r.torn_bytes as i64);
+    }
 }
 
 /// Points and documents per collection, refreshed by the optimizer's rounds.

@@ -15,7 +15,9 @@ use crate::collections::{CollectionMeta, Registry, validate_name};
 use crate::error::IndexError;
 use crate::exact::{ExactMirrors, ExactSettings};
 use crate::filter::Filter;
-use crate::store::{ChunkPoint, Distance, Hit, SearchOptions, StoreSpec, StoreStats, VectorStore};
+use crate::store::{
+    ChunkPoint, Distance, Hit, Recovery, SearchOptions, StoreSpec, StoreStats, VectorStore, WriteBatch,
+};
 
 /// Texts per Embed call while ingesting (the embedder splits and batches them further).
 const EMBED_CHUNK_TEXTS: usize = 256;
@@ -123,6 +125,7 @@ pub struct Indexer {
     statuses: Mutex<Statuses>,
     /// The resident exact engine (None: exact searches go to the store).
     exact: Option<ExactMirrors>,
+    recovery: Recovery,
 }
 
 fn embedder_err(s: tonic::Status) -> IndexError {
@@ -150,16 +153,24 @@ impl Indexer {
         exact: Option<ExactSettings>,
     ) -> Result<Self, IndexError> {
         let exact = exact.map(ExactMirrors::new);
-        for meta in registry.all()? {
-            store.open(&meta.store).await?;
-            let s = &meta.store;
+        let metas = registry.all()?;
+        let specs: Vec<StoreSpec> = metas.iter().map(|m| m.store.clone()).collect();
+        // Replays what a crash left in the store's journal before the exact engine copies the
+        // vectors, so both start from the same state.
+        let recovery = store.open_all(&specs).await?;
+        for s in &specs {
             tracing::info!(collection = %s.name, shards = s.shards, "collection opened");
             if let Some(exact) = &exact {
                 let n = exact.load(store.as_ref(), &s.name, s.dim, s.distance).await?;
                 tracing::info!(collection = %s.name, points = n, "exact engine loaded");
             }
         }
-        Ok(Self { store, registry, embedder, limits, statuses: Mutex::default(), exact })
+        Ok(Self { store, registry, embedder, limits, statuses: Mutex::default(), exact, recovery })
+    }
+
+    /// What the store recovered at start-up.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
     }
 
     pub fn store(&self) -> &Arc<dyn VectorStore> {
@@ -242,9 +253,10 @@ impl Indexer {
     }
 
     pub async fn drop_collection(&self, name: &str) -> Result<(), IndexError> {
-        self.registry.get(name)?;
-        self.store.drop_collection(name).await?;
+        // The registry first: a crash after it leaves a directory the next start removes; the
+        // other order would leave a registered collection without its shards.
         self.registry.remove(name)?;
+        self.store.drop_collection(name).await?;
         if let Some(exact) = &self.exact {
             exact.drop_collection(name);
         }
@@ -374,13 +386,17 @@ impl Indexer {
                 });
             }
         }
-        self.store.upsert(collection, &points).await?;
         let counts: Vec<u32> = chunks.iter().map(|c| c.len() as u32).collect();
         let stale: Vec<(String, u32)> = docs.iter().zip(&counts).map(|(d, n)| (d.id.clone(), *n)).collect();
-        self.store.delete_chunks_from(collection, &stale).await?;
+        // One batch: each document's new chunks and the removal of its old version's extra
+        // chunks are applied (and journalled) together, so a crash never leaves half of it.
+        let batch = WriteBatch { upserts: points, delete_chunks_from: stale, delete_documents: Vec::new() };
         if let Some(exact) = &self.exact {
-            exact.add(collection, &points)?;
-            exact.remove_from(collection, &stale)?;
+            self.store.write(collection, batch.clone()).await?;
+            exact.add(collection, &batch.upserts)?;
+            exact.remove_from(collection, &batch.delete_chunks_from)?;
+        } else {
+            self.store.write(collection, batch).await?;
         }
         Ok(counts)
     }
@@ -459,7 +475,8 @@ impl Indexer {
                 existing += 1;
             }
         }
-        self.store.delete_documents(collection, ids).await?;
+        let batch = WriteBatch { delete_documents: ids.to_vec(), ..Default::default() };
+        self.store.write(collection, batch).await?;
         if let Some(exact) = &self.exact {
             exact.remove_documents(collection, ids)?;
         }

@@ -12,6 +12,7 @@ use clap::Args;
 use ragd_embedder::EmbedderConfig;
 use ragd_generator::GeneratorConfig;
 use ragd_indexer::IndexerConfig;
+use ragd_indexer::store::journal::Durability;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Args)]
@@ -29,6 +30,10 @@ pub struct UpArgs {
     /// Where the indexer keeps collections and shards.
     #[arg(long, env = "RAGD_DATA_DIR", default_value = ".ragd/data/up")]
     data_dir: PathBuf,
+    /// When the indexer acknowledges a write: fsync (survives a power loss), page-cache
+    /// (survives a crash of the process) or none (see `ragd serve indexer --help`).
+    #[arg(long, env = "RAGD_DURABILITY", value_enum, default_value_t = Durability::Fsync)]
+    durability: Durability,
     /// Embedding models: manifest.json and the exported models (scripts/setup).
     #[arg(long, env = "RAGD_MODELS_DIR", default_value = ragd_embedder::config::DEFAULT_MODELS_DIR)]
     models_dir: PathBuf,
@@ -102,6 +107,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let indexer = IndexerConfig {
         data_dir: args.data_dir,
+        durability: args.durability,
         embedder_url: embedder_url.clone(),
         ..IndexerConfig::default()
     };

@@ -1,14 +1,22 @@
 //! The embedded store: the real Qdrant engine in-process (`qdrant-edge`). A collection is N
-//! shard directories `<root>/<collection>/shard-<i>`, each an `EdgeShard` with its own
-//! write-ahead log and segments. Documents are routed to a shard by a stable hash of their id,
-//! so a document's chunks live together and re-upserts replace them in one shard; searches fan
-//! out to every shard in parallel and merge exactly. All engine calls block, so they run on
-//! tokio's blocking pool. A lock file keeps a second process out of the same data directory.
+//! shard directories `<root>/<collection>/shard-<i>`, each an `EdgeShard` with its segments.
+//! Documents are routed to a shard by a stable hash of their id, so a document's chunks live
+//! together and re-upserts replace them in one shard; searches fan out to every shard in
+//! parallel and merge exactly. A lock file keeps a second process out of the same data directory.
+//!
+//! Durability: every write goes through one writer thread, which appends it to ragd's journal
+//! ([`super::journal`], group commit: the writes that queued up meanwhile share one append and
+//! one `fdatasync`), then applies it to the shards, then acknowledges it. At start-up the journal
+//! is replayed into the shards ([`VectorStore::open_all`]); a checkpoint (every
+//! `checkpoint_bytes` of journal, in the background, and at shutdown) flushes every shard and
+//! deletes the journal files it covers. Engine calls block, so they run on tokio's blocking pool
+//! or the writer thread, except single-shard searches (see [`search_blocking`]).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::Instant;
 
 use qdrant_edge::{
     CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
@@ -18,8 +26,12 @@ use qdrant_edge::{
 };
 use serde_json::{Value, json};
 
+use super::journal::{self, Durability, Journal, Record};
 use super::merge::merge_top_k;
-use super::{ChunkPoint, Distance, Hit, SearchOptions, ShardStats, StoreSpec, StoreStats, VectorStore};
+use super::{
+    ChunkPoint, Distance, Hit, Recovery, SearchOptions, ShardStats, StoreSpec, StoreStats, VectorStore,
+    WriteBatch,
+};
 use crate::error::IndexError;
 use crate::filter;
 
@@ -38,23 +50,44 @@ pub fn point_id(doc_id: &str, chunk: u32) -> PointId {
     PointId::Uuid(super::point_uuid(doc_id, chunk))
 }
 
-/// One engine shard. `EdgeShard::flush` panics if the write-ahead log is locked by a concurrent
-/// write, so writes and flushes of a shard are serialised here.
+/// One engine shard. `EdgeShard::flush` panics if the write-ahead log or the segment holder is
+/// locked by a concurrent write or optimizer run, so writes and flushes are serialised by
+/// `writes`, and flushes and optimizer runs by `maintenance`.
 #[derive(Debug)]
 struct Shard {
     engine: EdgeShard,
     writes: Mutex<()>,
+    maintenance: Mutex<()>,
 }
 
 impl Shard {
+    fn new(engine: EdgeShard) -> Self {
+        Self { engine, writes: Mutex::new(()), maintenance: Mutex::new(()) }
+    }
+
     fn update(&self, op: UpdateOperation) -> Result<(), IndexError> {
         let _guard = self.writes.lock().map_err(|_| store_err("shard write lock poisoned"))?;
         self.engine.update(op).map_err(store_err)
     }
 
     fn flush(&self) {
+        let _maintenance = self.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let _guard = self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.engine.flush();
+    }
+
+    /// Builds indexes; when it changed the segments, flushes the shard, so the engine's own
+    /// operation log (which numbers the operations replayed from ragd's journal) is on the disk
+    /// at least as far as the versions the optimizer just persisted.
+    fn optimize(&self) -> Result<bool, IndexError> {
+        let _maintenance =
+            self.maintenance.lock().map_err(|_| store_err("shard maintenance lock poisoned"))?;
+        let changed = self.engine.optimize().map_err(store_err)?;
+        if changed {
+            let _guard = self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.engine.flush();
+        }
+        Ok(changed)
     }
 }
 
@@ -62,16 +95,45 @@ impl Shard {
 struct Collection {
     spec: StoreSpec,
     dir: PathBuf,
+    /// This life of the collection (see [`Record::incarnation`]).
+    incarnation: u64,
     shards: Vec<Arc<Shard>>,
+}
+
+type Collections = Arc<RwLock<HashMap<String, Arc<Collection>>>>;
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeOptions {
+    pub durability: Durability,
+    /// Journal bytes after which a checkpoint flushes the shards and deletes the journal.
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for EdgeOptions {
+    fn default() -> Self {
+        Self { durability: Durability::default(), checkpoint_bytes: 64 << 20 }
+    }
 }
 
 /// qdrant-edge shards on local disk.
 #[derive(Debug)]
 pub struct EdgeStore {
     root: PathBuf,
-    collections: RwLock<HashMap<String, Arc<Collection>>>,
+    collections: Collections,
+    /// The writer thread's queue (None once the store is being dropped).
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// Journal records read at start-up, not yet replayed (taken by `open`).
+    pending: Mutex<Vec<Record>>,
+    recovery: Mutex<Recovery>,
     _lock: File,
 }
+
+/// The incarnation file of a collection directory.
+const INCARNATION: &str = "incarnation";
+/// The journal's directory under the root (collection names cannot start with a dot).
+const JOURNAL_DIR: &str = ".journal";
 
 fn store_err(e: impl std::fmt::Display) -> IndexError {
     IndexError::Store(e.to_string())
@@ -100,14 +162,59 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl EdgeStore {
-    /// Opens (creating if needed) the data directory and takes its lock.
+    /// Opens (creating if needed) the data directory with the default options ([`Durability::Fsync`]).
     pub fn new(root: &Path) -> Result<Self, IndexError> {
+        Self::with_options(root, EdgeOptions::default())
+    }
+
+    /// Opens (creating if needed) the data directory, takes its lock, reads the journal and
+    /// starts the writer thread. Collections are opened by [`VectorStore::open_all`].
+    pub fn with_options(root: &Path, options: EdgeOptions) -> Result<Self, IndexError> {
         std::fs::create_dir_all(root).map_err(|e| store_err(format!("{}: {e}", root.display())))?;
         let lock = File::create(root.join(".lock")).map_err(store_err)?;
         lock.try_lock().map_err(|_| {
             IndexError::StoreUnavailable(format!("{} is in use by another ragd process", root.display()))
         })?;
-        Ok(Self { root: root.to_path_buf(), collections: RwLock::new(HashMap::new()), _lock: lock })
+        let dir = root.join(JOURNAL_DIR);
+        let (journal, recovered) =
+            Journal::open(&dir).map_err(|e| store_err(format!("journal {}: {e}", dir.display())))?;
+        if recovered.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = recovered.torn_bytes,
+                "journal: dropped a write torn by a crash (never acknowledged)"
+            );
+        }
+        let collections = Collections::default();
+        let (jobs, queue) = mpsc::channel();
+        let writer = Writer {
+            seq: recovered.records.iter().map(|r| r.seq).max().unwrap_or(0),
+            journal,
+            options,
+            collections: collections.clone(),
+            failed: None,
+            background: None,
+        };
+        let writer = std::thread::Builder::new()
+            .name("ragd-store-writer".into())
+            .spawn(move || writer.run(&queue))
+            .map_err(|e| store_err(format!("writer thread: {e}")))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            collections,
+            jobs: Some(jobs),
+            writer: Some(writer),
+            recovery: Mutex::new(Recovery { torn_bytes: recovered.torn_bytes, ..Default::default() }),
+            pending: Mutex::new(recovered.records),
+            _lock: lock,
+        })
+    }
+
+    /// Hands a job to the writer thread and waits for its answer.
+    async fn submit(&self, job: impl FnOnce(Reply) -> Job) -> Result<(), IndexError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || IndexError::StoreUnavailable("the store's writer has stopped".into());
+        self.jobs.as_ref().ok_or_else(stopped)?.send(job(reply)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     fn get(&self, name: &str) -> Result<Arc<Collection>, IndexError> {
@@ -143,20 +250,307 @@ impl EdgeStore {
             .build()
     }
 
-    fn register(&self, spec: &StoreSpec, shards: Vec<EdgeShard>) -> Result<(), IndexError> {
+    fn register(&self, spec: &StoreSpec, incarnation: u64, shards: Vec<EdgeShard>) -> Result<(), IndexError> {
         let collection = Collection {
             spec: spec.clone(),
             dir: self.root.join(&spec.name),
-            shards: shards
-                .into_iter()
-                .map(|engine| Arc::new(Shard { engine, writes: Mutex::new(()) }))
-                .collect(),
+            incarnation,
+            shards: shards.into_iter().map(|engine| Arc::new(Shard::new(engine))).collect(),
         };
         self.collections
             .write()
             .map_err(|_| store_err("collections lock poisoned"))?
             .insert(spec.name.clone(), Arc::new(collection));
         Ok(())
+    }
+
+    /// Replays the pending journal records of `name` (this incarnation) into its shards.
+    async fn replay(&self, name: &str) -> Result<(), IndexError> {
+        let c = self.get(name)?;
+        let mine: Vec<Record> = {
+            let mut pending = self.pending.lock().map_err(|_| store_err("journal lock poisoned"))?;
+            let (mine, rest) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|r| r.collection == name && r.incarnation == c.incarnation);
+            *pending = rest;
+            mine
+        };
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let points: usize = mine.iter().map(|r| r.batch.upserts.len()).sum();
+        let records = mine.len();
+        // A record that cannot be applied now never will be: it is reported and passed over,
+        // rather than keeping the indexer from starting.
+        let failed = blocking(move || {
+            Ok(mine
+                .iter()
+                .filter_map(|r| apply(&c, &r.batch).err().map(|e| (r.seq, e)))
+                .inspect(|(seq, e)| tracing::error!(seq, error = %e, "journal record failed to replay"))
+                .count())
+        })
+        .await?;
+        tracing::info!(
+            collection = %name, records, points, failed, ms = started.elapsed().as_millis() as u64,
+            "journal replayed"
+        );
+        let mut recovery = self.recovery.lock().map_err(|_| store_err("journal lock poisoned"))?;
+        recovery.records += records as u64;
+        recovery.points += points as u64;
+        recovery.failed += failed as u64;
+        Ok(())
+    }
+}
+
+impl Drop for EdgeStore {
+    fn drop(&mut self) {
+        // Closing the queue stops the writer after the jobs already queued.
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The answer to a writer job.
+type Reply = tokio::sync::oneshot::Sender<Result<(), IndexError>>;
+
+/// Work for the writer thread.
+enum Job {
+    /// Journal, apply, acknowledge.
+    Write { collection: Arc<Collection>, batch: WriteBatch, reply: Reply },
+    /// Flush every shard and delete the journal written so far (shutdown, after recovery).
+    Checkpoint { reply: Reply },
+}
+
+/// Most writes journalled together.
+const MAX_GROUP: usize = 256;
+
+/// The writer thread's state: the journal, and what a checkpoint flushes.
+struct Writer {
+    journal: Journal,
+    options: EdgeOptions,
+    collections: Collections,
+    seq: u64,
+    /// Set when the journal could not be repaired after a failed append, or a journalled batch
+    /// could not be applied to the shards (the shards may hold part of it): writes are refused
+    /// and no checkpoint deletes the journal, so a restart replays the batch whole.
+    failed: Option<String>,
+    /// A checkpoint flushing in the background.
+    background: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn run(mut self, queue: &mpsc::Receiver<Job>) {
+        let mut frames = Vec::new();
+        while let Ok(first) = queue.recv() {
+            let mut writes = Vec::new();
+            let mut checkpoints = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next {
+                match job {
+                    Job::Write { collection, batch, reply } => writes.push((collection, batch, reply)),
+                    Job::Checkpoint { reply } => checkpoints.push(reply),
+                }
+                next = if writes.len() < MAX_GROUP { queue.try_recv().ok() } else { None };
+            }
+            if !writes.is_empty() {
+                match self.log(&writes, &mut frames) {
+                    Ok(()) => {
+                        for (collection, batch, reply) in writes {
+                            let applied = apply(&collection, &batch);
+                            // Released before the answer, so a drop of the collection that
+                            // follows it does not wait for this thread.
+                            drop((collection, batch));
+                            if let (Err(e), Durability::Fsync | Durability::PageCache) =
+                                (&applied, self.options.durability)
+                            {
+                                tracing::error!(error = %e, "a journalled write failed to apply; refusing writes until a restart replays it");
+                                self.failed =
+                                    Some(format!("a write failed to apply ({e}): restart the indexer"));
+                            }
+                            let _ = reply.send(applied);
+                        }
+                    }
+                    Err(why) => {
+                        for (collection, batch, reply) in writes {
+                            drop((collection, batch));
+                            let _ = reply.send(Err(IndexError::StoreUnavailable(why.clone())));
+                        }
+                    }
+                }
+                if self.journal.current_bytes() >= self.options.checkpoint_bytes
+                    && self.background.as_ref().is_none_or(std::thread::JoinHandle::is_finished)
+                    && let Err(e) = self.checkpoint(false)
+                {
+                    tracing::warn!(error = %e, "journal checkpoint failed; the journal keeps growing");
+                }
+            }
+            for reply in checkpoints {
+                let _ = reply.send(self.checkpoint(true));
+            }
+        }
+        if let Some(b) = self.background.take() {
+            let _ = b.join();
+        }
+    }
+
+    /// Journals a group of writes as one append (and one sync at [`Durability::Fsync`]).
+    fn log(
+        &mut self,
+        writes: &[(Arc<Collection>, WriteBatch, Reply)],
+        frames: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        if let Some(why) = &self.failed {
+            return Err(why.clone());
+        }
+        if self.options.durability == Durability::None {
+            return Ok(());
+        }
+        frames.clear();
+        for (c, batch, _) in writes {
+            self.seq += 1;
+            journal::encode_batch(self.seq, c.incarnation, &c.spec.name, batch, frames);
+        }
+        let before = self.journal.current_bytes();
+        self.journal.append(frames, self.options.durability == Durability::Fsync).map_err(|e| {
+            // Cut the partial append, so no later record sits behind a torn one; if even that
+            // fails, refuse writes rather than acknowledge records a restart would not find.
+            if let Err(cut) = self.journal.truncate_to(before) {
+                self.failed = Some(format!("journal failed ({e}, then {cut}): restart the indexer"));
+            }
+            format!("journal append failed: {e}")
+        })
+    }
+
+    /// Starts a new journal file, flushes every shard and deletes the files before it: in the
+    /// background (`wait` false: appends go on into the new file meanwhile) or before returning.
+    fn checkpoint(&mut self, wait: bool) -> Result<(), IndexError> {
+        if let Some(b) = self.background.take() {
+            let _ = b.join();
+        }
+        if let Some(why) = &self.failed {
+            return Err(IndexError::StoreUnavailable(format!("no checkpoint: {why}")));
+        }
+        let done = self.journal.rotate().map_err(|e| store_err(format!("journal rotate: {e}")))?;
+        let collections: Vec<Arc<Collection>> = self
+            .collections
+            .read()
+            .map_err(|_| store_err("collections lock poisoned"))?
+            .values()
+            .cloned()
+            .collect();
+        let dir = self.journal.dir().to_path_buf();
+        let work = move || -> Result<(), IndexError> {
+            let started = Instant::now();
+            for c in &collections {
+                for s in &c.shards {
+                    s.flush();
+                }
+            }
+            Journal::delete_upto(&dir, done)
+                .map_err(|e| store_err(format!("journal {}: {e}", dir.display())))?;
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "journal checkpoint");
+            Ok(())
+        };
+        if wait {
+            return work();
+        }
+        let spawned = std::thread::Builder::new().name("ragd-store-checkpoint".into()).spawn(move || {
+            if let Err(e) = work() {
+                tracing::warn!(error = %e, "journal checkpoint failed");
+            }
+        });
+        self.background = Some(spawned.map_err(|e| store_err(format!("checkpoint thread: {e}")))?);
+        Ok(())
+    }
+}
+
+/// One shard's part of a [`WriteBatch`].
+#[derive(Default)]
+struct ShardWrites {
+    upserts: Vec<PointStructPersisted>,
+    delete_chunks_from: Vec<(String, u32)>,
+    delete_documents: Vec<String>,
+}
+
+impl ShardWrites {
+    fn apply(self, shard: &Shard) -> Result<(), IndexError> {
+        if !self.upserts.is_empty() {
+            let op = PointOperations::UpsertPoints(PointInsertOperations::PointsList(self.upserts));
+            shard.update(UpdateOperation::PointOperation(op))?;
+        }
+        if !self.delete_chunks_from.is_empty() {
+            let f = qdrant_filter(filter::chunks_from_many(&self.delete_chunks_from))?;
+            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(f)))?;
+        }
+        if !self.delete_documents.is_empty() {
+            let f = qdrant_filter(filter::documents(&self.delete_documents))?;
+            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(f)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies a batch to a collection's shards (blocking): each shard's part in order (upserts,
+/// then deletes), the shards in parallel when more than one has work.
+fn apply(c: &Collection, batch: &WriteBatch) -> Result<(), IndexError> {
+    let mut per_shard: Vec<ShardWrites> = (0..c.shards.len()).map(|_| ShardWrites::default()).collect();
+    for p in &batch.upserts {
+        per_shard[shard_of(&p.doc_id, c.spec.shards)].upserts.push(PointStructPersisted {
+            id: point_id(&p.doc_id, p.chunk),
+            vector: VectorStructPersisted::Single(p.vector.clone()),
+            payload: Some(Payload(super::payload(p))),
+        });
+    }
+    for (doc, from) in &batch.delete_chunks_from {
+        per_shard[shard_of(doc, c.spec.shards)].delete_chunks_from.push((doc.clone(), *from));
+    }
+    for doc in &batch.delete_documents {
+        per_shard[shard_of(doc, c.spec.shards)].delete_documents.push(doc.clone());
+    }
+    let busy: Vec<(usize, ShardWrites)> = per_shard
+        .into_iter()
+        .enumerate()
+        .filter(|(_, w)| {
+            !(w.upserts.is_empty() && w.delete_chunks_from.is_empty() && w.delete_documents.is_empty())
+        })
+        .collect();
+    if busy.len() <= 1 {
+        return busy.into_iter().try_for_each(|(i, w)| w.apply(&c.shards[i]));
+    }
+    std::thread::scope(|scope| {
+        let running: Vec<_> =
+            busy.into_iter().map(|(i, w)| (i, scope.spawn(move || w.apply(&c.shards[i])))).collect();
+        running.into_iter().try_for_each(|(i, h)| {
+            h.join().unwrap_or_else(|_| Err(store_err(format!("shard {i}: write panicked"))))
+        })
+    })
+}
+
+/// Writes `dir/incarnation`: a number new to this life of the collection.
+fn write_incarnation(dir: &Path) -> Result<u64, IndexError> {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let incarnation = ((nanos as u64) ^ (u64::from(std::process::id()) << 48)) | 1;
+    let path = dir.join(INCARNATION);
+    let tmp = dir.join("incarnation.tmp");
+    let written = std::fs::write(&tmp, incarnation.to_string())
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| journal::sync_dir(dir));
+    written.map_err(|e| store_err(format!("{}: {e}", path.display())))?;
+    Ok(incarnation)
+}
+
+/// Reads `dir/incarnation` (0 for a collection created before incarnations existed).
+fn read_incarnation(dir: &Path) -> Result<u64, IndexError> {
+    let path = dir.join(INCARNATION);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|e| store_err(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(store_err(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -229,28 +623,39 @@ impl VectorStore for EdgeStore {
             }
         }
         let dir = self.root.join(&spec.name);
+        let root = self.root.clone();
         let config = Self::edge_config(spec);
         let n = spec.shards;
-        let shards = blocking(move || {
-            (0..n)
+        let (incarnation, shards) = blocking(move || {
+            // A directory the registry does not know is left by a crash during a create or a
+            // drop (the registry is written after the one and before the other).
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| store_err(format!("{}: {e}", dir.display())))?;
+            }
+            let shards = (0..n)
                 .map(|i| {
                     let path = dir.join(format!("shard-{i}"));
                     std::fs::create_dir_all(&path).map_err(store_err)?;
                     let shard = EdgeShard::new(&path, config.clone()).map_err(store_err)?;
                     ensure_payload_indexes(&shard)?;
+                    shard.flush();
                     Ok(shard)
                 })
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, IndexError>>()?;
+            let incarnation = write_incarnation(&dir)?;
+            journal::sync_dir(&root).map_err(|e| store_err(format!("{}: {e}", root.display())))?;
+            Ok((incarnation, shards))
         })
         .await?;
-        self.register(spec, shards)
+        self.register(spec, incarnation, shards)
     }
 
     async fn open(&self, spec: &StoreSpec) -> Result<(), IndexError> {
         let dir = self.root.join(&spec.name);
         let n = spec.shards;
-        let shards = blocking(move || {
-            (0..n)
+        let (incarnation, shards) = blocking(move || {
+            let incarnation = read_incarnation(&dir)?;
+            let shards = (0..n)
                 .map(|i| {
                     let path = dir.join(format!("shard-{i}"));
                     let shard = EdgeShard::load(&path, None)
@@ -258,10 +663,51 @@ impl VectorStore for EdgeStore {
                     ensure_payload_indexes(&shard)?;
                     Ok(shard)
                 })
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, IndexError>>()?;
+            Ok((incarnation, shards))
         })
         .await?;
-        self.register(spec, shards)
+        self.register(spec, incarnation, shards)?;
+        self.replay(&spec.name).await
+    }
+
+    /// Opens every collection and replays the journal into it; drops the records of collections
+    /// that no longer exist and the directories the registry does not know (left by a crash
+    /// during a create or a drop); then a checkpoint makes the replayed writes part of the
+    /// shards and empties the journal.
+    async fn open_all(&self, specs: &[StoreSpec]) -> Result<Recovery, IndexError> {
+        for spec in specs {
+            self.open(spec).await?;
+        }
+        let skipped =
+            std::mem::take(&mut *self.pending.lock().map_err(|_| store_err("journal lock poisoned"))?);
+        let known: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let root = self.root.clone();
+        blocking(move || {
+            for entry in std::fs::read_dir(&root).map_err(store_err)?.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.path().is_dir() && !name.starts_with('.') && !known.contains(&name) {
+                    tracing::warn!(dir = %entry.path().display(), "removing a collection directory the registry does not know");
+                    std::fs::remove_dir_all(entry.path()).map_err(store_err)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.submit(|reply| Job::Checkpoint { reply }).await?;
+        let mut recovery = *self.recovery.lock().map_err(|_| store_err("journal lock poisoned"))?;
+        recovery.skipped = skipped.len() as u64;
+        if recovery != Recovery::default() {
+            tracing::info!(
+                records = recovery.records,
+                points = recovery.points,
+                skipped = recovery.skipped,
+                failed = recovery.failed,
+                torn_bytes = recovery.torn_bytes,
+                "recovered from the journal"
+            );
+        }
+        Ok(recovery)
     }
 
     async fn drop_collection(&self, name: &str) -> Result<(), IndexError> {
@@ -271,63 +717,41 @@ impl VectorStore for EdgeStore {
             .map_err(|_| store_err("collections lock poisoned"))?
             .remove(name)
             .ok_or_else(|| IndexError::CollectionNotFound(name.to_string()))?;
-        let dir = removed.dir.clone();
-        drop(removed);
-        blocking(move || std::fs::remove_dir_all(&dir).map_err(store_err)).await
+        let (dir, root) = (removed.dir.clone(), self.root.clone());
+        blocking(move || {
+            // Work in flight (a search, a queued write, an optimizer run, a checkpoint) holds
+            // the collection, and the last holder's drop flushes its shards (qdrant-edge does,
+            // and panics if the directory is gone): wait to be the last, then remove the files.
+            let mut removed = removed;
+            while let Err(shared) = Arc::try_unwrap(removed) {
+                removed = shared;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            std::fs::remove_dir_all(&dir).map_err(store_err)?;
+            journal::sync_dir(&root).map_err(store_err)
+        })
+        .await
+    }
+
+    async fn write(&self, collection: &str, batch: WriteBatch) -> Result<(), IndexError> {
+        let c = self.get(collection)?;
+        super::check_vectors(&batch.upserts, c.spec.dim)?;
+        if batch == WriteBatch::default() {
+            return Ok(());
+        }
+        self.submit(|reply| Job::Write { collection: c, batch, reply }).await
     }
 
     async fn upsert(&self, collection: &str, points: &[ChunkPoint]) -> Result<(), IndexError> {
-        let c = self.get(collection)?;
-        super::check_vectors(points, c.spec.dim)?;
-        let mut per_shard: Vec<Vec<PointStructPersisted>> = vec![Vec::new(); c.shards.len()];
-        for p in points {
-            per_shard[shard_of(&p.doc_id, c.spec.shards)].push(PointStructPersisted {
-                id: point_id(&p.doc_id, p.chunk),
-                vector: VectorStructPersisted::Single(p.vector.clone()),
-                payload: Some(Payload(super::payload(p))),
-            });
-        }
-        let writes = per_shard.into_iter().enumerate().filter(|(_, ps)| !ps.is_empty()).map(|(i, ps)| {
-            let shard = c.shards[i].clone();
-            blocking(move || {
-                let op = PointOperations::UpsertPoints(PointInsertOperations::PointsList(ps));
-                shard.update(UpdateOperation::PointOperation(op))
-            })
-        });
-        futures::future::try_join_all(writes).await.map(|_| ())
+        self.write(collection, WriteBatch { upserts: points.to_vec(), ..Default::default() }).await
     }
 
     async fn delete_chunks_from(&self, collection: &str, docs: &[(String, u32)]) -> Result<(), IndexError> {
-        let c = self.get(collection)?;
-        // One filtered delete per shard for the whole batch (the doc_id index makes it cheap).
-        let mut per_shard: Vec<Vec<(String, u32)>> = vec![Vec::new(); c.shards.len()];
-        for (doc, from) in docs {
-            per_shard[shard_of(doc, c.spec.shards)].push((doc.clone(), *from));
-        }
-        let deletes = per_shard.into_iter().enumerate().filter(|(_, ds)| !ds.is_empty()).map(|(i, ds)| {
-            let shard = c.shards[i].clone();
-            let f = qdrant_filter(filter::chunks_from_many(&ds));
-            blocking(move || {
-                shard.update(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(f?)))
-            })
-        });
-        futures::future::try_join_all(deletes).await.map(|_| ())
+        self.write(collection, WriteBatch { delete_chunks_from: docs.to_vec(), ..Default::default() }).await
     }
 
     async fn delete_documents(&self, collection: &str, doc_ids: &[String]) -> Result<(), IndexError> {
-        let c = self.get(collection)?;
-        let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); c.shards.len()];
-        for d in doc_ids {
-            per_shard[shard_of(d, c.spec.shards)].push(d.clone());
-        }
-        let deletes = per_shard.into_iter().enumerate().filter(|(_, ds)| !ds.is_empty()).map(|(i, ds)| {
-            let shard = c.shards[i].clone();
-            blocking(move || {
-                let op = PointOperations::DeletePointsByFilter(qdrant_filter(filter::documents(&ds))?);
-                shard.update(UpdateOperation::PointOperation(op))
-            })
-        });
-        futures::future::try_join_all(deletes).await.map(|_| ())
+        self.write(collection, WriteBatch { delete_documents: doc_ids.to_vec(), ..Default::default() }).await
     }
 
     async fn search(
@@ -425,7 +849,7 @@ impl VectorStore for EdgeStore {
         blocking(move || {
             let mut changed = false;
             for shard in &c.shards {
-                changed |= shard.engine.optimize().map_err(store_err)?;
+                changed |= shard.optimize()?;
             }
             Ok(changed)
         })
@@ -501,22 +925,8 @@ impl VectorStore for EdgeStore {
         .await
     }
 
+    /// A checkpoint: every shard flushed, the journal emptied.
     async fn flush(&self) -> Result<(), IndexError> {
-        let all: Vec<Arc<Collection>> = self
-            .collections
-            .read()
-            .map_err(|_| store_err("collections lock poisoned"))?
-            .values()
-            .cloned()
-            .collect();
-        blocking(move || {
-            for c in all {
-                for s in &c.shards {
-                    s.flush();
-                }
-            }
-            Ok(())
-        })
-        .await
+        self.submit(|reply| Job::Checkpoint { reply }).await
     }
 }

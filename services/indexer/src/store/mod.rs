@@ -4,6 +4,7 @@
 //! store only knows names, dimensions, distances and shard counts.
 
 pub mod edge;
+pub mod journal;
 pub mod merge;
 pub mod remote;
 
@@ -113,6 +114,31 @@ pub struct SearchOptions {
     pub hnsw_ef: Option<usize>,
 }
 
+/// The writes of one request, applied (and, on the embedded store, journalled) as one unit:
+/// first the upserts, then the deletes of each `(doc_id, n)`'s chunks `n..` (what remains of a
+/// longer old version of a re-upserted document), then the deletes of whole documents.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteBatch {
+    pub upserts: Vec<ChunkPoint>,
+    pub delete_chunks_from: Vec<(String, u32)>,
+    pub delete_documents: Vec<String>,
+}
+
+/// What a store found and replayed when it opened (the embedded store's journal).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Journal records applied to the shards.
+    pub records: u64,
+    /// Chunks those records upserted.
+    pub points: u64,
+    /// Records of collections that no longer exist (skipped).
+    pub skipped: u64,
+    /// Records that failed to apply (logged with the reason).
+    pub failed: u64,
+    /// Bytes of a write torn by a crash (never acknowledged), dropped.
+    pub torn_bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
     pub doc_id: String,
@@ -148,11 +174,33 @@ pub struct ShardStats {
 pub trait VectorStore: Send + Sync + Debug {
     /// Creates the storage of a new collection.
     async fn create(&self, spec: &StoreSpec) -> Result<(), IndexError>;
-    /// Opens the existing storage of a collection (at start-up).
+    /// Opens the existing storage of a collection.
     async fn open(&self, spec: &StoreSpec) -> Result<(), IndexError>;
+    /// Opens every collection of the registry at start-up and recovers what a crash left.
+    async fn open_all(&self, specs: &[StoreSpec]) -> Result<Recovery, IndexError> {
+        for spec in specs {
+            self.open(spec).await?;
+        }
+        Ok(Recovery::default())
+    }
     /// Deletes a collection's storage.
     async fn drop_collection(&self, name: &str) -> Result<(), IndexError>;
-    /// Writes chunks; returns once they are durable (in the write-ahead log).
+    /// Applies a request's writes; returns once they are durable. The embedded store makes the
+    /// batch all-or-nothing across a crash; a Qdrant cluster applies its parts in order, each
+    /// acknowledged by Qdrant (`wait=true`).
+    async fn write(&self, collection: &str, batch: WriteBatch) -> Result<(), IndexError> {
+        if !batch.upserts.is_empty() {
+            self.upsert(collection, &batch.upserts).await?;
+        }
+        if !batch.delete_chunks_from.is_empty() {
+            self.delete_chunks_from(collection, &batch.delete_chunks_from).await?;
+        }
+        if !batch.delete_documents.is_empty() {
+            self.delete_documents(collection, &batch.delete_documents).await?;
+        }
+        Ok(())
+    }
+    /// Writes chunks; returns once they are durable.
     async fn upsert(&self, collection: &str, points: &[ChunkPoint]) -> Result<(), IndexError>;
     /// Deletes the chunks numbered `n` and above of each `(doc_id, n)`: after re-upserting a
     /// document as `n` chunks (same point ids for 0..n), what remains of a longer old version.
