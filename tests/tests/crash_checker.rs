@@ -329,10 +329,11 @@ struct Up;
 
 impl Target for Up {
     fn start(&mut self, data: &std::path::Path, durability: &str) -> (RagdProcess, String, Option<String>) {
-        let home = ragd_tests::ragd_home();
-        let (dir, models) = (data.display().to_string(), home.join("models").display().to_string());
-        let ort = home.join("lib/libonnxruntime.so.1.31.1").display().to_string();
-        let llm = ragd_tests::llm_model().display().to_string();
+        let (dir, llm) = (data.display().to_string(), ragd_tests::llm_model().display().to_string());
+        // The models, ONNX Runtime and model subset come from the same variables as every
+        // process test's embedder.
+        let mut env = model_env();
+        env.push(("RUST_LOG", "warn".into()));
         let (p, urls) = RagdProcess::up(
             &[
                 "--embedder-port",
@@ -343,18 +344,12 @@ impl Target for Up {
                 "0",
                 "--data-dir",
                 &dir,
-                "--models-dir",
-                &models,
-                "--models",
-                "all-MiniLM-L6-v2",
-                "--ort-library",
-                &ort,
                 "--llm-model",
                 &llm,
                 "--durability",
                 durability,
             ],
-            &[("RUST_LOG", "warn".into())],
+            &env,
         );
         let url = urls["indexer"].clone();
         (p, url, Some(urls["embedder"].clone()))
