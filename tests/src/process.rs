@@ -39,8 +39,17 @@ pub struct RagdProcess {
 impl RagdProcess {
     /// Spawns `ragd <args>` and reads `n` `RAGD_LISTENING <service> <addr>` lines from its stdout.
     fn spawn(args: &[&str], envs: &[(&str, String)], n: usize) -> (Child, Vec<(String, String)>) {
+        Self::spawn_with(args, envs, n, Stdio::inherit())
+    }
+
+    fn spawn_with(
+        args: &[&str],
+        envs: &[(&str, String)],
+        n: usize,
+        stderr: Stdio,
+    ) -> (Child, Vec<(String, String)>) {
         let mut cmd = Command::new(ragd_bin());
-        cmd.args(args).current_dir(super::repo_root()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(args).current_dir(super::repo_root()).stdout(Stdio::piped()).stderr(stderr);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -66,6 +75,27 @@ impl RagdProcess {
         let (named, addr) = listening.remove(0);
         assert_eq!(named, service);
         Self { child, addr }
+    }
+
+    /// Like [`RagdProcess::serve`], with the process's log (stderr) written to `log`.
+    pub fn serve_logged(
+        service: &str,
+        args: &[&str],
+        envs: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> Self {
+        let mut all = vec!["serve", service, "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let file = std::fs::File::create(log).expect("log file");
+        let (child, mut listening) = Self::spawn_with(&all, envs, 1, Stdio::from(file));
+        let (named, addr) = listening.remove(0);
+        assert_eq!(named, service);
+        Self { child, addr }
+    }
+
+    /// The `host:port` the service listens on.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// Runs `ragd up <args>` (all three services in one process) and reads the three

@@ -9,7 +9,10 @@
 //! - no phantom or duplicate chunks: the full scroll of the store (a filtered exact search,
 //!   answered by the store) and of the resident exact engine (an unfiltered exact search) list
 //!   exactly the expected chunks, and DescribeCollection's counts agree with them;
-//! - deleted documents stay deleted; DocumentStatus agrees with the store.
+//! - deleted documents stay deleted; DocumentStatus agrees with the store;
+//! - the indexer's replay figures (`ragd_indexer_journal_*`, scraped from its metrics listener
+//!   at every start) report no failed or skipped record, nothing on a new directory, journal
+//!   records replayed across the killed cycles, and nothing left to replay after a clean stop.
 //!
 //! The expected state is the checker's own record of what was acknowledged, never read back
 //! from ragd. Cycles alternate the two durability levels. `RAGD_CRASH_CYCLES` (default 20) sets
@@ -291,11 +294,19 @@ async fn verify(client: &mut IndexerClient<Channel>, model: &Model, cycle: usize
     );
 }
 
+/// A started indexer under test: the process (killed by the checker), the indexer's URL, the URL
+/// of an embedder that restarts with it (to wait for) and its metrics listener, where it has one.
+struct Started {
+    process: RagdProcess,
+    url: String,
+    embedder: Option<String>,
+    metrics: Option<std::net::SocketAddr>,
+}
+
 /// How the checker starts the indexer under test: a `ragd serve indexer` beside one embedder
-/// process, or all of `ragd up`. Returns the process (killed by the checker), the indexer's URL
-/// and the URL of an embedder that restarts with it (to wait for).
+/// process, or all of `ragd up`.
 trait Target {
-    fn start(&mut self, data: &std::path::Path, durability: &str) -> (RagdProcess, String, Option<String>);
+    fn start(&mut self, data: &std::path::Path, durability: &str) -> Started;
 }
 
 struct Indexer {
@@ -303,9 +314,11 @@ struct Indexer {
 }
 
 impl Target for Indexer {
-    fn start(&mut self, data: &std::path::Path, durability: &str) -> (RagdProcess, String, Option<String>) {
+    fn start(&mut self, data: &std::path::Path, durability: &str) -> Started {
         let dir = data.display().to_string();
         let url = self.embedder.url();
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], ragd_tests::free_port()));
+        let metrics_arg = metrics.to_string();
         let p = RagdProcess::serve(
             "indexer",
             &[
@@ -317,18 +330,20 @@ impl Target for Indexer {
                 durability,
                 "--journal-checkpoint-mb",
                 "1",
+                "--metrics-addr",
+                &metrics_arg,
             ],
             &[("RUST_LOG", "warn".into())],
         );
         let url = p.url();
-        (p, url, None)
+        Started { process: p, url, embedder: None, metrics: Some(metrics) }
     }
 }
 
 struct Up;
 
 impl Target for Up {
-    fn start(&mut self, data: &std::path::Path, durability: &str) -> (RagdProcess, String, Option<String>) {
+    fn start(&mut self, data: &std::path::Path, durability: &str) -> Started {
         let (dir, llm) = (data.display().to_string(), ragd_tests::llm_model().display().to_string());
         // The models, ONNX Runtime and model subset come from the same variables as every
         // process test's embedder.
@@ -352,7 +367,7 @@ impl Target for Up {
             &env,
         );
         let url = urls["indexer"].clone();
-        (p, url, Some(urls["embedder"].clone()))
+        Started { process: p, url, embedder: Some(urls["embedder"].clone()), metrics: None }
     }
 }
 
@@ -377,13 +392,27 @@ async fn run(target: &mut dyn Target) {
             m.insert(format!("w{w}-d{d}"), Expected::Known(None));
         }
     }
+    let mut replayed = 0.0;
     for cycle in 0..=cycles {
         let durability = if cycle % 2 == 0 { "fsync" } else { "page-cache" };
-        let (mut process, url, embedder) = target.start(data.path(), durability);
+        let Started { mut process, url, embedder, metrics } = target.start(data.path(), durability);
         if let Some(e) = embedder {
             wait_serving(&e, "ragd.v1.Embedder", Duration::from_secs(120)).await;
         }
         let mut client = connect(&url).await;
+        if let Some(addr) = metrics {
+            let r = recovery(addr).await;
+            println!("cycle {cycle}: start-up replay {r:?}");
+            assert_eq!(
+                (r.skipped, r.failed),
+                (0.0, 0.0),
+                "cycle {cycle}: nothing was dropped, nothing may fail"
+            );
+            if cycle == 0 {
+                assert_eq!(r, Recovery::default(), "a new data directory has nothing to replay");
+            }
+            replayed += r.records;
+        }
         if cycle == 0 {
             let chunking = v1::Chunking {
                 policy: Some(v1::chunking::Policy::Sentences(v1::Window { size: 1, overlap: 0 })),
@@ -418,9 +447,49 @@ async fn run(target: &mut dyn Target) {
             w.await.expect("writer");
         }
     }
-    let m = model.lock().expect("model");
-    let stored = m.values().filter(|e| matches!(e, Expected::Known(Some(_)))).count();
+    let stored = {
+        let m = model.lock().expect("model");
+        m.values().filter(|e| matches!(e, Expected::Known(Some(_)))).count()
+    };
     assert!(stored > 0, "the writers stored nothing: the check checked nothing");
+    // After a clean stop (which checkpoints) a restart has nothing to replay and still holds
+    // everything; across the killed cycles, the journal must have replayed something.
+    let Started { mut process, url, embedder, metrics } = target.start(data.path(), "fsync");
+    if let Some(e) = embedder {
+        wait_serving(&e, "ragd.v1.Embedder", Duration::from_secs(120)).await;
+    }
+    let mut client = connect(&url).await;
+    if let Some(addr) = metrics {
+        let r = recovery(addr).await;
+        assert_eq!(r, Recovery::default(), "a clean stop left journal records to replay");
+        assert!(replayed > 0.0, "{cycles} SIGKILLs mid-ingest and no start-up reported a replayed record");
+        println!("journal records replayed over {cycles} restarts after SIGKILL: {replayed}");
+    }
+    verify(&mut client, &model, cycles + 1).await;
+    process.signal("TERM");
+    assert!(process.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
+}
+
+/// The indexer's start-up replay figures, read from its Prometheus listener.
+#[derive(Debug, Default, PartialEq)]
+struct Recovery {
+    records: f64,
+    points: f64,
+    skipped: f64,
+    failed: f64,
+    torn_bytes: f64,
+}
+
+async fn recovery(addr: std::net::SocketAddr) -> Recovery {
+    let body = ragd_tests::scrape(addr).await;
+    let g = |name: &str| ragd_tests::metric(&body, &format!("ragd_indexer_journal_{name}"));
+    Recovery {
+        records: g("replayed_records"),
+        points: g("replayed_points"),
+        skipped: g("skipped_records"),
+        failed: g("failed_records"),
+        torn_bytes: g("torn_bytes"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

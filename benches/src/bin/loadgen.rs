@@ -59,6 +59,8 @@ struct Common {
     /// client of an idempotent RPC would (1 = no retry: every failure counts).
     #[arg(long, default_value_t = 1)]
     tries: u32,
+    #[command(flatten)]
+    caller: ragd_core::security::CallerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -103,10 +105,13 @@ impl Common {
         }
     }
 
-    async fn channels(&self) -> anyhow::Result<Vec<tonic::transport::Channel>> {
+    /// `--connections` connections, with the caller's TLS (https:// endpoints) and credential.
+    async fn channels(&self) -> anyhow::Result<Vec<ragd_core::upstream::Upstream>> {
+        let security = self.caller.security()?;
         let mut channels = Vec::new();
         for _ in 0..self.connections.max(1) {
-            channels.push(ragd_core::client::connect(&self.endpoint).await?);
+            let ch = ragd_core::client::connect_with(&self.endpoint, security.tls.clone()).await?;
+            channels.push(ragd_core::upstream::Upstream::fixed_with(ch, security.clone()));
         }
         Ok(channels)
     }

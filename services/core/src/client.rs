@@ -4,14 +4,30 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-/// Connects to `url` (e.g. `http://127.0.0.1:50051`).
+/// Connects to `url` (e.g. `http://127.0.0.1:50051`), plaintext.
 pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
-    endpoint(url)?.connect_with_connector(crate::net::Connector).await
+    connect_with(url, None).await
+}
+
+/// Connects to `url`, with TLS where `tls` applies to it (`https://`, or `--upstream-tls`).
+pub async fn connect_with(
+    url: &str,
+    tls: Option<crate::tls::ClientTls>,
+) -> Result<Channel, tonic::transport::Error> {
+    endpoint(url)?.connect_with_connector(crate::net::Connector::new(tls)).await
 }
 
 /// A channel that connects on first use (see [`connect`]).
 pub fn connect_lazy(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(url)?.connect_with_connector_lazy(crate::net::Connector))
+    connect_lazy_with(url, None)
+}
+
+/// A channel that connects on first use (see [`connect_with`]).
+pub fn connect_lazy_with(
+    url: &str,
+    tls: Option<crate::tls::ClientTls>,
+) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(url)?.connect_with_connector_lazy(crate::net::Connector::new(tls)))
 }
 
 /// An endpoint with ragd's defaults, for callers that want to tune it further.

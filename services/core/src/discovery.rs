@@ -258,11 +258,12 @@ pub fn discovered(
     config: &DiscoveryConfig,
     service: &str,
     metrics: Option<DiscoveryMetrics>,
+    security: crate::security::ClientSecurity,
 ) -> Result<(Upstream, JoinHandle<()>), DiscoveryError> {
     if !config.enabled() {
         return Err(DiscoveryError::NotConfigured);
     }
-    let upstream = Upstream::empty();
+    let upstream = Upstream::empty(security);
     let follow =
         follow(config.clone(), service.to_string(), upstream.downgrade(), metrics.unwrap_or_default());
     Ok((upstream, tokio::spawn(follow)))
@@ -347,17 +348,18 @@ async fn follow_once(
 }
 
 /// Registers this instance if discovery is configured: its address is `--advertise-addr` or
-/// `http://<local>`.
+/// `<scheme>://<local>` (`https` when the server speaks TLS).
 pub async fn register_if_enabled(
     config: &DiscoveryConfig,
     service: &str,
+    scheme: &str,
     local: std::net::SocketAddr,
     meta: serde_json::Value,
 ) -> Result<Option<Registration>, DiscoveryError> {
     if !config.enabled() {
         return Ok(None);
     }
-    let addr = config.advertise_addr.clone().unwrap_or_else(|| format!("http://{local}"));
+    let addr = config.advertise_addr.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
     let instance =
         Instance { addr, service: service.to_string(), version: env!("CARGO_PKG_VERSION").into(), meta };
     register(config, instance).await.map(Some)
@@ -374,18 +376,23 @@ pub async fn instances(config: &DiscoveryConfig, service: &str) -> Result<Vec<In
 }
 
 /// The transport to `service`: every instance discovered through etcd when `url` is
-/// [`DISCOVER`] ("etcd"), else a lazily connected channel to the static `url`.
+/// [`DISCOVER`] ("etcd"), else a lazily connected channel to the static `url`; with the TLS and
+/// credential of `security`.
 pub fn upstream(
     url: &str,
     config: &DiscoveryConfig,
     service: &str,
     metrics: Option<DiscoveryMetrics>,
+    security: &crate::security::ClientSecurity,
 ) -> Result<Upstream, String> {
     if url == DISCOVER {
-        let (upstream, _follow) = discovered(config, service, metrics).map_err(|e| e.to_string())?;
+        let (upstream, _follow) =
+            discovered(config, service, metrics, security.clone()).map_err(|e| e.to_string())?;
         Ok(upstream)
     } else {
-        Ok(Upstream::fixed(crate::client::connect_lazy(url).map_err(|e| format!("{url}: {e}"))?))
+        let channel =
+            crate::client::connect_lazy_with(url, security.tls.clone()).map_err(|e| format!("{url}: {e}"))?;
+        Ok(Upstream::fixed_with(channel, security.clone()))
     }
 }
 
@@ -396,7 +403,7 @@ fn addr_of(value: &[u8]) -> Option<String> {
 /// Adds a member; false once every client is gone.
 fn insert(members: &Weak<Members>, known: &mut HashMap<String, String>, key: String, addr: String) -> bool {
     let Some(m) = members.upgrade() else { return false };
-    let channel = match crate::client::connect_lazy(&addr) {
+    let channel = match crate::client::connect_lazy_with(&addr, m.security.tls.clone()) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%key, %addr, error = %e, "ignoring an instance with a bad address");

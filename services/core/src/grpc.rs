@@ -42,8 +42,10 @@ pub fn incoming(
 }
 
 /// Serves `service` with grpc.health.v1 (`health`) and reflection over `descriptor_sets` on
-/// `listener` (TCP_NODELAY) until `stop` fires; tonic then drains in-flight requests. With
-/// `metrics`, every RPC is counted by method and status code and timed.
+/// `listener` (TCP_NODELAY; TLS and access control as `security` says) until `stop` fires; tonic
+/// then drains in-flight requests. With `metrics`, every RPC is counted by method and status
+/// code and timed.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_server<S>(
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     service: S,
@@ -51,6 +53,7 @@ pub fn spawn_server<S>(
     listener: TcpListener,
     stop: &Stop,
     metrics: Option<crate::metrics::RpcMetrics>,
+    security: &crate::security::ServerSecurity,
 ) -> Result<ServerTask, tonic_reflection::server::Error>
 where
     S: tonic::codegen::Service<
@@ -70,11 +73,12 @@ where
             // One span per RPC, child of the caller's W3C traceparent.
             .trace_fn(crate::telemetry::rpc_span)
             .layer(crate::metrics::RpcMetricsLayer(metrics))
+            .layer(security.layer())
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming(listener), stop.wait()),
+            .serve_with_incoming_shutdown(crate::tls::incoming(listener, security.tls.clone()), stop.wait()),
     ))
 }
 
@@ -104,12 +108,13 @@ pub async fn go_live(
     stop: &Stop,
     discovery: &crate::discovery::DiscoveryConfig,
     service: &str,
+    scheme: &str,
     local: std::net::SocketAddr,
     meta: serde_json::Value,
 ) -> Result<Option<crate::discovery::Registration>, String> {
     readiness.serving().await;
     tracing::info!(addr = %local, "{service} ready");
-    crate::discovery::register_if_enabled(discovery, service, local, meta).await.map_err(|e| {
+    crate::discovery::register_if_enabled(discovery, service, scheme, local, meta).await.map_err(|e| {
         stop.trigger();
         format!("registration: {e}")
     })

@@ -12,16 +12,27 @@
 //! - [`metrics`]: a Prometheus registry served over HTTP;
 //! - [`net`]: the TCP transport of servers and clients (write coalescing);
 //! - [`upstream`]: the client transport over one or many (discovered) members, ejecting failed ones;
-//! - [`shutdown`]: SIGINT/SIGTERM as a future, for `serve(config, listener, shutdown)`.
+//! - [`shutdown`]: SIGINT/SIGTERM as a future, for `serve(config, listener, shutdown)`;
+//! - [`tls`]: rustls servers (reloading certificates, mutual TLS) and clients;
+//! - [`auth`], [`jwt`]: credentials, grants and the table of what every RPC needs;
+//! - [`security`]: the flags of both and the layer that applies them to every call;
+//! - [`pki`]: throwaway certificates (`ragd up --tls-generate`, tests);
+//! - [`watch`]: values loaded from files and reloaded when the files change.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod discovery;
 pub mod grpc;
 pub mod health;
+pub mod jwt;
 pub mod metrics;
 pub mod net;
+pub mod pki;
+pub mod security;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
+pub mod watch;

@@ -12,20 +12,48 @@ use prometheus_client::encoding::text::encode;
 pub use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-/// Serves `registry` on `GET /metrics` until `shutdown` resolves.
+/// Serves `registry` on `GET /metrics` until `shutdown` resolves (plaintext, no access control).
 pub async fn serve(
     registry: Arc<Registry>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().route(
+    let security = crate::security::ServerSecurity::default();
+    axum::serve(crate::tls::HttpListener::new(listener, None)?, router(registry, security))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `GET /metrics`, behind the `metrics` grant when `--metrics-auth` is on.
+fn router(registry: Arc<Registry>, security: crate::security::ServerSecurity) -> Router {
+    let security = Arc::new(security);
+    Router::new().route(
         "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move { render(&registry) }
+        get(move |headers: axum::http::HeaderMap| {
+            let (registry, security) = (registry.clone(), security.clone());
+            async move {
+                match admit(&security, &headers) {
+                    Ok(()) => render(&registry).into_response(),
+                    Err((code, why)) => {
+                        (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], why).into_response()
+                    }
+                }
+            }
         }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    )
+}
+
+fn admit(
+    security: &crate::security::ServerSecurity,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), (StatusCode, String)> {
+    let Some(auth) = security.auth.as_ref().filter(|_| security.metrics_auth) else { return Ok(()) };
+    let p = auth.authenticate(headers).map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+    if p.has_service(crate::auth::ServiceGrant::Metrics) {
+        Ok(())
+    } else {
+        Err((StatusCode::FORBIDDEN, "missing grant: metrics".into()))
+    }
 }
 
 fn render(registry: &Registry) -> impl IntoResponse + use<> {
@@ -44,19 +72,22 @@ fn render(registry: &Registry) -> impl IntoResponse + use<> {
     }
 }
 
-/// Binds `addr` and serves `registry` there in the background until `stop` fires; returns the
-/// bound address.
+/// Binds `addr` and serves `registry` there in the background until `stop` fires, with the
+/// server's TLS and, with `--metrics-auth`, its access control; returns the bound address.
 pub async fn spawn(
     addr: std::net::SocketAddr,
     registry: Registry,
     stop: &crate::grpc::Stop,
+    security: &crate::security::ServerSecurity,
 ) -> std::io::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "metrics on /metrics");
+    tracing::info!(addr = %local, tls = security.tls.is_some(), "metrics on /metrics");
     let stopped = stop.wait();
+    let listener = crate::tls::HttpListener::new(listener, security.tls.clone())?;
+    let app = router(Arc::new(registry), security.clone());
     tokio::spawn(async move {
-        if let Err(e) = serve(Arc::new(registry), listener, stopped).await {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
             tracing::error!(error = %e, "metrics server failed");
         }
     });

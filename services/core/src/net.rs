@@ -136,13 +136,86 @@ impl Connected for Coalesce<TcpStream> {
     }
 }
 
+impl<T> Coalesce<T> {
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+}
+
+/// A client connection: plaintext or TLS over [`Coalesce`]d TCP.
+#[derive(Debug)]
+pub enum ClientIo {
+    Plain(Coalesce<TcpStream>),
+    Tls(Box<tokio_rustls::client::TlsStream<Coalesce<TcpStream>>>),
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_write(cx, data),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientIo::Plain(s) => s.is_write_vectored(),
+            ClientIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The client side: a TCP connector (TCP_NODELAY) for `tonic`'s `Endpoint::connect_with_connector`
-/// whose connections are [`Coalesce`]d.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Connector;
+/// whose connections are [`Coalesce`]d, with TLS for `https://` URLs (or every URL, with
+/// `--upstream-tls`) when given a [`crate::tls::ClientTls`].
+#[derive(Clone, Debug, Default)]
+pub struct Connector {
+    tls: Option<crate::tls::ClientTls>,
+}
+
+impl Connector {
+    pub fn new(tls: Option<crate::tls::ClientTls>) -> Self {
+        Self { tls }
+    }
+}
 
 impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<Coalesce<TcpStream>>;
+    type Response = TokioIo<ClientIo>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -151,6 +224,7 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
         Box::pin(async move {
             let host = uri
                 .host()
@@ -158,10 +232,19 @@ impl tower_service::Service<http::Uri> for Connector {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string();
-            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+            let https = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let stream = TcpStream::connect((host.as_str(), port)).await?;
             stream.set_nodelay(true)?;
-            Ok(TokioIo::new(Coalesce::new(stream)))
+            let io = Coalesce::new(stream);
+            match tls.filter(|t| t.applies(&uri)) {
+                Some(t) => Ok(TokioIo::new(ClientIo::Tls(Box::new(t.connect(&host, io).await?)))),
+                None if https => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{uri}: https:// needs TLS settings (--upstream-tls-ca or the system roots)"),
+                )),
+                None => Ok(TokioIo::new(ClientIo::Plain(io))),
+            }
         })
     }
 }

@@ -41,6 +41,8 @@ impl Member {
 pub(crate) struct Members {
     members: RwLock<Vec<Arc<Member>>>,
     next: AtomicUsize,
+    /// TLS for new members' connections and the credential sent with every call.
+    pub(crate) security: crate::security::ClientSecurity,
 }
 
 impl Members {
@@ -83,14 +85,28 @@ pub struct Upstream {
 impl Upstream {
     /// One static member.
     pub fn fixed(channel: Channel) -> Self {
-        let members = Members::default();
+        Self::fixed_with(channel, crate::security::ClientSecurity::default())
+    }
+
+    /// One static member, with the credential (and TLS, for the channel's connector) of `security`.
+    pub fn fixed_with(channel: Channel, security: crate::security::ClientSecurity) -> Self {
+        let members = Members { security, ..Members::default() };
         members.insert("static".into(), channel);
         Self { members: Arc::new(members) }
     }
 
+    /// Several static members (e.g. the instances etcd listed once), balanced round-robin.
+    pub fn many(channels: Vec<(String, Channel)>, security: crate::security::ClientSecurity) -> Self {
+        let members = Members { security, ..Members::default() };
+        for (key, channel) in channels {
+            members.insert(key, channel);
+        }
+        Self { members: Arc::new(members) }
+    }
+
     /// No members yet: discovery adds them.
-    pub(crate) fn empty() -> Self {
-        Self { members: Arc::new(Members::default()) }
+    pub(crate) fn empty(security: crate::security::ClientSecurity) -> Self {
+        Self { members: Arc::new(Members { security, ..Members::default() }) }
     }
 
     /// A handle that does not keep the upstream alive (the discovery task stops once every client
@@ -111,7 +127,11 @@ impl tower_service::Service<http::Request<Body>> for Upstream {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if let Some(c) = self.members.security.credential() {
+            // The caller's own credential (the CLI's) stays; a service adds its own.
+            request.headers_mut().entry(http::header::AUTHORIZATION).or_insert_with(|| c.header().clone());
+        }
         let member = self.members.pick();
         Box::pin(async move {
             let Some(member) = member else {

@@ -101,6 +101,8 @@ pub struct EmbedderConfig {
     pub grpc: GrpcConfig,
     #[command(flatten)]
     pub discovery: ragd_core::discovery::DiscoveryConfig,
+    #[command(flatten)]
+    pub security: ragd_core::security::SecurityConfig,
 }
 
 impl Default for EmbedderConfig {
@@ -122,6 +124,7 @@ impl Default for EmbedderConfig {
             metrics_addr: None,
             grpc: GrpcConfig::default(),
             discovery: ragd_core::discovery::DiscoveryConfig::default(),
+            security: ragd_core::security::SecurityConfig::default(),
         }
     }
 }

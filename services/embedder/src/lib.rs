@@ -42,9 +42,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), EmbedError> {
+    let security = ragd_core::security::ServerSecurity::start(&config.security, "embedder")
+        .map_err(|e| EmbedError::Runtime(e.to_string()))?;
     let metrics = Arc::new(EmbedderMetrics::default());
     let mut registry = ragd_core::metrics::Registry::default();
     metrics.register(&mut registry);
+    security.register(&mut registry, "ragd_embedder");
     let (readiness, health) = Readiness::new(EMBEDDER).await;
     let slot = Arc::new(OnceLock::new());
     let max = config.grpc.max_message_bytes;
@@ -61,10 +64,11 @@ pub async fn serve(
         &stop,
         // Its own EmbedderMetrics count and time every RPC.
         None,
+        &security,
     )
     .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {
-        ragd_core::metrics::spawn(addr, registry, &stop)
+        ragd_core::metrics::spawn(addr, registry, &stop, &security)
             .await
             .map_err(|e| EmbedError::Runtime(format!("metrics listener {addr}: {e}")))?;
     }
@@ -86,10 +90,17 @@ pub async fn serve(
     let _ = slot.set(embedder.clone());
     let models: Vec<String> = embedder.models().map(|(m, _)| m.name.clone()).collect();
     let meta = serde_json::json!({ "models": models });
-    let registration =
-        ragd_core::grpc::go_live(&readiness, &stop, &config.discovery, "embedder", local, meta)
-            .await
-            .map_err(EmbedError::Runtime)?;
+    let registration = ragd_core::grpc::go_live(
+        &readiness,
+        &stop,
+        &config.discovery,
+        "embedder",
+        security.scheme(),
+        local,
+        meta,
+    )
+    .await
+    .map_err(EmbedError::Runtime)?;
 
     let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
     let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)

@@ -113,6 +113,8 @@ pub struct GeneratorConfig {
     pub grpc: GrpcConfig,
     #[command(flatten)]
     pub discovery: ragd_core::discovery::DiscoveryConfig,
+    #[command(flatten)]
+    pub security: ragd_core::security::SecurityConfig,
 }
 
 pub const DEFAULT_REFUSAL: &str = "I could not find anything relevant to this question in the collection, so I cannot answer it from the documents.";
@@ -149,6 +151,7 @@ impl Default for GeneratorConfig {
             metrics_addr: None,
             grpc: GrpcConfig::default(),
             discovery: ragd_core::discovery::DiscoveryConfig::default(),
+            security: ragd_core::security::SecurityConfig::default(),
         }
     }
 }

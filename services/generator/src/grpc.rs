@@ -164,6 +164,13 @@ impl generator_server::Generator for GeneratorGrpc {
     #[instrument(skip_all, fields(collection))]
     async fn ask(&self, request: Request<v1::AskRequest>) -> Result<Response<Self::AskStream>, Status> {
         let result = async {
+            // The layer checked the generate grant; retrieval needs read on the collection too.
+            let access = ragd_core::auth::access(&request)?;
+            ragd_core::auth::require_collection(
+                &access,
+                &request.get_ref().collection,
+                ragd_core::auth::Role::Read,
+            )?;
             let generator = self.ready()?;
             let deadline = ragd_core::status::request_deadline(request.metadata());
             let r = request.into_inner();

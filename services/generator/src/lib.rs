@@ -81,7 +81,12 @@ pub async fn serve(
         .max_encoding_message_size(max);
     let local = listener.local_addr().map_err(|e| GenError::Model(e.to_string()))?;
     let stop = ragd_core::grpc::Stop::default();
+    let security = ragd_core::security::ServerSecurity::start(&config.security, "generator")
+        .map_err(|e| GenError::Model(e.to_string()))?;
+    let upstream_security = ragd_core::security::ClientSecurity::start(&config.security.upstream)
+        .map_err(|e| GenError::Model(e.to_string()))?;
     let mut registry = ragd_core::metrics::Registry::default();
+    security.register(&mut registry, "ragd_generator");
     metrics.register(&mut registry);
     let discovery_metrics = ragd_core::discovery::DiscoveryMetrics::register(&mut registry);
     let server = ragd_core::grpc::spawn_server(
@@ -93,10 +98,11 @@ pub async fn serve(
         // GeneratorMetrics counts every RPC by its final status (the end of the stream, not its
         // headers) and times the stages that matter for streams.
         None,
+        &security,
     )
     .map_err(|e| GenError::Model(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {
-        ragd_core::metrics::spawn(addr, registry, &stop)
+        ragd_core::metrics::spawn(addr, registry, &stop, &security)
             .await
             .map_err(|e| GenError::Model(format!("metrics listener {addr}: {e}")))?;
     }
@@ -113,6 +119,7 @@ pub async fn serve(
                 &config.discovery,
                 "indexer",
                 Some(discovery_metrics),
+                &upstream_security,
             )
             .map_err(|e| GenError::invalid("indexer_url", e))?;
             let indexer =
@@ -146,10 +153,17 @@ pub async fn serve(
         generator.backends().map(|(b, ..)| format!("{}:{}", b.name, b.model)).collect();
     let _ = slot.set(generator);
     let meta = serde_json::json!({ "backends": backends });
-    let registration =
-        ragd_core::grpc::go_live(&readiness, &stop, &config.discovery, "generator", local, meta)
-            .await
-            .map_err(GenError::Model)?;
+    let registration = ragd_core::grpc::go_live(
+        &readiness,
+        &stop,
+        &config.discovery,
+        "generator",
+        security.scheme(),
+        local,
+        meta,
+    )
+    .await
+    .map_err(GenError::Model)?;
 
     let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
     let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)

@@ -88,6 +88,8 @@ pub struct IndexerConfig {
     pub grpc: GrpcConfig,
     #[command(flatten)]
     pub discovery: ragd_core::discovery::DiscoveryConfig,
+    #[command(flatten)]
+    pub security: ragd_core::security::SecurityConfig,
 }
 
 impl Default for IndexerConfig {
@@ -111,6 +113,7 @@ impl Default for IndexerConfig {
             metrics_addr: None,
             grpc: GrpcConfig::default(),
             discovery: ragd_core::discovery::DiscoveryConfig::default(),
+            security: ragd_core::security::SecurityConfig::default(),
         }
     }
 }

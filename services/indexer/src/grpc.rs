@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use futures::StreamExt;
+use ragd_core::auth::Role;
 use ragd_proto::json::{from_struct, to_struct};
 use ragd_proto::v1::{self, indexer_server};
 use serde_json::Value;
@@ -34,6 +35,12 @@ impl IndexerGrpc {
             .cloned()
             .ok_or_else(|| Status::unavailable("indexer is not ready: opening collections"))
     }
+}
+
+/// Checks that the caller may act on `collection` with `role` (the security layer authenticated
+/// it and left its grants in the request).
+fn allow<T>(request: &Request<T>, collection: &str, role: Role) -> Result<(), Status> {
+    ragd_core::auth::require_collection(&ragd_core::auth::access(request)?, collection, role)
 }
 
 /// The caller's deadline, answered slightly early (`ragd_core::status::deadline_margin`).
@@ -185,6 +192,7 @@ impl indexer_server::Indexer for IndexerGrpc {
         &self,
         request: Request<v1::CreateCollectionRequest>,
     ) -> Result<Response<v1::CollectionInfo>, Status> {
+        allow(&request, &request.get_ref().name, Role::Manage)?;
         let indexer = self.ready()?;
         let deadline = deadline(&request);
         let r = request.into_inner();
@@ -205,11 +213,13 @@ impl indexer_server::Indexer for IndexerGrpc {
 
     async fn list_collections(
         &self,
-        _request: Request<v1::ListCollectionsRequest>,
+        request: Request<v1::ListCollectionsRequest>,
     ) -> Result<Response<v1::ListCollectionsResponse>, Status> {
+        // Only the collections the caller may read.
+        let access = ragd_core::auth::access(&request)?;
         let indexer = self.ready()?;
         let mut collections = Vec::new();
-        for meta in indexer.collections()? {
+        for meta in indexer.collections()?.into_iter().filter(|m| access.may(&m.store.name, Role::Read)) {
             let stats = indexer.stats(&meta.store.name).await?;
             collections.push(info(meta, stats));
         }
@@ -220,6 +230,7 @@ impl indexer_server::Indexer for IndexerGrpc {
         &self,
         request: Request<v1::DescribeCollectionRequest>,
     ) -> Result<Response<v1::CollectionInfo>, Status> {
+        allow(&request, &request.get_ref().name, Role::Read)?;
         let indexer = self.ready()?;
         let meta = indexer.collection(&request.get_ref().name)?;
         let stats = indexer.stats(&meta.store.name).await?;
@@ -230,6 +241,7 @@ impl indexer_server::Indexer for IndexerGrpc {
         &self,
         request: Request<v1::DropCollectionRequest>,
     ) -> Result<Response<v1::DropCollectionResponse>, Status> {
+        allow(&request, &request.get_ref().name, Role::Manage)?;
         self.ready()?.drop_collection(&request.get_ref().name).await?;
         Ok(Response::new(v1::DropCollectionResponse {}))
     }
@@ -239,12 +251,15 @@ impl indexer_server::Indexer for IndexerGrpc {
         &self,
         request: Request<Streaming<v1::UpsertRequest>>,
     ) -> Result<Response<v1::UpsertResponse>, Status> {
+        let access = ragd_core::auth::access(&request)?;
         let indexer = self.ready()?;
         let deadline = deadline(&request);
         let mut stream = request.into_inner();
         let mut total = UpsertOutcome::default();
         while let Some(message) = stream.next().await {
             let m = message?;
+            // Each message names its collection; what earlier messages stored stays stored.
+            ragd_core::auth::require_collection(&access, &m.collection, Role::Write)?;
             let o = indexer.upsert(&m.collection, documents(m.documents), deadline).await?;
             total.documents += o.documents;
             total.chunks += o.chunks;
@@ -258,6 +273,7 @@ impl indexer_server::Indexer for IndexerGrpc {
         &self,
         request: Request<v1::UpsertRequest>,
     ) -> Result<Response<v1::UpsertResponse>, Status> {
+        allow(&request, &request.get_ref().collection, Role::Write)?;
         let indexer = self.ready()?;
         let deadline = deadline(&request);
         let r = request.into_inner();
@@ -269,6 +285,7 @@ impl indexer_server::Indexer for IndexerGrpc {
         &self,
         request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
+        allow(&request, &request.get_ref().collection, Role::Write)?;
         let r = request.into_inner();
         let deleted = self.ready()?.delete(&r.collection, &r.ids).await?;
         Ok(Response::new(v1::DeleteResponse { deleted }))
@@ -278,6 +295,7 @@ impl indexer_server::Indexer for IndexerGrpc {
         &self,
         request: Request<v1::DocumentStatusRequest>,
     ) -> Result<Response<v1::DocumentStatusResponse>, Status> {
+        allow(&request, &request.get_ref().collection, Role::Read)?;
         let r = request.into_inner();
         let s = self.ready()?.document_status(&r.collection, &r.id).await?;
         let state = match s.state {
@@ -299,6 +317,7 @@ impl indexer_server::Indexer for IndexerGrpc {
         &self,
         request: Request<v1::SearchRequest>,
     ) -> Result<Response<v1::SearchResponse>, Status> {
+        allow(&request, &request.get_ref().collection, Role::Read)?;
         let indexer = self.ready()?;
         let deadline = deadline(&request);
         let r = request.into_inner();

@@ -56,7 +56,12 @@ pub async fn serve(
         .max_encoding_message_size(max);
     let local = listener.local_addr().map_err(|e| IndexError::Store(e.to_string()))?;
     let stop = ragd_core::grpc::Stop::default();
+    let security = ragd_core::security::ServerSecurity::start(&config.security, "indexer")
+        .map_err(|e| IndexError::StoreUnavailable(e.to_string()))?;
+    let upstream_security = ragd_core::security::ClientSecurity::start(&config.security.upstream)
+        .map_err(|e| IndexError::StoreUnavailable(e.to_string()))?;
     let mut registry = ragd_core::metrics::Registry::default();
+    security.register(&mut registry, "ragd_indexer");
     let rpc_metrics = ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_indexer");
     let gauges = CollectionGauges::default();
     gauges.register(&mut registry);
@@ -70,10 +75,11 @@ pub async fn serve(
         listener,
         &stop,
         Some(rpc_metrics),
+        &security,
     )
     .map_err(|e| IndexError::Store(format!("reflection: {e}")))?;
     if let Some(addr) = config.metrics_addr {
-        ragd_core::metrics::spawn(addr, registry, &stop)
+        ragd_core::metrics::spawn(addr, registry, &stop, &security)
             .await
             .map_err(|e| IndexError::StoreUnavailable(format!("metrics listener {addr}: {e}")))?;
     }
@@ -100,6 +106,7 @@ pub async fn serve(
             &config.discovery,
             "embedder",
             Some(discovery_metrics),
+            &upstream_security,
         )
         .map_err(|e| IndexError::invalid("embedder_url", e))?;
         let embedder =
@@ -142,9 +149,17 @@ pub async fn serve(
         })
         .unwrap_or_default();
     let meta = serde_json::json!({ "store": format!("{:?}", config.store), "collections": collections });
-    let registration = ragd_core::grpc::go_live(&readiness, &stop, &config.discovery, "indexer", local, meta)
-        .await
-        .map_err(IndexError::StoreUnavailable)?;
+    let registration = ragd_core::grpc::go_live(
+        &readiness,
+        &stop,
+        &config.discovery,
+        "indexer",
+        security.scheme(),
+        local,
+        meta,
+    )
+    .await
+    .map_err(IndexError::StoreUnavailable)?;
     let optimizer =
         // The gauges cost a stats call (shard counts, a walk of the shard directories) per collection
         // and round: only refreshed when something can scrape them.

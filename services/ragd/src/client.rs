@@ -5,9 +5,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
+use ragd_core::upstream::Upstream;
 use ragd_proto::v1::{self, embedder_client::EmbedderClient};
 use serde_json::json;
-use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -16,28 +16,36 @@ pub struct EndpointArgs {
     /// gRPC endpoint of the service.
     #[arg(long, env = "RAGD_ENDPOINT", default_value = "http://127.0.0.1:50051")]
     pub endpoint: String,
+    #[command(flatten)]
+    pub caller: CallerArgs,
 }
 
-/// A channel to `url`, or — when `url` is `etcd` — balanced over the instances of `service`
-/// registered in etcd (an error if there is none).
+pub use ragd_core::security::CallerArgs;
+
+/// A transport to `url`, or — when `url` is `etcd` — balanced over the instances of `service`
+/// registered in etcd (an error if there is none); with the caller's TLS and credential.
 pub async fn channel(
     url: &str,
     discovery: &ragd_core::discovery::DiscoveryConfig,
     service: &str,
-) -> anyhow::Result<Channel> {
+    caller: &CallerArgs,
+) -> anyhow::Result<Upstream> {
+    let security = caller.security()?;
     if url != ragd_core::discovery::DISCOVER {
-        return ragd_core::client::connect(url).await.with_context(|| format!("cannot connect to {url}"));
+        let channel = ragd_core::client::connect_with(url, security.tls.clone())
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        return Ok(Upstream::fixed_with(channel, security));
     }
     let found = ragd_core::discovery::instances(discovery, service).await?;
     if found.is_empty() {
         bail!("no {service} registered in etcd under {}", discovery.service_prefix(service));
     }
-    let (channel, changes) = Channel::balance_channel::<String>(16);
-    for i in found {
-        let endpoint = ragd_core::client::endpoint(&i.addr)?;
-        changes.send(tonic::transport::channel::Change::Insert(i.addr.clone(), endpoint)).await?;
-    }
-    Ok(channel)
+    let channels = found
+        .iter()
+        .map(|i| Ok((i.addr.clone(), ragd_core::client::connect_lazy_with(&i.addr, security.tls.clone())?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Upstream::many(channels, security))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -82,10 +90,8 @@ pub struct HealthArgs {
     wait_secs: u64,
 }
 
-async fn embedder(endpoint: &EndpointArgs) -> anyhow::Result<EmbedderClient<Channel>> {
-    let channel = ragd_core::client::connect(&endpoint.endpoint)
-        .await
-        .with_context(|| format!("cannot connect to {}", endpoint.endpoint))?;
+async fn embedder(endpoint: &EndpointArgs) -> anyhow::Result<EmbedderClient<Upstream>> {
+    let channel = channel(&endpoint.endpoint, &Default::default(), "embedder", &endpoint.caller).await?;
     Ok(EmbedderClient::new(channel)
         .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES))
@@ -167,7 +173,8 @@ pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
     loop {
         let status = async {
-            let channel = ragd_core::client::connect(&args.endpoint.endpoint).await?;
+            let channel =
+                channel(&args.endpoint.endpoint, &Default::default(), "", &args.endpoint.caller).await?;
             let r = HealthClient::new(channel)
                 .check(HealthCheckRequest { service: args.service.clone() })
                 .await?

@@ -6,9 +6,9 @@ use std::io::Write;
 use anyhow::bail;
 use clap::Args;
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
+use ragd_core::upstream::Upstream;
 use ragd_proto::v1::{self, generator_client::GeneratorClient};
 use serde_json::json;
-use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Args)]
 pub struct GeneratorEndpoint {
@@ -17,6 +17,8 @@ pub struct GeneratorEndpoint {
     pub endpoint: String,
     #[command(flatten)]
     pub discovery: ragd_core::discovery::DiscoveryConfig,
+    #[command(flatten)]
+    pub caller: crate::client::CallerArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -90,8 +92,10 @@ pub struct GenerateArgs {
     prompt: Vec<String>,
 }
 
-async fn client(endpoint: &GeneratorEndpoint) -> anyhow::Result<GeneratorClient<Channel>> {
-    let channel = crate::client::channel(&endpoint.endpoint, &endpoint.discovery, "generator").await?;
+async fn client(endpoint: &GeneratorEndpoint) -> anyhow::Result<GeneratorClient<Upstream>> {
+    let channel =
+        crate::client::channel(&endpoint.endpoint, &endpoint.discovery, "generator", &endpoint.caller)
+            .await?;
     Ok(GeneratorClient::new(channel)
         .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES))

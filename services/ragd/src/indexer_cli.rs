@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
+use ragd_core::upstream::Upstream;
 use ragd_proto::json::{from_struct, to_struct};
 use ragd_proto::v1::{self, indexer_client::IndexerClient};
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::loaders::{self, Columns};
 
@@ -23,6 +23,8 @@ pub struct IndexerEndpoint {
     pub json: bool,
     #[command(flatten)]
     pub discovery: ragd_core::discovery::DiscoveryConfig,
+    #[command(flatten)]
+    pub caller: crate::client::CallerArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,8 +112,9 @@ pub struct SearchArgs {
     queries: Vec<String>,
 }
 
-async fn client(endpoint: &IndexerEndpoint) -> anyhow::Result<IndexerClient<Channel>> {
-    let channel = crate::client::channel(&endpoint.indexer, &endpoint.discovery, "indexer").await?;
+async fn client(endpoint: &IndexerEndpoint) -> anyhow::Result<IndexerClient<Upstream>> {
+    let channel =
+        crate::client::channel(&endpoint.indexer, &endpoint.discovery, "indexer", &endpoint.caller).await?;
     Ok(IndexerClient::new(channel)
         .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES))

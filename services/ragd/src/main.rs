@@ -2,8 +2,10 @@
 //!
 //! - `ragd serve embedder|indexer|generator` runs a service;
 //! - `ragd embed`, `ragd models`, `ragd health`, `ragd collections`, `ragd ingest`,
-//!   `ragd search`, `ragd ask`, `ragd generate`, `ragd backends` talk to running services over gRPC.
+//!   `ragd search`, `ragd ask`, `ragd generate`, `ragd backends` talk to running services over gRPC;
+//! - `ragd key`, `ragd token` make API keys, signing keys and signed tokens.
 
+mod auth_cli;
 mod client;
 mod generator_cli;
 mod indexer_cli;
@@ -69,6 +71,16 @@ enum Command {
     Generate(generator_cli::GenerateArgs),
     /// List the generator's language-model backends.
     Backends(generator_cli::GeneratorEndpoint),
+    /// Make API keys for the servers' --auth-keys-file.
+    Key {
+        #[command(subcommand)]
+        command: auth_cli::KeyCommand,
+    },
+    /// Make signing keys and mint signed tokens (Ed25519 JWTs).
+    Token {
+        #[command(subcommand)]
+        command: auth_cli::TokenCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +175,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Collections { endpoint, command } => indexer_cli::collections(endpoint, command).await,
         Command::Ingest(args) => indexer_cli::ingest(args).await,
         Command::Search(args) => indexer_cli::search(args).await,
+        Command::Key { command } => auth_cli::key(command),
+        Command::Token { command } => auth_cli::token(command),
     }
 }
 

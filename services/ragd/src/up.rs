@@ -6,9 +6,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use ragd_core::auth::{Grant, KeySet, Role, ServiceGrant};
+use ragd_core::pki;
+use ragd_core::security::{Credential, SecurityConfig};
+use ragd_core::tls::{ClientTlsArgs, ServerTlsArgs};
 use ragd_embedder::EmbedderConfig;
 use ragd_generator::GeneratorConfig;
 use ragd_indexer::IndexerConfig;
@@ -48,6 +53,96 @@ pub struct UpArgs {
     /// Sequences the language model generates at the same time.
     #[arg(long, env = "RAGD_LLM_PARALLEL", default_value_t = 2)]
     llm_parallel: usize,
+    /// Serve TLS on all three services with DIR/server.pem and DIR/server-key.pem (re-read when
+    /// they change); the internal hops trust DIR/ca.pem.
+    #[arg(long, env = "RAGD_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Make a throwaway CA, a server certificate for --host, localhost and 127.0.0.1, and a client
+    /// certificate in --tls-dir (default: <data-dir>/tls) where none are there yet.
+    #[arg(long)]
+    tls_generate: bool,
+    /// Mutual TLS: every caller must present a certificate signed by DIR/ca.pem (the internal hops
+    /// present DIR/client.pem).
+    #[arg(long)]
+    tls_mutual: bool,
+    /// API keys file (see `ragd serve indexer --help`); the three services share it.
+    #[arg(long, env = "RAGD_AUTH_KEYS_FILE")]
+    auth_keys_file: Option<PathBuf>,
+    /// JWKS of the keys that sign tokens (`ragd token`).
+    #[arg(long, env = "RAGD_AUTH_JWKS_FILE")]
+    auth_jwks_file: Option<PathBuf>,
+    /// Refuse to start without --auth-keys-file or --auth-jwks-file.
+    #[arg(long, env = "RAGD_REQUIRE_AUTH")]
+    require_auth: bool,
+    /// Require a credential for health and reflection too.
+    #[arg(long, env = "RAGD_AUTH_HEALTH")]
+    auth_health: bool,
+}
+
+impl UpArgs {
+    /// The TLS directory in use, generating its files when asked.
+    fn tls_dir(&self) -> anyhow::Result<Option<PathBuf>> {
+        let dir = match (&self.tls_dir, self.tls_generate) {
+            (None, false) if self.tls_mutual => {
+                anyhow::bail!("--tls-mutual needs --tls-dir or --tls-generate")
+            }
+            (None, false) => return Ok(None),
+            (Some(d), _) => d.clone(),
+            (None, true) => self.data_dir.join("tls"),
+        };
+        if self.tls_generate && !dir.join(pki::SERVER_CERT_FILE).exists() {
+            let host = self.host.to_string();
+            let mut hosts = vec!["localhost", "127.0.0.1"];
+            if !hosts.contains(&host.as_str()) {
+                hosts.push(&host);
+            }
+            pki::generate_dir(&dir, &hosts)
+                .with_context(|| format!("cannot write certificates to {}", dir.display()))?;
+            eprintln!(
+                "ragd up: generated a throwaway CA and certificates in {}: trust {} (grpcurl -cacert, --upstream-tls-ca); client certificate {}",
+                dir.display(),
+                dir.join(pki::CA_FILE).display(),
+                dir.join(pki::CLIENT_CERT_FILE).display()
+            );
+        }
+        Ok(Some(dir))
+    }
+
+    /// The security settings the three services share: TLS from the directory, the keys file and
+    /// JWKS, and — when access control is on — a key made for this process alone that the
+    /// internal hops (indexer → embedder, generator → indexer) present. It is never written down.
+    fn security(&self) -> anyhow::Result<SecurityConfig> {
+        let mut s = SecurityConfig {
+            auth_keys_file: self.auth_keys_file.clone(),
+            auth_jwks_file: self.auth_jwks_file.clone(),
+            require_auth: self.require_auth,
+            auth_health: self.auth_health,
+            ..SecurityConfig::default()
+        };
+        if let Some(dir) = self.tls_dir()? {
+            s.tls = ServerTlsArgs {
+                tls_cert: Some(dir.join(pki::SERVER_CERT_FILE)),
+                tls_key: Some(dir.join(pki::SERVER_KEY_FILE)),
+                tls_client_ca: self.tls_mutual.then(|| dir.join(pki::CA_FILE)),
+            };
+            s.upstream.tls = ClientTlsArgs {
+                upstream_tls_ca: Some(dir.join(pki::CA_FILE)),
+                upstream_tls_cert: self.tls_mutual.then(|| dir.join(pki::CLIENT_CERT_FILE)),
+                upstream_tls_key: self.tls_mutual.then(|| dir.join(pki::CLIENT_KEY_FILE)),
+                ..ClientTlsArgs::default()
+            };
+        }
+        if self.auth_keys_file.is_some() || self.auth_jwks_file.is_some() {
+            let key = ragd_core::auth::random_key().map_err(anyhow::Error::msg)?;
+            let grants = vec![
+                Grant::Service { service: ServiceGrant::Embed },
+                Grant::Collection { collection: "*".into(), role: Role::Read },
+            ];
+            s.internal_keys = Some(Arc::new(KeySet::single("ragd-up-internal", &key, grants)));
+            s.upstream.credential = Some(Credential::bearer(&key).map_err(anyhow::Error::msg)?);
+        }
+        Ok(s)
+    }
 }
 
 struct Running<E> {
@@ -90,10 +185,12 @@ async fn stopped(rx: oneshot::Receiver<()>) {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let security = args.security()?;
+    let scheme = if security.tls.enabled() { "https" } else { "http" };
     let bind = |port| super::bind_quiet(SocketAddr::new(args.host, port));
     let (el, il, gl) =
         (bind(args.embedder_port).await?, bind(args.indexer_port).await?, bind(args.generator_port).await?);
-    let url = |l: &tokio::net::TcpListener| l.local_addr().map(|a| format!("http://{a}"));
+    let url = |l: &tokio::net::TcpListener| l.local_addr().map(|a| format!("{scheme}://{a}"));
     let (embedder_url, indexer_url) = (url(&el)?, url(&il)?);
     for (name, l) in [("embedder", &el), ("indexer", &il), ("generator", &gl)] {
         println!("RAGD_LISTENING {name} {}", l.local_addr()?);
@@ -103,18 +200,21 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         models_dir: args.models_dir,
         models: args.models,
         ort_library: args.ort_library,
+        security: security.clone(),
         ..EmbedderConfig::default()
     };
     let indexer = IndexerConfig {
         data_dir: args.data_dir,
         durability: args.durability,
         embedder_url: embedder_url.clone(),
+        security: security.clone(),
         ..IndexerConfig::default()
     };
     let generator = GeneratorConfig {
         indexer_url: indexer_url.clone(),
         llm_model: args.llm_model,
         llm_parallel: args.llm_parallel,
+        security,
         ..GeneratorConfig::default()
     };
     tracing::info!(embedder = %embedder_url, indexer = %indexer_url, "ragd up: starting three services in one process");
