@@ -267,19 +267,20 @@ async fn wait_serving_tls(addr: &str, tls: &ClientTls, service: &str) {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let status = async {
-            let ch =
-                ragd_core::client::connect_with(&format!("https://{addr}"), Some(tls.clone())).await.ok()?;
+            let ch = ragd_core::client::connect_with(&format!("https://{addr}"), Some(tls.clone()))
+                .await
+                .map_err(|e| format!("connect: {e:?}"))?;
             HealthClient::new(ch)
                 .check(HealthCheckRequest { service: service.into() })
                 .await
-                .ok()
                 .map(|r| r.into_inner().status)
+                .map_err(|e| format!("check: {e:?}"))
         }
         .await;
-        if status == Some(1) {
+        if status == Ok(1) {
             return;
         }
-        assert!(Instant::now() < deadline, "{service} at {addr} never became SERVING over TLS");
+        assert!(Instant::now() < deadline, "{service} at {addr} never became SERVING over TLS: {status:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -584,7 +585,7 @@ async fn tls_and_access_control_on_every_rpc_of_the_three_services() {
         .expect("ask")
         .into_inner();
     let (retrieval, _answer, _done) = ragd_tests::collect_ask(s).await;
-    assert_eq!(retrieval.hits.first().map(|h| h.doc_id.as_str()), Some("paris"));
+    assert_eq!(retrieval.passages.first().map(|h| h.doc_id.as_str()), Some("paris"));
 
     // The matrix.
     let mut checked = 0;
@@ -953,7 +954,7 @@ async fn ragd_up_with_generated_certificates_and_a_keys_file() {
         .expect("ask")
         .into_inner();
     let (retrieval, _, _) = ragd_tests::collect_ask(s).await;
-    assert_eq!(retrieval.hits.first().map(|h| h.doc_id.as_str()), Some("paris"));
+    assert_eq!(retrieval.passages.first().map(|h| h.doc_id.as_str()), Some("paris"));
     up.signal("TERM");
     assert!(up.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
 }

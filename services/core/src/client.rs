@@ -14,7 +14,20 @@ pub async fn connect_with(
     url: &str,
     tls: Option<crate::tls::ClientTls>,
 ) -> Result<Channel, tonic::transport::Error> {
-    endpoint(url)?.connect_with_connector(crate::net::Connector::new(tls)).await
+    let (endpoint, connector) = endpoint_for(url, tls)?;
+    endpoint.connect_with_connector(connector).await
+}
+
+/// The endpoint and connector of `url`: tonic sees `http://` and the connector knows whether
+/// the URL said `https://` (see [`crate::net::Connector`]).
+pub fn endpoint_for(
+    url: &str,
+    tls: Option<crate::tls::ClientTls>,
+) -> Result<(Endpoint, crate::net::Connector), tonic::transport::Error> {
+    match url.strip_prefix("https://") {
+        Some(rest) => Ok((endpoint(&format!("http://{rest}"))?, crate::net::Connector::new(tls, true))),
+        None => Ok((endpoint(url)?, crate::net::Connector::new(tls, false))),
+    }
 }
 
 /// A channel that connects on first use (see [`connect`]).
@@ -27,7 +40,8 @@ pub fn connect_lazy_with(
     url: &str,
     tls: Option<crate::tls::ClientTls>,
 ) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(url)?.connect_with_connector_lazy(crate::net::Connector::new(tls)))
+    let (endpoint, connector) = endpoint_for(url, tls)?;
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
 /// An endpoint with ragd's defaults, for callers that want to tune it further.

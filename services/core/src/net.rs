@@ -143,27 +143,31 @@ impl<T> Coalesce<T> {
     }
 }
 
-/// A client connection: plaintext or TLS over [`Coalesce`]d TCP.
+/// A connection over [`Coalesce`]d TCP, plaintext or TLS (`T`: rustls' client or server
+/// stream). Clients use it as [`ClientIo`], servers inside [`crate::tls::ServerIo`].
 #[derive(Debug)]
-pub enum ClientIo {
+pub enum MaybeTls<T> {
     Plain(Coalesce<TcpStream>),
-    Tls(Box<tokio_rustls::client::TlsStream<Coalesce<TcpStream>>>),
+    Tls(Box<T>),
 }
 
-impl AsyncRead for ClientIo {
+/// A client connection.
+pub type ClientIo = MaybeTls<tokio_rustls::client::TlsStream<Coalesce<TcpStream>>>;
+
+impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_write(cx, data),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, data),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
         }
     }
 
@@ -173,29 +177,29 @@ impl AsyncWrite for ClientIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            ClientIo::Plain(s) => s.is_write_vectored(),
-            ClientIo::Tls(s) => s.is_write_vectored(),
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -203,14 +207,21 @@ impl AsyncWrite for ClientIo {
 /// The client side: a TCP connector (TCP_NODELAY) for `tonic`'s `Endpoint::connect_with_connector`
 /// whose connections are [`Coalesce`]d, with TLS for `https://` URLs (or every URL, with
 /// `--upstream-tls`) when given a [`crate::tls::ClientTls`].
+///
+/// tonic is handed the URL as `http://` (see [`crate::client::endpoint_for`]): where another
+/// crate in the build enables one of tonic's TLS features, tonic refuses an `https://` URL
+/// whose endpoint has no tonic TLS config, before the connector runs. The connector remembers
+/// the original scheme instead.
 #[derive(Clone, Debug, Default)]
 pub struct Connector {
     tls: Option<crate::tls::ClientTls>,
+    https: bool,
 }
 
 impl Connector {
-    pub fn new(tls: Option<crate::tls::ClientTls>) -> Self {
-        Self { tls }
+    /// A connector for a URL that said `https://` (`https`) or not.
+    pub fn new(tls: Option<crate::tls::ClientTls>, https: bool) -> Self {
+        Self { tls, https }
     }
 }
 
@@ -224,7 +235,7 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let tls = self.tls.clone();
+        let (tls, https) = (self.tls.clone(), self.https);
         Box::pin(async move {
             let host = uri
                 .host()
@@ -232,18 +243,19 @@ impl tower_service::Service<http::Uri> for Connector {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string();
-            let https = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let stream = TcpStream::connect((host.as_str(), port)).await?;
             stream.set_nodelay(true)?;
             let io = Coalesce::new(stream);
-            match tls.filter(|t| t.applies(&uri)) {
-                Some(t) => Ok(TokioIo::new(ClientIo::Tls(Box::new(t.connect(&host, io).await?)))),
+            match tls.filter(|t| https || t.always()) {
+                Some(t) => Ok(TokioIo::new(MaybeTls::Tls(Box::new(t.connect(&host, io).await?)))),
                 None if https => Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("{uri}: https:// needs TLS settings (--upstream-tls-ca or the system roots)"),
+                    format!(
+                        "{host}:{port}: https:// needs TLS settings (--upstream-tls-ca or the system roots)"
+                    ),
                 )),
-                None => Ok(TokioIo::new(ClientIo::Plain(io))),
+                None => Ok(TokioIo::new(MaybeTls::Plain(io))),
             }
         })
     }

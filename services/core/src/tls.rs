@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::Connected;
 
-use crate::net::Coalesce;
+use crate::net::{Coalesce, MaybeTls};
 use crate::watch::Watched;
 
 /// How long a client has to complete its TLS handshake.
@@ -204,25 +204,26 @@ pub struct ConnInfo {
     pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
 }
 
-/// A connection accepted by a ragd server: plaintext or TLS, over [`Coalesce`]d TCP.
+/// A connection accepted by a ragd server: plaintext or TLS, over [`Coalesce`]d TCP;
+/// `tls_required` marks a plaintext connection to a TLS port (its calls are refused).
 #[derive(Debug)]
-pub enum ServerIo {
-    Plain { io: Coalesce<TcpStream>, tls_required: bool },
-    Tls(Box<tokio_rustls::server::TlsStream<Coalesce<TcpStream>>>),
+pub struct ServerIo {
+    io: MaybeTls<tokio_rustls::server::TlsStream<Coalesce<TcpStream>>>,
+    tls_required: bool,
 }
 
 impl Connected for ServerIo {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        match self {
-            ServerIo::Plain { io, tls_required } => ConnInfo {
+        match &self.io {
+            MaybeTls::Plain(io) => ConnInfo {
                 remote: io.get_ref().peer_addr().ok(),
                 tls: false,
-                tls_required: *tls_required,
+                tls_required: self.tls_required,
                 peer_certs: None,
             },
-            ServerIo::Tls(s) => {
+            MaybeTls::Tls(s) => {
                 let (io, session) = s.get_ref();
                 ConnInfo {
                     remote: io.get_ref().peer_addr().ok(),
@@ -236,7 +237,11 @@ impl Connected for ServerIo {
 }
 
 impl ServerIo {
-    /// The TCP-level connection info (for the metrics listener).
+    fn plain(stream: TcpStream, tls_required: bool) -> Self {
+        Self { io: MaybeTls::Plain(Coalesce::new(stream)), tls_required }
+    }
+
+    /// The peer's address.
     pub fn remote(&self) -> Option<SocketAddr> {
         self.connect_info().remote
     }
@@ -244,19 +249,13 @@ impl ServerIo {
 
 impl AsyncRead for ServerIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain { io, .. } => Pin::new(io).poll_read(cx, buf),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for ServerIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain { io, .. } => Pin::new(io).poll_write(cx, data),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-        }
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -264,31 +263,19 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain { io, .. } => Pin::new(io).poll_write_vectored(cx, bufs),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            ServerIo::Plain { io, .. } => io.is_write_vectored(),
-            ServerIo::Tls(s) => s.is_write_vectored(),
-        }
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain { io, .. } => Pin::new(io).poll_flush(cx),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain { io, .. } => Pin::new(io).poll_shutdown(cx),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -297,7 +284,7 @@ impl AsyncWrite for ServerIo {
 async fn prepare(stream: TcpStream, tls: Option<ServerTls>) -> io::Result<ServerIo> {
     stream.set_nodelay(true)?;
     let Some(tls) = tls else {
-        return Ok(ServerIo::Plain { io: Coalesce::new(stream), tls_required: false });
+        return Ok(ServerIo::plain(stream, false));
     };
     let mut first = [0u8; 1];
     tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
@@ -305,12 +292,12 @@ async fn prepare(stream: TcpStream, tls: Option<ServerTls>) -> io::Result<Server
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client sent nothing"))??;
     // 0x16: a TLS handshake record. Anything else (an HTTP/2 preface) is plaintext.
     if first[0] != 0x16 {
-        return Ok(ServerIo::Plain { io: Coalesce::new(stream), tls_required: true });
+        return Ok(ServerIo::plain(stream, true));
     }
     let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(Coalesce::new(stream)))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"))??;
-    Ok(ServerIo::Tls(Box::new(s)))
+    Ok(ServerIo { io: MaybeTls::Tls(Box::new(s)), tls_required: false })
 }
 
 /// The connections of `listener`, plaintext or (with `tls`) TLS; see the module docs. Accept
@@ -472,9 +459,9 @@ impl ClientTls {
         })
     }
 
-    /// Whether a connection to `uri` speaks TLS.
-    pub fn applies(&self, uri: &http::Uri) -> bool {
-        self.always || uri.scheme_str() == Some("https")
+    /// TLS for every URL, not only `https://` ones (`--upstream-tls`).
+    pub fn always(&self) -> bool {
+        self.always
     }
 
     /// Handshakes over `stream` with the server named by `host` (or the override).
