@@ -958,3 +958,165 @@ async fn ragd_up_with_generated_certificates_and_a_keys_file() {
     up.signal("TERM");
     assert!(up.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_tls_on_every_hop_including_etcd_finds_itself_and_answers() {
+    let m = material();
+    let etcd = ragd_tests::etcd::Etcd::start_tls(ragd_tests::etcd::EtcdTls {
+        ca: m.path("ca.pem"),
+        cert: m.path("server.pem"),
+        key: m.path("server-key.pem"),
+        client_cert: m.path("client.pem"),
+        client_key: m.path("client-key.pem"),
+    })
+    .await;
+    let cluster = format!("tls{}", free_port());
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--tls-cert",
+            &m.arg("server.pem"),
+            "--tls-key",
+            &m.arg("server-key.pem"),
+            "--tls-client-ca",
+            &m.arg("ca.pem"),
+            "--auth-keys-file",
+            &m.arg("keys.toml"),
+            "--upstream-tls-ca",
+            &m.arg("ca.pem"),
+            "--upstream-tls-cert",
+            &m.arg("client.pem"),
+            "--upstream-tls-key",
+            &m.arg("client-key.pem"),
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--etcd-tls-ca",
+            &m.arg("ca.pem"),
+            "--etcd-tls-cert",
+            &m.arg("client.pem"),
+            "--etcd-tls-key",
+            &m.arg("client-key.pem"),
+            "--cluster",
+            &cluster,
+            "--lease-ttl-secs",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    // Traces go to a collector over TLS too (the OTel spec's variables).
+    let server_tls = ragd_core::tls::ServerTls::start(&ragd_core::tls::ServerTlsArgs {
+        tls_cert: Some(m.path("server.pem")),
+        tls_key: Some(m.path("server-key.pem")),
+        tls_client_ca: None,
+    })
+    .expect("receiver tls")
+    .expect("tls on");
+    let otlp = ragd_tests::otlp_receiver::OtlpReceiver::start_tls(server_tls).await;
+    let mut env = model_env();
+    env.extend([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.clone()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", m.arg("ca.pem")),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ]);
+    let spawn = |service: &str, extra: &[&str]| {
+        let a = args(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        RagdProcess::serve(service, &refs, &env)
+    };
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().display().to_string();
+    let llm = llm_model().display().to_string();
+    let embedder = spawn("embedder", &[]);
+    let indexer = spawn(
+        "indexer",
+        &["--embedder-url", "etcd", "--upstream-key-file", &m.arg("indexer.key"), "--data-dir", &dir],
+    );
+    let generator = spawn(
+        "generator",
+        &[
+            "--indexer-url",
+            "etcd",
+            "--upstream-key-file",
+            &m.arg("generator.key"),
+            "--llm-model",
+            &llm,
+            "--llm-parallel",
+            "1",
+        ],
+    );
+    let tls = tls_to(&m.path("ca.pem"), Some((&m.path("client.pem"), &m.path("client-key.pem"))));
+    for (p, s) in
+        [(&embedder, "ragd.v1.Embedder"), (&indexer, "ragd.v1.Indexer"), (&generator, "ragd.v1.Generator")]
+    {
+        wait_serving_tls(p.addr(), &tls, s).await;
+    }
+    // Each registered an https:// address, over etcd's TLS.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let registered = loop {
+        let r = etcd.list(&format!("/ragd/{cluster}/")).await;
+        if r.len() == 3 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(registered.len(), 3, "{registered:?}");
+    for (k, v) in &registered {
+        assert!(v.contains("\"addr\":\"https://127.0.0.1:"), "{k}: {v}");
+    }
+    // Ingest (indexer → discovered embedder) and Ask (generator → discovered indexer), every hop
+    // TLS with client certificates and each service's own key.
+    let mut i = IndexerClient::new(channel(indexer.addr(), &tls).await);
+    i.create_collection(req(
+        v1::CreateCollectionRequest { name: "a".into(), ..Default::default() },
+        Some(&m.manage),
+    ))
+    .await
+    .expect("create");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = i
+            .upsert_batch(req(
+                v1::UpsertRequest { collection: "a".into(), documents: vec![doc("paris")] },
+                Some(&m.manage),
+            ))
+            .await;
+        match r {
+            Ok(r) if r.get_ref().failed.is_empty() => break,
+            // The indexer may not have seen the embedder's registration yet.
+            other => assert!(Instant::now() < deadline, "upsert through the discovered embedder: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = GeneratorClient::new(channel(generator.addr(), &tls).await)
+        .ask(req(
+            v1::AskRequest {
+                question: "What is the capital of France?".into(),
+                collection: "a".into(),
+                sampling: Some(v1::Sampling { max_tokens: 8, ..Default::default() }),
+                ..Default::default()
+            },
+            Some(&m.manage),
+        ))
+        .await
+        .expect("ask")
+        .into_inner();
+    let (retrieval, _, _) = ragd_tests::collect_ask(s).await;
+    assert_eq!(retrieval.passages.first().map(|h| h.doc_id.as_str()), Some("paris"));
+    // The three services' spans reached the TLS collector.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let services: BTreeSet<String> = otlp.spans().into_iter().map(|s| s.service).collect();
+        if ["ragd-embedder", "ragd-indexer", "ragd-generator"].iter().all(|s| services.contains(*s)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "spans over TLS came only from {services:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for mut p in [generator, indexer, embedder] {
+        p.signal("TERM");
+        assert!(p.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
+    }
+}

@@ -43,6 +43,22 @@ pub struct DiscoveryConfig {
     /// Address clients should use to reach this instance (default: the listener's address).
     #[arg(long, env = "RAGD_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
+    /// etcd user (etcd's own authentication; with --etcd-password).
+    #[arg(long, env = "RAGD_ETCD_USER", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+    /// etcd password (prefer the RAGD_ETCD_PASSWORD variable: a flag is visible in ps).
+    #[arg(long, env = "RAGD_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_user")]
+    pub etcd_password: Option<crate::security::Secret>,
+    /// PEM CA bundle etcd's certificate must chain to; turns on TLS to etcd (give the endpoints
+    /// as https://host:2379).
+    #[arg(long, env = "RAGD_ETCD_TLS_CA")]
+    pub etcd_tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for etcd's --client-cert-auth (with --etcd-tls-key).
+    #[arg(long, env = "RAGD_ETCD_TLS_CERT", requires = "etcd_tls_key")]
+    pub etcd_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --etcd-tls-cert.
+    #[arg(long, env = "RAGD_ETCD_TLS_KEY", requires = "etcd_tls_cert")]
+    pub etcd_tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for DiscoveryConfig {
@@ -53,6 +69,11 @@ impl Default for DiscoveryConfig {
             discovery_prefix: "ragd".into(),
             lease_ttl_secs: 5,
             advertise_addr: None,
+            etcd_user: None,
+            etcd_password: None,
+            etcd_tls_ca: None,
+            etcd_tls_cert: None,
+            etcd_tls_key: None,
         }
     }
 }
@@ -81,6 +102,8 @@ pub enum DiscoveryError {
     NotConfigured,
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    #[error("etcd tls: {0}")]
+    Tls(String),
 }
 
 /// What an instance publishes about itself.
@@ -96,10 +119,31 @@ pub struct Instance {
 }
 
 async fn connect(config: &DiscoveryConfig) -> Result<Client, DiscoveryError> {
-    let options = etcd_client::ConnectOptions::new()
+    let mut options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5));
+    if let (Some(user), Some(password)) = (&config.etcd_user, &config.etcd_password) {
+        options = options.with_user(user.clone(), password.expose().to_string());
+    }
+    if let Some(tls) = etcd_tls(config)? {
+        options = options.with_tls(tls);
+    }
     Ok(Client::connect(&config.etcd_endpoints, Some(options)).await?)
+}
+
+/// The TLS settings of the etcd client (files read at each connection, so rotated files are
+/// picked up by the next reconnect).
+fn etcd_tls(config: &DiscoveryConfig) -> Result<Option<etcd_client::TlsOptions>, DiscoveryError> {
+    let Some(ca) = &config.etcd_tls_ca else { return Ok(None) };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| DiscoveryError::Tls(format!("{}: {e}", p.display())))
+    };
+    let mut tls =
+        etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&config.etcd_tls_cert, &config.etcd_tls_key) {
+        tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
 }
 
 /// A live registration; [`Registration::deregister`] revokes it.

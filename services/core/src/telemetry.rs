@@ -68,14 +68,38 @@ fn otlp_provider(service: &str) -> Result<Option<SdkTracerProvider>, String> {
     {
         return Ok(None);
     }
-    // The exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT itself.
-    let exporter =
-        opentelemetry_otlp::SpanExporter::builder().with_tonic().build().map_err(|e| e.to_string())?;
+    // The exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT itself; TLS as the OTel spec's
+    // variables say.
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(tls) = otlp_tls()? {
+        use opentelemetry_otlp::WithTonicConfig;
+        builder = builder.with_tls_config(tls);
+    }
+    let exporter = builder.build().map_err(|e| e.to_string())?;
     let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(Some(provider))
+}
+
+/// TLS to the collector from the OpenTelemetry specification's variables:
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` (the CA; it turns TLS on, with an `https://` endpoint),
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `OTEL_EXPORTER_OTLP_CLIENT_KEY` (mutual TLS); the
+/// `_TRACES_` forms take precedence.
+fn otlp_tls() -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    let var = |name: &str| {
+        std::env::var_os(format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
+            .or_else(|| std::env::var_os(format!("OTEL_EXPORTER_OTLP_{name}")))
+    };
+    let read = |p: std::ffi::OsString| std::fs::read(&p).map_err(|e| format!("{}: {e}", p.to_string_lossy()));
+    let Some(ca) = var("CERTIFICATE") else { return Ok(None) };
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (var("CLIENT_CERTIFICATE"), var("CLIENT_KEY")) {
+        tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
