@@ -186,11 +186,11 @@ impl ServerSecurity {
                 return Err(e.into());
             }
         };
-        if let Need::Service(s) | Need::ServiceAndCollection(s, _) = need {
-            if !principal.has_service(s) {
-                self.count(&principal.name, "denied");
-                return Err(crate::auth::denied(s));
-            }
+        if let Need::Service(s) | Need::ServiceAndCollection(s, _) = need
+            && !principal.has_service(s)
+        {
+            self.count(&principal.name, "denied");
+            return Err(crate::auth::denied(s));
         }
         Ok(Access::Principal(principal))
     }
