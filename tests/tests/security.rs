@@ -880,23 +880,38 @@ fn bad_tls_material_and_missing_auth_stop_the_start_with_one_line_naming_the_fil
     assert_eq!(err.matches("no access control").count(), 1, "{err}");
 }
 
+fn sha256_hex(s: &str) -> String {
+    // coreutils' sha256sum: an independent digest of what `ragd key new` printed.
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ragd_up_with_generated_certificates_and_a_keys_file() {
+async fn ragd_up_with_generated_certificates_keys_from_ragd_key_and_tokens_from_ragd_token() {
     let data = tempfile::tempdir().expect("tempdir");
-    let key = format!("ragd_up_{}", free_port());
-    let keys = data.path().join("keys.toml");
-    write(
-        &keys,
-        &key_entry(
-            "me",
-            &key,
-            None,
-            r#"{ collection = "*", role = "manage" }, { service = "embed" }, { service = "generate" }"#,
-        ),
-    )
-    .expect("write");
-    let (dir, llm, keys) =
-        (data.path().display().to_string(), llm_model().display().to_string(), keys.display().to_string());
+    let p = |n: &str| data.path().join(n).display().to_string();
+    // `ragd key new`: the key on stdout, its keys-file entry on stderr, the digest of that key.
+    let (ok, key_out, entry) = ragd_cli(&[
+        "key", "new", "--name", "me", "--grant", "manage:*", "--grant", "embed", "--grant", "generate",
+    ]);
+    assert!(ok, "{entry}");
+    let key = key_out.trim().to_string();
+    assert!(key.starts_with("ragd_") && key.len() > 40, "{key}");
+    assert!(entry.contains(&format!("sha256 = \"{}\"", sha256_hex(&key))), "{entry}");
+    let toml: String = entry.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    write(&data.path().join("keys.toml"), &toml).expect("write");
+    // `ragd token keygen`: the signing key stays here; the servers get the JWKS.
+    let (ok, _, err) = ragd_cli(&["token", "keygen", "--out", &p("signer")]);
+    assert!(ok, "{err}");
+
+    let (dir, llm) = (data.path().display().to_string(), llm_model().display().to_string());
     let mut env = model_env();
     env.push(("RUST_LOG", "warn".into()));
     let (mut up, urls) = RagdProcess::up(
@@ -913,11 +928,14 @@ async fn ragd_up_with_generated_certificates_and_a_keys_file() {
             &llm,
             "--tls-generate",
             "--auth-keys-file",
-            &keys,
+            &p("keys.toml"),
+            "--auth-jwks-file",
+            &p("signer/jwks.json"),
         ],
         &env,
     );
-    let tls = tls_to(&data.path().join("tls/ca.pem"), None);
+    let ca = data.path().join("tls/ca.pem");
+    let tls = tls_to(&ca, None);
     let addr = |s: &str| urls[s].trim_start_matches("http://").to_string();
     for (s, name) in
         [("embedder", "ragd.v1.Embedder"), ("indexer", "ragd.v1.Indexer"), ("generator", "ragd.v1.Generator")]
@@ -955,6 +973,59 @@ async fn ragd_up_with_generated_certificates_and_a_keys_file() {
         .into_inner();
     let (retrieval, _, _) = ragd_tests::collect_ask(s).await;
     assert_eq!(retrieval.passages.first().map(|h| h.doc_id.as_str()), Some("paris"));
+
+    // `ragd token mint`: a read-only token for notes.
+    let (ok, token, err) = ragd_cli(&[
+        "token",
+        "mint",
+        "--signing-key",
+        &p("signer/signing-key.pem"),
+        "--sub",
+        "reader",
+        "--grant",
+        "read:notes",
+        "--ttl",
+        "600",
+    ]);
+    assert!(ok, "{err}");
+    let token = token.trim().to_string();
+    let search = || v1::SearchRequest {
+        collection: "notes".into(),
+        queries: vec![text_query("capital")],
+        k: 1,
+        ..Default::default()
+    };
+    i.search(req(search(), Some(&token))).await.expect("search with the token");
+    let (c, msg) =
+        code(i.drop_collection(req(v1::DropCollectionRequest { name: "notes".into() }, Some(&token))).await);
+    assert_eq!(c, Code::PermissionDenied, "{msg}");
+
+    // The CLI and loadgen over TLS with a credential from the environment.
+    let out = std::process::Command::new(ragd_tests::process::ragd_bin())
+        .args([
+            "search",
+            "--indexer",
+            &format!("https://{}", addr("indexer")),
+            "--collection",
+            "notes",
+            "--json",
+        ])
+        .args(["--upstream-tls-ca", &ca.display().to_string(), "capital of France"])
+        .env("RAGD_API_KEY", &token)
+        .output()
+        .expect("ragd search");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("paris"));
+    let out = std::process::Command::new(ragd_tests::process::loadgen_bin())
+        .args(["search", "--endpoint", &format!("https://{}", addr("indexer")), "--collection", "notes"])
+        .args(["--clients", "2", "--connections", "1", "--duration-secs", "1", "--warmup-secs", "0"])
+        .args(["--upstream-tls-ca", &ca.display().to_string()])
+        .env("RAGD_API_KEY", &token)
+        .output()
+        .expect("loadgen");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("loadgen report");
+    assert!(report["requests_ok"].as_u64().unwrap_or(0) > 0 && report["requests_failed"] == 0, "{report}");
+
     up.signal("TERM");
     assert!(up.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
 }
