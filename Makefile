@@ -40,6 +40,7 @@ bench:
 	$(CARGO) bench -p ragd-bench --bench exact
 	$(CARGO) bench -p ragd-bench --bench generator
 	$(CARGO) bench -p ragd-bench --bench durability
+	$(CARGO) bench -p ragd-bench --bench security
 
 ## Fresh-machine rehearsal: a clean Debian bookworm container (podman) with only what the machine
 ## image guarantees clones this repository and runs `make demo` then `make test`, timing each.
