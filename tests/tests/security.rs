@@ -206,6 +206,8 @@ fn material() -> Material {
     keys += &key_entry("prometheus", &metrics, None, r#"{ service = "metrics" }"#);
     keys += &key_entry("indexer-svc", &indexer_svc, None, r#"{ service = "embed" }"#);
     keys += &key_entry("generator-svc", &generator_svc, None, r#"{ collection = "*", role = "read" }"#);
+    // A principal named by its client certificate (mutual TLS) instead of a key.
+    keys += "[[keys]]\nname = \"client-cert\"\nclient_cert_cn = \"test-client\"\ngrants = [{ service = \"embed\" }]\n\n";
     write(&p("keys.toml"), &keys).expect("write");
     write(&p("indexer.key"), &indexer_svc).expect("write");
     write(&p("generator.key"), &generator_svc).expect("write");
@@ -1101,10 +1103,8 @@ async fn a_cluster_with_tls_on_every_hop_including_etcd_finds_itself_and_answers
     let dir = data.path().display().to_string();
     let llm = llm_model().display().to_string();
     let embedder = spawn("embedder", &[]);
-    let indexer = spawn(
-        "indexer",
-        &["--embedder-url", "etcd", "--upstream-key-file", &m.arg("indexer.key"), "--data-dir", &dir],
-    );
+    // The indexer presents no key to the embedder: its client certificate is its credential.
+    let indexer = spawn("indexer", &["--embedder-url", "etcd", "--data-dir", &dir]);
     let generator = spawn(
         "generator",
         &[

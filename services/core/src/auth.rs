@@ -272,7 +272,11 @@ impl From<AuthError> for tonic::Status {
 struct KeyEntry {
     name: String,
     /// Hex sha256 of the key.
-    sha256: String,
+    #[serde(default)]
+    sha256: Option<String>,
+    /// Instead of a key: the common name of a client certificate that mutual TLS verified.
+    #[serde(default)]
+    client_cert_cn: Option<String>,
     /// RFC 3339 time after which the key is refused.
     #[serde(default)]
     expires: Option<String>,
@@ -287,9 +291,17 @@ struct KeysFile {
     keys: Vec<KeyEntry>,
 }
 
-/// A loaded API key: its digest, expiry and principal.
+/// How a principal of the keys file proves itself.
+enum Credential {
+    /// The sha256 of an API key.
+    Digest([u8; 32]),
+    /// The common name of a client certificate verified by mutual TLS.
+    CertCn(String),
+}
+
+/// A loaded principal: its credential, expiry and grants.
 struct Key {
-    digest: [u8; 32],
+    credential: Credential,
     expires: Option<i64>,
     principal: Arc<Principal>,
 }
@@ -362,8 +374,15 @@ impl KeySet {
             if names.insert(k.name.clone(), ()).is_some() {
                 return Err(format!("{at}: the name is used twice"));
             }
-            let digest = unhex(&k.sha256.to_ascii_lowercase())
-                .ok_or_else(|| format!("{at}: sha256 must be 64 hex digits (`ragd key new` prints it)"))?;
+            let credential = match (&k.sha256, &k.client_cert_cn) {
+                (Some(sha), None) => {
+                    Credential::Digest(unhex(&sha.to_ascii_lowercase()).ok_or_else(|| {
+                        format!("{at}: sha256 must be 64 hex digits (`ragd key new` prints it)")
+                    })?)
+                }
+                (None, Some(cn)) if !cn.is_empty() => Credential::CertCn(cn.clone()),
+                _ => return Err(format!("{at}: give exactly one of sha256 and client_cert_cn")),
+            };
             let expires = k
                 .expires
                 .as_deref()
@@ -374,7 +393,7 @@ impl KeySet {
                 check_grant(g).map_err(|e| format!("{at}: {e}"))?;
             }
             keys.push(Key {
-                digest,
+                credential,
                 expires,
                 principal: Arc::new(Principal { name: k.name, grants: k.grants }),
             });
@@ -387,7 +406,7 @@ impl KeySet {
         let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
         Self {
             keys: vec![Key {
-                digest,
+                credential: Credential::Digest(digest),
                 expires: None,
                 principal: Arc::new(Principal { name: name.into(), grants }),
             }],
@@ -406,10 +425,22 @@ impl KeySet {
         let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
         let mut found: Option<&Key> = None;
         for k in &self.keys {
-            if bool::from(k.digest.ct_eq(&digest)) {
+            if let Credential::Digest(d) = &k.credential
+                && bool::from(d.ct_eq(&digest))
+            {
                 found = Some(k);
             }
         }
+        Self::valid(found, now)
+    }
+
+    /// The principal of a client certificate's common name (verified by mutual TLS).
+    pub fn verify_cert_cn(&self, cn: &str, now: i64) -> Result<Arc<Principal>, AuthError> {
+        let found = self.keys.iter().find(|k| matches!(&k.credential, Credential::CertCn(c) if c == cn));
+        Self::valid(found, now)
+    }
+
+    fn valid(found: Option<&Key>, now: i64) -> Result<Arc<Principal>, AuthError> {
         let k = found.ok_or(AuthError::Unknown)?;
         if k.expires.is_some_and(|e| now >= e) {
             tracing::debug!(key = %k.principal.name, "expired key refused");
@@ -478,9 +509,23 @@ impl Authenticator {
     }
 
     /// The principal presenting `headers`' credential.
-    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Principal>, AuthError> {
-        let c = credential(headers).ok_or(AuthError::Missing)?;
+    /// The principal presenting `headers`' credential or, without one, the client certificate
+    /// (its common name `peer_cn`) that mutual TLS verified.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        peer_cn: Option<&str>,
+    ) -> Result<Arc<Principal>, AuthError> {
         let now = chrono::Utc::now().timestamp();
+        let Some(c) = credential(headers) else {
+            return match (peer_cn, &self.keys) {
+                (Some(cn), Some(k)) => k.get().verify_cert_cn(cn, now).map_err(|e| match e {
+                    AuthError::Unknown => AuthError::Missing,
+                    e => e,
+                }),
+                _ => Err(AuthError::Missing),
+            };
+        };
         if crate::jwt::looks_like_jwt(c) {
             return match &self.jwks {
                 Some(j) => j.get().verify(c, now),
@@ -578,6 +623,22 @@ grants = [{ collection = "*", role = "manage" }]
         .err()
         .unwrap_or_default();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn client_certificates_are_principals_by_common_name() {
+        let k = KeySet::parse(
+            "[[keys]]\nname = \"indexer\"\nclient_cert_cn = \"indexer-1\"\ngrants = [{ service = \"embed\" }]\n",
+        )
+        .expect("parse");
+        let p = k.verify_cert_cn("indexer-1", 0).expect("cn");
+        assert!(p.has_service(ServiceGrant::Embed));
+        assert_eq!(k.verify_cert_cn("indexer-2", 0), Err(AuthError::Unknown));
+        // A certificate name is not a key.
+        assert_eq!(k.verify("indexer-1", 0), Err(AuthError::Unknown));
+        let both =
+            format!("[[keys]]\nname = \"x\"\nsha256 = \"{}\"\nclient_cert_cn = \"x\"\n", key_digest_hex("k"));
+        assert!(KeySet::parse(&both).err().unwrap_or_default().contains("exactly one"));
     }
 
     #[test]

@@ -48,7 +48,7 @@ fn admit(
     headers: &axum::http::HeaderMap,
 ) -> Result<(), (StatusCode, String)> {
     let Some(auth) = security.auth.as_ref().filter(|_| security.metrics_auth) else { return Ok(()) };
-    let p = auth.authenticate(headers).map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let p = auth.authenticate(headers, None).map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
     if p.has_service(crate::auth::ServiceGrant::Metrics) {
         Ok(())
     } else {

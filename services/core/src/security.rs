@@ -179,7 +179,11 @@ impl ServerSecurity {
         if need == Need::Open && !self.auth_health {
             return Ok(Access::Open);
         }
-        let principal = match auth.authenticate(headers) {
+        let peer_cn = conn
+            .and_then(|c| c.peer_certs.as_ref())
+            .and_then(|certs| certs.first())
+            .and_then(|c| crate::tls::subject_cn(c));
+        let principal = match auth.authenticate(headers, peer_cn.as_deref()) {
             Ok(p) => p,
             Err(e) => {
                 self.count("-", "unauthenticated");

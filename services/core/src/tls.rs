@@ -513,6 +513,34 @@ fn der_time(b: &[u8]) -> Option<(i64, &[u8])> {
     Some((t.and_utc().timestamp(), rest))
 }
 
+/// The subject's common name (OID 2.5.4.3) of a DER X.509 certificate.
+pub fn subject_cn(cert: &[u8]) -> Option<String> {
+    let (certificate, _) = der_take(cert, 0x30)?;
+    let (tbs, _) = der_take(certificate, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_take(rest, 0xa0)?.1; // version
+    }
+    rest = der_take(rest, 0x02)?.1; // serial number
+    rest = der_take(rest, 0x30)?.1; // signature algorithm
+    rest = der_take(rest, 0x30)?.1; // issuer
+    rest = der_take(rest, 0x30)?.1; // validity
+    let (mut rdns, _) = der_take(rest, 0x30)?; // subject: SEQUENCE OF SET OF AttributeTypeAndValue
+    while !rdns.is_empty() {
+        let (set, next) = der_take(rdns, 0x31)?;
+        rdns = next;
+        let (atv, _) = der_take(set, 0x30)?;
+        let (oid, value) = der_take(atv, 0x06)?;
+        if oid == [0x55, 0x04, 0x03] {
+            // UTF8String, PrintableString or IA5String.
+            let tag = *value.first()?;
+            let (s, _) = der_take(value, tag)?;
+            return std::str::from_utf8(s).ok().map(str::to_string);
+        }
+    }
+    None
+}
+
 /// The validity period (not before, not after; Unix seconds) of a DER X.509 certificate.
 pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     let (certificate, _) = der_take(cert, 0x30)?;
@@ -546,6 +574,17 @@ mod tests {
         let der = CertificateDer::from_pem_slice(late.cert_pem.as_bytes()).expect("pem");
         assert_eq!(validity(&der).map(|v| v.1), Some(2_600_000_000));
         assert_eq!(validity(b"\x30\x03\x02\x01\x01"), None);
+    }
+
+    #[test]
+    fn the_subject_common_name_is_read_from_the_certificate() {
+        let ca = Ca::new("test ca").expect("ca");
+        let c = ca.client("indexer-7").expect("client");
+        let der = CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(subject_cn(&der).as_deref(), Some("indexer-7"));
+        let ca_der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(subject_cn(&ca_der).as_deref(), Some("test ca"));
+        assert_eq!(subject_cn(b"\x30\x00"), None);
     }
 
     #[test]
