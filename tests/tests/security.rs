@@ -303,6 +303,25 @@ fn code<T>(r: Result<T, tonic::Status>) -> (Code, String) {
     }
 }
 
+/// Asks where Paris is the answer; the first retrieved passage must be the "paris" document.
+async fn ask_finds_paris(channel: Channel, collection: &str, key: &str) {
+    let s = GeneratorClient::new(channel)
+        .ask(req(
+            v1::AskRequest {
+                question: "What is the capital of France?".into(),
+                collection: collection.into(),
+                sampling: Some(v1::Sampling { max_tokens: 8, ..Default::default() }),
+                ..Default::default()
+            },
+            Some(key),
+        ))
+        .await
+        .expect("ask")
+        .into_inner();
+    let (retrieval, _, _) = ragd_tests::collect_ask(s).await;
+    assert_eq!(retrieval.passages.first().map(|h| h.doc_id.as_str()), Some("paris"));
+}
+
 fn doc(id: &str) -> v1::Document {
     v1::Document { id: id.into(), text: "Paris is the capital of France.".into(), metadata: None }
 }
@@ -573,21 +592,7 @@ async fn tls_and_access_control_on_every_rpc_of_the_three_services() {
     assert_eq!(all, vec!["a", "b"]);
 
     // Ask end to end: the generator retrieves with its read-only key.
-    let s = GeneratorClient::new(ch.generator.clone())
-        .ask(req(
-            v1::AskRequest {
-                question: "What is the capital of France?".into(),
-                collection: "a".into(),
-                sampling: Some(v1::Sampling { max_tokens: 8, ..Default::default() }),
-                ..Default::default()
-            },
-            Some(&m.manage),
-        ))
-        .await
-        .expect("ask")
-        .into_inner();
-    let (retrieval, _answer, _done) = ragd_tests::collect_ask(s).await;
-    assert_eq!(retrieval.passages.first().map(|h| h.doc_id.as_str()), Some("paris"));
+    ask_finds_paris(ch.generator.clone(), "a", &m.manage).await;
 
     // The matrix.
     let mut checked = 0;
@@ -960,21 +965,7 @@ async fn ragd_up_with_generated_certificates_keys_from_ragd_key_and_tokens_from_
     ))
     .await
     .expect("upsert");
-    let s = GeneratorClient::new(channel(&addr("generator"), &tls).await)
-        .ask(req(
-            v1::AskRequest {
-                question: "What is the capital of France?".into(),
-                collection: "notes".into(),
-                sampling: Some(v1::Sampling { max_tokens: 8, ..Default::default() }),
-                ..Default::default()
-            },
-            Some(&key),
-        ))
-        .await
-        .expect("ask")
-        .into_inner();
-    let (retrieval, _, _) = ragd_tests::collect_ask(s).await;
-    assert_eq!(retrieval.passages.first().map(|h| h.doc_id.as_str()), Some("paris"));
+    ask_finds_paris(channel(&addr("generator"), &tls).await, "notes", &key).await;
 
     // `ragd token mint`: a read-only token for notes.
     let (ok, token, err) = ragd_cli(&[
@@ -1161,21 +1152,7 @@ async fn a_cluster_with_tls_on_every_hop_including_etcd_finds_itself_and_answers
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let s = GeneratorClient::new(channel(generator.addr(), &tls).await)
-        .ask(req(
-            v1::AskRequest {
-                question: "What is the capital of France?".into(),
-                collection: "a".into(),
-                sampling: Some(v1::Sampling { max_tokens: 8, ..Default::default() }),
-                ..Default::default()
-            },
-            Some(&m.manage),
-        ))
-        .await
-        .expect("ask")
-        .into_inner();
-    let (retrieval, _, _) = ragd_tests::collect_ask(s).await;
-    assert_eq!(retrieval.passages.first().map(|h| h.doc_id.as_str()), Some("paris"));
+    ask_finds_paris(channel(generator.addr(), &tls).await, "a", &m.manage).await;
     // The three services' spans reached the TLS collector.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

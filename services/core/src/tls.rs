@@ -513,8 +513,8 @@ fn der_time(b: &[u8]) -> Option<(i64, &[u8])> {
     Some((t.and_utc().timestamp(), rest))
 }
 
-/// The subject's common name (OID 2.5.4.3) of a DER X.509 certificate.
-pub fn subject_cn(cert: &[u8]) -> Option<String> {
+/// What follows the issuer in a DER X.509 certificate's TBSCertificate: validity, subject, ...
+fn after_issuer(cert: &[u8]) -> Option<&[u8]> {
     let (certificate, _) = der_take(cert, 0x30)?;
     let (tbs, _) = der_take(certificate, 0x30)?;
     let mut rest = tbs;
@@ -523,8 +523,12 @@ pub fn subject_cn(cert: &[u8]) -> Option<String> {
     }
     rest = der_take(rest, 0x02)?.1; // serial number
     rest = der_take(rest, 0x30)?.1; // signature algorithm
-    rest = der_take(rest, 0x30)?.1; // issuer
-    rest = der_take(rest, 0x30)?.1; // validity
+    Some(der_take(rest, 0x30)?.1) // issuer
+}
+
+/// The subject's common name (OID 2.5.4.3) of a DER X.509 certificate.
+pub fn subject_cn(cert: &[u8]) -> Option<String> {
+    let rest = der_take(after_issuer(cert)?, 0x30)?.1; // validity
     let (mut rdns, _) = der_take(rest, 0x30)?; // subject: SEQUENCE OF SET OF AttributeTypeAndValue
     while !rdns.is_empty() {
         let (set, next) = der_take(rdns, 0x31)?;
@@ -543,16 +547,7 @@ pub fn subject_cn(cert: &[u8]) -> Option<String> {
 
 /// The validity period (not before, not after; Unix seconds) of a DER X.509 certificate.
 pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
-    let (certificate, _) = der_take(cert, 0x30)?;
-    let (tbs, _) = der_take(certificate, 0x30)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = der_take(rest, 0xa0)?.1; // version
-    }
-    rest = der_take(rest, 0x02)?.1; // serial number
-    rest = der_take(rest, 0x30)?.1; // signature algorithm
-    rest = der_take(rest, 0x30)?.1; // issuer
-    let (validity, _) = der_take(rest, 0x30)?;
+    let (validity, _) = der_take(after_issuer(cert)?, 0x30)?;
     let (not_before, rest) = der_time(validity)?;
     let (not_after, _) = der_time(rest)?;
     Some((not_before, not_after))
