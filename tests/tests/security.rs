@@ -439,6 +439,31 @@ async fn call(rpc: &str, ch: &Channels, cred: Option<&str>) -> (Code, String) {
     }
 }
 
+/// Every RPC of the matrix with every credential of `m`, against the policy as this file reads it.
+async fn run_matrix(m: &Material, ch: &Channels) {
+    let mut checked = 0;
+    for (rpc, spec) in MATRIX {
+        for (label, cred, who) in &m.creds {
+            let want = expected(*spec, *who);
+            let (got, msg) = call(rpc, ch, cred.as_deref()).await;
+            match want {
+                Code::Ok => assert!(
+                    !matches!(got, Code::Unauthenticated | Code::PermissionDenied),
+                    "{rpc} with {label}: refused ({got:?}: {msg}) but allowed by the policy"
+                ),
+                _ => {
+                    assert_eq!(got, want, "{rpc} with {label}: {msg}");
+                    if got == Code::PermissionDenied {
+                        assert!(msg.starts_with("missing grant: "), "{rpc} with {label}: {msg}");
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+    println!("matrix: {checked} calls checked");
+}
+
 struct Channels {
     embedder: Channel,
     indexer: Channel,
@@ -594,28 +619,7 @@ async fn tls_and_access_control_on_every_rpc_of_the_three_services() {
     // Ask end to end: the generator retrieves with its read-only key.
     ask_finds_paris(ch.generator.clone(), "a", &m.manage).await;
 
-    // The matrix.
-    let mut checked = 0;
-    for (rpc, spec) in MATRIX {
-        for (label, cred, who) in &m.creds {
-            let want = expected(*spec, *who);
-            let (got, msg) = call(rpc, &ch, cred.as_deref()).await;
-            match want {
-                Code::Ok => assert!(
-                    !matches!(got, Code::Unauthenticated | Code::PermissionDenied),
-                    "{rpc} with {label}: refused ({got:?}: {msg}) but allowed by the policy"
-                ),
-                _ => {
-                    assert_eq!(got, want, "{rpc} with {label}: {msg}");
-                    if got == Code::PermissionDenied {
-                        assert!(msg.starts_with("missing grant: "), "{rpc} with {label}: {msg}");
-                    }
-                }
-            }
-            checked += 1;
-        }
-    }
-    println!("matrix: {checked} calls checked");
+    run_matrix(&m, &ch).await;
 
     // Metrics: over TLS, behind the metrics grant; per-principal counts, never a key.
     // (The metrics listener serves HTTP/1.1 and HTTP/2 whatever ALPN chose.)
@@ -1167,4 +1171,66 @@ async fn a_cluster_with_tls_on_every_hop_including_etcd_finds_itself_and_answers
         p.signal("TERM");
         assert!(p.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matrix_through_ragd_up() {
+    // The test's CA, server certificate and key carry ragd up's --tls-dir file names.
+    let m = material();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (dir, llm) = (data.path().display().to_string(), llm_model().display().to_string());
+    let mut env = model_env();
+    env.push(("RUST_LOG", "warn".into()));
+    let (tls_dir, keys, jwks) = (m.dir.path().display().to_string(), m.arg("keys.toml"), m.arg("jwks.json"));
+    let (mut up, urls) = RagdProcess::up(
+        &[
+            "--embedder-port",
+            "0",
+            "--indexer-port",
+            "0",
+            "--generator-port",
+            "0",
+            "--data-dir",
+            &dir,
+            "--llm-model",
+            &llm,
+            "--tls-dir",
+            &tls_dir,
+            "--auth-keys-file",
+            &keys,
+            "--auth-jwks-file",
+            &jwks,
+        ],
+        &env,
+    );
+    let tls = tls_to(&m.path("ca.pem"), None);
+    let addr = |s: &str| urls[s].trim_start_matches("http://").to_string();
+    for (s, name) in
+        [("embedder", "ragd.v1.Embedder"), ("indexer", "ragd.v1.Indexer"), ("generator", "ragd.v1.Generator")]
+    {
+        wait_serving_tls(&addr(s), &tls, name).await;
+    }
+    let ch = Channels {
+        embedder: channel(&addr("embedder"), &tls).await,
+        indexer: channel(&addr("indexer"), &tls).await,
+        generator: channel(&addr("generator"), &tls).await,
+    };
+    let mut i = IndexerClient::new(ch.indexer.clone());
+    for name in ["a", "b"] {
+        i.create_collection(req(
+            v1::CreateCollectionRequest { name: name.into(), ..Default::default() },
+            Some(&m.manage),
+        ))
+        .await
+        .expect("create");
+    }
+    i.upsert_batch(req(
+        v1::UpsertRequest { collection: "a".into(), documents: vec![doc("paris")] },
+        Some(&m.manage),
+    ))
+    .await
+    .expect("upsert");
+    run_matrix(&m, &ch).await;
+    up.signal("TERM");
+    assert!(up.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
 }
