@@ -891,6 +891,41 @@ fn bad_tls_material_and_missing_auth_stop_the_start_with_one_line_naming_the_fil
     assert_eq!(err.matches("no access control").count(), 1, "{err}");
 }
 
+/// `ragd up` on any free ports with its data in `data`, `extra` flags and RUST_LOG=warn; waits
+/// until the three services are SERVING over TLS (trusting `ca`). Returns the process, the
+/// `host:port` of each service by name, and the client TLS.
+async fn up_tls(
+    data: &Path,
+    extra: &[&str],
+    ca: &Path,
+) -> (RagdProcess, impl Fn(&str) -> String + use<>, ClientTls) {
+    let (dir, llm) = (data.display().to_string(), llm_model().display().to_string());
+    let mut env = model_env();
+    env.push(("RUST_LOG", "warn".into()));
+    let mut args = vec![
+        "--embedder-port",
+        "0",
+        "--indexer-port",
+        "0",
+        "--generator-port",
+        "0",
+        "--data-dir",
+        &dir,
+        "--llm-model",
+        &llm,
+    ];
+    args.extend_from_slice(extra);
+    let (up, urls) = RagdProcess::up(&args, &env);
+    let tls = tls_to(ca, None);
+    let addr = move |s: &str| urls[s].trim_start_matches("http://").to_string();
+    for (s, name) in
+        [("embedder", "ragd.v1.Embedder"), ("indexer", "ragd.v1.Indexer"), ("generator", "ragd.v1.Generator")]
+    {
+        wait_serving_tls(&addr(s), &tls, name).await;
+    }
+    (up, addr, tls)
+}
+
 fn sha256_hex(s: &str) -> String {
     // coreutils' sha256sum: an independent digest of what `ragd key new` printed.
     use std::io::Write;
@@ -922,37 +957,13 @@ async fn ragd_up_with_generated_certificates_keys_from_ragd_key_and_tokens_from_
     let (ok, _, err) = ragd_cli(&["token", "keygen", "--out", &p("signer")]);
     assert!(ok, "{err}");
 
-    let (dir, llm) = (data.path().display().to_string(), llm_model().display().to_string());
-    let mut env = model_env();
-    env.push(("RUST_LOG", "warn".into()));
-    let (mut up, urls) = RagdProcess::up(
-        &[
-            "--embedder-port",
-            "0",
-            "--indexer-port",
-            "0",
-            "--generator-port",
-            "0",
-            "--data-dir",
-            &dir,
-            "--llm-model",
-            &llm,
-            "--tls-generate",
-            "--auth-keys-file",
-            &p("keys.toml"),
-            "--auth-jwks-file",
-            &p("signer/jwks.json"),
-        ],
-        &env,
-    );
     let ca = data.path().join("tls/ca.pem");
-    let tls = tls_to(&ca, None);
-    let addr = |s: &str| urls[s].trim_start_matches("http://").to_string();
-    for (s, name) in
-        [("embedder", "ragd.v1.Embedder"), ("indexer", "ragd.v1.Indexer"), ("generator", "ragd.v1.Generator")]
-    {
-        wait_serving_tls(&addr(s), &tls, name).await;
-    }
+    let (mut up, addr, tls) = up_tls(
+        data.path(),
+        &["--tls-generate", "--auth-keys-file", &p("keys.toml"), "--auth-jwks-file", &p("signer/jwks.json")],
+        &ca,
+    )
+    .await;
     let mut i = IndexerClient::new(channel(&addr("indexer"), &tls).await);
     let (c, _) = code(i.list_collections(req(v1::ListCollectionsRequest {}, None)).await);
     assert_eq!(c, Code::Unauthenticated);
@@ -1178,38 +1189,13 @@ async fn the_matrix_through_ragd_up() {
     // The test's CA, server certificate and key carry ragd up's --tls-dir file names.
     let m = material();
     let data = tempfile::tempdir().expect("tempdir");
-    let (dir, llm) = (data.path().display().to_string(), llm_model().display().to_string());
-    let mut env = model_env();
-    env.push(("RUST_LOG", "warn".into()));
     let (tls_dir, keys, jwks) = (m.dir.path().display().to_string(), m.arg("keys.toml"), m.arg("jwks.json"));
-    let (mut up, urls) = RagdProcess::up(
-        &[
-            "--embedder-port",
-            "0",
-            "--indexer-port",
-            "0",
-            "--generator-port",
-            "0",
-            "--data-dir",
-            &dir,
-            "--llm-model",
-            &llm,
-            "--tls-dir",
-            &tls_dir,
-            "--auth-keys-file",
-            &keys,
-            "--auth-jwks-file",
-            &jwks,
-        ],
-        &env,
-    );
-    let tls = tls_to(&m.path("ca.pem"), None);
-    let addr = |s: &str| urls[s].trim_start_matches("http://").to_string();
-    for (s, name) in
-        [("embedder", "ragd.v1.Embedder"), ("indexer", "ragd.v1.Indexer"), ("generator", "ragd.v1.Generator")]
-    {
-        wait_serving_tls(&addr(s), &tls, name).await;
-    }
+    let (mut up, addr, tls) = up_tls(
+        data.path(),
+        &["--tls-dir", &tls_dir, "--auth-keys-file", &keys, "--auth-jwks-file", &jwks],
+        &m.path("ca.pem"),
+    )
+    .await;
     let ch = Channels {
         embedder: channel(&addr("embedder"), &tls).await,
         indexer: channel(&addr("indexer"), &tls).await,
