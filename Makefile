@@ -1,7 +1,7 @@
 # ragd — the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: setup setup-test build demo test lint bench fresh-check
+.PHONY: setup setup-test build image demo test lint bench chart-check fresh-check
 
 ## What the demo needs (idempotent; `scripts/setup --help` lists the sets).
 setup:
@@ -13,6 +13,11 @@ setup-test:
 
 build:
 	$(CARGO) build --release -p ragd
+
+## Container images (deploy/README.md): ragd (release binary) and the fat variant with models.
+image: setup
+	scripts/build-image
+	scripts/build-image --fat
 
 ## Set up, build and run the demo: embedder (embed, compare) then indexer (ingest capitals, search).
 demo: setup
@@ -28,9 +33,11 @@ lint:
 test: setup-test lint
 	$(CARGO) build -p ragd -p ragd-bench --bins
 	$(CARGO) test --workspace
+	@if [ "$${RAGD_SKIP_CONTAINER_TESTS:-}" = 1 ]; then echo "SKIPPED: the container cluster test (tests/tests/containers.rs): RAGD_SKIP_CONTAINER_TESTS=1"; fi
 	# ragd-exact's CUDA kernels: NVRTC (from PyPI, no GPU needed) must compile them; the GPU
 	# search tests run where a GPU is and otherwise check the clean error.
 	LD_LIBRARY_PATH=$${RAGD_HOME:-$(CURDIR)/.ragd}/lib/cuda RAGD_REQUIRE_NVRTC=1 $(CARGO) test -p ragd-exact --features cuda
+	scripts/chart-check
 
 ## Benchmarks; they write their figures to docs/benchmarks.md (faiss-cpu baseline via --with-bench).
 bench:
@@ -41,6 +48,12 @@ bench:
 	$(CARGO) bench -p ragd-bench --bench generator
 	$(CARGO) bench -p ragd-bench --bench durability
 	$(CARGO) bench -p ragd-bench --bench security
+
+## The Helm chart offline: helm lint, helm template of helm/ragd/ci/*, kubernetes-validate for
+## Kubernetes 1.30 and 1.33, chart tests (the rendered args through the debug ragd binary).
+chart-check: setup-test
+	$(CARGO) build -p ragd
+	scripts/chart-check
 
 ## Fresh-machine rehearsal: a clean Debian bookworm container (podman) with only what the machine
 ## image guarantees clones this repository and runs `make demo` then `make test`, timing each.

@@ -59,3 +59,62 @@ fn startup_failures_exit_non_zero_with_a_clear_message() {
         assert!(stderr.to_lowercase().contains(expect), "{args:?}: expected {expect:?} in\n{stderr}");
     }
 }
+
+/// `ragd serve <role> … --check-config` (what the Helm chart's tests run on the arguments they
+/// render): accepted arguments print one line and exit 0 without starting anything (no
+/// listener, no model load); a flag the binary does not have, or a bad value, exits non-zero
+/// naming it.
+#[test]
+fn check_config_accepts_real_flags_and_names_the_bad_ones() {
+    let run = |args: &[&str]| {
+        let out = Command::new(ragd_bin()).args(args).current_dir(repo_root()).output().expect("run ragd");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A port something else holds: --check-config must not try to bind it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = held.local_addr().expect("addr").to_string();
+    for (role, extra) in [
+        ("embedder", vec!["--models", "no-such-model", "--models-dir", "/nonexistent"]),
+        (
+            "indexer",
+            vec![
+                "--embedder-url",
+                "etcd",
+                "--etcd-endpoints",
+                "http://10.0.0.1:2379",
+                "--data-dir",
+                "/nonexistent",
+            ],
+        ),
+        (
+            "generator",
+            vec![
+                "--indexer-url",
+                "https://indexer:50052",
+                "--tls-cert",
+                "/tls/c.pem",
+                "--tls-key",
+                "/tls/k.pem",
+            ],
+        ),
+    ] {
+        let mut args = vec!["serve", role, "--listen", listen.as_str()];
+        args.extend(extra);
+        args.push("--check-config");
+        let (ok, out, err) = run(&args);
+        assert!(ok, "{role}: {err}");
+        assert!(
+            out.contains(&format!("ragd serve {role}: configuration accepted (listen {listen})")),
+            "{out}"
+        );
+    }
+    let (ok, _, err) = run(&["serve", "embedder", "--no-such-flag", "1", "--check-config"]);
+    assert!(!ok && err.contains("--no-such-flag"), "{err}");
+    let (ok, _, err) = run(&["serve", "indexer", "--listen", "not-an-address", "--check-config"]);
+    assert!(!ok && err.contains("not-an-address"), "{err}");
+    drop(held);
+}

@@ -27,8 +27,9 @@ pub struct GeneratorConfig {
     #[arg(long, env = "RAGD_INDEXER_URL", default_value = "http://127.0.0.1:50052")]
     pub indexer_url: String,
 
-    /// The embedded model (GGUF, run by llama.cpp in-process); empty = no embedded backend.
-    #[arg(long, env = "RAGD_LLM_MODEL", default_value = DEFAULT_LLM_MODEL)]
+    /// The embedded model (GGUF, run by llama.cpp in-process); empty (`--llm-model ""`) = no
+    /// embedded backend, only OpenAI-compatible servers.
+    #[arg(long, env = "RAGD_LLM_MODEL", default_value = DEFAULT_LLM_MODEL, value_parser = path_or_empty)]
     pub llm_model: PathBuf,
     /// Name of the embedded backend.
     #[arg(long, env = "RAGD_LLM_NAME", default_value = "embedded")]
@@ -119,6 +120,11 @@ pub struct GeneratorConfig {
 
 pub const DEFAULT_REFUSAL: &str = "I could not find anything relevant to this question in the collection, so I cannot answer it from the documents.";
 
+/// A path, or the empty string (clap's own path parser refuses an empty value).
+fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
+}
+
 impl Default for GeneratorConfig {
     fn default() -> Self {
         Self {
@@ -201,5 +207,13 @@ mod tests {
         assert_eq!(c.no_context, d.no_context);
         assert_eq!(c.template(), d.template());
         assert!(c.template().validate().is_ok());
+    }
+
+    #[test]
+    fn an_empty_llm_model_means_no_embedded_backend() {
+        let c = Cli::try_parse_from(["generator", "--llm-model", ""]).expect("empty value parses").config;
+        assert!(c.llm_model.as_os_str().is_empty());
+        let c = Cli::try_parse_from(["generator", "--llm-model=/m/x.gguf"]).expect("parse").config;
+        assert_eq!(c.llm_model, PathBuf::from("/m/x.gguf"));
     }
 }

@@ -3,13 +3,15 @@
 //! - `ragd serve embedder|indexer|generator` runs a service;
 //! - `ragd embed`, `ragd models`, `ragd health`, `ragd collections`, `ragd ingest`,
 //!   `ragd search`, `ragd ask`, `ragd generate`, `ragd backends` talk to running services over gRPC;
-//! - `ragd key`, `ragd token` make API keys, signing keys and signed tokens.
+//! - `ragd key`, `ragd token` make API keys, signing keys and signed tokens;
+//! - `ragd install-models` copies models between models directories (a container's init step).
 
 mod auth_cli;
 mod client;
 mod generator_cli;
 mod indexer_cli;
 mod loaders;
+mod models_cli;
 mod up;
 
 /// mimalloc: small, short-lived allocations (protobuf messages, HTTP/2 frames, payload maps) are
@@ -45,6 +47,11 @@ enum Command {
     Up(up::UpArgs),
     /// Run a service.
     Serve {
+        /// Parse and check every flag and environment variable, print the result and exit
+        /// without starting (files named by flags are opened at start-up, not here): what the
+        /// Helm chart's tests run against the arguments they render.
+        #[arg(long, global = true)]
+        check_config: bool,
         #[command(subcommand)]
         service: Service,
     },
@@ -71,6 +78,9 @@ enum Command {
     Generate(generator_cli::GenerateArgs),
     /// List the generator's language-model backends.
     Backends(generator_cli::GeneratorEndpoint),
+    /// Copy embedding models (and other model directories) from one models directory to
+    /// another, reading its manifest.json: a container's init step (see deploy/README.md).
+    InstallModels(models_cli::InstallModelsArgs),
     /// Make API keys for the servers' --auth-keys-file.
     Key {
         #[command(subcommand)]
@@ -140,9 +150,9 @@ fn main() -> ExitCode {
 /// `service.name` of this process's traces.
 fn service_name(command: &Command) -> &'static str {
     match command {
-        Command::Serve { service: Service::Embedder { .. } } => "ragd-embedder",
-        Command::Serve { service: Service::Indexer { .. } } => "ragd-indexer",
-        Command::Serve { service: Service::Generator { .. } } => "ragd-generator",
+        Command::Serve { service: Service::Embedder { .. }, .. } => "ragd-embedder",
+        Command::Serve { service: Service::Indexer { .. }, .. } => "ragd-indexer",
+        Command::Serve { service: Service::Generator { .. }, .. } => "ragd-generator",
         Command::Up(_) => "ragd",
         _ => "ragd-cli",
     }
@@ -150,17 +160,21 @@ fn service_name(command: &Command) -> &'static str {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { service: Service::Embedder { listen, config } } => {
+        Command::Serve { check_config: true, service } => {
+            println!("{}", check_config(&service));
+            Ok(())
+        }
+        Command::Serve { service: Service::Embedder { listen, config }, .. } => {
             ragd_embedder::serve(*config, bind(listen, "embedder").await?, ragd_core::shutdown::signal())
                 .await?;
             Ok(())
         }
-        Command::Serve { service: Service::Indexer { listen, config } } => {
+        Command::Serve { service: Service::Indexer { listen, config }, .. } => {
             ragd_indexer::serve(*config, bind(listen, "indexer").await?, ragd_core::shutdown::signal())
                 .await?;
             Ok(())
         }
-        Command::Serve { service: Service::Generator { listen, config } } => {
+        Command::Serve { service: Service::Generator { listen, config }, .. } => {
             ragd_generator::serve(*config, bind(listen, "generator").await?, ragd_core::shutdown::signal())
                 .await?;
             Ok(())
@@ -175,9 +189,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Collections { endpoint, command } => indexer_cli::collections(endpoint, command).await,
         Command::Ingest(args) => indexer_cli::ingest(args).await,
         Command::Search(args) => indexer_cli::search(args).await,
+        Command::InstallModels(args) => models_cli::install(args),
         Command::Key { command } => auth_cli::key(command),
         Command::Token { command } => auth_cli::token(command),
     }
+}
+
+/// `ragd serve <role> … --check-config`: the configuration clap accepted, one line.
+fn check_config(service: &Service) -> String {
+    let (role, listen) = match service {
+        Service::Embedder { listen, .. } => ("embedder", listen),
+        Service::Indexer { listen, .. } => ("indexer", listen),
+        Service::Generator { listen, .. } => ("generator", listen),
+    };
+    format!("ragd serve {role}: configuration accepted (listen {listen}); files are checked at start-up")
 }
 
 /// Binds a listener (the caller reports its address).
