@@ -1,7 +1,7 @@
 # ragd — the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: setup setup-test build image demo test lint bench chart-check fresh-check
+.PHONY: setup setup-test build image demo test lint bench chart-check chart-rehearsal fresh-check
 
 ## What the demo needs (idempotent; `scripts/setup --help` lists the sets).
 setup:
@@ -54,6 +54,13 @@ bench:
 chart-check: setup-test
 	$(CARGO) build -p ragd
 	scripts/chart-check
+
+## The chart on the container engine: podman kube play of the embedder and generator Deployments
+## rendered from helm/ragd/ci/rehearsal-values.yaml, their probes run in the pods, everything
+## removed afterwards (docs/operations.md, "Chart rehearsal"; ~70 s once the images are built).
+chart-rehearsal: setup-test image
+	scripts/build-image --no-ragd --etcd
+	scripts/chart-rehearsal
 
 ## Fresh-machine rehearsal: a clean Debian bookworm container (podman) with only what the machine
 ## image guarantees clones this repository and runs `make demo` then `make test`, timing each.

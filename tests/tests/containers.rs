@@ -219,7 +219,7 @@ async fn documents(url: &str, tls: &ClientTls, key: &str) -> Result<u64, tonic::
     let r = IndexerClient::new(ch)
         .describe_collection(req(v1::DescribeCollectionRequest { name: "capitals".into() }, key))
         .await?;
-    Ok(r.into_inner().info.map(|i| i.documents).unwrap_or(0))
+    Ok(r.into_inner().documents)
 }
 
 fn exit_code(container: &str) -> i64 {
