@@ -13,8 +13,9 @@
 //! binary this test run built (`--debug`, debug info stripped), so the test checks the image
 //! recipe and the binary under test together. Needs root and podman (scripts/setup --with-test
 //! installs podman, runc and debootstrap); the Debian base is made once (~3 min) and cached.
-//! `RAGD_SKIP_CONTAINER_TESTS=1` (set by scripts/fresh-check, whose own container cannot run
-//! podman inside it) makes the test print that it was skipped and why; it never skips otherwise.
+//! It runs only with `RAGD_CONTAINER_TESTS=1`; otherwise it prints that it was skipped (and
+//! `make test` prints a SKIPPED line): it has not yet had a full run on a machine, and
+//! scripts/fresh-check's own container cannot run podman inside it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -228,10 +229,8 @@ fn exit_code(container: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_cluster_with_tls_and_keys_survives_kills_partitions_and_restarts() {
-    if std::env::var("RAGD_SKIP_CONTAINER_TESTS").is_ok_and(|v| v == "1") {
-        eprintln!(
-            "SKIPPED: container cluster test (RAGD_SKIP_CONTAINER_TESTS=1: no podman inside this container)"
-        );
+    if !std::env::var("RAGD_CONTAINER_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: container cluster test (set RAGD_CONTAINER_TESTS=1 to run it)");
         return;
     }
     // The images: ragd from this run's binary, etcd from Debian's package.
