@@ -307,9 +307,8 @@ fn main() {
         let _ = on.fill(&texts).await;
         let texts = Arc::new(texts);
         let (mut search_rows, mut embed_rows) = (Vec::new(), Vec::new());
-        // Every search round first, then every embed round: interleaved with the
-        // inference-bound embed cells, the search cells of one mode and the other did not see
-        // the same machine (see the module docs).
+        // Every search round first, then every embed round: the two cells compared are always
+        // adjacent and of the same RPC.
         let pairs = |round: usize| if round % 2 == 1 { (&on, &off, true) } else { (&off, &on, false) };
         if let Ok(mode) = std::env::var("RAGD_BENCH_PROFILE_MODE") {
             // For a profiler: one mode's search cells only, printed, nothing written.
