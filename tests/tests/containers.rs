@@ -171,7 +171,7 @@ async fn connect(url: &str, tls: &ClientTls) -> Option<Channel> {
 /// Waits until `url`'s grpc.health.v1 says `service` is SERVING.
 async fn wait_serving(url: &str, tls: &ClientTls, service: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
-    let mut last = String::new();
+    let mut last: String;
     loop {
         if let Some(ch) = connect(url, tls).await {
             match HealthClient::new(ch).check(HealthCheckRequest { service: service.into() }).await {
@@ -215,7 +215,7 @@ async fn ask_text(url: &str, tls: &ClientTls, key: &str, question: &str) -> Resu
 }
 
 /// The documents of the collection (DescribeCollection).
-async fn documents(url: &str, tls: &ClientTls, key: &str) -> Result<u64, tonic::Status> {
+async fn document_count(url: &str, tls: &ClientTls, key: &str) -> Result<u64, tonic::Status> {
     let ch = connect(url, tls).await.ok_or_else(|| tonic::Status::unavailable("no connection"))?;
     let r = IndexerClient::new(ch)
         .describe_collection(req(v1::DescribeCollectionRequest { name: "capitals".into() }, key))
@@ -467,16 +467,16 @@ async fn a_container_cluster_with_tls_and_keys_survives_kills_partitions_and_res
         assert!(r.get_ref().failed.is_empty(), "{:?}", r.get_ref().failed);
     }
     let acknowledged = 238 + 20;
-    assert_eq!(documents(&indexer, &tls, &key).await.expect("describe"), acknowledged);
+    assert_eq!(document_count(&indexer, &tls, &key).await.expect("describe"), acknowledged);
     pm(&["network", "disconnect", &net, &cname("indexer")]);
     // Longer than the lease: etcd drops the indexer's registration.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let cut = tokio::time::timeout(Duration::from_secs(10), documents(&indexer, &tls, &key)).await;
+    let cut = tokio::time::timeout(Duration::from_secs(10), document_count(&indexer, &tls, &key)).await;
     assert!(!matches!(cut, Ok(Ok(_))), "the indexer answered while disconnected: {cut:?}");
     pm(&["network", "connect", "--ip", &addr_of("indexer"), &net, &cname("indexer")]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let count = loop {
-        match documents(&indexer, &tls, &key).await {
+        match document_count(&indexer, &tls, &key).await {
             Ok(n) => break n,
             Err(e) => assert!(Instant::now() < deadline, "indexer not back after reconnecting: {e:?}"),
         }
@@ -498,7 +498,7 @@ async fn a_container_cluster_with_tls_and_keys_survives_kills_partitions_and_res
     // 3. Restart the indexer container: the data on its volume is intact.
     pm(&["restart", "-t", "30", &cname("indexer")]);
     wait_serving(&indexer, &tls, "ragd.v1.Indexer", Duration::from_secs(120)).await;
-    assert_eq!(documents(&indexer, &tls, &key).await.expect("describe after restart"), acknowledged);
+    assert_eq!(document_count(&indexer, &tls, &key).await.expect("describe after restart"), acknowledged);
     let mut idx = IndexerClient::new(connect(&indexer, &tls).await.expect("connect"));
     let hits =
         idx.search(req(search("What is the capital of Japan?"), &key)).await.expect("search after restart");
