@@ -320,6 +320,16 @@ pub async fn capitals_cluster(data: &std::path::Path) -> (TestEmbedder, TestInde
     (embedder, indexer)
 }
 
+/// A text search of the capitals collection, k = 3.
+pub fn capitals_search(q: &str) -> ragd_proto::v1::SearchRequest {
+    ragd_proto::v1::SearchRequest {
+        collection: "capitals".into(),
+        queries: vec![ragd_proto::v1::Query { query: Some(ragd_proto::v1::query::Query::Text(q.into())) }],
+        k: 3,
+        ..Default::default()
+    }
+}
+
 /// A whole `Ask` stream: (retrieval, answer text, done). Asserts the protocol: the retrieval
 /// first, then non-empty deltas, then one done and nothing after it.
 pub async fn collect_ask(

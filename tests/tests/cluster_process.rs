@@ -11,7 +11,9 @@ use ragd_proto::v1;
 use ragd_tests::etcd::Etcd;
 use ragd_tests::otlp_receiver::OtlpReceiver;
 use ragd_tests::process::{RagdProcess, loadgen_bin, model_env, ragd_cli};
-use ragd_tests::{capitals, collect_ask, free_port, llm_model, metric, scrape, wait_serving};
+use ragd_tests::{
+    capitals, capitals_search, collect_ask, free_port, llm_model, metric, scrape, wait_serving,
+};
 
 const TTL: &str = "2";
 
@@ -39,15 +41,6 @@ async fn wait_gauge(addr: std::net::SocketAddr, series: &str, want: f64) {
         }
         assert!(tokio::time::Instant::now() < deadline, "{series} is {now:?}, want {want}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn search(q: &str) -> v1::SearchRequest {
-    v1::SearchRequest {
-        collection: "capitals".into(),
-        queries: vec![v1::Query { query: Some(v1::query::Query::Text(q.into())) }],
-        k: 3,
-        ..Default::default()
     }
 }
 
@@ -207,7 +200,8 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     };
     let before = (texts(0).await, texts(1).await);
     for i in 0..30 {
-        let hits = idx.search(search(&format!("capital of country number {i}"))).await.expect("search");
+        let hits =
+            idx.search(capitals_search(&format!("capital of country number {i}"))).await.expect("search");
         assert_eq!(hits.into_inner().results[0].hits.len(), 3);
     }
     let after = (texts(0).await, texts(1).await);
@@ -248,7 +242,7 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     let mut failures = 0;
     let mut ok_in_a_row = 0;
     while ok_in_a_row < 20 {
-        match idx.search(search("What is the capital of France?")).await {
+        match idx.search(capitals_search("What is the capital of France?")).await {
             Ok(r) => {
                 assert_eq!(r.into_inner().results[0].hits[0].doc_id, "France");
                 ok_in_a_row += 1;
@@ -283,7 +277,10 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     let back = wait_keys(&etcd, &prefix("embedder"), 1).await;
     assert!(back[0].1.contains(&e2.url()), "{back:?}");
     wait_gauge(indexer_metrics, "ragd_discovery_endpoints{service=\"embedder\"}", 1.0).await;
-    let r = idx.search(search("What is the capital of Spain?")).await.expect("search after the etcd restart");
+    let r = idx
+        .search(capitals_search("What is the capital of Spain?"))
+        .await
+        .expect("search after the etcd restart");
     assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Spain");
 
     // A new embedder (on the dead one's metrics port) joins and takes load.
@@ -293,7 +290,9 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while texts(0).await == 0.0 {
         assert!(tokio::time::Instant::now() < deadline, "the new embedder never got a request");
-        idx.search(search("What is the capital of Peru?")).await.expect("search with the new embedder");
+        idx.search(capitals_search("What is the capital of Peru?"))
+            .await
+            .expect("search with the new embedder");
     }
 
     // SIGTERM the survivor: it drains, revokes its lease (the key goes at once, not after the TTL)
@@ -303,7 +302,8 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     assert!(status.success(), "{status:?}");
     let left = etcd.list(&prefix("embedder")).await;
     assert!(left.len() == 1 && left[0].1.contains(&e3.url()), "the lease was not revoked: {left:?}");
-    let r = idx.search(search("What is the capital of Chile?")).await.expect("search after the drain");
+    let r =
+        idx.search(capitals_search("What is the capital of Chile?")).await.expect("search after the drain");
     assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Chile");
 
     // SIGTERM the indexer under load from clients that retry (as ragd's own clients do): the

@@ -26,7 +26,7 @@ use ragd_core::pki::{Ca, write};
 use ragd_core::tls::{ClientTls, ClientTlsArgs};
 use ragd_proto::v1::{self, generator_client::GeneratorClient, indexer_client::IndexerClient};
 use ragd_tests::process::{loadgen_bin, ragd_bin};
-use ragd_tests::{capitals, collect_ask, ragd_home, repo_root};
+use ragd_tests::{capitals, capitals_search, collect_ask, ragd_home, repo_root};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -184,15 +184,6 @@ async fn wait_serving(url: &str, tls: &ClientTls, service: &str, limit: Duration
         }
         assert!(Instant::now() < deadline, "{service} at {url} not serving after {limit:?}: {last}");
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn search(q: &str) -> v1::SearchRequest {
-    v1::SearchRequest {
-        collection: "capitals".into(),
-        queries: vec![v1::Query { query: Some(v1::query::Query::Text(q.into())) }],
-        k: 3,
-        ..Default::default()
     }
 }
 
@@ -421,7 +412,7 @@ async fn a_container_cluster_with_tls_and_keys_survives_kills_partitions_and_res
     assert!(text.contains("Berlin"), "{text:?}");
     // Without a key, the cluster refuses the host's call.
     let refused = IndexerClient::new(connect(&indexer, &tls).await.expect("connect"))
-        .search(search("capital of France"))
+        .search(capitals_search("capital of France"))
         .await
         .expect_err("no key");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
@@ -500,8 +491,10 @@ async fn a_container_cluster_with_tls_and_keys_survives_kills_partitions_and_res
     wait_serving(&indexer, &tls, "ragd.v1.Indexer", Duration::from_secs(120)).await;
     assert_eq!(document_count(&indexer, &tls, &key).await.expect("describe after restart"), acknowledged);
     let mut idx = IndexerClient::new(connect(&indexer, &tls).await.expect("connect"));
-    let hits =
-        idx.search(req(search("What is the capital of Japan?"), &key)).await.expect("search after restart");
+    let hits = idx
+        .search(req(capitals_search("What is the capital of Japan?"), &key))
+        .await
+        .expect("search after restart");
     assert_eq!(hits.into_inner().results[0].hits[0].doc_id, "Japan");
 
     // 4. Stop everything cleanly: each ragd container drains and exits 0 on SIGTERM (the
