@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
+use ragd_core::startup::StartupError;
 use ragd_embedder::EmbedderConfig;
 use ragd_proto::v1::embedder_client::EmbedderClient;
 use serde::Deserialize;
@@ -49,39 +50,48 @@ pub fn model_available(model: &str) -> bool {
     ragd_home().join("models").join(model).join("model.json").is_file()
 }
 
-/// A service served in-process (its `serve` function) on a loopback port.
+/// A service served in-process (its `serve` function) on a loopback port; `R` says which.
 #[derive(Debug)]
-pub struct Served<E> {
+pub struct Served<R> {
     pub url: String,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), E>>>,
+    task: Option<JoinHandle<Result<(), StartupError>>>,
+    role: std::marker::PhantomData<R>,
 }
 
-/// The embedder served in-process.
-pub type TestEmbedder = Served<ragd_embedder::EmbedError>;
-/// The indexer served in-process.
-pub type TestIndexer = Served<ragd_indexer::IndexError>;
-/// The generator served in-process.
-pub type TestGenerator = Served<ragd_generator::GenError>;
+/// Which service a [`Served`] runs.
+#[derive(Debug)]
+pub enum EmbedderRole {}
+#[derive(Debug)]
+pub enum IndexerRole {}
+#[derive(Debug)]
+pub enum GeneratorRole {}
 
-impl<E: Send + 'static> Served<E> {
+/// The embedder served in-process.
+pub type TestEmbedder = Served<EmbedderRole>;
+/// The indexer served in-process.
+pub type TestIndexer = Served<IndexerRole>;
+/// The generator served in-process.
+pub type TestGenerator = Served<GeneratorRole>;
+
+impl<R> Served<R> {
     /// Runs `serve(listener, shutdown)` and waits until health says `service` is SERVING.
     pub async fn spawn<F, Fut>(service: &str, serve: F) -> Self
     where
         F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), StartupError>> + Send + 'static,
     {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, rx));
-        let this = Self { url, shutdown: Some(tx), task: Some(task) };
+        let this = Self { url, shutdown: Some(tx), task: Some(task), role: std::marker::PhantomData };
         wait_serving(&this.url, service, Duration::from_secs(120)).await;
         this
     }
 
     /// Triggers graceful shutdown and waits for `serve` to return.
-    pub async fn stop(mut self) -> Result<(), E> {
+    pub async fn stop(mut self) -> Result<(), StartupError> {
         self.begin_stop();
         self.task.take().expect("task").await.expect("serve task")
     }
@@ -94,7 +104,7 @@ impl<E: Send + 'static> Served<E> {
     }
 }
 
-impl<E> Drop for Served<E> {
+impl<R> Drop for Served<R> {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -102,7 +112,7 @@ impl<E> Drop for Served<E> {
     }
 }
 
-impl Served<ragd_embedder::EmbedError> {
+impl Served<EmbedderRole> {
     pub async fn start(config: EmbedderConfig) -> Self {
         Self::spawn("ragd.v1.Embedder", |l, rx| {
             ragd_embedder::serve(config, l, async {
@@ -117,7 +127,7 @@ impl Served<ragd_embedder::EmbedError> {
     }
 }
 
-impl Served<ragd_indexer::IndexError> {
+impl Served<IndexerRole> {
     pub async fn start(config: ragd_indexer::IndexerConfig) -> Self {
         Self::spawn("ragd.v1.Indexer", |l, rx| {
             ragd_indexer::serve(config, l, async {
@@ -135,7 +145,7 @@ impl Served<ragd_indexer::IndexError> {
     }
 }
 
-impl Served<ragd_generator::GenError> {
+impl Served<GeneratorRole> {
     pub async fn start(config: ragd_generator::GeneratorConfig) -> Self {
         Self::spawn("ragd.v1.Generator", |l, rx| {
             ragd_generator::serve(config, l, async {

@@ -26,7 +26,6 @@ use qdrant_edge::{
     SearchParams, SearchRequest, UpdateOperation, VectorStructPersisted, WithPayloadInterface,
 };
 use ragd_indexer::store::edge::shard_of;
-use ragd_indexer::store::remote::convert;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -86,9 +85,118 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("engine task: {e}")))?
 }
 
+/// Qdrant's gRPC filter as the engine's filter — the test server's own translation, written from
+/// Qdrant's protocol and independent of ragd's conversions (so a filter ragd mistranslates does
+/// not round-trip back into the one it meant). Covers field conditions (match value / any /
+/// except of keywords, integers and booleans; numeric ranges), nested filters and min_should;
+/// anything else is refused as Qdrant refuses what it cannot parse.
 fn edge_filter(f: &qdrant::Filter) -> Result<qdrant_edge::Filter, Status> {
-    let json = convert::filter_to_json(f).map_err(Status::invalid_argument)?;
-    serde_json::from_value(json).map_err(|e| Status::invalid_argument(format!("filter: {e}")))
+    use qdrant_edge::{AnyVariants, Condition, FieldCondition, Filter, Match, MatchExcept, MinShould};
+    fn strings(v: &[String]) -> AnyVariants {
+        AnyVariants::Strings(v.iter().cloned().collect())
+    }
+    fn integers(v: &[i64]) -> AnyVariants {
+        AnyVariants::Integers(v.iter().copied().collect())
+    }
+    fn condition(c: &qdrant::Condition) -> Result<Condition, Status> {
+        use qdrant::condition::ConditionOneOf;
+        use qdrant::r#match::MatchValue as M;
+        match &c.condition_one_of {
+            Some(ConditionOneOf::Filter(nested)) => Ok(Condition::Filter(edge_filter(nested)?)),
+            Some(ConditionOneOf::Field(field)) => {
+                let key: qdrant_edge::JsonPath = field.key.parse().map_err(|()| {
+                    Status::invalid_argument(format!("Wrong input: bad key {:?}", field.key))
+                })?;
+                match (&field.r#match, &field.range) {
+                    (Some(m), None) => {
+                        let m = match &m.match_value {
+                            Some(M::Keyword(s)) => Match::from(s.clone()),
+                            Some(M::Integer(i)) => Match::from(*i),
+                            Some(M::Boolean(b)) => Match::from(*b),
+                            Some(M::Keywords(k)) => Match::new_any(strings(&k.strings)),
+                            Some(M::Integers(i)) => Match::new_any(integers(&i.integers)),
+                            Some(M::ExceptKeywords(k)) => {
+                                Match::Except(MatchExcept { except: strings(&k.strings) })
+                            }
+                            Some(M::ExceptIntegers(i)) => {
+                                Match::Except(MatchExcept { except: integers(&i.integers) })
+                            }
+                            other => {
+                                return Err(Status::invalid_argument(format!(
+                                    "the test server does not support match {other:?}"
+                                )));
+                            }
+                        };
+                        Ok(Condition::Field(FieldCondition::new_match(key, m)))
+                    }
+                    (None, Some(r)) => {
+                        let of = |b: Option<f64>| b.map(ordered_float::OrderedFloat);
+                        let range =
+                            qdrant_edge::Range { gt: of(r.gt), gte: of(r.gte), lt: of(r.lt), lte: of(r.lte) };
+                        Ok(Condition::Field(FieldCondition::new_range(key, range)))
+                    }
+                    _ => Err(Status::invalid_argument(format!(
+                        "the test server supports one match or one range per field condition, got {field:?}"
+                    ))),
+                }
+            }
+            other => {
+                Err(Status::invalid_argument(format!("the test server does not support condition {other:?}")))
+            }
+        }
+    }
+    let list = |cs: &[qdrant::Condition]| -> Result<Option<Vec<Condition>>, Status> {
+        if cs.is_empty() { Ok(None) } else { cs.iter().map(condition).collect::<Result<_, _>>().map(Some) }
+    };
+    Ok(Filter {
+        must: list(&f.must)?,
+        should: list(&f.should)?,
+        must_not: list(&f.must_not)?,
+        min_should: match &f.min_should {
+            None => None,
+            Some(m) => Some(MinShould {
+                conditions: m.conditions.iter().map(condition).collect::<Result<_, _>>()?,
+                min_count: m.min_count as usize,
+            }),
+        },
+    })
+}
+
+/// A point payload from the wire as the engine's JSON, and back: the test server's own
+/// conversions (Qdrant's `Value` is a protobuf Struct-like value).
+fn wire_to_json(v: &qdrant::Value) -> Value {
+    use qdrant::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::IntegerValue(i)) => Value::from(*i),
+        Some(Kind::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(wire_to_json).collect()),
+        Some(Kind::StructValue(s)) => {
+            Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), wire_to_json(v))).collect())
+        }
+    }
+}
+
+fn json_to_wire(v: &Value) -> qdrant::Value {
+    use qdrant::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Kind::IntegerValue(i),
+            None => Kind::DoubleValue(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => {
+            Kind::ListValue(qdrant::ListValue { values: a.iter().map(json_to_wire).collect() })
+        }
+        Value::Object(o) => Kind::StructValue(qdrant::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json_to_wire(v))).collect(),
+        }),
+    };
+    qdrant::Value { kind: Some(kind) }
 }
 
 fn edge_point_id(id: Option<&qdrant::PointId>) -> Result<PointId, Status> {
@@ -172,7 +280,10 @@ impl Collection {
             .into_iter()
             .map(|p| qdrant::ScoredPoint {
                 id: Some(grpc_point_id(p.id)),
-                payload: p.payload.map(|p| convert::payload(Value::Object(p.0))).unwrap_or_default(),
+                payload: p
+                    .payload
+                    .map(|p| p.0.iter().map(|(k, v)| (k.clone(), json_to_wire(v))).collect())
+                    .unwrap_or_default(),
                 score: p.score,
                 version: p.version,
                 ..Default::default()
@@ -448,7 +559,7 @@ impl Points for Service {
             per_shard[shard].push(PointStructPersisted {
                 id,
                 vector: VectorStructPersisted::Single(vector),
-                payload: Some(Payload(convert::payload_to_json(p.payload))),
+                payload: Some(Payload(p.payload.iter().map(|(k, v)| (k.clone(), wire_to_json(v))).collect())),
             });
         }
         // The whole request is validated before anything is written.

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use ragd_indexer::IndexError;
-use ragd_indexer::filter::{Condition, Filter, Test};
+use ragd_indexer::filter::{AnyOf, Condition, Filter, Range, Scalar, Test};
 use ragd_indexer::store::{ChunkPoint, Distance, Hit, SearchOptions, StoreSpec, VectorStore};
 use serde_json::json;
 
@@ -114,12 +114,10 @@ pub async fn exact_search_matches_brute_force(store: &dyn VectorStore, name: &st
     assert_eq!(h.metadata, pts[n].metadata);
 
     // Filters: match, range, must_not, should.
+    let cond = |key: &str, test| Condition::new(key, test).expect("a valid condition");
     let filter = Filter {
-        must: vec![Condition { key: "group".into(), test: Test::Match(json!("a")) }],
-        must_not: vec![Condition {
-            key: "n".into(),
-            test: Test::Range { gt: None, gte: None, lt: Some(60.0), lte: None },
-        }],
+        must: vec![cond("group", Test::Match(Scalar::Keyword("a".into())))],
+        must_not: vec![cond("n", Test::Range(Range { lt: Some(60.0), ..Range::default() }))],
         ..Default::default()
     };
     let filtered = SearchOptions { filter: Some(filter), ..exact.clone() };
@@ -128,11 +126,8 @@ pub async fn exact_search_matches_brute_force(store: &dyn VectorStore, name: &st
     assert_eq!(ids(&r[0]), brute(Distance::Cosine, &pts, &queries[0], 10, keep));
     let should = Filter {
         should: vec![
-            Condition { key: "n".into(), test: Test::MatchAny(vec![json!(3), json!(4), json!(250)]) },
-            Condition {
-                key: "n".into(),
-                test: Test::Range { gt: Some(295.0), gte: None, lt: None, lte: None },
-            },
+            cond("n", Test::MatchAny(AnyOf::Integers(vec![3, 4, 250]))),
+            cond("n", Test::Range(Range { gt: Some(295.0), ..Range::default() })),
         ],
         ..Default::default()
     };
@@ -156,6 +151,12 @@ pub async fn exact_search_matches_brute_force(store: &dyn VectorStore, name: &st
     // Deleting a document removes all its chunks.
     let victim = results[0][0].doc_id.clone();
     assert_eq!(store.count_chunks(name, &victim).await.expect("count"), 2);
+    // Distinct stored documents among the ids, over every shard at once.
+    let all: Vec<String> = pts.iter().map(|p| p.doc_id.clone()).collect();
+    assert_eq!(store.count_documents(name, &all).await.expect("count all"), 150);
+    let some = vec![victim.clone(), victim.clone(), "no-such-doc".to_string(), all[299].clone()];
+    let expected = if all[299] == victim { 1 } else { 2 };
+    assert_eq!(store.count_documents(name, &some).await.expect("count some"), expected);
     store.delete_documents(name, std::slice::from_ref(&victim)).await.expect("delete");
     assert_eq!(store.count_chunks(name, &victim).await.expect("count"), 0);
     let r = store.search(name, &queries[..1], &exact).await.expect("search");

@@ -24,57 +24,75 @@ use tokio::task::JoinHandle;
 
 use crate::upstream::{Members, Upstream};
 
-/// etcd settings shared by every service.
+/// How to reach etcd and which cluster's keys to read: what every etcd user needs, the client
+/// verbs of the CLI as well as the services. The flags are global, so a client verb takes them
+/// before or after its subcommand (`ragd collections create docs --etcd-endpoints …`).
 #[derive(Debug, Clone, Args)]
-pub struct DiscoveryConfig {
+pub struct EtcdConfig {
     /// etcd endpoints (comma-separated, e.g. 127.0.0.1:2379); empty = no registration and
     /// static URLs only.
-    #[arg(long, env = "RAGD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    #[arg(long, env = "RAGD_ETCD_ENDPOINTS", value_delimiter = ',', global = true)]
     pub etcd_endpoints: Vec<String>,
     /// Cluster name: instances of different clusters in one etcd do not see each other.
-    #[arg(long, env = "RAGD_CLUSTER", default_value = "default")]
+    #[arg(long, env = "RAGD_CLUSTER", default_value = "default", global = true)]
     pub cluster: String,
     /// Key prefix in etcd.
-    #[arg(long, env = "RAGD_DISCOVERY_PREFIX", default_value = "ragd")]
+    #[arg(long, env = "RAGD_DISCOVERY_PREFIX", default_value = "ragd", global = true)]
     pub discovery_prefix: String,
+    /// etcd user (etcd's own authentication; with --etcd-password).
+    #[arg(long, env = "RAGD_ETCD_USER", requires = "etcd_password", global = true)]
+    pub etcd_user: Option<String>,
+    /// etcd password (prefer the RAGD_ETCD_PASSWORD variable: a flag is visible in ps).
+    #[arg(long, env = "RAGD_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_user", global = true)]
+    pub etcd_password: Option<crate::security::Secret>,
+    /// PEM CA bundle etcd's certificate must chain to; turns on TLS to etcd (give the endpoints
+    /// as https://host:2379).
+    #[arg(long, env = "RAGD_ETCD_TLS_CA", global = true)]
+    pub etcd_tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for etcd's --client-cert-auth (with --etcd-tls-key).
+    #[arg(long, env = "RAGD_ETCD_TLS_CERT", requires = "etcd_tls_key", global = true)]
+    pub etcd_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --etcd-tls-cert.
+    #[arg(long, env = "RAGD_ETCD_TLS_KEY", requires = "etcd_tls_cert", global = true)]
+    pub etcd_tls_key: Option<std::path::PathBuf>,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        crate::config::clap_defaults()
+    }
+}
+
+impl EtcdConfig {
+    pub fn enabled(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+    }
+
+    /// `/<prefix>/<cluster>/<service>/`.
+    pub fn service_prefix(&self, service: &str) -> String {
+        format!("/{}/{}/{service}/", self.discovery_prefix.trim_matches('/'), self.cluster)
+    }
+}
+
+/// A service's discovery settings: etcd, plus how it registers itself (servers only).
+#[derive(Debug, Clone, Args)]
+pub struct DiscoveryConfig {
+    #[command(flatten)]
+    pub etcd: EtcdConfig,
     /// Lease TTL: a killed instance disappears from discovery within this time.
-    #[arg(long, env = "RAGD_LEASE_TTL_SECS", default_value_t = 5)]
+    #[arg(long, env = "RAGD_LEASE_TTL_SECS", default_value_t = DEFAULT_LEASE_TTL_SECS)]
     pub lease_ttl_secs: u64,
     /// Address clients should use to reach this instance (default: the listener's address).
     #[arg(long, env = "RAGD_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
-    /// etcd user (etcd's own authentication; with --etcd-password).
-    #[arg(long, env = "RAGD_ETCD_USER", requires = "etcd_password")]
-    pub etcd_user: Option<String>,
-    /// etcd password (prefer the RAGD_ETCD_PASSWORD variable: a flag is visible in ps).
-    #[arg(long, env = "RAGD_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_user")]
-    pub etcd_password: Option<crate::security::Secret>,
-    /// PEM CA bundle etcd's certificate must chain to; turns on TLS to etcd (give the endpoints
-    /// as https://host:2379).
-    #[arg(long, env = "RAGD_ETCD_TLS_CA")]
-    pub etcd_tls_ca: Option<std::path::PathBuf>,
-    /// PEM client certificate for etcd's --client-cert-auth (with --etcd-tls-key).
-    #[arg(long, env = "RAGD_ETCD_TLS_CERT", requires = "etcd_tls_key")]
-    pub etcd_tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key of --etcd-tls-cert.
-    #[arg(long, env = "RAGD_ETCD_TLS_KEY", requires = "etcd_tls_cert")]
-    pub etcd_tls_key: Option<std::path::PathBuf>,
 }
+
+/// Default `--lease-ttl-secs`.
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 5;
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
-        Self {
-            etcd_endpoints: Vec::new(),
-            cluster: "default".into(),
-            discovery_prefix: "ragd".into(),
-            lease_ttl_secs: 5,
-            advertise_addr: None,
-            etcd_user: None,
-            etcd_password: None,
-            etcd_tls_ca: None,
-            etcd_tls_cert: None,
-            etcd_tls_key: None,
-        }
+        crate::config::clap_defaults()
     }
 }
 
@@ -83,12 +101,12 @@ pub const DISCOVER: &str = "etcd";
 
 impl DiscoveryConfig {
     pub fn enabled(&self) -> bool {
-        !self.etcd_endpoints.is_empty()
+        self.etcd.enabled()
     }
 
     /// `/<prefix>/<cluster>/<service>/`.
     pub fn service_prefix(&self, service: &str) -> String {
-        format!("/{}/{}/{service}/", self.discovery_prefix.trim_matches('/'), self.cluster)
+        self.etcd.service_prefix(service)
     }
 
     fn ttl(&self) -> Duration {
@@ -118,7 +136,7 @@ pub struct Instance {
     pub meta: serde_json::Value,
 }
 
-async fn connect(config: &DiscoveryConfig) -> Result<Client, DiscoveryError> {
+async fn connect(config: &EtcdConfig) -> Result<Client, DiscoveryError> {
     let mut options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5));
@@ -133,7 +151,7 @@ async fn connect(config: &DiscoveryConfig) -> Result<Client, DiscoveryError> {
 
 /// The TLS settings of the etcd client (files read at each connection, so rotated files are
 /// picked up by the next reconnect).
-fn etcd_tls(config: &DiscoveryConfig) -> Result<Option<etcd_client::TlsOptions>, DiscoveryError> {
+fn etcd_tls(config: &EtcdConfig) -> Result<Option<etcd_client::TlsOptions>, DiscoveryError> {
     let Some(ca) = &config.etcd_tls_ca else { return Ok(None) };
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| DiscoveryError::Tls(format!("{}: {e}", p.display())))
@@ -188,7 +206,7 @@ pub async fn register(config: &DiscoveryConfig, instance: Instance) -> Result<Re
     );
     let key = format!("{}{id}", config.service_prefix(&instance.service));
     let value = serde_json::to_string(&instance).unwrap_or_default();
-    let mut client = connect(config).await?;
+    let mut client = connect(&config.etcd).await?;
     let lease = put_with_lease(&mut client, config, &key, &value).await?;
     tracing::info!(%key, addr = %instance.addr, ttl = ?config.ttl(), "registered in etcd");
     let (stop, stopped) = oneshot::channel();
@@ -250,7 +268,7 @@ async fn keep_registered(
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             let again = async {
-                let mut c = connect(&config).await?;
+                let mut c = connect(&config.etcd).await?;
                 let l = put_with_lease(&mut c, &config, &key, &value).await?;
                 Ok::<_, DiscoveryError>((c, l))
             };
@@ -299,7 +317,7 @@ impl DiscoveryMetrics {
 
 /// An [`Upstream`] over every registered instance of `service`, kept current by a watch.
 pub fn discovered(
-    config: &DiscoveryConfig,
+    config: &EtcdConfig,
     service: &str,
     metrics: Option<DiscoveryMetrics>,
     security: crate::security::ClientSecurity,
@@ -313,7 +331,7 @@ pub fn discovered(
     Ok((upstream, tokio::spawn(follow)))
 }
 
-async fn follow(config: DiscoveryConfig, service: String, members: Weak<Members>, metrics: DiscoveryMetrics) {
+async fn follow(config: EtcdConfig, service: String, members: Weak<Members>, metrics: DiscoveryMetrics) {
     let prefix = config.service_prefix(&service);
     let label = ServiceLabel { service };
     // key → addr of the members the upstream has now.
@@ -336,7 +354,7 @@ async fn follow(config: DiscoveryConfig, service: String, members: Weak<Members>
 
 /// Lists, reconciles, then applies watch events until an error (Err) or the channel is gone (Ok).
 async fn follow_once(
-    config: &DiscoveryConfig,
+    config: &EtcdConfig,
     prefix: &str,
     members: &Weak<Members>,
     known: &mut HashMap<String, String>,
@@ -410,7 +428,7 @@ pub async fn register_if_enabled(
 }
 
 /// The instances of `service` registered now (one read, no watch).
-pub async fn instances(config: &DiscoveryConfig, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+pub async fn instances(config: &EtcdConfig, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
     if !config.enabled() {
         return Err(DiscoveryError::NotConfigured);
     }
@@ -424,7 +442,7 @@ pub async fn instances(config: &DiscoveryConfig, service: &str) -> Result<Vec<In
 /// credential of `security`.
 pub fn upstream(
     url: &str,
-    config: &DiscoveryConfig,
+    config: &EtcdConfig,
     service: &str,
     metrics: Option<DiscoveryMetrics>,
     security: &crate::security::ClientSecurity,
@@ -474,7 +492,10 @@ mod tests {
 
     #[test]
     fn keys_follow_the_layout() {
-        let c = DiscoveryConfig { cluster: "prod".into(), ..DiscoveryConfig::default() };
+        let c = DiscoveryConfig {
+            etcd: EtcdConfig { cluster: "prod".into(), ..EtcdConfig::default() },
+            ..DiscoveryConfig::default()
+        };
         assert_eq!(c.service_prefix("embedder"), "/ragd/prod/embedder/");
         assert!(!c.enabled());
     }

@@ -2,8 +2,9 @@
 //! the accepted-socket settings, and a stop signal many tasks can wait on.
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
+
+pub use crate::shutdown::{ServerTask, Stop, drain, go_live, run_until_shutdown};
 
 /// Reflection services (v1, v1alpha) over the given encoded file descriptor sets; the
 /// grpc.health.v1 descriptors are always included.
@@ -41,6 +42,33 @@ pub fn incoming(
     TcpIncoming::from(listener).with_nodelay(Some(true)).map(|s| s.map(crate::net::Coalesce::new))
 }
 
+/// A tonic-generated service a ragd server can host (what `Server::add_service` takes).
+pub trait GrpcService:
+    tonic::codegen::Service<
+        tonic::codegen::http::Request<tonic::body::Body>,
+        Response = tonic::codegen::http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    > + tonic::server::NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `service` with grpc.health.v1 (`health`) and reflection over `descriptor_sets` on
 /// `listener` (TCP_NODELAY; TLS and access control as `security` says) until `stop` fires; tonic
 /// then drains in-flight requests. With `metrics`, every RPC is counted by method and status
@@ -56,15 +84,7 @@ pub fn spawn_server<S>(
     security: &crate::security::ServerSecurity,
 ) -> Result<ServerTask, tonic_reflection::server::Error>
 where
-    S: tonic::codegen::Service<
-            tonic::codegen::http::Request<tonic::body::Body>,
-            Response = tonic::codegen::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: GrpcService,
     S::Future: Send + 'static,
 {
     let (reflection_v1, reflection_v1alpha) = reflection(descriptor_sets)?;
@@ -72,6 +92,7 @@ where
         tonic::transport::Server::builder()
             // One span per RPC, child of the caller's W3C traceparent.
             .trace_fn(crate::telemetry::rpc_span)
+            // Counts RPCs (with `metrics`) and maps oversized requests to RESOURCE_EXHAUSTED.
             .layer(crate::metrics::RpcMetricsLayer(metrics))
             .layer(security.layer())
             .add_service(health)
@@ -82,120 +103,53 @@ where
     ))
 }
 
-/// A served gRPC server, as [`spawn_server`] returns it.
-pub type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
-
-/// Waits up to `grace` for a stopped server to finish its in-flight requests, then aborts it.
-/// Returns the server's own error if it failed while draining.
-pub async fn drain(server: &mut ServerTask, grace: std::time::Duration) -> Result<(), String> {
-    match tokio::time::timeout(grace, &mut *server).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(format!("grpc server: {e}")),
-        Ok(Err(e)) => Err(format!("grpc server task: {e}")),
-        Err(_) => {
-            tracing::warn!(?grace, "in-flight requests outlived the shutdown grace period");
-            server.abort();
-            Ok(())
-        }
-    }
+/// What [`host`] started: the server, its readiness (NOT_SERVING until the service calls
+/// `go_live`), the stop signal every task of the service waits on, and the bound address.
+#[derive(Debug)]
+pub struct Host {
+    pub server: ServerTask,
+    pub readiness: crate::health::Readiness,
+    pub stop: Stop,
+    pub local: std::net::SocketAddr,
 }
 
-/// The start of a service's life once it can answer, the same for every ragd service: go
-/// SERVING, then register `service` (with `meta`) in etcd when discovery is enabled. A failed
-/// registration stops the server and is returned.
-pub async fn go_live(
-    readiness: &crate::health::Readiness,
-    stop: &Stop,
-    discovery: &crate::discovery::DiscoveryConfig,
-    service: &str,
-    scheme: &str,
-    local: std::net::SocketAddr,
-    meta: serde_json::Value,
-) -> Result<Option<crate::discovery::Registration>, String> {
-    readiness.serving().await;
-    tracing::info!(addr = %local, "{service} ready");
-    crate::discovery::register_if_enabled(discovery, service, scheme, local, meta).await.map_err(|e| {
+/// The start every ragd service shares: health NOT_SERVING, the gRPC server (`service` with
+/// health, reflection, the RPC metrics layer when given, TLS and access control) on `listener`,
+/// and the Prometheus listener on `metrics_addr` over `registry`. Failures name the part that
+/// failed.
+#[allow(clippy::too_many_arguments)]
+pub async fn host<S>(
+    health_service: &'static str,
+    service: S,
+    descriptor_sets: &[&'static [u8]],
+    listener: TcpListener,
+    security: &crate::security::ServerSecurity,
+    rpc_metrics: Option<crate::metrics::RpcMetrics>,
+    registry: crate::metrics::Registry,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> Result<Host, crate::startup::StartupError>
+where
+    S: GrpcService,
+    S::Future: Send + 'static,
+{
+    use crate::startup::StartupError;
+    let (readiness, health) = crate::health::Readiness::new(health_service).await;
+    let local = listener.local_addr().map_err(StartupError::of("listener"))?;
+    let stop = Stop::default();
+    let server = spawn_server(health, service, descriptor_sets, listener, &stop, rpc_metrics, security)
+        .map_err(StartupError::of("grpc reflection"))?;
+    if let Some(addr) = metrics_addr
+        && let Err(e) = crate::metrics::spawn(addr, registry, &stop, security).await
+    {
         stop.trigger();
-        format!("registration: {e}")
-    })
-}
-
-/// The end of a service's life, the same for every ragd service: wait for `shutdown` (or the
-/// server stopping on its own), go NOT_SERVING so balancers stop sending work, stop the server
-/// and let it drain in-flight requests for up to `grace`, and only then leave discovery. Returns
-/// why the server stopped on its own, if it did.
-pub async fn run_until_shutdown(
-    mut server: ServerTask,
-    shutdown: impl std::future::Future<Output = ()>,
-    readiness: &crate::health::Readiness,
-    stop: &Stop,
-    grace: std::time::Duration,
-    registration: Option<crate::discovery::Registration>,
-) -> Option<String> {
-    tokio::pin!(shutdown);
-    let early = tokio::select! {
-        () = &mut shutdown => None,
-        r = &mut server => Some(match r {
-            Ok(Ok(())) => "grpc server stopped unexpectedly".to_string(),
-            Ok(Err(e)) => format!("grpc server: {e}"),
-            Err(e) => format!("grpc server task: {e}"),
-        }),
-    };
-    readiness.not_serving().await;
-    stop.trigger();
-    if early.is_none() {
-        match drain(&mut server, grace).await {
-            Ok(()) => tracing::info!("drained"),
-            Err(e) => tracing::error!(error = %e, "server error while draining"),
-        }
+        return Err(StartupError::new(format!("metrics listener {addr}"), e));
     }
-    // Drained: only now leave discovery (clients saw NOT_SERVING first).
-    if let Some(r) = registration {
-        r.deregister().await;
-    }
-    early
-}
-
-/// A one-way stop signal: [`Stop::trigger`] once, any number of [`Stop::wait`]ers.
-#[derive(Debug, Clone)]
-pub struct Stop {
-    tx: watch::Sender<bool>,
-    rx: watch::Receiver<bool>,
-}
-
-impl Default for Stop {
-    fn default() -> Self {
-        let (tx, rx) = watch::channel(false);
-        Self { tx, rx }
-    }
-}
-
-impl Stop {
-    pub fn trigger(&self) {
-        let _ = self.tx.send(true);
-    }
-
-    /// Resolves once triggered.
-    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    }
+    Ok(Host { server, readiness, stop, local })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn stop_wakes_every_waiter_even_late_ones() {
-        let stop = Stop::default();
-        let early = tokio::spawn(stop.wait());
-        stop.trigger();
-        early.await.expect("early waiter");
-        stop.wait().await;
-    }
 
     #[test]
     fn reflection_accepts_descriptor_sets() {

@@ -31,6 +31,7 @@ pub mod net;
 pub mod pki;
 pub mod security;
 pub mod shutdown;
+pub mod startup;
 pub mod status;
 pub mod telemetry;
 pub mod tls;

@@ -77,7 +77,7 @@ fn render(registry: &Registry) -> impl IntoResponse + use<> {
 pub async fn spawn(
     addr: std::net::SocketAddr,
     registry: Registry,
-    stop: &crate::grpc::Stop,
+    stop: &crate::shutdown::Stop,
     security: &crate::security::ServerSecurity,
 ) -> std::io::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -160,7 +160,8 @@ impl RpcMetrics {
     }
 }
 
-/// Tower layer recording [`RpcMetrics`] (a no-op with `None`).
+/// Tower layer recording [`RpcMetrics`] (none with `None`); on every server it also answers an
+/// oversized unary request RESOURCE_EXHAUSTED ([`crate::status::rewrite_message_too_large`]).
 #[derive(Debug, Clone, Default)]
 pub struct RpcMetricsLayer(pub Option<RpcMetrics>);
 
@@ -198,7 +199,10 @@ where
         let metrics = self.metrics.clone();
         let future = self.inner.call(request);
         Box::pin(async move {
-            let response = future.await;
+            let mut response = future.await;
+            if let Ok(r) = &mut response {
+                crate::status::rewrite_message_too_large(r.headers_mut());
+            }
             if let (Some(m), Ok(r)) = (metrics, &response) {
                 let code = r
                     .headers()

@@ -321,10 +321,10 @@ impl std::str::FromStr for Secret {
 pub struct CallerArgs {
     /// API key or token, sent as `authorization: Bearer …` (RAGD_API_KEY or --api-key-file keep
     /// it out of the process list).
-    #[arg(long, env = "RAGD_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "RAGD_API_KEY", hide_env_values = true, global = true)]
     pub api_key: Option<Secret>,
     /// File holding the API key or token.
-    #[arg(long, env = "RAGD_API_KEY_FILE", conflicts_with = "api_key")]
+    #[arg(long, env = "RAGD_API_KEY_FILE", conflicts_with = "api_key", global = true)]
     pub api_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: ClientTlsArgs,

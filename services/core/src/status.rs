@@ -10,9 +10,41 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// INVALID_ARGUMENT naming the offending request field.
+/// Longest error message (and field-violation description) a ragd status carries, in bytes. The
+/// message travels in the `grpc-message` header and the details in `grpc-status-details-bin`;
+/// grpc-core clients refuse metadata above 16 KB ("Stream removed"), so a message echoing a huge
+/// input would hide the reason from the caller.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Longest prefix of a user's value [`quote`] shows, in characters.
+pub const QUOTE_CHARS: usize = 64;
+
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`] (at a character boundary), saying how long it was.
+pub fn bound(message: impl Into<String>) -> String {
+    let mut message = message.into();
+    if message.len() > MAX_MESSAGE_BYTES {
+        let total = message.len();
+        let mut cut = MAX_MESSAGE_BYTES - 40;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(&format!("… ({total} bytes in all)"));
+    }
+    message
+}
+
+/// A user's value for an error message: quoted like `{:?}`, at most [`QUOTE_CHARS`] characters
+/// of it, with its length when it was cut (`"aaaa…" (10000 bytes)`).
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// INVALID_ARGUMENT naming the offending request field (the description [`bound`]ed).
 pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
-    let description = description.into();
+    let description = bound(description);
     Status::with_error_details(
         Code::InvalidArgument,
         format!("invalid {field}: {description}"),
@@ -24,7 +56,7 @@ pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
 pub fn resource_exhausted(message: impl Into<String>, retry_after: Duration) -> Status {
     let mut status = Status::with_error_details(
         Code::ResourceExhausted,
-        message,
+        bound(message),
         ErrorDetails::with_retry_info(Some(retry_after)),
     );
     if let Ok(v) = MetadataValue::try_from(retry_after.as_millis().to_string()) {
@@ -38,7 +70,7 @@ pub fn resource_exhausted(message: impl Into<String>, retry_after: Duration) -> 
 pub fn with_context(context: &str, status: &Status) -> Status {
     Status::with_details_and_metadata(
         status.code(),
-        format!("{context}: {}", status.message()),
+        bound(format!("{context}: {}", status.message())),
         status.details().to_vec().into(),
         status.metadata().clone(),
     )
@@ -47,6 +79,38 @@ pub fn with_context(context: &str, status: &Status) -> Status {
 /// The retry hint of a RESOURCE_EXHAUSTED status built by [`resource_exhausted`].
 pub fn retry_after(status: &Status) -> Option<Duration> {
     status.get_details_retry_info().and_then(|r| r.retry_delay)
+}
+
+/// Is `status` tonic's refusal of a message above the configured size limit? tonic answers
+/// OUT_OF_RANGE ("decoded message length too large"); the gRPC status-code spec says
+/// RESOURCE_EXHAUSTED for a message larger than the configured limit.
+pub fn is_message_too_large(code: Code, message: &str) -> bool {
+    code == Code::OutOfRange && message.contains("message length too large")
+}
+
+/// An error from a request stream (a client-streaming RPC's messages) with tonic's oversized
+/// message refusal as RESOURCE_EXHAUSTED; every other status is kept.
+pub fn inbound(status: Status) -> Status {
+    if is_message_too_large(status.code(), status.message()) {
+        Status::resource_exhausted(bound(status.message()))
+    } else {
+        status
+    }
+}
+
+/// A unary request's message above the server's limit is refused by tonic before any handler
+/// runs, as a trailers-only response with OUT_OF_RANGE in its headers: this rewrites that
+/// `grpc-status` to RESOURCE_EXHAUSTED (the message is kept). Called on every response by the
+/// server's RPC layer (`metrics::RpcMetricsService`), before it counts the code.
+pub fn rewrite_message_too_large(headers: &mut http::HeaderMap) {
+    let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| {
+            // grpc-message is percent-encoded (spaces as %20).
+            is_message_too_large(Code::OutOfRange, &m.replace("%20", " "))
+        });
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
 }
 
 /// The caller's timeout from the `grpc-timeout` request header, if it sent one.
@@ -92,6 +156,24 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_and_quoted_values_are_bounded() {
+        let huge = "x".repeat(10_000);
+        let s = invalid_argument("name", format!("{huge:?} is not a name"));
+        assert!(s.message().len() <= MAX_MESSAGE_BYTES + 20, "{} bytes", s.message().len());
+        assert!(s.message().ends_with("(10016 bytes in all)"), "{}", &s.message()[s.message().len() - 40..]);
+        // The details (a google.rpc.Status: the message again and the field violation) stay a
+        // few KB, far below the 16 KB metadata limit even base64-encoded.
+        assert!(s.details().len() < 3 * MAX_MESSAGE_BYTES, "details {} bytes", s.details().len());
+        // Multi-byte characters are never split.
+        let wide = bound("é".repeat(2000));
+        assert!(wide.len() <= MAX_MESSAGE_BYTES && wide.contains("(4000 bytes in all)"));
+        assert_eq!(quote("docs"), "\"docs\"");
+        let q = quote(&huge);
+        assert_eq!(q, format!("{:?}… (10000 bytes)", "x".repeat(QUOTE_CHARS)));
+        assert_eq!(bound("short"), "short");
+    }
 
     #[test]
     fn parses_every_grpc_timeout_unit() {

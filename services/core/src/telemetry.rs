@@ -35,10 +35,15 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber (logs, and OTLP traces if configured) for `service`. A second
-/// call is a no-op (useful when tests start several services).
+/// The `service.name` of the CLI's client verbs.
+pub const CLI_SERVICE: &str = "ragd-cli";
+
+/// Installs the global subscriber (logs, and OTLP traces if configured) for `service`
+/// (`ragd-cli` for the CLI's client verbs, which log less: [`LogConfig::default_filter`]). A
+/// second call is a no-op (useful when tests start several services).
 pub fn init(config: &LogConfig, service: &str) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.default_filter(service == CLI_SERVICE)));
     let fmt_layer = if config.log_json {
         fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {

@@ -386,20 +386,30 @@ impl axum::serve::Listener for HttpListener {
 pub struct ClientTlsArgs {
     /// Speak TLS to upstream services even where their URL says http:// (members discovered
     /// through etcd register https:// URLs themselves when they serve TLS).
-    #[arg(long = "upstream-tls", env = "RAGD_UPSTREAM_TLS")]
+    #[arg(long = "upstream-tls", env = "RAGD_UPSTREAM_TLS", global = true)]
     pub upstream_tls: bool,
     /// PEM CA bundle that upstream servers' certificates must chain to (default: the system's
     /// roots).
-    #[arg(long = "upstream-tls-ca", env = "RAGD_UPSTREAM_TLS_CA")]
+    #[arg(long = "upstream-tls-ca", env = "RAGD_UPSTREAM_TLS_CA", global = true)]
     pub upstream_tls_ca: Option<PathBuf>,
     /// PEM client certificate for mutual TLS (with --upstream-tls-key).
-    #[arg(long = "upstream-tls-cert", env = "RAGD_UPSTREAM_TLS_CERT", requires = "upstream_tls_key")]
+    #[arg(
+        long = "upstream-tls-cert",
+        env = "RAGD_UPSTREAM_TLS_CERT",
+        requires = "upstream_tls_key",
+        global = true
+    )]
     pub upstream_tls_cert: Option<PathBuf>,
     /// PEM private key of --upstream-tls-cert.
-    #[arg(long = "upstream-tls-key", env = "RAGD_UPSTREAM_TLS_KEY", requires = "upstream_tls_cert")]
+    #[arg(
+        long = "upstream-tls-key",
+        env = "RAGD_UPSTREAM_TLS_KEY",
+        requires = "upstream_tls_cert",
+        global = true
+    )]
     pub upstream_tls_key: Option<PathBuf>,
     /// Name to verify upstream certificates against instead of the URL's host.
-    #[arg(long = "upstream-tls-server-name", env = "RAGD_UPSTREAM_TLS_SERVER_NAME")]
+    #[arg(long = "upstream-tls-server-name", env = "RAGD_UPSTREAM_TLS_SERVER_NAME", global = true)]
     pub upstream_tls_server_name: Option<String>,
 }
 

@@ -106,26 +106,9 @@ pub struct EmbedderConfig {
 }
 
 impl Default for EmbedderConfig {
+    /// The clap attributes' defaults (one place for each): see `ragd_core::config::clap_defaults`.
     fn default() -> Self {
-        Self {
-            models_dir: DEFAULT_MODELS_DIR.into(),
-            models: Vec::new(),
-            ort_library: DEFAULT_ORT_LIBRARY.into(),
-            device: Device::Cpu,
-            workers: 1,
-            intra_threads: 0,
-            max_batch_tokens: None,
-            max_batch_texts: 64,
-            max_batch_wait_us: 0,
-            max_queue_texts: 8192,
-            max_texts_per_request: 2048,
-            max_text_bytes: 1 << 20,
-            stream_window: 8,
-            metrics_addr: None,
-            grpc: GrpcConfig::default(),
-            discovery: ragd_core::discovery::DiscoveryConfig::default(),
-            security: ragd_core::security::SecurityConfig::default(),
-        }
+        ragd_core::config::clap_defaults()
     }
 }
 
@@ -181,6 +164,14 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         config: EmbedderConfig,
+    }
+
+    /// Every field, not a subset: `ragd serve` with no flags (and no RAGD_* variable set) gets
+    /// exactly `Default`, and the defaults validate.
+    #[test]
+    fn default_is_what_the_cli_gives_field_for_field() {
+        let parsed = Cli::try_parse_from(["serve"]).expect("defaults parse").config;
+        assert_eq!(format!("{:#?}", EmbedderConfig::default()), format!("{parsed:#?}"));
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl EmbedError {
 
 impl From<EmbedError> for Status {
     fn from(e: EmbedError) -> Self {
-        let message = e.to_string();
+        let message = ragd_core::status::bound(e.to_string());
         match e {
             EmbedError::InvalidArgument { field, reason } => {
                 ragd_core::status::invalid_argument(field, reason)

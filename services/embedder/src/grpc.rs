@@ -143,7 +143,7 @@ impl embedder_server::Embedder for EmbedderGrpc {
                 .map(|item| {
                     let embedder = embedder.clone();
                     async move {
-                        let item = item?;
+                        let item = item.map_err(ragd_core::status::inbound)?;
                         let id = item.id;
                         let request = item.request.ok_or_else(|| {
                             in_stream_item(id, ragd_core::status::invalid_argument("request", "missing"))

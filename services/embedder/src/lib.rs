@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ragd_core::health::Readiness;
+pub use ragd_core::startup::StartupError;
 use ragd_proto::service_names::EMBEDDER;
 use ragd_proto::v1::embedder_server::EmbedderServer;
 use tokio::net::TcpListener;
@@ -41,37 +41,30 @@ pub async fn serve(
     config: EmbedderConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), EmbedError> {
+) -> Result<(), StartupError> {
     let security = ragd_core::security::ServerSecurity::start(&config.security, "embedder")
-        .map_err(|e| EmbedError::Runtime(e.to_string()))?;
+        .map_err(StartupError::of("security"))?;
     let metrics = Arc::new(EmbedderMetrics::default());
     let mut registry = ragd_core::metrics::Registry::default();
     metrics.register(&mut registry);
     security.register(&mut registry, "ragd_embedder");
-    let (readiness, health) = Readiness::new(EMBEDDER).await;
     let slot = Arc::new(OnceLock::new());
     let max = config.grpc.max_message_bytes;
     let service = EmbedderServer::new(EmbedderGrpc::new(slot.clone(), metrics.clone(), config.stream_window))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let local = listener.local_addr().map_err(|e| EmbedError::Runtime(e.to_string()))?;
-    let stop = ragd_core::grpc::Stop::default();
-    let mut server = ragd_core::grpc::spawn_server(
-        health,
+    // Its own EmbedderMetrics count and time every RPC (no RPC metrics layer).
+    let ragd_core::grpc::Host { mut server, readiness, stop, local } = ragd_core::grpc::host(
+        EMBEDDER,
         service,
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
-        &stop,
-        // Its own EmbedderMetrics count and time every RPC.
-        None,
         &security,
+        None,
+        registry,
+        config.metrics_addr,
     )
-    .map_err(|e| EmbedError::Runtime(format!("reflection: {e}")))?;
-    if let Some(addr) = config.metrics_addr {
-        ragd_core::metrics::spawn(addr, registry, &stop, &security)
-            .await
-            .map_err(|e| EmbedError::Runtime(format!("metrics listener {addr}: {e}")))?;
-    }
+    .await?;
     tracing::info!(addr = %local, "embedder listening; loading models");
 
     let load_config = config.clone();
@@ -81,8 +74,8 @@ pub async fn serve(
     let embedder = tokio::select! {
         loaded = load => match loaded {
             Ok(Ok(e)) => Arc::new(e),
-            Ok(Err(e)) => { stop.trigger(); return Err(e) }
-            Err(e) => { stop.trigger(); return Err(EmbedError::Runtime(format!("model loading panicked: {e}"))) }
+            Ok(Err(e)) => { stop.trigger(); return Err(StartupError::new("loading models", e)) }
+            Err(e) => { stop.trigger(); return Err(StartupError::new("loading models", format!("panicked: {e}"))) }
         },
         () = &mut shutdown => { stop.trigger(); return Ok(()) }
         r = &mut server => return Err(server_ended(r)),
@@ -100,22 +93,22 @@ pub async fn serve(
         meta,
     )
     .await
-    .map_err(EmbedError::Runtime)?;
+    .map_err(StartupError::of("discovery"))?;
 
     let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
     let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)
         .await
-        .map(EmbedError::Runtime);
+        .map(StartupError::of("grpc server"));
     let e = embedder.clone();
     let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
     tracing::info!("embedder stopped");
     early.map_or(Ok(()), Err)
 }
 
-fn server_ended(r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> EmbedError {
+fn server_ended(r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> StartupError {
     match r {
-        Ok(Ok(())) => EmbedError::Runtime("grpc server stopped unexpectedly".into()),
-        Ok(Err(e)) => EmbedError::Runtime(format!("grpc server: {e}")),
-        Err(e) => EmbedError::Runtime(format!("grpc server task: {e}")),
+        Ok(Ok(())) => StartupError::new("grpc server", "stopped unexpectedly"),
+        Ok(Err(e)) => StartupError::new("grpc server", e),
+        Err(e) => StartupError::new("grpc server task", e),
     }
 }

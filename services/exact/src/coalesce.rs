@@ -40,16 +40,24 @@ impl std::fmt::Debug for Job {
 }
 
 impl Coalescer {
-    /// Starts the batching thread; it stops when every `Coalescer` clone is dropped.
-    pub fn new(index: Arc<RwLock<ExactIndex>>, max_batch: usize, max_wait: Duration) -> Self {
+    /// Starts the batching thread; it stops when every `Coalescer` clone is dropped. Fails
+    /// (instead of panicking) when the OS refuses a new thread.
+    pub fn new(
+        index: Arc<RwLock<ExactIndex>>,
+        max_batch: usize,
+        max_wait: Duration,
+    ) -> Result<Self, ExactError> {
         let (tx, rx) = channel();
         let stats = Arc::new(CoalesceStats::default());
         let s = stats.clone();
         std::thread::Builder::new()
             .name("ragd-exact-coalesce".into())
             .spawn(move || run(index, rx, max_batch.max(1), max_wait, s))
-            .unwrap_or_else(|e| panic!("cannot start the coalescing thread: {e}"));
-        Self { tx, stats }
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot start the exact engine's coalescing thread");
+                ExactError::Stopped("could not be started")
+            })?;
+        Ok(Self { tx, stats })
     }
 
     pub fn stats(&self) -> &CoalesceStats {
@@ -59,13 +67,8 @@ impl Coalescer {
     /// Searches one query, batched with whatever else is waiting.
     pub async fn search(&self, query: Vec<f32>, k: usize) -> Result<Vec<Neighbor>, ExactError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { query, k, reply }).map_err(|_| ExactError::InvalidArgument {
-            field: "index",
-            reason: "the coalescer stopped".into(),
-        })?;
-        rx.await.unwrap_or_else(|_| {
-            Err(ExactError::InvalidArgument { field: "index", reason: "the coalescer stopped".into() })
-        })
+        self.tx.send(Job { query, k, reply }).map_err(|_| ExactError::Stopped("stopped"))?;
+        rx.await.unwrap_or(Err(ExactError::Stopped("stopped")))
     }
 }
 
@@ -107,9 +110,7 @@ fn run(
 fn execute(index: &RwLock<ExactIndex>, jobs: Vec<Job>, stats: &CoalesceStats) {
     let Ok(index) = index.read() else {
         for j in jobs {
-            let _ = j
-                .reply
-                .send(Err(ExactError::InvalidArgument { field: "index", reason: "lock poisoned".into() }));
+            let _ = j.reply.send(Err(ExactError::Poisoned));
         }
         return;
     };

@@ -45,6 +45,9 @@ impl From<crate::ExactError> for GpuError {
             crate::ExactError::InvalidArgument { field, reason } => {
                 GpuError::InvalidArgument { field, reason }
             }
+            e @ (crate::ExactError::Stopped(_) | crate::ExactError::Poisoned) => {
+                GpuError::Cuda(e.to_string())
+            }
         }
     }
 }
@@ -235,12 +238,27 @@ fn launch_scores<T: cudarc::driver::DeviceRepr>(
     n: usize,
     stride: usize,
 ) -> Result<(), GpuError> {
-    let (nq_i, n_i, stride_i) = (nq as i32, n as i32, stride as i32);
+    // The bounds the launch relies on, checked in every build (once per launch).
+    assert!(
+        stride.is_multiple_of(16)
+            && queries.len() >= nq * stride
+            && rows.len() >= n * stride
+            && scores.len() >= nq * n,
+        "launch_scores: nq {nq}, n {n}, stride {stride}; buffers {} / {} / {}",
+        queries.len(),
+        rows.len(),
+        scores.len()
+    );
+    let int = |v: usize| {
+        i32::try_from(v).map_err(|_| GpuError::Cuda(format!("{v} exceeds the kernels' int range")))
+    };
+    let (nq_i, n_i, stride_i) = (int(nq)?, int(n)?, int(stride)?);
     let grid = (n.div_ceil(64) as u32, nq.div_ceil(64) as u32, 1);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the arguments match the kernels' parameters in type and order (`rows` is f32 for
     // `scores_f32`, the f16 bits as u16 for `scores_f16`); Q holds nq × stride floats, the rows
-    // n × stride elements, S nq × n floats.
+    // n × stride elements, S nq × n floats, stride is a multiple of the kernel's 16-wide k-tile
+    // and every size fits the kernels' int parameters (all asserted above).
     unsafe {
         s.launch_builder(kernel)
             .arg(queries)
@@ -338,8 +356,19 @@ impl GpuIndex {
         };
         let no_bias: CudaSlice<f32> = s.alloc_zeros::<f32>(1).map_err(cuda)?;
         let bias = self.norms.as_ref();
-        // SAFETY: parameters match `topk_partial`; S is nq × n floats; bias is n floats when
-        // use_bias is 1 (L2), else a 1-float dummy the kernel never reads; outputs nq × slices × k.
+        // The bounds `topk_partial` relies on, checked in every build (once per search).
+        assert!(
+            (1..=MAX_K).contains(&k)
+                && scores.len() >= nq * n
+                && bias.is_none_or(|b| b.len() >= n)
+                && out_s.len() >= nq * slices * k
+                && out_i.len() >= nq * slices * k
+                && i32::try_from(nq * slices * k).is_ok(),
+            "topk_partial: k {k}, nq {nq}, n {n}, slices {slices}"
+        );
+        // SAFETY: parameters match `topk_partial` in type and order; k ≤ MAXK (the kernel's
+        // per-thread list); S is nq × n floats; bias is n floats when use_bias is 1 (L2), else a
+        // 1-float dummy the kernel never reads; outputs nq × slices × k (all asserted above).
         unsafe {
             let mut b = s.launch_builder(&self.topk);
             b.arg(&scores);

@@ -3,10 +3,18 @@
 //! from cache serves 4 queries and each query chunk serves 4 rows (2 loads per FMA vector →
 //! compute-bound at batch ≥ 4, bandwidth-bound at batch 1 as it must be).
 //!
-//! The same plain-Rust kernel is compiled three times — for AVX-512F, for AVX2 + FMA, and for the
-//! baseline target — and the best one the CPU supports is picked at run time. Calling a
-//! `#[target_feature]` function is the only `unsafe` in ragd's own code: it is sound exactly
-//! when the CPU has the feature, which the dispatcher checks first.
+//! Three builds of the kernel, the best one the CPU supports picked at run time:
+//! - AVX-512F: explicit 512-bit intrinsics (`mod avx512`: a 4 × 4 and a 1 × 4 micro-kernel) that
+//!   load through raw pointers;
+//! - AVX2 + FMA and the baseline target: the same plain-Rust, bounds-checked kernel compiled for
+//!   each target (LLVM vectorises it), with no `unsafe` inside.
+//!
+//! The `unsafe` in this file is of two kinds, each with a `// SAFETY:` comment: calling a
+//! `#[target_feature]` function (sound exactly when the CPU has the feature, which the
+//! dispatchers check first with `is_x86_feature_detected!`), and the AVX-512 micro-kernels'
+//! pointer loads. Every bound those loads rely on (slice lengths against `stride`, `stride` a
+//! multiple of [`LANES`]) is checked with `assert!` — in release builds too — once per tile, before
+//! the inner loop, so a wrong caller panics instead of reading out of bounds.
 //!
 //! Rows and queries are stored with a stride that is a multiple of [`LANES`], zero-padded, so the
 //! inner loop has no remainder.
@@ -185,16 +193,25 @@ mod avx512 {
     /// A full 4 × 4 tile: 16 zmm accumulators, 8 loads per 16 FMAs.
     ///
     /// # Safety
-    /// The CPU supports AVX-512F; `q` holds 4 rows and `r` 4 rows of `stride` floats, `stride` a
-    /// multiple of 16; `out` holds at least `3 * os + 4` floats.
+    /// The CPU supports AVX-512F. The slice bounds the loads rely on (`q` holds 4 rows and `r` 4
+    /// rows of `stride` floats, `stride` a multiple of 16) are checked here, once per tile, and a
+    /// violation panics; `out` is written through bounds-checked indexing.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn tile4x4(q: &[f32], r: &[f32], stride: usize, out: &mut [f32], os: usize) {
-        debug_assert!(q.len() >= TQ * stride && r.len() >= TR * stride && out.len() >= 3 * os + 4);
+        assert!(
+            stride.is_multiple_of(LANES) && q.len() >= TQ * stride && r.len() >= TR * stride,
+            "tile4x4: stride {stride}, q {} floats, r {} floats",
+            q.len(),
+            r.len()
+        );
         let (qp, rp) = (q.as_ptr(), r.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 16];
         let mut at = 0;
         while at < stride {
-            // SAFETY: at + 16 <= stride and every row offset is < 4 * stride (see above).
+            // SAFETY: `stride` is a multiple of 16 and `at < stride`, so `at + 16 <= stride`; the
+            // loads read `[k * stride + at, k * stride + at + 16)` for k < 4, inside `r` and `q`,
+            // which hold at least `4 * stride` floats (asserted above). `loadu` has no alignment
+            // requirement.
             unsafe {
                 let r0 = _mm512_loadu_ps(rp.add(at));
                 let r1 = _mm512_loadu_ps(rp.add(stride + at));
@@ -220,15 +237,22 @@ mod avx512 {
     /// One query against 4 rows (batch 1: bandwidth-bound, 4 independent chains).
     ///
     /// # Safety
-    /// As [`tile4x4`] with one query row.
+    /// The CPU supports AVX-512F. As [`tile4x4`] with one query row: the bounds are checked here,
+    /// once per tile.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn tile1x4(q: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
-        debug_assert!(q.len() >= stride && r.len() >= TR * stride && out.len() >= 4);
+        assert!(
+            stride.is_multiple_of(LANES) && q.len() >= stride && r.len() >= TR * stride,
+            "tile1x4: stride {stride}, q {} floats, r {} floats",
+            q.len(),
+            r.len()
+        );
         let (qp, rp) = (q.as_ptr(), r.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut at = 0;
         while at < stride {
-            // SAFETY: at + 16 <= stride; row offsets < 4 * stride.
+            // SAFETY: `at + 16 <= stride` (stride a multiple of 16, `at < stride`); `q` holds
+            // `stride` floats and `r` `4 * stride` (asserted above), so every load is in bounds.
             unsafe {
                 let qv = _mm512_loadu_ps(qp.add(at));
                 for (j, a) in acc.iter_mut().enumerate() {
@@ -260,11 +284,12 @@ mod avx512 {
     pub fn scores(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
         super::walk_tiles(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
             if tq == TQ && tr == TR {
-                // SAFETY: AVX-512F is enabled here; q has 4 rows, r 4 rows, o >= 3*nr+4.
+                // SAFETY: this function is compiled with AVX-512F and only called after the CPU
+                // was checked for it; tile4x4 checks its slice bounds itself.
                 unsafe { tile4x4(q, r, stride, o, nr) }
             } else if tr == TR {
                 for i in 0..tq {
-                    // SAFETY: one query row, 4 rows, 4 outputs.
+                    // SAFETY: AVX-512F as above; tile1x4 checks its slice bounds itself.
                     unsafe { tile1x4(&q[i * stride..], r, stride, &mut o[i * nr..]) }
                 }
             } else {

@@ -48,8 +48,16 @@ pub enum Precision {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ExactError {
+    /// The caller's input is malformed; `field` names it.
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
+    /// The coalescer's batching thread is gone (shut down, or it could not be started): the
+    /// search can be retried elsewhere or later.
+    #[error("the exact engine's batching thread {0}")]
+    Stopped(&'static str),
+    /// A writer panicked while holding the index lock; the index may be half-updated.
+    #[error("the exact index lock is poisoned")]
+    Poisoned,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ExactError {

@@ -173,7 +173,7 @@ async fn concurrent_queries_are_coalesced_and_answered_exactly() {
     index.add(&ids, &vectors).expect("add");
     let index = Arc::new(RwLock::new(index));
     // A wait window long enough that 32 concurrent submissions must share batches.
-    let c = Coalescer::new(index.clone(), 64, Duration::from_secs(1));
+    let c = Coalescer::new(index.clone(), 64, Duration::from_secs(1)).expect("coalescer thread");
     let queries: Vec<Vec<f32>> =
         (0..32).map(|q| vectors[q * 11 * dim..(q * 11 + 1) * dim].to_vec()).collect();
     let answers = futures_join(&c, &queries).await;

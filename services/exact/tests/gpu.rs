@@ -1,8 +1,10 @@
 //! The CUDA engine (feature `cuda`). NVRTC compiles the kernels on any machine that has
 //! libnvrtc (scripts/setup puts the PyPI `nvidia-cuda-nvrtc` library in `.ragd/lib/cuda`, and
-//! `make test` puts it on the library path); the search tests need a GPU and the CUDA driver and
-//! otherwise check the clean error. Set `RAGD_REQUIRE_GPU=1` on a GPU machine to make a missing
-//! GPU a failure instead.
+//! `make test` puts it on the library path). Without a GPU the clean-error test runs; the search
+//! test needs a GPU and the CUDA driver, so it is `#[ignore]`d — counted as ignored (skipped) by
+//! the test harness, never as passed — and runs with `-- --include-ignored`, which `make test`
+//! adds where `nvidia-smi` finds a GPU (with `RAGD_REQUIRE_GPU=1`, as `scripts/gpu-carry` does).
+//! Once asked for, a missing GPU fails the search test.
 #![cfg(feature = "cuda")]
 
 use ragd_exact::gpu::{GpuError, GpuIndex, compile_kernels, libraries_present};
@@ -45,6 +47,7 @@ fn a_machine_without_a_gpu_gets_a_clean_error() {
 
 /// GPU results equal the CPU reference for every metric and both precisions (runs where a GPU is).
 #[test]
+#[ignore = "needs a GPU and the CUDA driver: run with -- --include-ignored (make test does where nvidia-smi finds one)"]
 fn gpu_search_matches_the_reference() {
     let dim = 77;
     let n = 20_000;
@@ -61,14 +64,9 @@ fn gpu_search_matches_the_reference() {
             let mut index =
                 ExactIndex::new(dim, metric, Options { precision, ..Options::default() }).expect("index");
             index.add(&ids, &vectors).expect("add");
-            let gpu = match GpuIndex::upload(&index, 0) {
-                Ok(g) => g,
-                Err(e) => {
-                    assert!(!require_gpu(), "RAGD_REQUIRE_GPU=1 but {e}");
-                    eprintln!("no GPU: {e}");
-                    return;
-                }
-            };
+            // Asked for explicitly (the test is ignored otherwise): no GPU is a failure.
+            let gpu = GpuIndex::upload(&index, 0)
+                .unwrap_or_else(|e| panic!("the GPU search test needs a GPU: {e}"));
             let got = gpu.search(&queries, 10).expect("gpu search");
             let cpu = index.search(&queries, 10).expect("cpu search");
             let tol = if precision == Precision::F16 { 2e-2 } else { 1e-3 };

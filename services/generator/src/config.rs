@@ -126,39 +126,9 @@ fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
 }
 
 impl Default for GeneratorConfig {
+    /// The clap attributes' defaults (one place for each): see `ragd_core::config::clap_defaults`.
     fn default() -> Self {
-        Self {
-            indexer_url: "http://127.0.0.1:50052".into(),
-            llm_model: DEFAULT_LLM_MODEL.into(),
-            llm_name: "embedded".into(),
-            llm_context: 2048,
-            llm_parallel: 2,
-            llm_threads: 0,
-            llm_batch: 512,
-            openai_url: None,
-            openai_api_key: None,
-            openai_model: "default".into(),
-            openai_name: "openai".into(),
-            openai_context: 4096,
-            openai_concurrency: 16,
-            openai_tokenizer: None,
-            default_backend: String::new(),
-            generation_queue: 16,
-            default_k: 4,
-            max_k: 50,
-            default_max_tokens: 256,
-            max_tokens_limit: 1024,
-            no_context: NoContextPolicy::Refuse,
-            no_context_answer: DEFAULT_REFUSAL.into(),
-            system_prompt: prompt::DEFAULT_SYSTEM.into(),
-            prompt_template: prompt::DEFAULT_USER.into(),
-            passage_template: prompt::DEFAULT_PASSAGE.into(),
-            no_context_template: prompt::DEFAULT_NO_CONTEXT_USER.into(),
-            metrics_addr: None,
-            grpc: GrpcConfig::default(),
-            discovery: ragd_core::discovery::DiscoveryConfig::default(),
-            security: ragd_core::security::SecurityConfig::default(),
-        }
+        ragd_core::config::clap_defaults()
     }
 }
 
@@ -190,6 +160,14 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         config: GeneratorConfig,
+    }
+
+    /// Every field, not a subset: `ragd serve` with no flags (and no RAGD_* variable set) gets
+    /// exactly `Default`, and the defaults validate.
+    #[test]
+    fn default_is_what_the_cli_gives_field_for_field() {
+        let parsed = Cli::try_parse_from(["serve"]).expect("defaults parse").config;
+        assert_eq!(format!("{:#?}", GeneratorConfig::default()), format!("{parsed:#?}"));
     }
 
     #[test]

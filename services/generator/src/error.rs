@@ -37,7 +37,7 @@ impl GenError {
 
 impl From<GenError> for Status {
     fn from(e: GenError) -> Self {
-        let message = e.to_string();
+        let message = ragd_core::status::bound(e.to_string());
         match e {
             GenError::InvalidArgument { field, reason } => ragd_core::status::invalid_argument(field, reason),
             GenError::BackendNotFound(_) => Status::not_found(message),

@@ -11,13 +11,14 @@ pub mod error;
 pub mod grpc;
 pub mod metrics;
 pub mod prompt;
+pub mod retriever;
 pub mod service;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ragd_core::health::Readiness;
+pub use ragd_core::startup::StartupError;
 use ragd_proto::service_names::GENERATOR;
 use ragd_proto::v1::generator_server::GeneratorServer;
 use ragd_proto::v1::indexer_client::IndexerClient;
@@ -71,59 +72,53 @@ pub async fn serve(
     config: GeneratorConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), GenError> {
-    let (readiness, health) = Readiness::new(GENERATOR).await;
+) -> Result<(), StartupError> {
     let metrics = Arc::new(GeneratorMetrics::default());
     let slot = Arc::new(OnceLock::new());
     let max = config.grpc.max_message_bytes;
     let service = GeneratorServer::new(GeneratorGrpc::new(slot.clone(), metrics.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let local = listener.local_addr().map_err(|e| GenError::Model(e.to_string()))?;
-    let stop = ragd_core::grpc::Stop::default();
     let security = ragd_core::security::ServerSecurity::start(&config.security, "generator")
-        .map_err(|e| GenError::Model(e.to_string()))?;
+        .map_err(StartupError::of("security"))?;
     let upstream_security = ragd_core::security::ClientSecurity::start(&config.security.upstream)
-        .map_err(|e| GenError::Model(e.to_string()))?;
+        .map_err(StartupError::of("upstream security"))?;
     let mut registry = ragd_core::metrics::Registry::default();
     security.register(&mut registry, "ragd_generator");
     metrics.register(&mut registry);
     let discovery_metrics = ragd_core::discovery::DiscoveryMetrics::register(&mut registry);
-    let server = ragd_core::grpc::spawn_server(
-        health,
+    // GeneratorMetrics counts every RPC by its final status (the end of the stream, not its
+    // headers) and times the stages that matter for streams: no RPC metrics layer.
+    let ragd_core::grpc::Host { server, readiness, stop, local } = ragd_core::grpc::host(
+        GENERATOR,
         service,
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
-        &stop,
-        // GeneratorMetrics counts every RPC by its final status (the end of the stream, not its
-        // headers) and times the stages that matter for streams.
-        None,
         &security,
+        None,
+        registry,
+        config.metrics_addr,
     )
-    .map_err(|e| GenError::Model(format!("reflection: {e}")))?;
-    if let Some(addr) = config.metrics_addr {
-        ragd_core::metrics::spawn(addr, registry, &stop, &security)
-            .await
-            .map_err(|e| GenError::Model(format!("metrics listener {addr}: {e}")))?;
-    }
+    .await?;
     tracing::info!(addr = %local, indexer = %config.indexer_url, "generator listening; loading models");
 
     let load_config = config.clone();
     let loaded = tokio::task::spawn_blocking(move || load_backends(&load_config))
         .await
-        .map_err(|e| GenError::Model(format!("model loading panicked: {e}")))
-        .and_then(|r| r)
+        .map_err(|e| StartupError::new("loading models", format!("panicked: {e}")))
+        .and_then(|r| r.map_err(StartupError::of("loading models")))
         .and_then(|backends| {
             let channel = ragd_core::discovery::upstream(
                 &config.indexer_url,
-                &config.discovery,
+                &config.discovery.etcd,
                 "indexer",
                 Some(discovery_metrics),
                 &upstream_security,
             )
-            .map_err(|e| GenError::invalid("indexer_url", e))?;
-            let indexer =
-                IndexerClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
+            .map_err(StartupError::of("--indexer-url"))?;
+            let retriever: Arc<dyn retriever::Retriever> = Arc::new(retriever::GrpcRetriever::new(
+                IndexerClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max),
+            ));
             let limits = GeneratorLimits {
                 default_k: config.default_k,
                 max_k: config.max_k,
@@ -136,11 +131,12 @@ pub async fn serve(
             Generator::new(
                 backends,
                 &config.default_backend,
-                indexer,
+                retriever,
                 config.template(),
                 limits,
                 metrics.clone(),
             )
+            .map_err(StartupError::of("backends"))
         });
     let generator = match loaded {
         Ok(g) => Arc::new(g),
@@ -163,12 +159,12 @@ pub async fn serve(
         meta,
     )
     .await
-    .map_err(GenError::Model)?;
+    .map_err(StartupError::of("discovery"))?;
 
     let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
     let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)
         .await
-        .map(GenError::Model);
+        .map(StartupError::of("grpc server"));
     tracing::info!("generator stopped");
     early.map_or(Ok(()), Err)
 }

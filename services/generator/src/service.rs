@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ragd_proto::v1::{self, indexer_client::IndexerClient};
+use ragd_proto::v1;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::Instrument;
 
@@ -19,6 +19,7 @@ use crate::config::NoContextPolicy;
 use crate::error::GenError;
 use crate::metrics::{GeneratorMetrics, StageLabels};
 use crate::prompt::{self, Chunk, PromptTemplate};
+use crate::retriever::{RetrievalQuery, Retriever};
 
 /// Request limits and defaults.
 #[derive(Debug, Clone)]
@@ -145,7 +146,7 @@ impl Drop for Slot {
 pub struct Generator {
     backends: Vec<Backend>,
     default: usize,
-    indexer: IndexerClient<ragd_core::upstream::Upstream>,
+    retriever: Arc<dyn Retriever>,
     template: PromptTemplate,
     limits: GeneratorLimits,
     metrics: Arc<GeneratorMetrics>,
@@ -156,7 +157,7 @@ impl Generator {
     pub fn new(
         backends: Vec<Arc<dyn LanguageModel>>,
         default: &str,
-        indexer: IndexerClient<ragd_core::upstream::Upstream>,
+        retriever: Arc<dyn Retriever>,
         template: PromptTemplate,
         limits: GeneratorLimits,
         metrics: Arc<GeneratorMetrics>,
@@ -190,7 +191,7 @@ impl Generator {
                 }
             })
             .collect();
-        Ok(Self { backends, default, indexer, template, limits, metrics })
+        Ok(Self { backends, default, retriever, template, limits, metrics })
     }
 
     /// (info, live counters, requests queued, is default) of every backend.
@@ -298,38 +299,18 @@ impl Generator {
         let queue = arrived.elapsed();
 
         // Retrieval through the indexer (it embeds the question with the collection's model).
-        let search = v1::SearchRequest {
+        let query = RetrievalQuery {
             collection: req.collection.clone(),
-            queries: vec![v1::Query { query: Some(v1::query::Query::Text(question.clone())) }],
-            k: k as u32,
+            question: question.clone(),
+            k,
             score_threshold: req.score_threshold,
             filter: req.filter,
-            exact: false,
-            hnsw_ef: 0,
         };
-        // Search is idempotent: retried while the indexer answers UNAVAILABLE.
         let retrieve = tracing::info_span!("retrieve", collection = %req.collection, k);
-        let found = ragd_core::client::retry_unavailable(5, deadline, || {
-            let mut r = tonic::Request::new(search.clone());
-            ragd_core::telemetry::inject(&mut r);
-            if let Some(d) = deadline {
-                r.set_timeout(d.saturating_duration_since(Instant::now()));
-            }
-            let mut indexer = self.indexer.clone();
-            async move { indexer.search(r).await }
-        })
-        .instrument(retrieve)
-        .await
-        .map_err(GenError::Indexer)?
-        .into_inner();
-        let stats = found.stats.unwrap_or_default();
-        let hits = found.results.into_iter().next().map(|r| r.hits).unwrap_or_default();
-        let mut timings = Timings {
-            embed: Duration::from_micros(stats.embed_us),
-            search: Duration::from_micros(stats.search_us),
-            queue,
-            ..Timings::default()
-        };
+        let found =
+            self.retriever.retrieve(query, deadline).instrument(retrieve).await.map_err(GenError::Indexer)?;
+        let hits = found.hits;
+        let mut timings = Timings { embed: found.embed, search: found.search, queue, ..Timings::default() };
         self.stage("embed", timings.embed);
         self.stage("search", timings.search);
         let chunks: Vec<Chunk> = hits
@@ -339,75 +320,70 @@ impl Generator {
         let no_context = chunks.is_empty();
         let policy = req.no_context.unwrap_or(self.limits.no_context);
 
-        let (tx, rx) = mpsc::channel(64);
         if no_context && policy == NoContextPolicy::Refuse {
             drop(slot);
             timings.total = arrived.elapsed();
-            let events = [
-                AskEvent::Retrieval { passages: Vec::new(), no_context: true },
-                AskEvent::Delta(self.limits.no_context_answer.clone()),
-                AskEvent::Done(DoneOut {
-                    finish: None,
-                    citations: Vec::new(),
-                    prompt_tokens: 0,
-                    completion_tokens: 0,
-                    timings,
-                    backend: info.name.clone(),
-                    model: info.model.clone(),
-                }),
-            ];
-            for e in events {
-                let _ = tx.try_send(Ok(e));
-            }
-            return Ok(rx);
+            return Ok(self.refusal(&info, timings));
         }
 
         let started = Instant::now();
-        let model = backend.model.clone();
-        let max_tokens = sampling.max_tokens;
         let (input, used) = if no_context {
             (self.template.render_no_context(&question), Vec::new())
         } else {
-            let template = self.template.clone();
-            let q = question.clone();
-            let c = chunks.clone();
-            let m = model.clone();
-            let span = tracing::info_span!("prompt", chunks = c.len(), max_tokens);
-            let fitted = tokio::task::spawn_blocking(move || {
-                span.in_scope(|| prompt::fit(&template, &q, &c, m.as_ref(), max_tokens))
-            })
-            .await
-            .map_err(|e| GenError::Model(format!("prompt task: {e}")))??;
-            (fitted.input, fitted.used)
+            self.fit_prompt(&question, &chunks, &backend.model, sampling.max_tokens).await?
         };
         timings.prompt = started.elapsed();
         self.stage("prompt", timings.prompt);
 
-        let mut numbers = vec![0u32; chunks.len()];
-        for (n, &i) in used.iter().enumerate() {
-            numbers[i] = n as u32 + 1;
-        }
-        let passages: Vec<Retrieved> = hits
-            .into_iter()
-            .zip(chunks)
-            .zip(&numbers)
-            .map(|((h, chunk), &number)| Retrieved { number, chunk, metadata: h.metadata })
-            .collect();
-        let citations: Vec<Citation> = used
-            .iter()
-            .enumerate()
-            .map(|(n, &i)| Citation {
-                number: n as u32 + 1,
-                doc_id: passages[i].chunk.doc_id.clone(),
-                chunk: passages[i].chunk.chunk,
-                cited: false,
-            })
-            .collect();
+        let (passages, citations) = numbered(hits, chunks, &used);
         let events = backend.model.generate(GenerationRequest { input, sampling, deadline })?;
+        let (tx, rx) = mpsc::channel(64);
         let _ = tx.try_send(Ok(AskEvent::Retrieval { passages, no_context }));
         let forward = Forward { slot, info, arrived, timings, citations, metrics: self.metrics.clone() };
         tokio::spawn(forward.run(events, tx).instrument(tracing::info_span!("generate")));
         Ok(rx)
+    }
+
+    /// The no-context refusal: the fixed answer as a complete stream, without the model.
+    fn refusal(&self, info: &BackendInfo, timings: Timings) -> AskStream {
+        let (tx, rx) = mpsc::channel(4);
+        let events = [
+            AskEvent::Retrieval { passages: Vec::new(), no_context: true },
+            AskEvent::Delta(self.limits.no_context_answer.clone()),
+            AskEvent::Done(DoneOut {
+                finish: None,
+                citations: Vec::new(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                timings,
+                backend: info.name.clone(),
+                model: info.model.clone(),
+            }),
+        ];
+        for e in events {
+            let _ = tx.try_send(Ok(e));
+        }
+        rx
+    }
+
+    /// The prompt with as many of `chunks` as fit the model's window next to `max_tokens` of
+    /// answer (tokenising is CPU work: on the blocking pool), and the indexes of those used.
+    async fn fit_prompt(
+        &self,
+        question: &str,
+        chunks: &[Chunk],
+        model: &Arc<dyn LanguageModel>,
+        max_tokens: usize,
+    ) -> Result<(Input, Vec<usize>), GenError> {
+        let (template, q, c, m) =
+            (self.template.clone(), question.to_string(), chunks.to_vec(), model.clone());
+        let span = tracing::info_span!("prompt", chunks = c.len(), max_tokens);
+        let fitted = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| prompt::fit(&template, &q, &c, m.as_ref(), max_tokens))
+        })
+        .await
+        .map_err(|e| GenError::Model(format!("prompt task: {e}")))??;
+        Ok((fitted.input, fitted.used))
     }
 
     /// Plain generation (no retrieval); see `ragd.v1.Generator.Generate`.
@@ -535,6 +511,282 @@ impl Forward {
             timings: t,
             backend: self.info.name.clone(),
             model: self.info.model.clone(),
+        }
+    }
+}
+
+/// Each retrieved chunk with its `[n]` in the prompt (0: it did not fit), and the citations of
+/// those used, numbered in prompt order.
+fn numbered(
+    hits: Vec<crate::retriever::RetrievedHit>,
+    chunks: Vec<Chunk>,
+    used: &[usize],
+) -> (Vec<Retrieved>, Vec<Citation>) {
+    let mut numbers = vec![0u32; chunks.len()];
+    for (n, &i) in used.iter().enumerate() {
+        numbers[i] = n as u32 + 1;
+    }
+    let passages: Vec<Retrieved> = hits
+        .into_iter()
+        .zip(chunks)
+        .zip(&numbers)
+        .map(|((h, chunk), &number)| Retrieved { number, chunk, metadata: h.metadata })
+        .collect();
+    let citations = used
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| Citation {
+            number: n as u32 + 1,
+            doc_id: passages[i].chunk.doc_id.clone(),
+            chunk: passages[i].chunk.chunk,
+            cited: false,
+        })
+        .collect();
+    (passages, citations)
+}
+
+/// `Generator::ask` without an indexer or a model: a fake [`Retriever`] and a fake
+/// [`LanguageModel`] (test doubles, named as such). Expected answers follow the fakes' rules.
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use tonic::Code;
+
+    use super::*;
+    use crate::backend::{BackendInfo, BackendStats, Input};
+    use crate::retriever::{Retrieval, RetrievedHit};
+
+    /// **Test double of the indexer**: answers the hits it was given, or the status it was told.
+    #[derive(Debug, Default)]
+    struct FakeRetriever {
+        hits: Vec<RetrievedHit>,
+        fail_with: Option<Code>,
+        asked: Mutex<Vec<RetrievalQuery>>,
+    }
+
+    #[tonic::async_trait]
+    impl Retriever for FakeRetriever {
+        async fn retrieve(&self, q: RetrievalQuery, _: Option<Instant>) -> Result<Retrieval, tonic::Status> {
+            self.asked.lock().expect("lock").push(q);
+            match self.fail_with {
+                Some(code) => Err(tonic::Status::new(code, "the fake indexer was told to fail")),
+                None => Ok(Retrieval {
+                    hits: self.hits.clone(),
+                    embed: Duration::from_millis(1),
+                    search: Duration::from_millis(2),
+                }),
+            }
+        }
+    }
+
+    /// **Test double of a language model**: one token per whitespace-separated word (chat
+    /// messages cost 2 more each); it answers `answer` in one delta, or — `stream_forever` —
+    /// streams "x " until the receiver is dropped.
+    #[derive(Debug)]
+    struct FakeModel {
+        info: BackendInfo,
+        stats: BackendStats,
+        answer: String,
+        stream_forever: bool,
+        generations: AtomicUsize,
+    }
+
+    fn model(window: usize, answer: &str, stream_forever: bool) -> FakeModel {
+        FakeModel {
+            info: BackendInfo {
+                name: "fake".into(),
+                kind: "test",
+                model: "fake-model".into(),
+                context_window: window,
+                max_concurrent: 1,
+            },
+            stats: BackendStats::default(),
+            answer: answer.into(),
+            stream_forever,
+            generations: AtomicUsize::new(0),
+        }
+    }
+
+    impl LanguageModel for FakeModel {
+        fn info(&self) -> &BackendInfo {
+            &self.info
+        }
+        fn stats(&self) -> &BackendStats {
+            &self.stats
+        }
+        fn count_tokens(&self, input: &Input) -> Result<usize, GenError> {
+            Ok(match input {
+                Input::Text(t) => t.split_whitespace().count(),
+                Input::Chat(m) => m.iter().map(|m| m.content.split_whitespace().count() + 2).sum(),
+            })
+        }
+        fn count_text_tokens(&self, text: &str) -> Result<usize, GenError> {
+            Ok(text.split_whitespace().count())
+        }
+        fn generate(&self, request: GenerationRequest) -> Result<Events, GenError> {
+            self.generations.fetch_add(1, Ordering::SeqCst);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let prompt_tokens = self.count_tokens(&request.input)?;
+            if self.stream_forever {
+                tokio::spawn(async move {
+                    while tx.send(Ok(Event::Delta("x ".into()))).is_ok() {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+            } else {
+                let now = Instant::now();
+                let _ = tx.send(Ok(Event::Delta(self.answer.clone())));
+                let _ = tx.send(Ok(Event::Done(Finish {
+                    reason: FinishReason::Stop,
+                    prompt_tokens,
+                    completion_tokens: self.answer.split_whitespace().count(),
+                    first_token_at: Some(now),
+                    last_token_at: Some(now),
+                })));
+            }
+            Ok(rx)
+        }
+    }
+
+    fn hit(doc: &str, score: f32, words: usize) -> RetrievedHit {
+        RetrievedHit { doc_id: doc.into(), chunk: 0, score, text: vec!["w"; words].join(" "), metadata: None }
+    }
+
+    fn generator(retriever: impl Into<Arc<FakeRetriever>>, model: Arc<FakeModel>, queue: usize) -> Generator {
+        let limits = GeneratorLimits {
+            default_k: 4,
+            max_k: 10,
+            default_max_tokens: 16,
+            max_tokens_limit: 64,
+            queue,
+            no_context: NoContextPolicy::Refuse,
+            no_context_answer: "Nothing relevant was found.".into(),
+        };
+        let backends: Vec<Arc<dyn LanguageModel>> = vec![model];
+        Generator::new(
+            backends,
+            "",
+            retriever.into(),
+            PromptTemplate::default(),
+            limits,
+            Arc::new(GeneratorMetrics::default()),
+        )
+        .expect("generator")
+    }
+
+    fn ask(question: &str) -> AskIn {
+        AskIn { question: question.into(), collection: "c".into(), ..AskIn::default() }
+    }
+
+    async fn events(mut rx: AskStream) -> Vec<AskEvent> {
+        let mut out = Vec::new();
+        while let Some(e) = rx.recv().await {
+            out.push(e.expect("event"));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn passages_that_fit_are_numbered_and_the_cited_ones_marked() {
+        // The third hit (lowest score) alone is larger than the 4096-token window: it is dropped.
+        let retriever = FakeRetriever {
+            hits: vec![hit("a", 0.9, 5), hit("b", 0.8, 5), hit("c", 0.7, 5000)],
+            ..Default::default()
+        };
+        let g = generator(retriever, Arc::new(model(4096, "It is Paris [2].", false)), 4);
+        let got = events(g.ask(ask("Where?"), None).await.expect("ask")).await;
+        let AskEvent::Retrieval { passages, no_context } = &got[0] else { panic!("{got:?}") };
+        assert!(!no_context);
+        let numbers: Vec<(String, u32)> =
+            passages.iter().map(|p| (p.chunk.doc_id.clone(), p.number)).collect();
+        assert_eq!(numbers, [("a".to_string(), 1), ("b".to_string(), 2), ("c".to_string(), 0)]);
+        assert!(matches!(&got[1], AskEvent::Delta(t) if t == "It is Paris [2]."));
+        let AskEvent::Done(done) = &got[2] else { panic!("{got:?}") };
+        let cited: Vec<(u32, &str, bool)> =
+            done.citations.iter().map(|c| (c.number, c.doc_id.as_str(), c.cited)).collect();
+        assert_eq!(cited, [(1, "a", false), (2, "b", true)]);
+        assert_eq!((done.finish, done.completion_tokens), (Some(FinishReason::Stop), 4));
+        assert_eq!(
+            (done.timings.embed, done.timings.search),
+            (Duration::from_millis(1), Duration::from_millis(2))
+        );
+    }
+
+    #[tokio::test]
+    async fn no_hits_with_the_refuse_policy_answer_without_the_model() {
+        let m = Arc::new(model(4096, "unused", false));
+        let g = generator(FakeRetriever::default(), m.clone(), 4);
+        let got = events(g.ask(ask("Anything?"), None).await.expect("ask")).await;
+        assert!(matches!(&got[0], AskEvent::Retrieval { passages, no_context: true } if passages.is_empty()));
+        assert!(matches!(&got[1], AskEvent::Delta(t) if t == "Nothing relevant was found."));
+        assert!(matches!(&got[2], AskEvent::Done(d) if d.finish.is_none() && d.citations.is_empty()));
+        assert_eq!(m.generations.load(Ordering::SeqCst), 0, "the model was not called");
+        // The Answer policy calls the model.
+        let answer = AskIn { no_context: Some(NoContextPolicy::Answer), ..ask("Anything?") };
+        let got = events(g.ask(answer, None).await.expect("ask")).await;
+        assert!(matches!(&got[1], AskEvent::Delta(t) if t == "unused"));
+        assert_eq!(m.generations.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_indexers_status_is_kept_and_the_query_is_what_was_asked() {
+        let retriever = Arc::new(FakeRetriever { fail_with: Some(Code::NotFound), ..Default::default() });
+        let g = generator(retriever.clone(), Arc::new(model(4096, "x", false)), 4);
+        let req = AskIn { k: 7, score_threshold: Some(0.5), ..ask("  Why?  ") };
+        let err = g.ask(req, None).await.expect_err("indexer failed");
+        assert_eq!(tonic::Status::from(err).code(), Code::NotFound);
+        let asked = retriever.asked.lock().expect("lock");
+        let q = &asked[0];
+        assert_eq!(
+            (q.collection.as_str(), q.question.as_str(), q.k, q.score_threshold),
+            ("c", "Why?", 7, Some(0.5))
+        );
+        // k = 0 asks for the default k.
+        drop(asked);
+        let _ = g.ask(ask("q"), None).await;
+        assert_eq!(retriever.asked.lock().expect("lock")[1].k, 4);
+    }
+
+    #[tokio::test]
+    async fn bad_asks_are_invalid_argument_before_retrieval() {
+        let g = generator(FakeRetriever::default(), Arc::new(model(4096, "x", false)), 4);
+        let field = |e: GenError| match e {
+            GenError::InvalidArgument { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(g.ask(ask("   "), None).await.expect_err("empty")), "question");
+        let no_collection = AskIn { collection: String::new(), ..ask("q") };
+        assert_eq!(field(g.ask(no_collection, None).await.expect_err("no collection")), "collection");
+        assert_eq!(field(g.ask(AskIn { k: 11, ..ask("q") }, None).await.expect_err("k")), "k");
+        let unknown = AskIn { backend: "nope".into(), ..ask("q") };
+        let err = g.ask(unknown, None).await.expect_err("unknown backend");
+        assert_eq!(tonic::Status::from(err).code(), Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_frees_the_slot_for_the_next() {
+        let retriever = FakeRetriever { hits: vec![hit("a", 0.9, 3)], ..Default::default() };
+        // One slot, no queue: a second ask while the first streams is RESOURCE_EXHAUSTED.
+        let g = generator(retriever, Arc::new(model(4096, "", true)), 0);
+        let mut first = g.ask(ask("q"), None).await.expect("first");
+        assert!(matches!(first.recv().await, Some(Ok(AskEvent::Retrieval { .. }))));
+        assert!(matches!(first.recv().await, Some(Ok(AskEvent::Delta(_)))));
+        let busy = g.ask(ask("q"), None).await.expect_err("the only slot is busy");
+        assert_eq!(tonic::Status::from(busy).code(), Code::ResourceExhausted);
+        drop(first);
+        // The forwarding task notices the closed stream and drops the slot.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match g.ask(ask("q"), None).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    assert_eq!(tonic::Status::from(e).code(), Code::ResourceExhausted);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("the slot was never freed: {e}"),
+            }
         }
     }
 }

@@ -27,7 +27,10 @@ pub fn validate_name(name: &str) -> Result<(), IndexError> {
     if ok {
         Ok(())
     } else {
-        Err(IndexError::invalid("name", format!("{name:?}: use 1-64 letters, digits, _ or -")))
+        Err(IndexError::invalid(
+            "name",
+            format!("{}: use 1-64 letters, digits, _ or -", ragd_core::status::quote(name)),
+        ))
     }
 }
 
@@ -38,8 +41,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads `<dir>/collections.json` (empty if absent).
+    /// Loads `<dir>/collections.json` (empty if absent), creating `dir` if it does not exist
+    /// yet — whatever the store, the registry needs it (start-up, not the first write, fails when
+    /// it cannot be made).
     pub fn load(dir: &Path) -> Result<Self, IndexError> {
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::Store(format!("{}: {e}", dir.display())))?;
         let path = dir.join("collections.json");
         let collections = match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
@@ -128,6 +134,15 @@ mod tests {
         let again = Registry::load(dir.path()).expect("reload");
         assert_eq!(again.all().expect("all"), vec![meta("a")]);
         assert!(matches!(again.get("b"), Err(IndexError::CollectionNotFound(_))));
+    }
+
+    #[test]
+    fn a_data_directory_that_does_not_exist_yet_is_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let new = dir.path().join("new/data");
+        let r = Registry::load(&new).expect("load creates the directory");
+        r.insert(meta("a")).expect("the first insert can write collections.json");
+        assert!(new.join("collections.json").is_file());
     }
 
     #[test]

@@ -93,28 +93,9 @@ pub struct IndexerConfig {
 }
 
 impl Default for IndexerConfig {
+    /// The clap attributes' defaults (one place for each): see `ragd_core::config::clap_defaults`.
     fn default() -> Self {
-        Self {
-            store: StoreKind::Embedded,
-            qdrant: QdrantConfig::default(),
-            data_dir: ".ragd/data/indexer".into(),
-            embedder_url: "http://127.0.0.1:50051".into(),
-            max_k: 1000,
-            max_queries: 64,
-            max_documents_per_request: 10_000,
-            max_shards: 64,
-            indexing_threshold_kb: None,
-            optimize_interval_secs: 5,
-            status_capacity: 100_000,
-            durability: Durability::Fsync,
-            journal_checkpoint_mb: 64,
-            exact_engine: true,
-            exact_precision: ExactPrecision::F32,
-            metrics_addr: None,
-            grpc: GrpcConfig::default(),
-            discovery: ragd_core::discovery::DiscoveryConfig::default(),
-            security: ragd_core::security::SecurityConfig::default(),
-        }
+        ragd_core::config::clap_defaults()
     }
 }
 
@@ -133,6 +114,14 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         config: IndexerConfig,
+    }
+
+    /// Every field, not a subset: `ragd serve` with no flags (and no RAGD_* variable set) gets
+    /// exactly `Default`, and the defaults validate.
+    #[test]
+    fn default_is_what_the_cli_gives_field_for_field() {
+        let parsed = Cli::try_parse_from(["serve"]).expect("defaults parse").config;
+        assert_eq!(format!("{:#?}", IndexerConfig::default()), format!("{parsed:#?}"));
     }
 
     #[test]

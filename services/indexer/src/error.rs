@@ -36,7 +36,7 @@ impl IndexError {
 
 impl From<IndexError> for Status {
     fn from(e: IndexError) -> Self {
-        let message = e.to_string();
+        let message = ragd_core::status::bound(e.to_string());
         match e {
             IndexError::InvalidArgument { field, reason } => {
                 ragd_core::status::invalid_argument(field, reason)

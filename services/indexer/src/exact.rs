@@ -12,12 +12,40 @@ use ragd_exact::coalesce::Coalescer;
 use ragd_exact::{ExactIndex, Metric, Options, Precision};
 
 use crate::error::IndexError;
-use crate::store::{ChunkPoint, Distance, Hit, VectorStore, point_uuid};
+use crate::store::{ChunkPoint, Distance, Hit, VectorStore};
 
-/// The engine's id of a chunk: the first half of its point UUID, which is also kept so the
-/// payload can be fetched from the store.
-fn key(doc_id: &str, chunk: u32) -> u64 {
-    point_uuid(doc_id, chunk).as_u64_pair().0
+/// The engine's ids of a mirror's chunks: allocated one by one (never derived from a hash, so
+/// two chunks can never share an id), with the way back to `(doc_id, chunk)` for the payloads.
+#[derive(Debug, Default)]
+struct Keys {
+    by_chunk: HashMap<(String, u32), u64>,
+    by_id: HashMap<u64, (String, u32)>,
+    /// Chunks per document (for deletes).
+    chunks: HashMap<String, u32>,
+    next: u64,
+}
+
+impl Keys {
+    /// The id of `(doc_id, chunk)`, allocating one for a new chunk.
+    fn id(&mut self, doc_id: &str, chunk: u32) -> u64 {
+        if let Some(id) = self.by_chunk.get(&(doc_id.to_string(), chunk)) {
+            return *id;
+        }
+        let id = self.next;
+        self.next += 1;
+        self.by_chunk.insert((doc_id.to_string(), chunk), id);
+        self.by_id.insert(id, (doc_id.to_string(), chunk));
+        let c = self.chunks.entry(doc_id.to_string()).or_default();
+        *c = (*c).max(chunk + 1);
+        id
+    }
+
+    /// Forgets `(doc_id, chunk)`, returning its id if it had one.
+    fn remove(&mut self, doc_id: &str, chunk: u32) -> Option<u64> {
+        let id = self.by_chunk.remove(&(doc_id.to_string(), chunk))?;
+        self.by_id.remove(&id);
+        Some(id)
+    }
 }
 
 #[derive(Debug)]
@@ -25,9 +53,7 @@ struct Mirror {
     distance: Distance,
     index: Arc<RwLock<ExactIndex>>,
     coalescer: Coalescer,
-    /// (doc_id, chunk) of every key, and chunks per document (for deletes).
-    keys: Mutex<HashMap<u64, (String, u32)>>,
-    chunks: Mutex<HashMap<String, u32>>,
+    keys: Mutex<Keys>,
 }
 
 /// Settings of the resident exact engine.
@@ -54,6 +80,8 @@ fn lock_err() -> IndexError {
 fn exact_err(e: ragd_exact::ExactError) -> IndexError {
     match e {
         ragd_exact::ExactError::InvalidArgument { field, reason } => IndexError::invalid(field, reason),
+        e @ ragd_exact::ExactError::Stopped(_) => IndexError::StoreUnavailable(e.to_string()),
+        e @ ragd_exact::ExactError::Poisoned => IndexError::Store(e.to_string()),
     }
 }
 
@@ -75,8 +103,9 @@ impl ExactMirrors {
         };
         let options = Options { precision: self.settings.precision, ..Options::default() };
         let index = Arc::new(RwLock::new(ExactIndex::new(dim, metric, options).map_err(exact_err)?));
-        let coalescer = Coalescer::new(index.clone(), self.settings.max_batch, self.settings.max_wait);
-        let mirror = Mirror { distance, index, coalescer, keys: Mutex::default(), chunks: Mutex::default() };
+        let coalescer = Coalescer::new(index.clone(), self.settings.max_batch, self.settings.max_wait)
+            .map_err(exact_err)?;
+        let mirror = Mirror { distance, index, coalescer, keys: Mutex::default() };
         self.collections.write().map_err(|_| lock_err())?.insert(name.to_string(), Arc::new(mirror));
         Ok(())
     }
@@ -105,36 +134,25 @@ impl ExactMirrors {
     /// Mirrors an upsert (same ids replace).
     pub fn add(&self, name: &str, points: &[ChunkPoint]) -> Result<(), IndexError> {
         let Some(m) = self.get(name) else { return Ok(()) };
-        let ids: Vec<u64> = points.iter().map(|p| key(&p.doc_id, p.chunk)).collect();
+        let mut keys = m.keys.lock().map_err(|_| lock_err())?;
+        let ids: Vec<u64> = points.iter().map(|p| keys.id(&p.doc_id, p.chunk)).collect();
         let vectors: Vec<f32> = points.iter().flat_map(|p| p.vector.iter().copied()).collect();
         m.index.write().map_err(|_| lock_err())?.add(&ids, &vectors).map_err(exact_err)?;
-        let (mut keys, mut chunks) =
-            (m.keys.lock().map_err(|_| lock_err())?, m.chunks.lock().map_err(|_| lock_err())?);
-        for (id, p) in ids.iter().zip(points) {
-            keys.insert(*id, (p.doc_id.clone(), p.chunk));
-            let c = chunks.entry(p.doc_id.clone()).or_default();
-            *c = (*c).max(p.chunk + 1);
-        }
         Ok(())
     }
 
     /// Mirrors `delete_chunks_from`: drops chunks `from..` of each document.
     pub fn remove_from(&self, name: &str, docs: &[(String, u32)]) -> Result<(), IndexError> {
         let Some(m) = self.get(name) else { return Ok(()) };
-        let (mut keys, mut chunks) =
-            (m.keys.lock().map_err(|_| lock_err())?, m.chunks.lock().map_err(|_| lock_err())?);
+        let mut keys = m.keys.lock().map_err(|_| lock_err())?;
         let mut ids = Vec::new();
         for (doc, from) in docs {
-            let had = chunks.get(doc).copied().unwrap_or(0);
-            for c in *from..had {
-                let id = key(doc, c);
-                keys.remove(&id);
-                ids.push(id);
-            }
+            let had = keys.chunks.get(doc).copied().unwrap_or(0);
+            ids.extend((*from..had).filter_map(|c| keys.remove(doc, c)));
             if *from == 0 {
-                chunks.remove(doc);
+                keys.chunks.remove(doc);
             } else if had > *from {
-                chunks.insert(doc.clone(), *from);
+                keys.chunks.insert(doc.clone(), *from);
             }
         }
         m.index.write().map_err(|_| lock_err())?.remove(&ids);
@@ -172,7 +190,7 @@ impl ExactMirrors {
                             Distance::Euclid => n.score.sqrt(),
                             _ => n.score,
                         };
-                        keys.get(&n.id).map(|dc| (dc.clone(), score))
+                        keys.by_id.get(&n.id).map(|dc| (dc.clone(), score))
                     })
                     .collect()
             };
@@ -194,5 +212,29 @@ impl ExactMirrors {
             );
         }
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_chunk_gets_its_own_id_and_keeps_it_until_removed() {
+        let mut keys = Keys::default();
+        let mut seen = std::collections::HashSet::new();
+        for doc in ["a", "b", "a-very-long-document-id"] {
+            for chunk in 0..100 {
+                assert!(seen.insert(keys.id(doc, chunk)), "{doc}/{chunk} reused an id");
+            }
+        }
+        let a7 = keys.id("a", 7);
+        assert_eq!(keys.id("a", 7), a7, "a re-upserted chunk keeps its id");
+        assert_eq!(keys.by_id[&a7], ("a".to_string(), 7));
+        assert_eq!(keys.chunks["a"], 100);
+        assert_eq!(keys.remove("a", 7), Some(a7));
+        assert_eq!(keys.remove("a", 7), None);
+        assert!(!keys.by_id.contains_key(&a7));
+        assert_ne!(keys.id("a", 7), a7, "ids are never reused");
     }
 }

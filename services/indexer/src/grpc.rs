@@ -7,14 +7,13 @@ use futures::StreamExt;
 use ragd_core::auth::Role;
 use ragd_proto::json::{from_struct, to_struct};
 use ragd_proto::v1::{self, indexer_server};
-use serde_json::Value;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
 use crate::chunk::Chunking;
 use crate::collections::CollectionMeta;
 use crate::error::IndexError;
-use crate::filter::{Condition, Filter, Test};
+use crate::filter::{AnyOf, Condition, Filter, Range, Scalar, Test};
 use crate::service::{CreateCollection, DocumentIn, Indexer, IngestState, QueryIn, UpsertOutcome};
 use crate::store::{Distance, Hit, SearchOptions, StoreStats};
 
@@ -114,12 +113,46 @@ fn info(meta: CollectionMeta, stats: StoreStats) -> v1::CollectionInfo {
     }
 }
 
-fn value(v: v1::Value) -> Result<Value, IndexError> {
+/// How many collections' stats ListCollections gathers at once.
+const LIST_CONCURRENCY: usize = 8;
+
+fn scalar(v: v1::Value) -> Result<Scalar, IndexError> {
     match v.kind {
-        Some(v1::value::Kind::Keyword(s)) => Ok(Value::String(s)),
-        Some(v1::value::Kind::Integer(i)) => Ok(Value::from(i)),
-        Some(v1::value::Kind::Boolean(b)) => Ok(Value::Bool(b)),
+        Some(v1::value::Kind::Keyword(s)) => Ok(Scalar::Keyword(s)),
+        Some(v1::value::Kind::Integer(i)) => Ok(Scalar::Integer(i)),
+        Some(v1::value::Kind::Boolean(b)) => Ok(Scalar::Bool(b)),
         None => Err(IndexError::invalid("filter", "a match value is empty")),
+    }
+}
+
+/// Qdrant matches any of strings or of integers, not a mix (nor booleans).
+fn any_of(key: &str, values: Vec<v1::Value>) -> Result<AnyOf, IndexError> {
+    let mixed = || {
+        IndexError::invalid(
+            "filter",
+            format!("match-any on {} needs all strings or all integers", ragd_core::status::quote(key)),
+        )
+    };
+    match values.first().and_then(|v| v.kind.as_ref()) {
+        Some(v1::value::Kind::Integer(_)) => values
+            .into_iter()
+            .map(|v| match v.kind {
+                Some(v1::value::Kind::Integer(i)) => Ok(i),
+                _ => Err(mixed()),
+            })
+            .collect::<Result<_, _>>()
+            .map(AnyOf::Integers),
+        Some(v1::value::Kind::Keyword(_)) => values
+            .into_iter()
+            .map(|v| match v.kind {
+                Some(v1::value::Kind::Keyword(s)) => Ok(s),
+                _ => Err(mixed()),
+            })
+            .collect::<Result<_, _>>()
+            .map(AnyOf::Keywords),
+        // Empty: Condition::new names it.
+        None if values.is_empty() => Ok(AnyOf::Keywords(Vec::new())),
+        _ => Err(mixed()),
     }
 }
 
@@ -127,25 +160,24 @@ fn conditions(cs: Vec<v1::Condition>) -> Result<Vec<Condition>, IndexError> {
     cs.into_iter()
         .map(|c| {
             let test = match c.test {
-                Some(v1::condition::Test::Match(v)) => Test::Match(value(v)?),
-                Some(v1::condition::Test::MatchAny(l)) => {
-                    Test::MatchAny(l.values.into_iter().map(value).collect::<Result<_, _>>()?)
-                }
+                Some(v1::condition::Test::Match(v)) => Test::Match(scalar(v)?),
+                Some(v1::condition::Test::MatchAny(l)) => Test::MatchAny(any_of(&c.key, l.values)?),
                 Some(v1::condition::Test::Range(r)) => {
-                    Test::Range { gt: r.gt, gte: r.gte, lt: r.lt, lte: r.lte }
+                    Test::Range(Range { gt: r.gt, gte: r.gte, lt: r.lt, lte: r.lte })
                 }
                 None => {
                     return Err(IndexError::invalid(
                         "filter",
-                        format!("condition on {:?} has no test", c.key),
+                        format!("condition on {} has no test", ragd_core::status::quote(&c.key)),
                     ));
                 }
             };
-            Ok(Condition { key: c.key, test })
+            Condition::new(c.key, test)
         })
         .collect()
 }
 
+/// The request's filter, converted and validated once (None when absent or empty).
 fn filter_from(f: Option<v1::Filter>) -> Result<Option<Filter>, IndexError> {
     let Some(f) = f else { return Ok(None) };
     let filter = Filter {
@@ -153,7 +185,6 @@ fn filter_from(f: Option<v1::Filter>) -> Result<Option<Filter>, IndexError> {
         should: conditions(f.should)?,
         must_not: conditions(f.must_not)?,
     };
-    filter.validate()?;
     Ok((!filter.is_empty()).then_some(filter))
 }
 
@@ -218,11 +249,18 @@ impl indexer_server::Indexer for IndexerGrpc {
         // Only the collections the caller may read.
         let access = ragd_core::auth::access(&request)?;
         let indexer = self.ready()?;
-        let mut collections = Vec::new();
-        for meta in indexer.collections()?.into_iter().filter(|m| access.may(&m.store.name, Role::Read)) {
-            let stats = indexer.stats(&meta.store.name).await?;
-            collections.push(info(meta, stats));
-        }
+        let visible = indexer.collections()?.into_iter().filter(|m| access.may(&m.store.name, Role::Read));
+        // The collections' stats concurrently (at most 8 at a time), in registry order.
+        let collections: Vec<v1::CollectionInfo> = futures::stream::iter(visible)
+            .map(|meta| async {
+                let stats = indexer.stats(&meta.store.name).await?;
+                Ok::<_, IndexError>(info(meta, stats))
+            })
+            .buffered(LIST_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
         Ok(Response::new(v1::ListCollectionsResponse { collections }))
     }
 
@@ -257,7 +295,7 @@ impl indexer_server::Indexer for IndexerGrpc {
         let mut stream = request.into_inner();
         let mut total = UpsertOutcome::default();
         while let Some(message) = stream.next().await {
-            let m = message?;
+            let m = message.map_err(ragd_core::status::inbound)?;
             // Each message names its collection; what earlier messages stored stays stored.
             ragd_core::auth::require_collection(&access, &m.collection, Role::Write)?;
             let o = indexer.upsert(&m.collection, documents(m.documents), deadline).await?;

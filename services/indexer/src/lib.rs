@@ -13,6 +13,7 @@ pub mod error;
 pub mod exact;
 pub mod filter;
 pub mod grpc;
+pub mod peers;
 pub mod service;
 pub mod store;
 
@@ -20,7 +21,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ragd_core::health::Readiness;
+pub use ragd_core::startup::StartupError;
 use ragd_proto::service_names::INDEXER;
 use ragd_proto::v1::embedder_client::EmbedderClient;
 use ragd_proto::v1::indexer_server::IndexerServer;
@@ -47,19 +48,16 @@ pub async fn serve(
     config: IndexerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), IndexError> {
-    let (readiness, health) = Readiness::new(INDEXER).await;
+) -> Result<(), StartupError> {
     let slot = Arc::new(OnceLock::new());
     let max = config.grpc.max_message_bytes;
     let service = IndexerServer::new(IndexerGrpc::new(slot.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let local = listener.local_addr().map_err(|e| IndexError::Store(e.to_string()))?;
-    let stop = ragd_core::grpc::Stop::default();
     let security = ragd_core::security::ServerSecurity::start(&config.security, "indexer")
-        .map_err(|e| IndexError::StoreUnavailable(e.to_string()))?;
+        .map_err(StartupError::of("security"))?;
     let upstream_security = ragd_core::security::ClientSecurity::start(&config.security.upstream)
-        .map_err(|e| IndexError::StoreUnavailable(e.to_string()))?;
+        .map_err(StartupError::of("upstream security"))?;
     let mut registry = ragd_core::metrics::Registry::default();
     security.register(&mut registry, "ragd_indexer");
     let rpc_metrics = ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_indexer");
@@ -68,21 +66,17 @@ pub async fn serve(
     let discovery_metrics = ragd_core::discovery::DiscoveryMetrics::register(&mut registry);
     let recovery = RecoveryGauges::default();
     recovery.register(&mut registry);
-    let server = ragd_core::grpc::spawn_server(
-        health,
+    let ragd_core::grpc::Host { server, readiness, stop, local } = ragd_core::grpc::host(
+        INDEXER,
         service,
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
-        &stop,
-        Some(rpc_metrics),
         &security,
+        Some(rpc_metrics),
+        registry,
+        config.metrics_addr,
     )
-    .map_err(|e| IndexError::Store(format!("reflection: {e}")))?;
-    if let Some(addr) = config.metrics_addr {
-        ragd_core::metrics::spawn(addr, registry, &stop, &security)
-            .await
-            .map_err(|e| IndexError::StoreUnavailable(format!("metrics listener {addr}: {e}")))?;
-    }
+    .await?;
     tracing::info!(
         addr = %local, data_dir = %config.data_dir.display(), store = ?config.store,
         "indexer listening; opening collections"
@@ -96,21 +90,25 @@ pub async fn serve(
                     checkpoint_bytes: config.journal_checkpoint_mb.max(1) << 20,
                 };
                 let root = config.data_dir.join("shards");
-                Arc::new(blocking_open(move || EdgeStore::with_options(&root, options)).await?)
+                let store = blocking_open(move || EdgeStore::with_options(&root, options)).await;
+                Arc::new(store.map_err(StartupError::of("embedded store"))?)
             }
-            StoreKind::Qdrant => Arc::new(QdrantStore::connect(&config.qdrant).await?),
+            StoreKind::Qdrant => Arc::new(
+                QdrantStore::connect(&config.qdrant).await.map_err(StartupError::of("qdrant store"))?,
+            ),
         };
-        let registry = Registry::load(&config.data_dir)?;
+        let registry = Registry::load(&config.data_dir).map_err(StartupError::of("collections registry"))?;
         let channel = ragd_core::discovery::upstream(
             &config.embedder_url,
-            &config.discovery,
+            &config.discovery.etcd,
             "embedder",
             Some(discovery_metrics),
             &upstream_security,
         )
-        .map_err(|e| IndexError::invalid("embedder_url", e))?;
-        let embedder =
-            EmbedderClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
+        .map_err(StartupError::of("--embedder-url"))?;
+        let embedder: Arc<dyn peers::EmbedderApi> = Arc::new(peers::GrpcEmbedder::new(
+            EmbedderClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max),
+        ));
         let limits = IndexerLimits {
             max_k: config.max_k,
             max_queries: config.max_queries,
@@ -128,7 +126,9 @@ pub async fn serve(
             max_batch: 256,
             max_wait: Duration::ZERO,
         });
-        Indexer::open(store, registry, embedder, limits, exact).await
+        Indexer::open(store, registry, embedder, limits, exact)
+            .await
+            .map_err(StartupError::of("opening collections"))
     };
     let indexer = match opened.await {
         Ok(i) => Arc::new(i),
@@ -159,7 +159,7 @@ pub async fn serve(
         meta,
     )
     .await
-    .map_err(IndexError::StoreUnavailable)?;
+    .map_err(StartupError::of("discovery"))?;
     let optimizer =
         // The gauges cost a stats call (shard counts, a walk of the shard directories) per collection
         // and round: only refreshed when something can scrape them.
@@ -173,9 +173,9 @@ pub async fn serve(
     let grace = Duration::from_secs(config.grpc.shutdown_grace_secs);
     let early = ragd_core::grpc::run_until_shutdown(server, shutdown, &readiness, &stop, grace, registration)
         .await
-        .map(IndexError::Store);
+        .map(StartupError::of("grpc server"));
     let _ = optimizer.await;
-    indexer.store().flush().await?;
+    indexer.store().flush().await.map_err(StartupError::of("flushing the store"))?;
     tracing::info!("indexer stopped");
     early.map_or(Ok(()), Err)
 }

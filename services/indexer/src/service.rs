@@ -6,7 +6,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ragd_proto::v1::{self, embedder_client::EmbedderClient};
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
@@ -15,6 +14,7 @@ use crate::collections::{CollectionMeta, Registry, validate_name};
 use crate::error::IndexError;
 use crate::exact::{ExactMirrors, ExactSettings};
 use crate::filter::Filter;
+use crate::peers::{EmbedderApi, InputKind};
 use crate::store::{
     ChunkPoint, Distance, Hit, Recovery, SearchOptions, StoreSpec, StoreStats, VectorStore, WriteBatch,
 };
@@ -71,10 +71,6 @@ pub struct CreateCollection {
     pub on_disk: Option<bool>,
 }
 
-/// Limits and tuning of the indexer.
-/// Tries of one Embed call while the embedder answers UNAVAILABLE.
-const EMBED_ATTEMPTS: u32 = 5;
-
 /// Where a search's time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SearchTimings {
@@ -120,11 +116,11 @@ impl Statuses {
 pub struct Indexer {
     store: Arc<dyn VectorStore>,
     registry: Registry,
-    embedder: EmbedderClient<ragd_core::upstream::Upstream>,
+    embedder: Arc<dyn EmbedderApi>,
     limits: IndexerLimits,
     statuses: Mutex<Statuses>,
     /// The resident exact engine (None: exact searches go to the store).
-    exact: Option<ExactMirrors>,
+    exact: Option<Arc<ExactMirrors>>,
     recovery: Recovery,
 }
 
@@ -132,15 +128,14 @@ fn embedder_err(s: tonic::Status) -> IndexError {
     IndexError::Embedder(s)
 }
 
-/// Request with the caller's remaining time as its deadline.
-/// A request with the caller's deadline and the current trace context.
-fn with_deadline<T>(msg: T, deadline: Option<Instant>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    ragd_core::telemetry::inject(&mut r);
-    if let Some(d) = deadline {
-        r.set_timeout(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
-    }
-    r
+/// Runs an update of the exact mirror on the blocking pool (it takes the mirror's write lock,
+/// which waits for a running batch search to finish).
+async fn mirror_update(
+    f: impl FnOnce() -> Result<(), IndexError> + Send + 'static,
+) -> Result<(), IndexError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| IndexError::Store(format!("exact mirror update: {e}")))?
 }
 
 impl Indexer {
@@ -148,11 +143,11 @@ impl Indexer {
     pub async fn open(
         store: Arc<dyn VectorStore>,
         registry: Registry,
-        embedder: EmbedderClient<ragd_core::upstream::Upstream>,
+        embedder: Arc<dyn EmbedderApi>,
         limits: IndexerLimits,
         exact: Option<ExactSettings>,
     ) -> Result<Self, IndexError> {
-        let exact = exact.map(ExactMirrors::new);
+        let exact = exact.map(|settings| Arc::new(ExactMirrors::new(settings)));
         let metas = registry.all()?;
         let specs: Vec<StoreSpec> = metas.iter().map(|m| m.store.clone()).collect();
         // Replays what a crash left in the store's journal before the exact engine copies the
@@ -209,27 +204,14 @@ impl Indexer {
         if self.registry.get(&req.name).is_ok() {
             return Err(IndexError::CollectionExists(req.name));
         }
-        let mut embedder = self.embedder.clone();
-        let info = embedder
-            .model_info(with_deadline(v1::ModelInfoRequest { name: req.model.clone() }, deadline))
-            .await
-            .map_err(embedder_err)?
-            .into_inner()
-            .model
-            .ok_or_else(|| IndexError::Store("embedder returned no model".into()))?;
-        let tok = embedder
-            .tokenize(with_deadline(
-                v1::TokenizeRequest { texts: vec![String::new()], model: info.name.clone() },
-                deadline,
-            ))
-            .await
-            .map_err(embedder_err)?
-            .into_inner();
-        req.chunking.validate((info.max_seq_len as usize).saturating_sub(tok.special_tokens as usize))?;
+        let info = self.embedder.model_info(&req.model, deadline).await.map_err(embedder_err)?;
+        let tok =
+            self.embedder.tokenize(&info.name, vec![String::new()], deadline).await.map_err(embedder_err)?;
+        req.chunking.validate(info.max_seq_len.saturating_sub(tok.special_tokens))?;
         let meta = CollectionMeta {
             store: StoreSpec {
                 name: req.name,
-                dim: info.dim as usize,
+                dim: info.dim,
                 distance: req.distance,
                 shards: req.shards,
                 indexing_threshold_kb: self.limits.indexing_threshold_kb,
@@ -365,7 +347,7 @@ impl Indexer {
     ) -> Result<Vec<u32>, IndexError> {
         let chunks = self.chunk(meta, docs, deadline).await?;
         let texts: Vec<String> = chunks.iter().flat_map(|cs| cs.iter().map(|c| c.text.clone())).collect();
-        let vectors = self.embed(&meta.model, texts, v1::InputKind::Passage, deadline).await?;
+        let vectors = self.embed(&meta.model, texts, InputKind::Passage, deadline).await?;
         let collection = &meta.store.name;
         for d in docs {
             self.set_status(collection, &d.id, IngestState::Embedded, String::new(), 0);
@@ -374,9 +356,9 @@ impl Indexer {
         let mut points = Vec::new();
         for (d, cs) in docs.iter().zip(&chunks) {
             for (i, c) in cs.iter().enumerate() {
-                let vector = vectors
-                    .next()
-                    .ok_or_else(|| IndexError::Store("embedder returned too few vectors".into()))?;
+                let vector = vectors.next().ok_or_else(|| {
+                    IndexError::Embedder(tonic::Status::internal("answered too few vectors"))
+                })?;
                 points.push(ChunkPoint {
                     doc_id: d.id.clone(),
                     chunk: i as u32,
@@ -393,8 +375,13 @@ impl Indexer {
         let batch = WriteBatch { upserts: points, delete_chunks_from: stale, delete_documents: Vec::new() };
         if let Some(exact) = &self.exact {
             self.store.write(collection, batch.clone()).await?;
-            exact.add(collection, &batch.upserts)?;
-            exact.remove_from(collection, &batch.delete_chunks_from)?;
+            // The mirror's write lock waits out a running search batch: off the async workers.
+            let (exact, name) = (exact.clone(), collection.to_string());
+            mirror_update(move || {
+                exact.add(&name, &batch.upserts)?;
+                exact.remove_from(&name, &batch.delete_chunks_from)
+            })
+            .await?;
         } else {
             self.store.write(collection, batch).await?;
         }
@@ -413,53 +400,37 @@ impl Indexer {
             }
             Chunking::Tokens { size, overlap } => {
                 let texts = docs.iter().map(|d| d.text.clone()).collect();
-                let r = self
-                    .embedder
-                    .clone()
-                    .tokenize(with_deadline(
-                        v1::TokenizeRequest { texts, model: meta.model.clone() },
-                        deadline,
-                    ))
-                    .await
-                    .map_err(embedder_err)?
-                    .into_inner();
+                let tokens =
+                    self.embedder.tokenize(&meta.model, texts, deadline).await.map_err(embedder_err)?;
                 docs.iter()
-                    .zip(r.texts)
-                    .map(|(d, o)| {
-                        let offsets: Vec<(usize, usize)> =
-                            o.starts.iter().zip(&o.ends).map(|(&s, &e)| (s as usize, e as usize)).collect();
-                        chunk::by_tokens(&d.text, &offsets, size, overlap)
-                    })
+                    .zip(tokens.offsets)
+                    .map(|(d, offsets)| chunk::by_tokens(&d.text, &offsets, size, overlap))
                     .collect()
             }
         }
     }
 
+    /// Vectors of `texts`, [`EMBED_CHUNK_TEXTS`] per call.
     async fn embed(
         &self,
         model: &str,
         texts: Vec<String>,
-        kind: v1::InputKind,
+        kind: InputKind,
         deadline: Option<Instant>,
     ) -> Result<Vec<Vec<f32>>, IndexError> {
         let mut out = Vec::with_capacity(texts.len());
         for part in texts.chunks(EMBED_CHUNK_TEXTS) {
-            let request = v1::EmbedRequest {
-                texts: part.to_vec(),
-                model: model.to_string(),
-                normalize: None,
-                kind: kind as i32,
-            };
-            // Embedding is idempotent: an embedder that just died or is draining is retried
-            // (through a discovered, balanced channel the retry goes to another instance).
-            let r = ragd_core::client::retry_unavailable(EMBED_ATTEMPTS, deadline, || {
-                let mut embedder = self.embedder.clone();
-                let request = with_deadline(request.clone(), deadline);
-                async move { embedder.embed(request).await }
-            })
-            .await
-            .map_err(embedder_err)?;
-            out.extend(r.into_inner().embeddings.into_iter().map(|e| e.values));
+            let vectors =
+                self.embedder.embed(model, part.to_vec(), kind, deadline).await.map_err(embedder_err)?;
+            // The trait promises one vector per text; a peer that breaks it fails the call.
+            if vectors.len() != part.len() {
+                return Err(embedder_err(tonic::Status::internal(format!(
+                    "answered {} vectors for {} texts",
+                    vectors.len(),
+                    part.len()
+                ))));
+            }
+            out.extend(vectors);
         }
         Ok(out)
     }
@@ -469,16 +440,13 @@ impl Indexer {
         if ids.is_empty() || ids.iter().any(String::is_empty) {
             return Err(IndexError::invalid("ids", "need one or more non-empty document ids"));
         }
-        let mut existing = 0;
-        for id in ids {
-            if self.store.count_chunks(collection, id).await? > 0 {
-                existing += 1;
-            }
-        }
+        // One count per shard for all the ids (it was one count per id).
+        let existing = u32::try_from(self.store.count_documents(collection, ids).await?).unwrap_or(u32::MAX);
         let batch = WriteBatch { delete_documents: ids.to_vec(), ..Default::default() };
         self.store.write(collection, batch).await?;
         if let Some(exact) = &self.exact {
-            exact.remove_documents(collection, ids)?;
+            let (exact, name, ids) = (exact.clone(), collection.to_string(), ids.to_vec());
+            mirror_update(move || exact.remove_documents(&name, &ids)).await?;
         }
         if let Ok(mut s) = self.statuses.lock() {
             for id in ids {
@@ -509,9 +477,7 @@ impl Indexer {
         if options.score_threshold.is_some_and(|t| !t.is_finite()) {
             return Err(IndexError::invalid("score_threshold", "must be a finite number"));
         }
-        if let Some(f) = &options.filter {
-            f.validate()?;
-        }
+        // The filter was validated when it was built (filter::Condition::new).
         let mut texts = Vec::new();
         for (i, q) in queries.iter().enumerate() {
             match q {
@@ -543,17 +509,20 @@ impl Indexer {
             Vec::new().into_iter()
         } else {
             let span = tracing::info_span!("embed_queries", texts = texts.len());
-            self.embed(&meta.model, texts, v1::InputKind::Query, deadline).instrument(span).await?.into_iter()
+            self.embed(&meta.model, texts, InputKind::Query, deadline).instrument(span).await?.into_iter()
         };
         let mut timings = SearchTimings { embed: started.elapsed(), search: Duration::ZERO };
         let started = Instant::now();
+        // `embed` answers one vector per text (or fails), so every text query has its vector.
         let vectors: Vec<Vec<f32>> = queries
             .into_iter()
             .map(|q| match q {
-                QueryIn::Text(_) => embedded.next().unwrap_or_default(),
-                QueryIn::Vector(v) => v,
+                QueryIn::Text(_) => embedded.next().ok_or_else(|| {
+                    IndexError::Embedder(tonic::Status::internal("answered too few vectors for the queries"))
+                }),
+                QueryIn::Vector(v) => Ok(v),
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         if options.filter.as_ref().is_some_and(Filter::is_empty) {
             options.filter = None;
         }
@@ -577,5 +546,277 @@ impl Indexer {
         let hits = self.store.search(collection, &vectors, &options).instrument(span).await?;
         timings.search = started.elapsed();
         Ok((hits, timings))
+    }
+}
+
+/// The domain without a model or a socket: [`Indexer`] over a temp-dir embedded store and an
+/// in-memory fake embedder (a test double of [`EmbedderApi`], named as such). The expected
+/// answers are written from the fake's own rule, not computed by the code under test.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tonic::Code;
+
+    use super::*;
+    use crate::peers::{ModelFacts, Tokenized};
+    use crate::store::edge::EdgeStore;
+
+    const DIM: usize = 8;
+
+    /// **Test double of the embedder.** A text's vector is one-hot on `hash(first word) % 8`
+    /// (so texts starting with the same word have cosine 1, others 0); tokens are the
+    /// whitespace-separated words. It can be told to fail or to answer short.
+    #[derive(Debug, Default)]
+    struct FakeEmbedder {
+        fail_with: Mutex<Option<Code>>,
+        answer_short: std::sync::atomic::AtomicBool,
+        embed_calls: AtomicUsize,
+    }
+
+    fn slot(text: &str) -> usize {
+        text.split_whitespace().next().map_or(0, |w| w.bytes().map(usize::from).sum::<usize>() % DIM)
+    }
+
+    #[tonic::async_trait]
+    impl EmbedderApi for FakeEmbedder {
+        async fn model_info(&self, name: &str, _: Option<Instant>) -> Result<ModelFacts, tonic::Status> {
+            match name {
+                "" | "fake" => Ok(ModelFacts { name: "fake".into(), dim: DIM, max_seq_len: 64 }),
+                other => Err(tonic::Status::not_found(format!("model {other:?} is not served"))),
+            }
+        }
+
+        async fn tokenize(
+            &self,
+            _: &str,
+            texts: Vec<String>,
+            _: Option<Instant>,
+        ) -> Result<Tokenized, tonic::Status> {
+            let offsets = texts
+                .iter()
+                .map(|t| {
+                    let mut at = 0;
+                    t.split_whitespace()
+                        .map(|w| {
+                            let start = at + t[at..].find(w).unwrap_or(0);
+                            at = start + w.len();
+                            (start, at)
+                        })
+                        .collect()
+                })
+                .collect();
+            Ok(Tokenized { offsets, special_tokens: 2 })
+        }
+
+        async fn embed(
+            &self,
+            _: &str,
+            texts: Vec<String>,
+            _: InputKind,
+            _: Option<Instant>,
+        ) -> Result<Vec<Vec<f32>>, tonic::Status> {
+            self.embed_calls.fetch_add(1, Ordering::Relaxed);
+            if let Some(code) = *self.fail_with.lock().expect("lock") {
+                return Err(tonic::Status::new(code, "the fake embedder was told to fail"));
+            }
+            let mut out: Vec<Vec<f32>> = texts
+                .iter()
+                .map(|t| {
+                    let mut v = vec![0.0; DIM];
+                    v[slot(t)] = 1.0;
+                    v
+                })
+                .collect();
+            if self.answer_short.load(Ordering::Relaxed) {
+                out.pop();
+            }
+            Ok(out)
+        }
+    }
+
+    struct Fixture {
+        indexer: Indexer,
+        fake: Arc<FakeEmbedder>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture(exact: bool) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn VectorStore> =
+            Arc::new(EdgeStore::new(&dir.path().join("shards")).expect("store"));
+        let registry = Registry::load(dir.path()).expect("registry");
+        let fake = Arc::new(FakeEmbedder::default());
+        let limits = IndexerLimits {
+            max_k: 10,
+            max_queries: 4,
+            max_documents_per_request: 100,
+            max_shards: 4,
+            indexing_threshold_kb: None,
+            status_capacity: 1000,
+        };
+        let exact = exact.then_some(ExactSettings {
+            precision: ragd_exact::Precision::F32,
+            max_batch: 16,
+            max_wait: Duration::ZERO,
+        });
+        let indexer = Indexer::open(store, registry, fake.clone(), limits, exact).await.expect("open");
+        Fixture { indexer, fake, _dir: dir }
+    }
+
+    fn create(name: &str, chunking: Chunking) -> CreateCollection {
+        CreateCollection {
+            name: name.into(),
+            model: String::new(),
+            distance: Distance::Cosine,
+            shards: 2,
+            chunking,
+            replication_factor: None,
+            write_consistency_factor: None,
+            on_disk: None,
+        }
+    }
+
+    fn doc(id: &str, text: &str) -> DocumentIn {
+        DocumentIn { id: id.into(), text: text.into(), metadata: Map::new() }
+    }
+
+    fn text(q: &str) -> QueryIn {
+        QueryIn::Text(q.into())
+    }
+
+    fn options(k: usize, exact: bool) -> SearchOptions {
+        SearchOptions { k, exact, ..SearchOptions::default() }
+    }
+
+    /// Two documents whose first words land in different slots of the fake's vectors.
+    fn two_words() -> (&'static str, &'static str) {
+        let (a, b) = ("alpha", "omega");
+        assert_ne!(slot(a), slot(b), "the test's words must differ in the fake's rule");
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn upsert_then_search_finds_by_the_fakes_rule_in_both_engines() {
+        for exact in [false, true] {
+            let f = fixture(exact).await;
+            let meta =
+                f.indexer.create_collection(create("c", Chunking::default()), None).await.expect("create");
+            assert_eq!((meta.model.as_str(), meta.store.dim), ("fake", DIM));
+            let (a, b) = two_words();
+            let docs = vec![doc("d-a", &format!("{a} one.")), doc("d-b", &format!("{b} two."))];
+            let out = f.indexer.upsert("c", docs, None).await.expect("upsert");
+            assert_eq!((out.documents, out.chunks, out.failed.len()), (2, 2, 0));
+            let (hits, _) = f
+                .indexer
+                .search("c", vec![text(&format!("{b} query"))], options(2, exact), None)
+                .await
+                .expect("search");
+            assert_eq!(hits[0][0].doc_id, "d-b", "exact={exact}: {:?}", hits[0]);
+            assert!((hits[0][0].score - 1.0).abs() < 1e-5, "cosine of identical one-hot vectors");
+            assert!(hits[0].get(1).is_none_or(|h| h.score.abs() < 1e-5), "orthogonal: {:?}", hits[0]);
+            let status = f.indexer.document_status("c", "d-a").await.expect("status");
+            assert_eq!((status.state, status.chunks), (IngestState::Stored, 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shorter_reupsert_removes_the_old_extra_chunks() {
+        let f = fixture(true).await;
+        let one_sentence_chunks = Chunking::Sentences { size: 1, overlap: 0 };
+        f.indexer.create_collection(create("c", one_sentence_chunks), None).await.expect("create");
+        let out = f.indexer.upsert("c", vec![doc("d", "First one. Second one. Third one.")], None).await;
+        assert_eq!(out.expect("upsert").chunks, 3);
+        assert_eq!(f.indexer.store().count_chunks("c", "d").await.expect("count"), 3);
+        let out = f.indexer.upsert("c", vec![doc("d", "Only one.")], None).await.expect("re-upsert");
+        assert_eq!(out.chunks, 1);
+        assert_eq!(f.indexer.store().count_chunks("c", "d").await.expect("count"), 1);
+        // The exact mirror forgot the removed chunks too: only one hit is left for the document.
+        let (hits, _) =
+            f.indexer.search("c", vec![text("Second")], options(10, true), None).await.expect("search");
+        assert_eq!(hits[0].len(), 1, "{:?}", hits[0]);
+    }
+
+    #[tokio::test]
+    async fn token_windows_use_the_embedders_offsets() {
+        let f = fixture(false).await;
+        let windows = Chunking::Tokens { size: 4, overlap: 0 };
+        f.indexer.create_collection(create("t", windows), None).await.expect("create");
+        // 10 words in windows of 4: 3 chunks (4 + 4 + 2).
+        let out = f.indexer.upsert("t", vec![doc("d", "a b c d e f g h i j")], None).await.expect("upsert");
+        assert_eq!(out.chunks, 3);
+        let too_big = Chunking::Tokens { size: 63, overlap: 0 };
+        let err = f.indexer.create_collection(create("u", too_big), None).await.expect_err("above 64 - 2");
+        assert_eq!(tonic::Status::from(err).code(), Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn delete_counts_each_existing_document_once() {
+        let f = fixture(true).await;
+        f.indexer.create_collection(create("c", Chunking::default()), None).await.expect("create");
+        let docs = (0..6).map(|i| doc(&format!("d{i}"), &format!("word{i} text."))).collect();
+        f.indexer.upsert("c", docs, None).await.expect("upsert");
+        let ids: Vec<String> = ["d1", "d1", "d2", "missing"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(f.indexer.delete("c", &ids).await.expect("delete"), 2);
+        assert_eq!(f.indexer.delete("c", &ids).await.expect("again"), 0, "already gone");
+        assert_eq!(f.indexer.stats("c").await.expect("stats").documents, 4);
+        let err = f.indexer.document_status("c", "d1").await.expect_err("deleted");
+        assert_eq!(tonic::Status::from(err).code(), Code::NotFound);
+        let (hits, _) =
+            f.indexer.search("c", vec![text("word1")], options(10, true), None).await.expect("search");
+        assert!(hits[0].iter().all(|h| h.doc_id != "d1" && h.doc_id != "d2"), "{:?}", hits[0]);
+    }
+
+    #[tokio::test]
+    async fn an_embedder_failure_keeps_its_code_fails_the_documents_and_stores_nothing() {
+        let f = fixture(false).await;
+        f.indexer.create_collection(create("c", Chunking::default()), None).await.expect("create");
+        *f.fake.fail_with.lock().expect("lock") = Some(Code::Unavailable);
+        let err = f.indexer.upsert("c", vec![doc("d", "text.")], None).await.expect_err("embedder down");
+        assert_eq!(tonic::Status::from(err).code(), Code::Unavailable);
+        let status = f.indexer.document_status("c", "d").await.expect("status");
+        assert_eq!(status.state, IngestState::Failed);
+        assert_eq!(f.indexer.store().count_chunks("c", "d").await.expect("count"), 0);
+        *f.fake.fail_with.lock().expect("lock") = None;
+        f.fake.answer_short.store(true, Ordering::Relaxed);
+        let err = f.indexer.upsert("c", vec![doc("d", "text.")], None).await.expect_err("short answer");
+        assert_eq!(tonic::Status::from(err).code(), Code::Internal);
+        let err = f.indexer.search("c", vec![text("q")], options(1, false), None).await.expect_err("short");
+        assert_eq!(tonic::Status::from(err).code(), Code::Internal, "never an empty query vector");
+    }
+
+    #[tokio::test]
+    async fn bad_searches_are_invalid_argument_before_any_embedding() {
+        let f = fixture(false).await;
+        f.indexer.create_collection(create("c", Chunking::default()), None).await.expect("create");
+        let calls = f.fake.embed_calls.load(Ordering::Relaxed);
+        let field = |e: IndexError| match e {
+            IndexError::InvalidArgument { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        let k0 = f.indexer.search("c", vec![text("q")], options(0, false), None).await.expect_err("k = 0");
+        assert_eq!(field(k0), "k");
+        let k_big =
+            f.indexer.search("c", vec![text("q")], options(11, false), None).await.expect_err("k > max");
+        assert_eq!(field(k_big), "k");
+        let many = vec![text("q"); 5];
+        assert_eq!(
+            field(f.indexer.search("c", many, options(1, false), None).await.expect_err("5 > 4")),
+            "queries"
+        );
+        let dim = vec![QueryIn::Vector(vec![1.0; DIM - 1])];
+        assert_eq!(
+            field(f.indexer.search("c", dim, options(1, false), None).await.expect_err("dim")),
+            "queries"
+        );
+        let nan = vec![QueryIn::Vector(vec![f32::NAN; DIM])];
+        assert_eq!(
+            field(f.indexer.search("c", nan, options(1, false), None).await.expect_err("NaN")),
+            "queries"
+        );
+        assert_eq!(f.fake.embed_calls.load(Ordering::Relaxed), calls, "nothing was embedded");
+        let missing =
+            f.indexer.search("nope", vec![text("q")], options(1, false), None).await.expect_err("none");
+        assert_eq!(tonic::Status::from(missing).code(), Code::NotFound);
     }
 }

@@ -14,7 +14,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 #[derive(Debug, Clone, Args)]
 pub struct EndpointArgs {
     /// gRPC endpoint of the service.
-    #[arg(long, env = "RAGD_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    #[arg(long, env = "RAGD_ENDPOINT", default_value = "http://127.0.0.1:50051", global = true)]
     pub endpoint: String,
     #[command(flatten)]
     pub caller: CallerArgs,
@@ -26,7 +26,7 @@ pub use ragd_core::security::CallerArgs;
 /// registered in etcd (an error if there is none); with the caller's TLS and credential.
 pub async fn channel(
     url: &str,
-    discovery: &ragd_core::discovery::DiscoveryConfig,
+    discovery: &ragd_core::discovery::EtcdConfig,
     service: &str,
     caller: &CallerArgs,
 ) -> anyhow::Result<Upstream> {

@@ -13,10 +13,10 @@ use serde_json::json;
 #[derive(Debug, Clone, Args)]
 pub struct GeneratorEndpoint {
     /// gRPC endpoint of the generator, or `etcd` to find the cluster's generators there.
-    #[arg(long, env = "RAGD_GENERATOR_ENDPOINT", default_value = "http://127.0.0.1:50053")]
+    #[arg(long, env = "RAGD_GENERATOR_ENDPOINT", default_value = "http://127.0.0.1:50053", global = true)]
     pub endpoint: String,
     #[command(flatten)]
-    pub discovery: ragd_core::discovery::DiscoveryConfig,
+    pub discovery: ragd_core::discovery::EtcdConfig,
     #[command(flatten)]
     pub caller: crate::client::CallerArgs,
 }

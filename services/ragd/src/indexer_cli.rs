@@ -16,13 +16,13 @@ use crate::loaders::{self, Columns};
 #[derive(Debug, Clone, Args)]
 pub struct IndexerEndpoint {
     /// gRPC endpoint of the indexer, or `etcd` to find the cluster's indexers there.
-    #[arg(long, env = "RAGD_INDEXER_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(long, env = "RAGD_INDEXER_URL", default_value = "http://127.0.0.1:50052", global = true)]
     pub indexer: String,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(flatten)]
-    pub discovery: ragd_core::discovery::DiscoveryConfig,
+    pub discovery: ragd_core::discovery::EtcdConfig,
     #[command(flatten)]
     pub caller: crate::client::CallerArgs,
 }

@@ -109,13 +109,48 @@ fn pdf_documents(path: &Path, name: &str) -> Result<Vec<LoadedDocument>, String>
             let mut metadata = Map::new();
             metadata.insert("source".into(), Value::String(path.display().to_string()));
             metadata.insert("page".into(), Value::from(i + 1));
-            LoadedDocument { id: format!("{name}#p{}", i + 1), text, metadata }
+            LoadedDocument { id: format!("{name}#p{}", i + 1), text: join_lines(&text), metadata }
         })
         .collect();
     if docs.is_empty() {
         return Err("no extractable text (scanned PDF?)".into());
     }
     Ok(docs)
+}
+
+/// PDF text with the layout's hard line breaks joined: lines of one paragraph become one line
+/// ("In the\nstudy" → "In the study"; a word hyphenated across lines, "experi-\nment", is
+/// joined back when the next line starts in lower case), paragraphs (blank lines) stay apart.
+/// The sentence chunker and the embedder then see sentences, not layout.
+fn join_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut paragraph = String::new();
+    let flush = |paragraph: &mut String, out: &mut String| {
+        if !paragraph.is_empty() {
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            out.push_str(paragraph);
+            paragraph.clear();
+        }
+    };
+    for line in text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")) {
+        if line.is_empty() {
+            flush(&mut paragraph, &mut out);
+            continue;
+        }
+        let hyphenated = paragraph.ends_with('-')
+            && paragraph[..paragraph.len() - 1].chars().next_back().is_some_and(char::is_alphabetic)
+            && line.chars().next().is_some_and(char::is_lowercase);
+        if hyphenated {
+            paragraph.pop();
+        } else if !paragraph.is_empty() {
+            paragraph.push(' ');
+        }
+        paragraph.push_str(&line);
+    }
+    flush(&mut paragraph, &mut out);
+    out
 }
 
 fn jsonl_documents(data: &str, name: &str, columns: &Columns) -> Result<Vec<LoadedDocument>, String> {
@@ -177,6 +212,17 @@ mod tests {
         assert_eq!(docs[0].metadata["tags"], serde_json::json!([1]));
         let bad = file(dir.path(), "bad.jsonl", "{\"text\":\"ok\"}\n{not json\n");
         assert!(load(&bad, &cols()).expect_err("corrupt").starts_with("line 2:"));
+    }
+
+    #[test]
+    fn pdf_line_breaks_inside_paragraphs_are_joined() {
+        let page = "In the\nstudy, the experi-\nment ran   twice.\nWell-\nKnown results.\n\n\nA new  paragraph\nhere.\n";
+        assert_eq!(
+            join_lines(page),
+            "In the study, the experiment ran twice. Well- Known results.\n\nA new paragraph here."
+        );
+        assert_eq!(join_lines(""), "");
+        assert_eq!(join_lines("one line"), "one line");
     }
 
     /// Real PDFs from npm pdf-parse's test data, fetched by scripts/setup (not committed).

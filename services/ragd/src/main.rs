@@ -154,7 +154,7 @@ fn service_name(command: &Command) -> &'static str {
         Command::Serve { service: Service::Indexer { .. }, .. } => "ragd-indexer",
         Command::Serve { service: Service::Generator { .. }, .. } => "ragd-generator",
         Command::Up(_) => "ragd",
-        _ => "ragd-cli",
+        _ => ragd_core::telemetry::CLI_SERVICE,
     }
 }
 
@@ -217,4 +217,51 @@ async fn bind(listen: SocketAddr, service: &str) -> anyhow::Result<tokio::net::T
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     println!("RAGD_LISTENING {service} {}", listener.local_addr()?);
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ragd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn endpoint_flags_go_before_or_after_the_subcommand() {
+        for args in [
+            &["collections", "create", "docs", "--indexer", "http://10.0.0.1:1"][..],
+            &["collections", "--indexer", "http://10.0.0.1:1", "create", "docs"][..],
+        ] {
+            let cli = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Command::Collections { endpoint, command } = cli.command else { panic!("{args:?}") };
+            assert_eq!(endpoint.indexer, "http://10.0.0.1:1", "{args:?}");
+            assert!(
+                matches!(command, indexer_cli::CollectionsCommand::Create { ref name, .. } if name == "docs")
+            );
+        }
+        let cli = parse(&["collections", "list", "--etcd-endpoints", "127.0.0.1:2379", "--cluster", "c1"])
+            .expect("etcd flags after the subcommand");
+        let Command::Collections { endpoint, .. } = cli.command else { panic!() };
+        assert_eq!((endpoint.discovery.etcd_endpoints.len(), endpoint.discovery.cluster.as_str()), (1, "c1"));
+    }
+
+    /// Client verbs show the flags they use, not a server's registration flags.
+    #[test]
+    fn client_verbs_do_not_list_server_only_flags() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for verb in ["search", "ingest", "ask", "collections", "backends"] {
+            let help = cmd.find_subcommand_mut(verb).expect(verb).render_long_help().to_string();
+            for server_only in ["--lease-ttl-secs", "--advertise-addr"] {
+                assert!(!help.contains(server_only), "`ragd {verb} --help` lists {server_only}");
+            }
+            assert!(help.contains("--etcd-endpoints"), "`ragd {verb} --help` lacks --etcd-endpoints");
+        }
+        let serve = cmd.find_subcommand_mut("serve").expect("serve");
+        let help = serve.find_subcommand_mut("indexer").expect("indexer").render_long_help().to_string();
+        assert!(help.contains("--lease-ttl-secs") && help.contains("--advertise-addr"));
+    }
 }

@@ -24,7 +24,7 @@ use qdrant_edge::{
     ScoredPoint, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorStructPersisted,
     WithPayloadInterface, WithVector,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::journal::{self, Durability, Journal, Record};
 use super::merge::merge_top_k;
@@ -33,7 +33,7 @@ use super::{
     WriteBatch,
 };
 use crate::error::IndexError;
-use crate::filter;
+use crate::filter::{self, Selection};
 
 /// Stable 64-bit FNV-1a, for routing documents to shards (std's hasher is randomised per process).
 pub fn shard_of(doc_id: &str, shards: u32) -> usize {
@@ -139,8 +139,82 @@ fn store_err(e: impl std::fmt::Display) -> IndexError {
     IndexError::Store(e.to_string())
 }
 
-fn qdrant_filter(value: Value) -> Result<qdrant_edge::Filter, IndexError> {
-    serde_json::from_value(value).map_err(|e| IndexError::Store(format!("filter translation: {e}")))
+/// qdrant-edge's filter for `selection`, built from the engine's own types (the way Qdrant's
+/// `lib/api/src/grpc/conversions.rs` converts its gRPC filter). Metadata keys go under
+/// `metadata.`; an empty list is left out (`None`), never sent as an empty clause.
+fn edge_filter(selection: Selection<'_>) -> Result<qdrant_edge::Filter, IndexError> {
+    use ordered_float::OrderedFloat;
+    use qdrant_edge::{Condition as C, FieldCondition, Filter as F, JsonPath, Match};
+    // Keys were validated as dot-separated raw names (filter::Condition::new), which is exactly
+    // what the engine's JSON path parser takes; the error arm is for ragd's own bugs.
+    let path = |key: &str| {
+        key.parse::<JsonPath>().map_err(|()| store_err(format!("filter key {key:?} is not a JSON path")))
+    };
+    let matches =
+        |key: &str, m: Match| Ok::<_, IndexError>(C::Field(FieldCondition::new_match(path(key)?, m)));
+    let range = |key: &str, r: filter::Range| {
+        let r = qdrant_edge::Range {
+            gt: r.gt.map(OrderedFloat),
+            gte: r.gte.map(OrderedFloat),
+            lt: r.lt.map(OrderedFloat),
+            lte: r.lte.map(OrderedFloat),
+        };
+        Ok::<_, IndexError>(C::Field(FieldCondition::new_range(path(key)?, r)))
+    };
+    let clause = |cs: Vec<C>| (!cs.is_empty()).then_some(cs);
+    let must = |cs: Vec<C>| F { must: clause(cs), ..F::default() };
+    Ok(match selection {
+        Selection::Documents(ids) => must(vec![matches(filter::DOC_ID, Match::from(ids.to_vec()))?]),
+        Selection::Chunk(index) => must(vec![matches(filter::CHUNK, Match::from(i64::from(index)))?]),
+        Selection::FirstChunks(ids) => must(vec![
+            matches(filter::DOC_ID, Match::from(ids.to_vec()))?,
+            matches(filter::CHUNK, Match::from(0i64))?,
+        ]),
+        Selection::ChunksFrom(docs) => {
+            let each = docs
+                .iter()
+                .map(|(doc, from)| {
+                    Ok(C::Filter(must(vec![
+                        matches(filter::DOC_ID, Match::from(doc.clone()))?,
+                        range(
+                            filter::CHUNK,
+                            filter::Range { gte: Some(f64::from(*from)), ..Default::default() },
+                        )?,
+                    ])))
+                })
+                .collect::<Result<Vec<_>, IndexError>>()?;
+            F { should: clause(each), ..F::default() }
+        }
+        Selection::Metadata(f) => {
+            let conditions = |cs: &[filter::Condition]| {
+                cs.iter()
+                    .map(|c| {
+                        let key = c.payload_key();
+                        match c.test() {
+                            filter::Test::Match(filter::Scalar::Keyword(s)) => {
+                                matches(&key, Match::from(s.clone()))
+                            }
+                            filter::Test::Match(filter::Scalar::Integer(i)) => matches(&key, Match::from(*i)),
+                            filter::Test::Match(filter::Scalar::Bool(b)) => matches(&key, Match::from(*b)),
+                            filter::Test::MatchAny(filter::AnyOf::Keywords(v)) => {
+                                matches(&key, Match::from(v.clone()))
+                            }
+                            filter::Test::MatchAny(filter::AnyOf::Integers(v)) => {
+                                matches(&key, Match::from(v.clone()))
+                            }
+                            filter::Test::Range(r) => range(&key, *r),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, IndexError>>()
+            };
+            F {
+                must: clause(conditions(&f.must)?),
+                should: clause(conditions(&f.should)?),
+                must_not: clause(conditions(&f.must_not)?),
+                min_should: None,
+            }
+        }
+    })
 }
 
 /// Runs a search. A single shard's search runs right here on the async worker: an HNSW search
@@ -482,11 +556,11 @@ impl ShardWrites {
             shard.update(UpdateOperation::PointOperation(op))?;
         }
         if !self.delete_chunks_from.is_empty() {
-            let f = qdrant_filter(filter::chunks_from_many(&self.delete_chunks_from))?;
+            let f = edge_filter(Selection::ChunksFrom(&self.delete_chunks_from))?;
             shard.update(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(f)))?;
         }
         if !self.delete_documents.is_empty() {
-            let f = qdrant_filter(filter::documents(&self.delete_documents))?;
+            let f = edge_filter(Selection::Documents(&self.delete_documents))?;
             shard.update(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(f)))?;
         }
         Ok(())
@@ -554,36 +628,51 @@ fn read_incarnation(dir: &Path) -> Result<u64, IndexError> {
     }
 }
 
-fn hit(p: ScoredPoint) -> Hit {
-    payload_hit(p.payload, p.score)
+fn hit(p: ScoredPoint) -> Result<Hit, IndexError> {
+    payload_hit(p.id, p.payload, p.score)
 }
 
-fn payload_hit(payload: Option<Payload>, score: f32) -> Hit {
+/// A stored point's payload as a hit. Every point ragd writes has a string `doc_id`, an integer
+/// `chunk` and a string `text`; a point without them (written by something else, or corrupted) is
+/// a store error naming the point, never a hit for document "" chunk 0.
+fn payload_hit(id: PointId, payload: Option<Payload>, score: f32) -> Result<Hit, IndexError> {
     let mut payload = payload.map(|p| p.0).unwrap_or_default();
-    let text = |v: Option<Value>| v.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    Hit {
-        doc_id: text(payload.remove("doc_id")),
-        chunk: payload.remove("chunk").and_then(|v| v.as_u64()).unwrap_or(0) as u32,
-        text: text(payload.remove("text")),
-        score,
-        metadata: match payload.remove(filter::METADATA) {
-            Some(Value::Object(m)) => m,
-            _ => Default::default(),
-        },
-    }
+    let malformed = |what: &str| store_err(format!("point {id}: malformed payload ({what})"));
+    let text = |v: Option<Value>, what: &str| match v {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(malformed(what)),
+    };
+    let doc_id = text(payload.remove("doc_id"), "doc_id is not a string")?;
+    let chunk = payload
+        .remove("chunk")
+        .and_then(|v| v.as_u64())
+        .and_then(|c| u32::try_from(c).ok())
+        .ok_or_else(|| malformed("chunk is not a 32-bit unsigned integer"))?;
+    let text = text(payload.remove("text"), "text is not a string")?;
+    let metadata = match payload.remove(filter::METADATA) {
+        Some(Value::Object(m)) => m,
+        None | Some(Value::Null) => Default::default(),
+        Some(_) => return Err(malformed("metadata is not an object")),
+    };
+    Ok(Hit { doc_id, chunk, text, score, metadata })
 }
 
 /// Payload indexes on `doc_id` (keyword) and `chunk` (integer), which every delete, count and
 /// status filter uses; without them each filtered delete scans the shard.
 fn ensure_payload_indexes(shard: &EdgeShard) -> Result<(), IndexError> {
     let have: Vec<String> = shard.info().payload_schema.keys().map(|k| k.to_string()).collect();
-    for (field, kind) in [("doc_id", "keyword"), ("chunk", "integer")] {
+    use qdrant_edge::{PayloadFieldSchema, PayloadSchemaType};
+    for (field, kind) in
+        [(filter::DOC_ID, PayloadSchemaType::Keyword), (filter::CHUNK, PayloadSchemaType::Integer)]
+    {
         if have.iter().any(|h| h == field) {
             continue;
         }
         let index = qdrant_edge::CreateIndex {
-            field_name: serde_json::from_value(json!(field)).map_err(store_err)?,
-            field_schema: Some(serde_json::from_value(json!(kind)).map_err(store_err)?),
+            field_name: field
+                .parse()
+                .map_err(|()| store_err(format!("payload key {field} is not a JSON path")))?,
+            field_schema: Some(PayloadFieldSchema::FieldType(kind)),
         };
         let op = qdrant_edge::FieldIndexOperations::CreateIndex(index);
         shard.update(UpdateOperation::FieldIndexOperation(op)).map_err(store_err)?;
@@ -763,7 +852,7 @@ impl VectorStore for EdgeStore {
         let c = self.get(collection)?;
         super::check_queries(queries, c.spec.dim)?;
         let filter = match &options.filter {
-            Some(f) if !f.is_empty() => Some(qdrant_filter(f.to_qdrant_json())?),
+            Some(f) if !f.is_empty() => Some(edge_filter(Selection::Metadata(f))?),
             _ => None,
         };
         let params = SearchParams { hnsw_ef: options.hnsw_ef, exact: options.exact, ..Default::default() };
@@ -788,8 +877,8 @@ impl VectorStore for EdgeStore {
                         shard
                             .engine
                             .search(request)
-                            .map(|ps| ps.into_iter().map(hit).collect())
                             .map_err(store_err)
+                            .and_then(|ps| ps.into_iter().map(hit).collect())
                     })
                     .collect::<Result<Vec<Vec<Hit>>, _>>()
             })
@@ -804,7 +893,7 @@ impl VectorStore for EdgeStore {
     async fn count_chunks(&self, collection: &str, doc_id: &str) -> Result<u64, IndexError> {
         let c = self.get(collection)?;
         let shard = c.shards[shard_of(doc_id, c.spec.shards)].clone();
-        let filter = qdrant_filter(filter::documents(&[doc_id.to_string()]))?;
+        let filter = edge_filter(Selection::Documents(&[doc_id.to_string()]))?;
         blocking(move || {
             shard
                 .engine
@@ -815,9 +904,34 @@ impl VectorStore for EdgeStore {
         .await
     }
 
+    async fn count_documents(&self, collection: &str, doc_ids: &[String]) -> Result<u64, IndexError> {
+        let c = self.get(collection)?;
+        let mut ids = doc_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        // Each document lives in one shard: one count per shard over that shard's ids.
+        let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); c.shards.len()];
+        for id in ids {
+            per_shard[shard_of(&id, c.spec.shards)].push(id);
+        }
+        blocking(move || {
+            c.shards
+                .iter()
+                .zip(per_shard)
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(shard, ids)| {
+                    let filter = edge_filter(Selection::FirstChunks(&ids))?;
+                    let request = CountRequest { filter: Some(filter), exact: true };
+                    shard.engine.count(request).map(|n| n as u64).map_err(store_err)
+                })
+                .sum()
+        })
+        .await
+    }
+
     async fn stats(&self, collection: &str) -> Result<StoreStats, IndexError> {
         let c = self.get(collection)?;
-        let first_chunks = qdrant_filter(filter::chunk(0))?;
+        let first_chunks = edge_filter(Selection::Chunk(0))?;
         blocking(move || {
             let mut stats = StoreStats { disk_bytes: disk_usage(&c.dir), ..Default::default() };
             for (i, shard) in c.shards.iter().enumerate() {
@@ -876,7 +990,7 @@ impl VectorStore for EdgeStore {
                         let Some(qdrant_edge::VectorStructInternal::Single(vector)) = r.vector else {
                             return Err(store_err(format!("point {} has no dense vector", r.id)));
                         };
-                        let h = payload_hit(r.payload, 0.0);
+                        let h = payload_hit(r.id, r.payload, 0.0)?;
                         out.push(ChunkPoint {
                             doc_id: h.doc_id,
                             chunk: h.chunk,
@@ -918,7 +1032,10 @@ impl VectorStore for EdgeStore {
                     .engine
                     .retrieve(&ids, Some(WithPayloadInterface::Bool(true)), None)
                     .map_err(store_err)?;
-                found.extend(records.into_iter().map(|r| (r.id, payload_hit(r.payload, 0.0))));
+                for r in records {
+                    let h = payload_hit(r.id, r.payload, 0.0)?;
+                    found.insert(r.id, h);
+                }
             }
             Ok(chunks.iter().map(|(doc, chunk)| found.remove(&point_id(doc, *chunk))).collect())
         })

@@ -216,6 +216,8 @@ pub trait VectorStore: Send + Sync + Debug {
     ) -> Result<Vec<Vec<Hit>>, IndexError>;
     /// Chunks stored for one document (0 if unknown).
     async fn count_chunks(&self, collection: &str, doc_id: &str) -> Result<u64, IndexError>;
+    /// How many of `doc_ids` (distinct) are stored: one count per shard, not one per id.
+    async fn count_documents(&self, collection: &str, doc_ids: &[String]) -> Result<u64, IndexError>;
     async fn stats(&self, collection: &str) -> Result<StoreStats, IndexError>;
     /// Builds indexes (HNSW) where thresholds are reached; returns whether anything changed.
     /// Runs off the request path (the background optimizer calls it).

@@ -23,7 +23,7 @@ use qdrant_client::{Qdrant, QdrantError};
 use super::merge::merge_top_k;
 use super::{ChunkPoint, Distance, Hit, SearchOptions, ShardStats, StoreSpec, StoreStats, VectorStore};
 use crate::error::IndexError;
-use crate::filter;
+use crate::filter::{self, Selection};
 
 /// The qdrant-client version this store is built against (server major must match, minor
 /// within one, as Qdrant's own compatibility rule says).
@@ -48,12 +48,7 @@ pub struct QdrantConfig {
 
 impl Default for QdrantConfig {
     fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:6334".into(),
-            api_key: None,
-            collection_prefix: "ragd_".into(),
-            timeout_secs: 30,
-        }
+        ragd_core::config::clap_defaults()
     }
 }
 
@@ -85,7 +80,13 @@ fn remote_err(e: QdrantError) -> IndexError {
                 Duration::from_secs(retry_after_seconds.max(1)),
             ))
         }
-        other => IndexError::Store(format!("qdrant: {other}")),
+        // The client could not build a request: ragd's own bug, not the caller's.
+        QdrantError::ConversionError(e) => IndexError::Store(format!("qdrant request conversion: {e}")),
+        QdrantError::InvalidUri(e) => IndexError::StoreUnavailable(format!("qdrant url: {e}")),
+        QdrantError::NoSnapshotFound(c) => {
+            IndexError::Remote(tonic::Status::not_found(format!("no snapshot of collection {c:?}")))
+        }
+        QdrantError::Io(e) => IndexError::StoreUnavailable(format!("qdrant i/o: {e}")),
     }
 }
 
@@ -160,13 +161,13 @@ impl QdrantStore {
         self.client.collection_exists(self.qname(collection)).await.map_err(remote_err)
     }
 
-    async fn delete_by_filter(&self, collection: &str, filter: serde_json::Value) -> Result<(), IndexError> {
+    async fn delete_by_filter(&self, collection: &str, selection: Selection<'_>) -> Result<(), IndexError> {
         let request = DeletePoints {
             collection_name: self.qname(collection),
             wait: Some(true),
             points: Some(PointsSelector {
                 points_selector_one_of: Some(qdrant::points_selector::PointsSelectorOneOf::Filter(
-                    convert::filter(&filter)?,
+                    selection.into(),
                 )),
             }),
             ..Default::default()
@@ -174,10 +175,10 @@ impl QdrantStore {
         self.client.delete_points(request).await.map_err(remote_err).map(|_| ())
     }
 
-    async fn count(&self, collection: &str, filter: Option<serde_json::Value>) -> Result<u64, IndexError> {
+    async fn count(&self, collection: &str, selection: Option<Selection<'_>>) -> Result<u64, IndexError> {
         let request = CountPoints {
             collection_name: self.qname(collection),
-            filter: filter.as_ref().map(convert::filter).transpose()?,
+            filter: selection.map(qdrant::Filter::from),
             exact: Some(true),
             ..Default::default()
         };
@@ -194,26 +195,34 @@ fn distance(d: Distance) -> qdrant::Distance {
     }
 }
 
-fn hit(p: qdrant::ScoredPoint) -> Hit {
-    let mut payload = p.payload;
-    let text = |v: Option<qdrant::Value>| match v.and_then(|v| v.kind) {
-        Some(qdrant::value::Kind::StringValue(s)) => s,
-        _ => String::new(),
+/// A scored point's payload as a hit; a point without ragd's payload (string `doc_id` and `text`,
+/// integer `chunk`) is a store error naming the point, never a hit for document "" chunk 0.
+fn hit(p: qdrant::ScoredPoint) -> Result<Hit, IndexError> {
+    use qdrant::value::Kind;
+    let id = match p.id.and_then(|id| id.point_id_options) {
+        Some(qdrant::point_id::PointIdOptions::Uuid(u)) => u,
+        Some(qdrant::point_id::PointIdOptions::Num(n)) => n.to_string(),
+        None => "(no id)".to_string(),
     };
-    Hit {
-        doc_id: text(payload.remove("doc_id")),
-        chunk: match payload.remove("chunk").and_then(|v| v.kind) {
-            Some(qdrant::value::Kind::IntegerValue(i)) => i as u32,
-            Some(qdrant::value::Kind::DoubleValue(f)) => f as u32,
-            _ => 0,
-        },
-        text: text(payload.remove("text")),
-        score: p.score,
-        metadata: match payload.remove(filter::METADATA).map(convert::to_json) {
-            Some(serde_json::Value::Object(m)) => m,
-            _ => Default::default(),
-        },
+    let malformed = |what: &str| IndexError::Store(format!("qdrant point {id}: malformed payload ({what})"));
+    let mut payload = p.payload;
+    let text = |v: Option<qdrant::Value>, what: &str| match v.and_then(|v| v.kind) {
+        Some(Kind::StringValue(s)) => Ok(s),
+        _ => Err(malformed(what)),
+    };
+    let doc_id = text(payload.remove("doc_id"), "doc_id is not a string")?;
+    let chunk = match payload.remove("chunk").and_then(|v| v.kind) {
+        Some(Kind::IntegerValue(i)) => u32::try_from(i).ok(),
+        _ => None,
     }
+    .ok_or_else(|| malformed("chunk is not a 32-bit unsigned integer"))?;
+    let text = text(payload.remove("text"), "text is not a string")?;
+    let metadata = match payload.remove(filter::METADATA).map(convert::to_json) {
+        Some(serde_json::Value::Object(m)) => m,
+        None | Some(serde_json::Value::Null) => Default::default(),
+        Some(_) => return Err(malformed("metadata is not an object")),
+    };
+    Ok(Hit { doc_id, chunk, text, score: p.score, metadata })
 }
 
 #[tonic::async_trait]
@@ -304,7 +313,7 @@ impl VectorStore for QdrantStore {
                         super::point_uuid(&p.doc_id, p.chunk).to_string(),
                     )),
                 }),
-                payload: convert::payload(serde_json::Value::Object(super::payload(p))),
+                payload: convert::payload(super::payload(p)),
                 vectors: Some(qdrant::Vectors {
                     vectors_options: Some(qdrant::vectors::VectorsOptions::Vector(qdrant::Vector {
                         vector: Some(qdrant::vector::Vector::Dense(qdrant::DenseVector {
@@ -332,7 +341,7 @@ impl VectorStore for QdrantStore {
         if docs.is_empty() {
             return Ok(());
         }
-        self.delete_by_filter(collection, filter::chunks_from_many(docs)).await
+        self.delete_by_filter(collection, Selection::ChunksFrom(docs)).await
     }
 
     async fn delete_documents(&self, collection: &str, doc_ids: &[String]) -> Result<(), IndexError> {
@@ -340,7 +349,7 @@ impl VectorStore for QdrantStore {
         if doc_ids.is_empty() {
             return Ok(());
         }
-        self.delete_by_filter(collection, filter::documents(doc_ids)).await
+        self.delete_by_filter(collection, Selection::Documents(doc_ids)).await
     }
 
     async fn search(
@@ -352,7 +361,7 @@ impl VectorStore for QdrantStore {
         let spec = self.spec(collection)?;
         super::check_queries(queries, spec.dim)?;
         let filter = match &options.filter {
-            Some(f) if !f.is_empty() => Some(convert::filter(&f.to_qdrant_json())?),
+            Some(f) if !f.is_empty() => Some(qdrant::Filter::from(Selection::Metadata(f))),
             _ => None,
         };
         let name = self.qname(collection);
@@ -386,35 +395,51 @@ impl VectorStore for QdrantStore {
         }
         let higher = spec.distance.higher_is_better();
         // Qdrant already merged its shards; the merge only re-checks order and k.
-        Ok(response
+        response
             .result
             .into_iter()
-            .map(|r| merge_top_k(vec![r.result.into_iter().map(hit).collect()], options.k, higher))
-            .collect())
+            .map(|r| {
+                let hits = r.result.into_iter().map(hit).collect::<Result<Vec<_>, _>>()?;
+                Ok(merge_top_k(vec![hits], options.k, higher))
+            })
+            .collect()
     }
 
     async fn count_chunks(&self, collection: &str, doc_id: &str) -> Result<u64, IndexError> {
         self.spec(collection)?;
-        self.count(collection, Some(filter::documents(&[doc_id.to_string()]))).await
+        self.count(collection, Some(Selection::Documents(&[doc_id.to_string()]))).await
+    }
+
+    async fn count_documents(&self, collection: &str, doc_ids: &[String]) -> Result<u64, IndexError> {
+        self.spec(collection)?;
+        let mut ids = doc_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        self.count(collection, Some(Selection::FirstChunks(&ids))).await
     }
 
     async fn stats(&self, collection: &str) -> Result<StoreStats, IndexError> {
         self.spec(collection)?;
         let name = self.qname(collection);
-        let info = self
-            .client
-            .collection_info(GetCollectionInfoRequest { collection_name: name.clone() })
-            .await
-            .map_err(remote_err)?
-            .result
-            .ok_or_else(|| IndexError::Store("qdrant returned no collection info".into()))?;
-        let cluster = self
-            .client
-            .collection_cluster_info(CollectionClusterInfoRequest { collection_name: name })
-            .await
-            .map_err(remote_err)?;
-        let documents = self.count(collection, Some(filter::chunk(0))).await?;
-        let points = self.count(collection, None).await?;
+        // Four independent calls, in flight together (one round trip, not four).
+        let (info, cluster, documents, points) = futures::try_join!(
+            async {
+                self.client
+                    .collection_info(GetCollectionInfoRequest { collection_name: name.clone() })
+                    .await
+                    .map_err(remote_err)?
+                    .result
+                    .ok_or_else(|| IndexError::Store("qdrant returned no collection info".into()))
+            },
+            async {
+                self.client
+                    .collection_cluster_info(CollectionClusterInfoRequest { collection_name: name.clone() })
+                    .await
+                    .map_err(remote_err)
+            },
+            self.count(collection, Some(Selection::Chunk(0))),
+            self.count(collection, None),
+        )?;
         // Shards this peer holds carry counts; shards held only by other peers are listed
         // without them (Qdrant reports counts for local shards only).
         let mut shards: Vec<ShardStats> = cluster
@@ -458,14 +483,15 @@ impl VectorStore for QdrantStore {
     }
 }
 
-/// Conversions between serde JSON (ragd's payloads and filters) and Qdrant's gRPC types.
+/// Conversions to Qdrant's gRPC types: payloads (document metadata is JSON) both ways, and a
+/// [`Selection`] straight to a gRPC filter.
 pub mod convert {
     use std::collections::HashMap;
 
     use qdrant_client::qdrant::{self, condition::ConditionOneOf, r#match::MatchValue, value::Kind};
     use serde_json::{Map, Number, Value};
 
-    use crate::error::IndexError;
+    use crate::filter::{self, AnyOf, Scalar, Selection, Test};
 
     pub fn from_json(v: Value) -> qdrant::Value {
         let kind = match v {
@@ -500,114 +526,97 @@ pub mod convert {
         o.into_iter().map(|(k, v)| (k, from_json(v))).collect()
     }
 
-    /// A JSON object as a point payload (anything else gives an empty payload).
-    pub fn payload(v: Value) -> HashMap<String, qdrant::Value> {
-        match v {
-            Value::Object(o) => payload_map(o),
-            _ => HashMap::new(),
-        }
+    /// A JSON object as a point payload.
+    pub fn payload(o: Map<String, Value>) -> HashMap<String, qdrant::Value> {
+        payload_map(o)
     }
 
     pub fn payload_to_json(p: HashMap<String, qdrant::Value>) -> Map<String, Value> {
         p.into_iter().map(|(k, v)| (k, to_json(v))).collect()
     }
 
-    fn bad(reason: String) -> IndexError {
-        IndexError::Store(format!("filter translation: {reason}"))
+    fn field(key: String, m: MatchValue) -> qdrant::Condition {
+        let f = qdrant::FieldCondition {
+            key,
+            r#match: Some(qdrant::Match { match_value: Some(m) }),
+            ..Default::default()
+        };
+        qdrant::Condition { condition_one_of: Some(ConditionOneOf::Field(f)) }
     }
 
-    /// Qdrant's filter JSON (the subset [`crate::filter`] produces: must / should / must_not of
-    /// `{key, match: {value | any}}` and `{key, range: {gt, gte, lt, lte}}`) as a gRPC filter.
-    pub fn filter(v: &Value) -> Result<qdrant::Filter, IndexError> {
-        let list = |name: &str| -> Result<Vec<qdrant::Condition>, IndexError> {
-            match v.get(name) {
-                None | Some(Value::Null) => Ok(Vec::new()),
-                Some(Value::Array(cs)) => cs.iter().map(condition).collect(),
-                Some(other) => Err(bad(format!("{name} must be a list, got {other}"))),
+    fn range(key: String, r: filter::Range) -> qdrant::Condition {
+        let f = qdrant::FieldCondition {
+            key,
+            range: Some(qdrant::Range { gt: r.gt, gte: r.gte, lt: r.lt, lte: r.lte }),
+            ..Default::default()
+        };
+        qdrant::Condition { condition_one_of: Some(ConditionOneOf::Field(f)) }
+    }
+
+    fn must(conditions: Vec<qdrant::Condition>) -> qdrant::Filter {
+        qdrant::Filter { must: conditions, ..Default::default() }
+    }
+
+    fn conditions(cs: &[filter::Condition]) -> Vec<qdrant::Condition> {
+        cs.iter()
+            .map(|c| {
+                let key = c.payload_key();
+                match c.test() {
+                    Test::Match(Scalar::Keyword(s)) => field(key, MatchValue::Keyword(s.clone())),
+                    Test::Match(Scalar::Integer(i)) => field(key, MatchValue::Integer(*i)),
+                    Test::Match(Scalar::Bool(b)) => field(key, MatchValue::Boolean(*b)),
+                    Test::MatchAny(AnyOf::Keywords(v)) => {
+                        field(key, MatchValue::Keywords(qdrant::RepeatedStrings { strings: v.clone() }))
+                    }
+                    Test::MatchAny(AnyOf::Integers(v)) => {
+                        field(key, MatchValue::Integers(qdrant::RepeatedIntegers { integers: v.clone() }))
+                    }
+                    Test::Range(r) => range(key, *r),
+                }
+            })
+            .collect()
+    }
+
+    impl From<Selection<'_>> for qdrant::Filter {
+        /// Qdrant's gRPC filter for a selection, built from qdrant-client's types (no JSON).
+        fn from(selection: Selection<'_>) -> Self {
+            match selection {
+                Selection::Documents(ids) => must(vec![field(
+                    filter::DOC_ID.into(),
+                    MatchValue::Keywords(qdrant::RepeatedStrings { strings: ids.to_vec() }),
+                )]),
+                Selection::Chunk(index) => {
+                    must(vec![field(filter::CHUNK.into(), MatchValue::Integer(i64::from(index)))])
+                }
+                Selection::FirstChunks(ids) => must(vec![
+                    field(
+                        filter::DOC_ID.into(),
+                        MatchValue::Keywords(qdrant::RepeatedStrings { strings: ids.to_vec() }),
+                    ),
+                    field(filter::CHUNK.into(), MatchValue::Integer(0)),
+                ]),
+                Selection::ChunksFrom(docs) => qdrant::Filter {
+                    should: docs
+                        .iter()
+                        .map(|(doc, from)| qdrant::Condition {
+                            condition_one_of: Some(ConditionOneOf::Filter(must(vec![
+                                field(filter::DOC_ID.into(), MatchValue::Keyword(doc.clone())),
+                                range(
+                                    filter::CHUNK.into(),
+                                    filter::Range { gte: Some(f64::from(*from)), ..Default::default() },
+                                ),
+                            ]))),
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+                Selection::Metadata(f) => qdrant::Filter {
+                    must: conditions(&f.must),
+                    should: conditions(&f.should),
+                    must_not: conditions(&f.must_not),
+                    min_should: None,
+                },
             }
-        };
-        Ok(qdrant::Filter {
-            must: list("must")?,
-            should: list("should")?,
-            must_not: list("must_not")?,
-            min_should: None,
-        })
-    }
-
-    fn condition(c: &Value) -> Result<qdrant::Condition, IndexError> {
-        // A nested filter (`{must|should|must_not: [...]}`) as a condition.
-        if c.get("key").is_none() && ["must", "should", "must_not"].iter().any(|k| c.get(k).is_some()) {
-            return Ok(qdrant::Condition { condition_one_of: Some(ConditionOneOf::Filter(filter(c)?)) });
-        }
-        let key =
-            c.get("key").and_then(Value::as_str).ok_or_else(|| bad(format!("condition without key: {c}")))?;
-        let mut field = qdrant::FieldCondition { key: key.to_string(), ..Default::default() };
-        if let Some(m) = c.get("match") {
-            let value = if let Some(v) = m.get("value") {
-                match v {
-                    Value::String(s) => MatchValue::Keyword(s.clone()),
-                    Value::Bool(b) => MatchValue::Boolean(*b),
-                    v => MatchValue::Integer(v.as_i64().ok_or_else(|| bad(format!("match value {v}")))?),
-                }
-            } else if let Some(Value::Array(any)) = m.get("any") {
-                if let Some(strings) =
-                    any.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()
-                {
-                    MatchValue::Keywords(qdrant::RepeatedStrings { strings })
-                } else if let Some(integers) = any.iter().map(Value::as_i64).collect::<Option<Vec<_>>>() {
-                    MatchValue::Integers(qdrant::RepeatedIntegers { integers })
-                } else {
-                    return Err(bad(format!("match any needs all strings or all integers: {m}")));
-                }
-            } else {
-                return Err(bad(format!("unsupported match {m}")));
-            };
-            field.r#match = Some(qdrant::Match { match_value: Some(value) });
-        } else if let Some(r) = c.get("range") {
-            let bound = |name: &str| r.get(name).and_then(Value::as_f64);
-            field.range = Some(qdrant::Range {
-                gt: bound("gt"),
-                gte: bound("gte"),
-                lt: bound("lt"),
-                lte: bound("lte"),
-            });
-        } else {
-            return Err(bad(format!("unsupported condition {c}")));
-        }
-        Ok(qdrant::Condition { condition_one_of: Some(ConditionOneOf::Field(field)) })
-    }
-
-    /// A gRPC filter back as Qdrant's filter JSON (the same subset), for servers built on the
-    /// engine's JSON types.
-    pub fn filter_to_json(f: &qdrant::Filter) -> Result<Value, String> {
-        let list = |cs: &[qdrant::Condition]| cs.iter().map(condition_to_json).collect::<Result<Vec<_>, _>>();
-        Ok(
-            serde_json::json!({ "must": list(&f.must)?, "should": list(&f.should)?, "must_not": list(&f.must_not)? }),
-        )
-    }
-
-    fn condition_to_json(c: &qdrant::Condition) -> Result<Value, String> {
-        let f = match &c.condition_one_of {
-            Some(ConditionOneOf::Field(f)) => f,
-            Some(ConditionOneOf::Filter(nested)) => return filter_to_json(nested),
-            _ => return Err(format!("unsupported condition {c:?}")),
-        };
-        if let Some(m) = f.r#match.as_ref().and_then(|m| m.match_value.as_ref()) {
-            let m = match m {
-                MatchValue::Keyword(s) => serde_json::json!({ "value": s }),
-                MatchValue::Integer(i) => serde_json::json!({ "value": i }),
-                MatchValue::Boolean(b) => serde_json::json!({ "value": b }),
-                MatchValue::Keywords(k) => serde_json::json!({ "any": k.strings }),
-                MatchValue::Integers(i) => serde_json::json!({ "any": i.integers }),
-                other => return Err(format!("unsupported match {other:?}")),
-            };
-            Ok(serde_json::json!({ "key": f.key, "match": m }))
-        } else if let Some(r) = &f.range {
-            Ok(
-                serde_json::json!({ "key": f.key, "range": { "gt": r.gt, "gte": r.gte, "lt": r.lt, "lte": r.lte } }),
-            )
-        } else {
-            Err(format!("unsupported field condition on {:?}", f.key))
         }
     }
 
@@ -619,52 +628,79 @@ pub mod convert {
         #[test]
         fn payload_round_trips() {
             let v = json!({"a": 1, "b": 2.5, "c": "x", "d": [true, null], "e": {"f": -3}});
-            let back = Value::Object(payload_to_json(payload(v.clone())));
+            let Value::Object(o) = v.clone() else { unreachable!() };
+            let back = Value::Object(payload_to_json(payload(o)));
             assert_eq!(back, v);
         }
 
+        /// The expected gRPC filters are written out by hand from Qdrant's protocol, not built by
+        /// the code under test.
         #[test]
-        fn filters_round_trip_through_grpc() {
-            let f = crate::filter::Filter {
-                must: vec![crate::filter::Condition {
-                    key: "country".into(),
-                    test: crate::filter::Test::Match(json!("Germany")),
-                }],
-                should: vec![crate::filter::Condition {
-                    key: "year".into(),
-                    test: crate::filter::Test::Range {
-                        gt: None,
-                        gte: Some(2000.0),
-                        lt: Some(2010.0),
-                        lte: None,
-                    },
-                }],
-                must_not: vec![crate::filter::Condition {
-                    key: "n".into(),
-                    test: crate::filter::Test::MatchAny(vec![json!(1), json!(2)]),
-                }],
+        fn selections_become_qdrants_grpc_filters() {
+            let cond = |key: &str, test| filter::Condition::new(key, test).expect("valid");
+            let f = filter::Filter {
+                must: vec![cond("country", Test::Match(Scalar::Keyword("Germany".into())))],
+                should: vec![cond(
+                    "year",
+                    Test::Range(filter::Range { gte: Some(2000.0), lt: Some(2010.0), ..Default::default() }),
+                )],
+                must_not: vec![cond("n", Test::MatchAny(AnyOf::Integers(vec![1, 2])))],
             };
-            let j = f.to_qdrant_json();
-            let grpc = filter(&j).expect("translates");
-            assert_eq!(grpc.must.len() + grpc.should.len() + grpc.must_not.len(), 3);
-            let back = filter_to_json(&grpc).expect("back");
-            // Ranges come back with explicit nulls for absent bounds, as they went in.
-            assert_eq!(back, j);
-            for doc in
-                [crate::filter::documents(&["a".into(), "b".into()]), crate::filter::chunks_from("d", 3)]
-            {
-                let back = filter_to_json(&filter(&doc).expect("translates")).expect("back");
-                for part in ["must", "should"] {
-                    let len = |v: &Value| v[part].as_array().map_or(0, Vec::len);
-                    assert_eq!(len(&back), len(&doc), "{part} of {doc}");
-                }
-            }
-        }
+            let got = qdrant::Filter::from(Selection::Metadata(&f));
+            let want = qdrant::Filter {
+                must: vec![qdrant::Condition {
+                    condition_one_of: Some(ConditionOneOf::Field(qdrant::FieldCondition {
+                        key: "metadata.country".into(),
+                        r#match: Some(qdrant::Match {
+                            match_value: Some(MatchValue::Keyword("Germany".into())),
+                        }),
+                        ..Default::default()
+                    })),
+                }],
+                should: vec![qdrant::Condition {
+                    condition_one_of: Some(ConditionOneOf::Field(qdrant::FieldCondition {
+                        key: "metadata.year".into(),
+                        range: Some(qdrant::Range {
+                            gt: None,
+                            gte: Some(2000.0),
+                            lt: Some(2010.0),
+                            lte: None,
+                        }),
+                        ..Default::default()
+                    })),
+                }],
+                must_not: vec![qdrant::Condition {
+                    condition_one_of: Some(ConditionOneOf::Field(qdrant::FieldCondition {
+                        key: "metadata.n".into(),
+                        r#match: Some(qdrant::Match {
+                            match_value: Some(MatchValue::Integers(qdrant::RepeatedIntegers {
+                                integers: vec![1, 2],
+                            })),
+                        }),
+                        ..Default::default()
+                    })),
+                }],
+                min_should: None,
+            };
+            assert_eq!(got, want);
 
-        #[test]
-        fn mixed_match_any_is_refused() {
-            let j = json!({"must": [{"key": "k", "match": {"any": ["a", 1]}}]});
-            assert!(filter(&j).is_err());
+            let docs = [("d".to_string(), 3u32)];
+            let got = qdrant::Filter::from(Selection::ChunksFrom(&docs));
+            assert!(got.must.is_empty() && got.must_not.is_empty());
+            let Some(ConditionOneOf::Filter(nested)) = &got.should[0].condition_one_of else {
+                panic!("a nested filter per document: {got:?}")
+            };
+            let keys: Vec<&str> = nested
+                .must
+                .iter()
+                .map(|c| match &c.condition_one_of {
+                    Some(ConditionOneOf::Field(f)) => f.key.as_str(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(keys, ["doc_id", "chunk"]);
+            let Some(ConditionOneOf::Field(chunk)) = &nested.must[1].condition_one_of else { unreachable!() };
+            assert_eq!(chunk.range, Some(qdrant::Range { gt: None, gte: Some(3.0), lt: None, lte: None }));
         }
     }
 }

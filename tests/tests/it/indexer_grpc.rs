@@ -71,6 +71,9 @@ async fn capitals_ingest_search_filter_threshold_and_restart_qdrant_store() {
     let embedder = TestEmbedder::start(embedder_config(&["all-MiniLM-L6-v2"])).await;
     let data = tempfile::tempdir().expect("tempdir");
     let (url, _server) = qdrant_url_or_test_server().await;
+    // A data directory that does not exist yet: the registry creates it at start-up whatever
+    // the store (it once failed the first CreateCollection with the remote store).
+    let data_dir = data.path().join("not-yet");
     let config = IndexerConfig {
         store: StoreKind::Qdrant,
         qdrant: QdrantConfig {
@@ -79,7 +82,7 @@ async fn capitals_ingest_search_filter_threshold_and_restart_qdrant_store() {
             collection_prefix: format!("ragdtest_{}_grpc_", std::process::id()),
             ..QdrantConfig::default()
         },
-        ..indexer_config(data.path(), &embedder.url)
+        ..indexer_config(&data_dir, &embedder.url)
     };
     capitals_scenario(config).await;
     embedder.stop().await.expect("stop");
@@ -210,6 +213,22 @@ async fn bad_requests_get_clear_statuses_and_lose_nothing() {
     let code = |r: Result<tonic::Response<v1::CollectionInfo>, tonic::Status>| r.expect_err("error").code();
     assert_eq!(code(client.create_collection(create("c")).await), Code::AlreadyExists);
     assert_eq!(code(client.create_collection(create("bad name!")).await), Code::InvalidArgument);
+    // A huge invalid value is quoted by a short prefix: the status stays far below the 16 KB
+    // metadata limit of grpc-core clients (it once echoed all 10,000 characters, twice).
+    let huge = client.create_collection(create(&"n".repeat(10_000))).await.expect_err("huge name");
+    assert_eq!(huge.code(), Code::InvalidArgument);
+    assert!(huge.message().contains("(10000 bytes)"), "{}", huge.message());
+    assert!(huge.message().len() < 200, "{} bytes: {}", huge.message().len(), huge.message());
+    assert!(huge.details().len() < 400, "details {} bytes", huge.details().len());
+    let missing_huge =
+        client.describe_collection(v1::DescribeCollectionRequest { name: "m".repeat(100_000) }).await;
+    let missing_huge = missing_huge.expect_err("unknown huge name");
+    assert_eq!(missing_huge.code(), Code::NotFound);
+    assert!(
+        missing_huge.message().len() <= ragd_core::status::MAX_MESSAGE_BYTES,
+        "{} bytes",
+        missing_huge.message().len()
+    );
     let unknown_model =
         v1::CreateCollectionRequest { name: "m".into(), model: "nope".into(), ..Default::default() };
     assert_eq!(code(client.create_collection(unknown_model).await), Code::NotFound);
@@ -277,6 +296,23 @@ async fn bad_requests_get_clear_statuses_and_lose_nothing() {
             "bad key",
             search(Box::new(|r| {
                 r.filter = Some(v1::Filter { must: vec![keyword("a b", "x")], ..Default::default() })
+            })),
+            "filter",
+        ),
+        (
+            "mixed match-any",
+            search(Box::new(|r| {
+                let values = vec![
+                    v1::Value { kind: Some(v1::value::Kind::Keyword("a".into())) },
+                    v1::Value { kind: Some(v1::value::Kind::Integer(1)) },
+                ];
+                r.filter = Some(v1::Filter {
+                    must: vec![v1::Condition {
+                        key: "k".into(),
+                        test: Some(v1::condition::Test::MatchAny(v1::ValueList { values })),
+                    }],
+                    ..Default::default()
+                })
             })),
             "filter",
         ),

@@ -160,6 +160,30 @@ async fn bad_requests_get_clear_statuses() {
     server.stop().await.expect("stop");
 }
 
+/// A request above the server's message limit is RESOURCE_EXHAUSTED (the gRPC status-code
+/// spec), not tonic's OUT_OF_RANGE, for unary calls and inside a request stream alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_above_the_limit_is_resource_exhausted() {
+    let limit = 64 * 1024;
+    let grpc = ragd_core::config::GrpcConfig { max_message_bytes: limit, ..Default::default() };
+    let server = TestEmbedder::start(EmbedderConfig { grpc, ..config() }).await;
+    let mut client = server.client().await;
+    let big = "word ".repeat(limit / 4);
+    let unary = client.embed(req(&[&big])).await.expect_err("above the limit");
+    assert_eq!(unary.code(), Code::ResourceExhausted, "{unary:?}");
+    assert!(unary.message().contains("too large"), "{}", unary.message());
+    let items = vec![v1::EmbedStreamRequest { id: 1, request: Some(req(&[&big])) }];
+    let streamed = match client.embed_stream(futures::stream::iter(items)).await {
+        Err(s) => s,
+        Ok(r) => r.into_inner().next().await.expect("an answer").expect_err("above the limit"),
+    };
+    assert_eq!(streamed.code(), Code::ResourceExhausted, "{streamed:?}");
+    // Below the limit the same server answers.
+    let ok = client.embed(req(&["fits"])).await.expect("small request").into_inner();
+    assert_eq!(ok.embeddings.len(), 1);
+    server.stop().await.expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_returns_resource_exhausted_with_retry_hint() {
     let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));

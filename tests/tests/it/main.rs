@@ -1,0 +1,20 @@
+//! ragd's integration tests, one binary: real models, real gRPC over sockets, real processes
+//! and containers. One binary instead of one per file, because each would link qdrant-edge,
+//! llama.cpp and ONNX Runtime again. Run one group with a filter:
+//! `cargo test -p ragd-tests --test it -- indexer_grpc::`.
+
+mod cluster_process;
+mod containers;
+mod crash_checker;
+mod embedder_fixture;
+mod embedder_grpc;
+mod embedder_process;
+mod generator_grpc;
+mod generator_openai;
+mod indexer_exact;
+mod indexer_grpc;
+mod indexer_process;
+mod security;
+mod store_edge;
+mod store_qdrant;
+mod up_process;
