@@ -37,7 +37,7 @@ test: setup-test lint
 	@if [ "$${RAGD_CONTAINER_TESTS:-1}" = 0 ]; then \
 	  echo "SKIPPED: the container cluster test (tests/tests/it/containers.rs): RAGD_CONTAINER_TESTS=0"; \
 	else \
-	  $(CARGO) test -p ragd-tests --test it -- --ignored containers:: ; \
+	  $(CARGO) test --workspace --test it -- --ignored containers:: ; \
 	fi
 	# ragd-exact's CUDA kernels: NVRTC (from PyPI, no GPU needed) must compile them; the GPU
 	# search tests run where a GPU is and otherwise check the clean error.

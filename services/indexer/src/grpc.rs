@@ -133,27 +133,23 @@ fn any_of(key: &str, values: Vec<v1::Value>) -> Result<AnyOf, IndexError> {
             format!("match-any on {} needs all strings or all integers", ragd_core::status::quote(key)),
         )
     };
-    match values.first().and_then(|v| v.kind.as_ref()) {
-        Some(v1::value::Kind::Integer(_)) => values
-            .into_iter()
-            .map(|v| match v.kind {
-                Some(v1::value::Kind::Integer(i)) => Ok(i),
-                _ => Err(mixed()),
-            })
-            .collect::<Result<_, _>>()
-            .map(AnyOf::Integers),
-        Some(v1::value::Kind::Keyword(_)) => values
-            .into_iter()
-            .map(|v| match v.kind {
-                Some(v1::value::Kind::Keyword(s)) => Ok(s),
-                _ => Err(mixed()),
-            })
-            .collect::<Result<_, _>>()
-            .map(AnyOf::Keywords),
-        // Empty: Condition::new names it.
-        None if values.is_empty() => Ok(AnyOf::Keywords(Vec::new())),
-        _ => Err(mixed()),
+    use v1::value::Kind;
+    // Every value of one kind, or None.
+    fn all<T>(values: Vec<v1::Value>, pick: impl Fn(Kind) -> Option<T>) -> Option<Vec<T>> {
+        values.into_iter().map(|v| v.kind.and_then(&pick)).collect()
     }
+    let any = match values.first().and_then(|v| v.kind.as_ref()) {
+        // Empty: Condition::new names it.
+        None if values.is_empty() => Some(AnyOf::Keywords(Vec::new())),
+        Some(Kind::Integer(_)) => {
+            all(values, |k| if let Kind::Integer(i) = k { Some(i) } else { None }).map(AnyOf::Integers)
+        }
+        Some(Kind::Keyword(_)) => {
+            all(values, |k| if let Kind::Keyword(s) = k { Some(s) } else { None }).map(AnyOf::Keywords)
+        }
+        _ => None,
+    };
+    any.ok_or_else(mixed)
 }
 
 fn conditions(cs: Vec<v1::Condition>) -> Result<Vec<Condition>, IndexError> {

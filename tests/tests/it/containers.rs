@@ -219,7 +219,7 @@ fn exit_code(container: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root and podman: `make test` runs it (cargo test -p ragd-tests --test it -- --ignored containers::)"]
+#[ignore = "needs root and podman: `make test` runs it (cargo test --workspace --test it -- --ignored containers::)"]
 async fn a_container_cluster_with_tls_and_keys_survives_kills_partitions_and_restarts() {
     // The images: ragd from this run's binary, etcd from Debian's package.
     let bin = ragd_bin();

@@ -1,7 +1,8 @@
 //! ragd's integration tests, one binary: real models, real gRPC over sockets, real processes
 //! and containers. One binary instead of one per file, because each would link qdrant-edge,
 //! llama.cpp and ONNX Runtime again. Run one group with a filter:
-//! `cargo test -p ragd-tests --test it -- indexer_grpc::`.
+//! `cargo test --workspace --test it -- indexer_grpc::` (`--workspace`, so the
+//! dependencies keep the features of the workspace build and are not compiled again).
 
 mod cluster_process;
 mod containers;
