@@ -38,7 +38,8 @@ mod tests {
         let e = StartupError::new("metrics listener 127.0.0.1:9100", "address in use");
         assert_eq!(e.to_string(), "metrics listener 127.0.0.1:9100: address in use");
         assert_eq!(e.what(), "metrics listener 127.0.0.1:9100");
-        let e: StartupError = Err::<(), _>("no such file").map_err(StartupError::of("tls")).unwrap_err();
+        let e: StartupError =
+            Err::<(), _>("no such file").map_err(StartupError::of("tls")).expect_err("an error");
         assert_eq!(e.to_string(), "tls: no such file");
     }
 }
