@@ -642,9 +642,9 @@ fn payload_hit(id: PointId, payload: Option<Payload>, score: f32) -> Result<Hit,
         Some(Value::String(s)) => Ok(s),
         _ => Err(malformed(what)),
     };
-    let doc_id = text(payload.remove("doc_id"), "doc_id is not a string")?;
+    let doc_id = text(payload.remove(filter::DOC_ID), "doc_id is not a string")?;
     let chunk = payload
-        .remove("chunk")
+        .remove(filter::CHUNK)
         .and_then(|v| v.as_u64())
         .and_then(|c| u32::try_from(c).ok())
         .ok_or_else(|| malformed("chunk is not a 32-bit unsigned integer"))?;

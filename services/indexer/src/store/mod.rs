@@ -57,8 +57,8 @@ pub struct StoreSpec {
 /// A chunk's payload, the same in every store: `{doc_id, chunk, text, metadata}`.
 pub fn payload(p: &ChunkPoint) -> serde_json::Map<String, serde_json::Value> {
     let mut m = serde_json::Map::new();
-    m.insert("doc_id".into(), p.doc_id.clone().into());
-    m.insert("chunk".into(), p.chunk.into());
+    m.insert(crate::filter::DOC_ID.into(), p.doc_id.clone().into());
+    m.insert(crate::filter::CHUNK.into(), p.chunk.into());
     m.insert("text".into(), p.text.clone().into());
     m.insert(crate::filter::METADATA.into(), serde_json::Value::Object(p.metadata.clone()));
     m

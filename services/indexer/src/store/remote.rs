@@ -210,8 +210,8 @@ fn hit(p: qdrant::ScoredPoint) -> Result<Hit, IndexError> {
         Some(Kind::StringValue(s)) => Ok(s),
         _ => Err(malformed(what)),
     };
-    let doc_id = text(payload.remove("doc_id"), "doc_id is not a string")?;
-    let chunk = match payload.remove("chunk").and_then(|v| v.kind) {
+    let doc_id = text(payload.remove(filter::DOC_ID), "doc_id is not a string")?;
+    let chunk = match payload.remove(filter::CHUNK).and_then(|v| v.kind) {
         Some(Kind::IntegerValue(i)) => u32::try_from(i).ok(),
         _ => None,
     }
@@ -264,7 +264,7 @@ impl VectorStore for QdrantStore {
             other => other,
         })?;
         // Payload indexes for the fields every delete, count and status filter uses.
-        for (field, kind) in [("doc_id", FieldType::Keyword), ("chunk", FieldType::Integer)] {
+        for (field, kind) in [(filter::DOC_ID, FieldType::Keyword), (filter::CHUNK, FieldType::Integer)] {
             let index = CreateFieldIndexCollection {
                 collection_name: name.clone(),
                 wait: Some(true),
