@@ -186,9 +186,14 @@ pub async fn embedder_client(url: &str) -> EmbedderClient<Channel> {
 
 /// Health status of `service` at `url`, or None if the server cannot be reached.
 pub async fn health(url: &str, service: &str) -> Option<ServingStatus> {
-    let channel = ragd_core::client::connect(url).await.ok()?;
-    let r = HealthClient::new(channel).check(HealthCheckRequest { service: service.into() }).await.ok()?;
-    ServingStatus::try_from(r.into_inner().status).ok()
+    // Bounded: a server that accepts but never answers is "not serving", not a hang.
+    let check = async {
+        let channel = ragd_core::client::connect(url).await.ok()?;
+        let r =
+            HealthClient::new(channel).check(HealthCheckRequest { service: service.into() }).await.ok()?;
+        ServingStatus::try_from(r.into_inner().status).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), check).await.ok().flatten()
 }
 
 /// Polls health until SERVING; panics after `limit` (a broken set-up, not a slow machine:

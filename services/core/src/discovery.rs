@@ -225,6 +225,8 @@ async fn put_with_lease(
     Ok(lease)
 }
 
+/// Keeps `key` registered until `stopped`: hold the lease; when it fails, register again (new
+/// connection, new lease) and hold that one.
 async fn keep_registered(
     config: DiscoveryConfig,
     key: String,
@@ -233,53 +235,86 @@ async fn keep_registered(
     mut lease: i64,
     mut stopped: oneshot::Receiver<()>,
 ) {
-    let every = config.ttl() / 3;
     loop {
-        // Keep the lease alive until stopped or it fails.
-        let failed = match client.lease_keep_alive(lease).await {
-            Ok((mut keeper, mut responses)) => loop {
-                tokio::select! {
-                    _ = &mut stopped => {
-                        match client.lease_revoke(lease).await {
-                            Ok(_) => tracing::info!(%key, "lease revoked"),
-                            Err(e) => tracing::warn!(%key, error = %e, "could not revoke the lease; it will expire"),
-                        }
-                        return;
-                    }
-                    () = tokio::time::sleep(every) => {}
-                }
-                if let Err(e) = keeper.keep_alive().await {
-                    break e.to_string();
-                }
-                match responses.message().await {
-                    Ok(Some(r)) if r.ttl() > 0 => {}
-                    Ok(Some(_)) => break "lease expired".to_string(),
-                    Ok(None) => break "keep-alive stream closed".to_string(),
-                    Err(e) => break e.to_string(),
-                }
-            },
-            Err(e) => e.to_string(),
+        let failed = match hold_lease(&mut client, lease, &key, config.ttl() / 3, &mut stopped).await {
+            Held::Stopped => return,
+            Held::Failed(why) => why,
         };
         tracing::warn!(%key, error = %failed, "etcd keep-alive failed; registering again");
-        // Re-register (new connection, new lease) until it works or we are stopped.
-        loop {
-            tokio::select! {
-                _ = &mut stopped => return,
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-            let again = async {
-                let mut c = connect(&config.etcd).await?;
-                let l = put_with_lease(&mut c, &config, &key, &value).await?;
-                Ok::<_, DiscoveryError>((c, l))
-            };
-            match again.await {
-                Ok((c, l)) => {
-                    (client, lease) = (c, l);
-                    tracing::info!(%key, "registered in etcd again");
-                    break;
+        match register_again(&config, &key, &value, &mut stopped).await {
+            Some((c, l)) => (client, lease) = (c, l),
+            None => return,
+        }
+    }
+}
+
+/// How [`hold_lease`] ended.
+enum Held {
+    /// Stopped: the lease was revoked (or will expire).
+    Stopped,
+    /// The keep-alive failed, for this reason.
+    Failed(String),
+}
+
+/// Renews `lease` every `every` until stopped (then revokes it) or a renewal fails.
+async fn hold_lease(
+    client: &mut Client,
+    lease: i64,
+    key: &str,
+    every: Duration,
+    stopped: &mut oneshot::Receiver<()>,
+) -> Held {
+    let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
+        Ok(k) => k,
+        Err(e) => return Held::Failed(e.to_string()),
+    };
+    loop {
+        tokio::select! {
+            _ = &mut *stopped => {
+                match client.lease_revoke(lease).await {
+                    Ok(_) => tracing::info!(%key, "lease revoked"),
+                    Err(e) => tracing::warn!(%key, error = %e, "could not revoke the lease; it will expire"),
                 }
-                Err(e) => tracing::debug!(%key, error = %e, "etcd still unreachable"),
+                return Held::Stopped;
             }
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = keeper.keep_alive().await {
+            return Held::Failed(e.to_string());
+        }
+        match responses.message().await {
+            Ok(Some(r)) if r.ttl() > 0 => {}
+            Ok(Some(_)) => return Held::Failed("lease expired".into()),
+            Ok(None) => return Held::Failed("keep-alive stream closed".into()),
+            Err(e) => return Held::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Registers `key` again every 500 ms until it works (the new client and lease) or we are
+/// stopped (None).
+async fn register_again(
+    config: &DiscoveryConfig,
+    key: &str,
+    value: &str,
+    stopped: &mut oneshot::Receiver<()>,
+) -> Option<(Client, i64)> {
+    loop {
+        tokio::select! {
+            _ = &mut *stopped => return None,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let again = async {
+            let mut c = connect(&config.etcd).await?;
+            let l = put_with_lease(&mut c, config, key, value).await?;
+            Ok::<_, DiscoveryError>((c, l))
+        };
+        match again.await {
+            Ok(registered) => {
+                tracing::info!(%key, "registered in etcd again");
+                return Some(registered);
+            }
+            Err(e) => tracing::debug!(%key, error = %e, "etcd still unreachable"),
         }
     }
 }
@@ -387,26 +422,28 @@ async fn follow_once(
         .watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)))
         .await?;
     while let Some(resp) = events.message().await? {
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            let Ok(k) = kv.key_str() else { continue };
-            let open = match ev.event_type() {
-                EventType::Put => match addr_of(kv.value()) {
-                    Some(addr) => insert(members, known, k.to_string(), addr),
-                    None => true,
-                },
-                EventType::Delete => {
-                    known.remove(k);
-                    remove(members, k)
-                }
-            };
-            if !open {
-                return Ok(());
-            }
+        if !resp.events().iter().all(|ev| apply(members, known, ev)) {
+            return Ok(());
         }
         endpoints.set(known.len() as i64);
     }
     Err(DiscoveryError::Etcd(etcd_client::Error::WatchError("watch stream ended".into())))
+}
+
+/// Applies one watch event to the members; false once the channel is gone.
+fn apply(members: &Weak<Members>, known: &mut HashMap<String, String>, ev: &etcd_client::Event) -> bool {
+    let Some(kv) = ev.kv() else { return true };
+    let Ok(k) = kv.key_str() else { return true };
+    match ev.event_type() {
+        EventType::Put => match addr_of(kv.value()) {
+            Some(addr) => insert(members, known, k.to_string(), addr),
+            None => true,
+        },
+        EventType::Delete => {
+            known.remove(k);
+            remove(members, k)
+        }
+    }
 }
 
 /// Registers this instance if discovery is configured: its address is `--advertise-addr` or

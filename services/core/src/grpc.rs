@@ -71,16 +71,15 @@ impl<S> GrpcService for S where
 
 /// Serves `service` with grpc.health.v1 (`health`) and reflection over `descriptor_sets` on
 /// `listener` (TCP_NODELAY; TLS and access control as `security` says) until `stop` fires; tonic
-/// then drains in-flight requests. With `metrics`, every RPC is counted by method and status
-/// code and timed.
-#[allow(clippy::too_many_arguments)]
+/// then drains in-flight requests. Every RPC is counted by method and final status code and
+/// timed in `metrics`.
 pub fn spawn_server<S>(
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     service: S,
     descriptor_sets: &[&'static [u8]],
     listener: TcpListener,
     stop: &Stop,
-    metrics: Option<crate::metrics::RpcMetrics>,
+    metrics: crate::metrics::RpcMetrics,
     security: &crate::security::ServerSecurity,
 ) -> Result<ServerTask, tonic_reflection::server::Error>
 where
@@ -92,8 +91,8 @@ where
         tonic::transport::Server::builder()
             // One span per RPC, child of the caller's W3C traceparent.
             .trace_fn(crate::telemetry::rpc_span)
-            // Counts RPCs (with `metrics`) and maps oversized requests to RESOURCE_EXHAUSTED.
-            .layer(crate::metrics::RpcMetricsLayer(metrics))
+            // Counts RPCs and maps oversized requests to RESOURCE_EXHAUSTED.
+            .layer(crate::metrics::RpcMetricsLayer(Some(metrics)))
             .layer(security.layer())
             .add_service(health)
             .add_service(reflection_v1)
@@ -114,9 +113,9 @@ pub struct Host {
 }
 
 /// The start every ragd service shares: health NOT_SERVING, the gRPC server (`service` with
-/// health, reflection, the RPC metrics layer when given, TLS and access control) on `listener`,
-/// and the Prometheus listener on `metrics_addr` over `registry`. Failures name the part that
-/// failed.
+/// health, reflection, TLS and access control, every RPC counted and timed as
+/// `<metrics_prefix>_rpc_requests` / `_rpc_seconds` in `registry`) on `listener`, and the
+/// Prometheus listener on `metrics_addr` over `registry`. Failures name the part that failed.
 #[allow(clippy::too_many_arguments)]
 pub async fn host<S>(
     health_service: &'static str,
@@ -124,8 +123,8 @@ pub async fn host<S>(
     descriptor_sets: &[&'static [u8]],
     listener: TcpListener,
     security: &crate::security::ServerSecurity,
-    rpc_metrics: Option<crate::metrics::RpcMetrics>,
-    registry: crate::metrics::Registry,
+    metrics_prefix: &str,
+    mut registry: crate::metrics::Registry,
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> Result<Host, crate::startup::StartupError>
 where
@@ -136,6 +135,7 @@ where
     let (readiness, health) = crate::health::Readiness::new(health_service).await;
     let local = listener.local_addr().map_err(StartupError::of("listener"))?;
     let stop = Stop::default();
+    let rpc_metrics = crate::metrics::RpcMetrics::new(&mut registry, metrics_prefix);
     let server = spawn_server(health, service, descriptor_sets, listener, &stop, rpc_metrics, security)
         .map_err(StartupError::of("grpc reflection"))?;
     if let Some(addr) = metrics_addr

@@ -123,9 +123,12 @@ fn rpc_seconds() -> prometheus_client::metrics::histogram::Histogram {
 }
 
 /// Requests per gRPC method and status code, and their latency, for every RPC a server
-/// handles — recorded by [`RpcMetricsLayer`] around the whole tonic router. The code is the
-/// `grpc-status` of the response headers (errors before the first message, and every unary
-/// error), else OK; latency is to the response headers (for streams: to the first message).
+/// handles — recorded by [`RpcMetricsLayer`] around the whole tonic router of every ragd service
+/// (one schema: `ragd_<service>_rpc_requests{method,code}`, `ragd_<service>_rpc_seconds{method}`).
+/// The code is the final `grpc-status`: from the response headers when the server answered
+/// trailers-only (every unary error), else from the trailers at the end of the body, so a stream
+/// that fails after its first message counts as its error; a body dropped before its trailers
+/// (the client went away) counts as `Cancelled`. Latency is to the end of the response.
 #[derive(Debug, Clone)]
 pub struct RpcMetrics {
     requests: prometheus_client::metrics::family::Family<
@@ -147,8 +150,8 @@ impl RpcMetrics {
             seconds: prometheus_client::metrics::family::Family::new_with_constructor(rpc_seconds),
         };
         let r = registry.sub_registry_with_prefix(prefix);
-        r.register("rpc_requests", "gRPC requests by method and status code", this.requests.clone());
-        r.register("rpc_seconds", "gRPC latency to the response headers by method", this.seconds.clone());
+        r.register("rpc_requests", "gRPC requests by method and final status code", this.requests.clone());
+        r.register("rpc_seconds", "gRPC latency to the end of the response by method", this.seconds.clone());
         this
     }
 
@@ -157,6 +160,76 @@ impl RpcMetrics {
             .get_or_create(&RpcMethodLabels { method: method.clone() })
             .observe(elapsed.as_secs_f64());
         self.requests.get_or_create(&RpcCodeLabels { method, code: format!("{code:?}") }).inc();
+    }
+}
+
+/// The `grpc-status` in `headers` (response headers or trailers), if any.
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let v = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from(v))
+}
+
+/// One RPC not yet counted: counted exactly once, by [`Pending::finish`] or, when the response
+/// body is dropped before its end, as `Cancelled`.
+#[derive(Debug, Default)]
+struct Pending(Option<(RpcMetrics, String, std::time::Instant)>);
+
+impl Pending {
+    fn finish(&mut self, code: tonic::Code) {
+        if let Some((metrics, method, started)) = self.0.take() {
+            metrics.record(method, code, started.elapsed());
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.finish(tonic::Code::Cancelled);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts its RPC when its trailers (or its end) go by.
+    #[derive(Debug)]
+    pub struct RpcBody<B> {
+        #[pin]
+        inner: B,
+        pending: Pending,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for RpcBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.pending.finish(grpc_status(trailers).unwrap_or(tonic::Code::Unknown));
+                }
+            }
+            // tonic ends every gRPC body with trailers; an end without them, or a broken body,
+            // is not a status the server chose.
+            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_))) => {
+                this.pending.finish(tonic::Code::Unknown)
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -184,7 +257,7 @@ where
     S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<RpcBody<R>>;
     type Error = S::Error;
     type Future =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -194,25 +267,126 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let started = std::time::Instant::now();
-        let method = request.uri().path().to_string();
-        let metrics = self.metrics.clone();
+        let mut pending = Pending(
+            self.metrics.clone().map(|m| (m, request.uri().path().to_string(), std::time::Instant::now())),
+        );
         let future = self.inner.call(request);
         Box::pin(async move {
-            let mut response = future.await;
-            if let Ok(r) = &mut response {
-                crate::status::rewrite_message_too_large(r.headers_mut());
+            let mut response = future.await?;
+            crate::status::rewrite_message_too_large(response.headers_mut());
+            // Trailers-only: the status is already in the headers and the body is empty.
+            if let Some(code) = grpc_status(response.headers()) {
+                pending.finish(code);
             }
-            if let (Some(m), Ok(r)) = (metrics, &response) {
-                let code = r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from);
-                m.record(method, code, started.elapsed());
-            }
-            response
+            Ok(response.map(|inner| RpcBody { inner, pending }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn count(registry: &Registry, method: &str, code: &str) -> u64 {
+        let text = encode_text(registry);
+        let want = format!("rpc_requests_total{{method=\"{method}\",code=\"{code}\"}} ");
+        text.lines().find_map(|l| l.split_once(&want).map(|(_, n)| n.trim().parse().unwrap())).unwrap_or(0)
+    }
+
+    fn metrics() -> (Registry, RpcMetrics) {
+        let mut registry = Registry::default();
+        let m = RpcMetrics::new(&mut registry, "t");
+        (registry, m)
+    }
+
+    fn body(
+        trailer_status: Option<&str>,
+    ) -> http_body_util::StreamBody<
+        futures::stream::Iter<
+            std::vec::IntoIter<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>,
+        >,
+    > {
+        let mut frames = vec![Ok(http_body::Frame::data(bytes::Bytes::from_static(b"x")))];
+        if let Some(s) = trailer_status {
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", s.parse().unwrap());
+            frames.push(Ok(http_body::Frame::trailers(t)));
+        }
+        http_body_util::StreamBody::new(futures::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_stream_counts_by_its_trailers_once() {
+        let (registry, m) = metrics();
+        let mut b = RpcBody {
+            inner: body(Some("14")),
+            pending: Pending(Some((m, "/s/A".into(), std::time::Instant::now()))),
+        };
+        while let Some(f) = b.frame().await {
+            f.unwrap();
+        }
+        drop(b);
+        assert_eq!(count(&registry, "/s/A", "Unavailable"), 1);
+        assert_eq!(count(&registry, "/s/A", "Cancelled"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_trailers_counts_cancelled() {
+        let (registry, m) = metrics();
+        let mut b = RpcBody {
+            inner: body(Some("0")),
+            pending: Pending(Some((m, "/s/A".into(), std::time::Instant::now()))),
+        };
+        b.frame().await.unwrap().unwrap();
+        drop(b);
+        assert_eq!(count(&registry, "/s/A", "Cancelled"), 1);
+        assert_eq!(count(&registry, "/s/A", "Ok"), 0);
+    }
+
+    #[tokio::test]
+    async fn trailers_only_counts_from_the_headers() {
+        let (registry, m) = metrics();
+        let svc = tower_service_fn(|_req: http::Request<()>| async {
+            let mut r = http::Response::new(body(None));
+            r.headers_mut().insert("grpc-status", "5".parse().unwrap());
+            Ok::<_, std::convert::Infallible>(r)
+        });
+        let mut svc = tower_layer::Layer::layer(&RpcMetricsLayer(Some(m)), svc);
+        let req = http::Request::builder().uri("/s/B").body(()).unwrap();
+        let mut response = tower_service::Service::call(&mut svc, req).await.unwrap();
+        assert_eq!(count(&registry, "/s/B", "NotFound"), 1, "counted at the headers");
+        while let Some(f) = response.body_mut().frame().await {
+            f.unwrap();
+        }
+        drop(response);
+        assert_eq!(count(&registry, "/s/B", "NotFound"), 1, "and only once");
+        assert_eq!(count(&registry, "/s/B", "Unknown") + count(&registry, "/s/B", "Cancelled"), 0);
+    }
+
+    /// A `tower_service::Service` from a closure (tower's `service_fn` without the dependency).
+    fn tower_service_fn<F>(f: F) -> FnService<F> {
+        FnService(f)
+    }
+
+    #[derive(Clone)]
+    struct FnService<F>(F);
+
+    impl<F, Fut, Req, Res, E> tower_service::Service<Req> for FnService<F>
+    where
+        F: FnMut(Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Res, E>> + Send + 'static,
+    {
+        type Response = Res;
+        type Error = E;
+        type Future = Fut;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), E>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Req) -> Fut {
+            (self.0)(req)
+        }
     }
 }

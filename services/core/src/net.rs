@@ -143,16 +143,19 @@ impl<T> Coalesce<T> {
     }
 }
 
-/// A connection over [`Coalesce`]d TCP, plaintext or TLS (`T`: rustls' client or server
-/// stream). Clients use it as [`ClientIo`], servers inside [`crate::tls::ServerIo`].
+/// A connection whose writes are [`Coalesce`]d, plaintext or TLS (`T`: rustls' client or server
+/// stream over TCP). With TLS the buffer sits above the TLS stream, so the frames one flush
+/// sends are encrypted together (one record where they fit) and leave in one write, instead of
+/// a record and a system call per frame. Clients use it as [`ClientIo`], servers inside
+/// [`crate::tls::ServerIo`].
 #[derive(Debug)]
 pub enum MaybeTls<T> {
     Plain(Coalesce<TcpStream>),
-    Tls(Box<T>),
+    Tls(Box<Coalesce<T>>),
 }
 
 /// A client connection.
-pub type ClientIo = MaybeTls<tokio_rustls::client::TlsStream<Coalesce<TcpStream>>>;
+pub type ClientIo = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -246,16 +249,17 @@ impl tower_service::Service<http::Uri> for Connector {
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let stream = TcpStream::connect((host.as_str(), port)).await?;
             stream.set_nodelay(true)?;
-            let io = Coalesce::new(stream);
             match tls.filter(|t| https || t.always()) {
-                Some(t) => Ok(TokioIo::new(MaybeTls::Tls(Box::new(t.connect(&host, io).await?)))),
+                Some(t) => {
+                    Ok(TokioIo::new(MaybeTls::Tls(Box::new(Coalesce::new(t.connect(&host, stream).await?)))))
+                }
                 None if https => Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
                         "{host}:{port}: https:// needs TLS settings (--upstream-tls-ca or the system roots)"
                     ),
                 )),
-                None => Ok(TokioIo::new(MaybeTls::Plain(io))),
+                None => Ok(TokioIo::new(MaybeTls::Plain(Coalesce::new(stream)))),
             }
         })
     }

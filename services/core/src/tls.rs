@@ -204,11 +204,12 @@ pub struct ConnInfo {
     pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
 }
 
-/// A connection accepted by a ragd server: plaintext or TLS, over [`Coalesce`]d TCP;
+/// A connection accepted by a ragd server: plaintext or TLS, its writes [`Coalesce`]d (above
+/// TLS: a flush encrypts what the RPCs wrote as one record set and sends it in one write);
 /// `tls_required` marks a plaintext connection to a TLS port (its calls are refused).
 #[derive(Debug)]
 pub struct ServerIo {
-    io: MaybeTls<tokio_rustls::server::TlsStream<Coalesce<TcpStream>>>,
+    io: MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>,
     tls_required: bool,
 }
 
@@ -224,9 +225,9 @@ impl Connected for ServerIo {
                 peer_certs: None,
             },
             MaybeTls::Tls(s) => {
-                let (io, session) = s.get_ref();
+                let (io, session) = s.get_ref().get_ref();
                 ConnInfo {
-                    remote: io.get_ref().peer_addr().ok(),
+                    remote: io.peer_addr().ok(),
                     tls: true,
                     tls_required: false,
                     peer_certs: session.peer_certificates().map(|c| Arc::new(c.to_vec())),
@@ -294,10 +295,10 @@ async fn prepare(stream: TcpStream, tls: Option<ServerTls>) -> io::Result<Server
     if first[0] != 0x16 {
         return Ok(ServerIo::plain(stream, true));
     }
-    let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(Coalesce::new(stream)))
+    let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"))??;
-    Ok(ServerIo { io: MaybeTls::Tls(Box::new(s)), tls_required: false })
+    Ok(ServerIo { io: MaybeTls::Tls(Box::new(Coalesce::new(s))), tls_required: false })
 }
 
 /// The connections of `listener`, plaintext or (with `tls`) TLS; see the module docs. Accept

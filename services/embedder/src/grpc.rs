@@ -1,5 +1,6 @@
 //! Thin tonic handlers over [`Embedder`]: read the deadline, convert the request, call the
-//! domain, map the error (one exhaustive `From<EmbedError> for Status`), record metrics.
+//! domain, map the error (one exhaustive `From<EmbedError> for Status`). Requests are counted
+//! and timed by the RPC layer every ragd server shares (`ragd_core::metrics::RpcMetrics`).
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -13,7 +14,6 @@ use tracing::instrument;
 
 use crate::error::EmbedError;
 use crate::manifest::ModelSpec;
-use crate::metrics::{EmbedderMetrics, RpcLabels, RpcOnly};
 use crate::model::InputKind;
 use crate::service::{Admission, EmbedInput, EmbedOutput, Embedder};
 
@@ -21,30 +21,16 @@ use crate::service::{Admission, EmbedInput, EmbedOutput, Embedder};
 #[derive(Debug, Clone)]
 pub struct EmbedderGrpc {
     embedder: Arc<OnceLock<Arc<Embedder>>>,
-    metrics: Arc<EmbedderMetrics>,
     stream_window: usize,
 }
 
 impl EmbedderGrpc {
-    pub fn new(
-        embedder: Arc<OnceLock<Arc<Embedder>>>,
-        metrics: Arc<EmbedderMetrics>,
-        stream_window: usize,
-    ) -> Self {
-        Self { embedder, metrics, stream_window }
+    pub fn new(embedder: Arc<OnceLock<Arc<Embedder>>>, stream_window: usize) -> Self {
+        Self { embedder, stream_window }
     }
 
     fn ready(&self) -> Result<Arc<Embedder>, Status> {
         self.embedder.get().cloned().ok_or_else(|| EmbedError::NotReady.into())
-    }
-
-    fn observe<T>(&self, rpc: &'static str, start: Instant, result: &Result<T, Status>) {
-        let code = match result {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        self.metrics.requests.get_or_create(&RpcLabels { rpc, code: format!("{code:?}") }).inc();
-        self.metrics.request_seconds.get_or_create(&RpcOnly { rpc }).observe(start.elapsed().as_secs_f64());
     }
 }
 
@@ -109,15 +95,9 @@ type EmbedStream = Pin<Box<dyn Stream<Item = Result<v1::EmbedStreamResponse, Sta
 impl embedder_server::Embedder for EmbedderGrpc {
     #[instrument(skip_all, fields(texts = request.get_ref().texts.len(), model = %request.get_ref().model))]
     async fn embed(&self, request: Request<v1::EmbedRequest>) -> Result<Response<v1::EmbedResponse>, Status> {
-        let start = Instant::now();
         let deadline = deadline(&request);
-        let result = async {
-            let out = self.ready()?.embed(input(request.into_inner()), deadline, Admission::Reject).await?;
-            Ok(Response::new(response(out)))
-        }
-        .await;
-        self.observe("Embed", start, &result);
-        result
+        let out = self.ready()?.embed(input(request.into_inner()), deadline, Admission::Reject).await?;
+        Ok(Response::new(response(out)))
     }
 
     type EmbedStreamStream = EmbedStream;
@@ -127,14 +107,11 @@ impl embedder_server::Embedder for EmbedderGrpc {
         &self,
         request: Request<Streaming<v1::EmbedStreamRequest>>,
     ) -> Result<Response<Self::EmbedStreamStream>, Status> {
-        let start = Instant::now();
-        let embedder =
-            self.ready().inspect_err(|e| self.observe::<()>("EmbedStream", start, &Err(e.clone())))?;
+        let embedder = self.ready()?;
         let deadline = deadline(&request);
         let window = self.stream_window;
         let (tx, rx) = tokio::sync::mpsc::channel(window);
         let input_stream = request.into_inner();
-        let this = self.clone();
         tokio::spawn(async move {
             // `buffered` keeps at most `window` requests in flight, in order; while the window
             // (or the response channel) is full, the input is not read and HTTP/2 flow control
@@ -157,19 +134,13 @@ impl embedder_server::Embedder for EmbedderGrpc {
                 })
                 .buffered(window);
             futures::pin_mut!(results);
-            let mut outcome = Ok(());
+            // The first error ends the stream; so does a client that went away.
             while let Some(r) = results.next().await {
-                let failed = r.as_ref().err().cloned();
-                if tx.send(r).await.is_err() {
-                    outcome = Err(Status::cancelled("client went away"));
-                    break;
-                }
-                if let Some(status) = failed {
-                    outcome = Err(status);
+                let failed = r.is_err();
+                if tx.send(r).await.is_err() || failed {
                     break;
                 }
             }
-            this.observe("EmbedStream", start, &outcome);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -179,20 +150,14 @@ impl embedder_server::Embedder for EmbedderGrpc {
         &self,
         request: Request<v1::CountTokensRequest>,
     ) -> Result<Response<v1::CountTokensResponse>, Status> {
-        let start = Instant::now();
-        let result = async {
-            let r = request.into_inner();
-            let counts = self.ready()?.count_tokens(r.texts, &r.model, kind(r.kind)).await?;
-            let max = counts.max_seq_len;
-            Ok(Response::new(v1::CountTokensResponse {
-                truncated: counts.tokens.iter().map(|&n| n > max).collect(),
-                tokens: counts.tokens.into_iter().map(|n| n as u32).collect(),
-                max_seq_len: max as u32,
-            }))
-        }
-        .await;
-        self.observe("CountTokens", start, &result);
-        result
+        let r = request.into_inner();
+        let counts = self.ready()?.count_tokens(r.texts, &r.model, kind(r.kind)).await?;
+        let max = counts.max_seq_len;
+        Ok(Response::new(v1::CountTokensResponse {
+            truncated: counts.tokens.iter().map(|&n| n > max).collect(),
+            tokens: counts.tokens.into_iter().map(|n| n as u32).collect(),
+            max_seq_len: max as u32,
+        }))
     }
 
     #[instrument(skip_all, fields(texts = request.get_ref().texts.len()))]
@@ -200,58 +165,42 @@ impl embedder_server::Embedder for EmbedderGrpc {
         &self,
         request: Request<v1::TokenizeRequest>,
     ) -> Result<Response<v1::TokenizeResponse>, Status> {
-        let start = Instant::now();
-        let result = async {
-            let r = request.into_inner();
-            let t = self.ready()?.tokenize(r.texts, &r.model).await?;
-            Ok(Response::new(v1::TokenizeResponse {
-                texts: t
-                    .offsets
-                    .into_iter()
-                    .map(|o| v1::TokenOffsets {
-                        starts: o.iter().map(|p| p.0 as u32).collect(),
-                        ends: o.iter().map(|p| p.1 as u32).collect(),
-                    })
-                    .collect(),
-                max_seq_len: t.max_seq_len as u32,
-                special_tokens: t.special_tokens as u32,
-            }))
-        }
-        .await;
-        self.observe("Tokenize", start, &result);
-        result
+        let r = request.into_inner();
+        let t = self.ready()?.tokenize(r.texts, &r.model).await?;
+        Ok(Response::new(v1::TokenizeResponse {
+            texts: t
+                .offsets
+                .into_iter()
+                .map(|o| v1::TokenOffsets {
+                    starts: o.iter().map(|p| p.0 as u32).collect(),
+                    ends: o.iter().map(|p| p.1 as u32).collect(),
+                })
+                .collect(),
+            max_seq_len: t.max_seq_len as u32,
+            special_tokens: t.special_tokens as u32,
+        }))
     }
 
     async fn list_models(
         &self,
         _request: Request<v1::ListModelsRequest>,
     ) -> Result<Response<v1::ListModelsResponse>, Status> {
-        let start = Instant::now();
-        let result = self.ready().map(|e| {
-            let device = e.device().to_string();
-            Response::new(v1::ListModelsResponse {
-                models: e.models().map(|(spec, default)| descriptor(spec, default, &device)).collect(),
-            })
-        });
-        self.observe("ListModels", start, &result);
-        result
+        let e = self.ready()?;
+        let device = e.device().to_string();
+        Ok(Response::new(v1::ListModelsResponse {
+            models: e.models().map(|(spec, default)| descriptor(spec, default, &device)).collect(),
+        }))
     }
 
     async fn model_info(
         &self,
         request: Request<v1::ModelInfoRequest>,
     ) -> Result<Response<v1::ModelInfoResponse>, Status> {
-        let start = Instant::now();
-        let result = async {
-            let e = self.ready()?;
-            let (spec, default) = e.model(&request.get_ref().name)?;
-            Ok(Response::new(v1::ModelInfoResponse {
-                model: Some(descriptor(spec, default, &e.device().to_string())),
-            }))
-        }
-        .await;
-        self.observe("ModelInfo", start, &result);
-        result
+        let e = self.ready()?;
+        let (spec, default) = e.model(&request.get_ref().name)?;
+        Ok(Response::new(v1::ModelInfoResponse {
+            model: Some(descriptor(spec, default, &e.device().to_string())),
+        }))
     }
 }
 
@@ -262,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_rpc_is_unavailable_until_models_are_loaded() {
-        let grpc = EmbedderGrpc::new(Arc::new(OnceLock::new()), Arc::new(EmbedderMetrics::default()), 4);
+        let grpc = EmbedderGrpc::new(Arc::new(OnceLock::new()), 4);
         let embed = grpc
             .embed(Request::new(v1::EmbedRequest { texts: vec!["x".into()], ..Default::default() }))
             .await;

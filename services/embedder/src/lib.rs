@@ -50,17 +50,16 @@ pub async fn serve(
     security.register(&mut registry, "ragd_embedder");
     let slot = Arc::new(OnceLock::new());
     let max = config.grpc.max_message_bytes;
-    let service = EmbedderServer::new(EmbedderGrpc::new(slot.clone(), metrics.clone(), config.stream_window))
+    let service = EmbedderServer::new(EmbedderGrpc::new(slot.clone(), config.stream_window))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    // Its own EmbedderMetrics count and time every RPC (no RPC metrics layer).
     let ragd_core::grpc::Host { mut server, readiness, stop, local } = ragd_core::grpc::host(
         EMBEDDER,
         service,
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
         &security,
-        None,
+        "ragd_embedder",
         registry,
         config.metrics_addr,
     )

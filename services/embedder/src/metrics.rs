@@ -1,25 +1,13 @@
-//! Prometheus metrics of the embedder: requests per RPC and status, batch sizes (observable
-//! dynamic batching), queue depth, inference time, dropped work.
+//! Prometheus metrics of the embedder: batch sizes (observable dynamic batching), queue depth,
+//! inference time, dropped work. Requests per RPC and status are counted by the RPC layer every
+//! ragd server shares (`ragd_embedder_rpc_requests`, `ragd_core::metrics::RpcMetrics`).
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RpcLabels {
-    pub rpc: &'static str,
-    pub code: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RpcOnly {
-    pub rpc: &'static str,
-}
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -28,8 +16,6 @@ fn latency_histogram() -> Histogram {
 /// All embedder metrics; cheap to update from any thread.
 #[derive(Debug)]
 pub struct EmbedderMetrics {
-    pub requests: Family<RpcLabels, Counter>,
-    pub request_seconds: Family<RpcOnly, Histogram, fn() -> Histogram>,
     pub batches: Counter,
     pub batch_texts: Histogram,
     pub batch_padded_tokens: Histogram,
@@ -44,8 +30,6 @@ pub struct EmbedderMetrics {
 impl Default for EmbedderMetrics {
     fn default() -> Self {
         Self {
-            requests: Family::default(),
-            request_seconds: Family::new_with_constructor(latency_histogram),
             batches: Counter::default(),
             batch_texts: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             batch_padded_tokens: Histogram::new(exponential_buckets(16.0, 2.0, 14)),
@@ -63,8 +47,6 @@ impl EmbedderMetrics {
     /// Registers every metric under the `ragd_embedder_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("ragd_embedder");
-        r.register("requests", "gRPC requests by RPC and status code", self.requests.clone());
-        r.register("request_seconds", "gRPC request latency", self.request_seconds.clone());
         r.register("batches", "inference batches run", self.batches.clone());
         r.register("batch_texts", "texts per inference batch", self.batch_texts.clone());
         r.register(

@@ -7,13 +7,12 @@ use futures::Stream;
 use ragd_proto::v1::{self, generator_server};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::backend::{ChatMessage, FinishReason, Input};
 use crate::config::NoContextPolicy;
 use crate::error::GenError;
-use crate::metrics::{GeneratorMetrics, RpcLabels};
 use crate::service::{AskEvent, AskIn, AskStream, DoneOut, Generator, SamplingIn, Timings};
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -22,12 +21,11 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug, Clone)]
 pub struct GeneratorGrpc {
     generator: Arc<OnceLock<Arc<Generator>>>,
-    metrics: Arc<GeneratorMetrics>,
 }
 
 impl GeneratorGrpc {
-    pub fn new(generator: Arc<OnceLock<Arc<Generator>>>, metrics: Arc<GeneratorMetrics>) -> Self {
-        Self { generator, metrics }
+    pub fn new(generator: Arc<OnceLock<Arc<Generator>>>) -> Self {
+        Self { generator }
     }
 
     fn ready(&self) -> Result<Arc<Generator>, Status> {
@@ -36,38 +34,14 @@ impl GeneratorGrpc {
             .cloned()
             .ok_or_else(|| Status::unavailable("generator is not ready: loading models"))
     }
+}
 
-    fn count(&self, rpc: &'static str, code: Code) {
-        self.metrics.requests.get_or_create(&RpcLabels { rpc, code: format!("{code:?}") }).inc();
-    }
-
-    /// Maps the domain stream to protos; counts the request by its final status.
-    fn stream<T: Send + 'static>(
-        &self,
-        rpc: &'static str,
-        events: AskStream,
-        map: fn(AskEvent) -> Option<T>,
-    ) -> EventStream<T> {
-        // Forward ends every stream right after its Done or error, so each request is counted once.
-        let metrics = self.metrics.clone();
-        let s = ReceiverStream::new(events).filter_map(move |e| match e {
-            Ok(event) => {
-                if matches!(event, AskEvent::Done(_)) {
-                    metrics.requests.get_or_create(&RpcLabels { rpc, code: "Ok".into() }).inc();
-                }
-                map(event).map(Ok)
-            }
-            Err(e) => {
-                let status = Status::from(e);
-                metrics
-                    .requests
-                    .get_or_create(&RpcLabels { rpc, code: format!("{:?}", status.code()) })
-                    .inc();
-                Some(Err(status))
-            }
-        });
-        Box::pin(s)
-    }
+/// Maps the domain stream to protos; ends after the Done event or the first error.
+fn stream<T: Send + 'static>(events: AskStream, map: fn(AskEvent) -> Option<T>) -> EventStream<T> {
+    Box::pin(ReceiverStream::new(events).filter_map(move |e| match e {
+        Ok(event) => map(event).map(Ok),
+        Err(e) => Some(Err(Status::from(e))),
+    }))
 }
 
 fn sampling(s: Option<v1::Sampling>) -> SamplingIn {
@@ -163,48 +137,37 @@ impl generator_server::Generator for GeneratorGrpc {
 
     #[instrument(skip_all, fields(collection))]
     async fn ask(&self, request: Request<v1::AskRequest>) -> Result<Response<Self::AskStream>, Status> {
-        let result = async {
-            // The layer checked the generate grant; retrieval needs read on the collection too.
-            let access = ragd_core::auth::access(&request)?;
-            ragd_core::auth::require_collection(
-                &access,
-                &request.get_ref().collection,
-                ragd_core::auth::Role::Read,
-            )?;
-            let generator = self.ready()?;
-            let deadline = ragd_core::status::request_deadline(request.metadata());
-            let r = request.into_inner();
-            tracing::Span::current().record("collection", r.collection.as_str());
-            let no_context = match v1::NoContext::try_from(r.no_context) {
-                Ok(v1::NoContext::Default) => None,
-                Ok(v1::NoContext::Refuse) => Some(NoContextPolicy::Refuse),
-                Ok(v1::NoContext::Answer) => Some(NoContextPolicy::Answer),
-                Err(_) => {
-                    return Err(
-                        GenError::invalid("no_context", format!("unknown value {}", r.no_context)).into()
-                    );
-                }
-            };
-            let req = AskIn {
-                question: r.question,
-                collection: r.collection,
-                k: r.k as usize,
-                score_threshold: r.score_threshold,
-                filter: r.filter,
-                sampling: sampling(r.sampling),
-                backend: r.backend,
-                no_context,
-            };
-            generator.ask(req, deadline).await.map_err(Status::from)
-        }
-        .await;
-        match result {
-            Ok(events) => Ok(Response::new(self.stream("Ask", events, ask_event))),
-            Err(s) => {
-                self.count("Ask", s.code());
-                Err(s)
+        // The layer checked the generate grant; retrieval needs read on the collection too.
+        let access = ragd_core::auth::access(&request)?;
+        ragd_core::auth::require_collection(
+            &access,
+            &request.get_ref().collection,
+            ragd_core::auth::Role::Read,
+        )?;
+        let generator = self.ready()?;
+        let deadline = ragd_core::status::request_deadline(request.metadata());
+        let r = request.into_inner();
+        tracing::Span::current().record("collection", r.collection.as_str());
+        let no_context = match v1::NoContext::try_from(r.no_context) {
+            Ok(v1::NoContext::Default) => None,
+            Ok(v1::NoContext::Refuse) => Some(NoContextPolicy::Refuse),
+            Ok(v1::NoContext::Answer) => Some(NoContextPolicy::Answer),
+            Err(_) => {
+                return Err(GenError::invalid("no_context", format!("unknown value {}", r.no_context)).into());
             }
-        }
+        };
+        let req = AskIn {
+            question: r.question,
+            collection: r.collection,
+            k: r.k as usize,
+            score_threshold: r.score_threshold,
+            filter: r.filter,
+            sampling: sampling(r.sampling),
+            backend: r.backend,
+            no_context,
+        };
+        let events = generator.ask(req, deadline).await?;
+        Ok(Response::new(stream(events, ask_event)))
     }
 
     #[instrument(skip_all)]
@@ -212,30 +175,18 @@ impl generator_server::Generator for GeneratorGrpc {
         &self,
         request: Request<v1::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let result = async {
-            let generator = self.ready()?;
-            let deadline = ragd_core::status::request_deadline(request.metadata());
-            let r = request.into_inner();
-            let input = match r.input {
-                Some(v1::generate_request::Input::Prompt(p)) => Input::Text(p),
-                Some(v1::generate_request::Input::Chat(c)) => Input::Chat(
-                    c.messages
-                        .into_iter()
-                        .map(|m| ChatMessage { role: m.role, content: m.content })
-                        .collect(),
-                ),
-                None => return Err(GenError::invalid("input", "set prompt or chat").into()),
-            };
-            generator.generate(input, sampling(r.sampling), &r.backend, deadline).await.map_err(Status::from)
-        }
-        .await;
-        match result {
-            Ok(events) => Ok(Response::new(self.stream("Generate", events, generate_event))),
-            Err(s) => {
-                self.count("Generate", s.code());
-                Err(s)
-            }
-        }
+        let generator = self.ready()?;
+        let deadline = ragd_core::status::request_deadline(request.metadata());
+        let r = request.into_inner();
+        let input = match r.input {
+            Some(v1::generate_request::Input::Prompt(p)) => Input::Text(p),
+            Some(v1::generate_request::Input::Chat(c)) => Input::Chat(
+                c.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
+            ),
+            None => return Err(GenError::invalid("input", "set prompt or chat").into()),
+        };
+        let events = generator.generate(input, sampling(r.sampling), &r.backend, deadline).await?;
+        Ok(Response::new(stream(events, generate_event)))
     }
 
     async fn list_backends(
@@ -257,7 +208,6 @@ impl generator_server::Generator for GeneratorGrpc {
                 cancelled: stats.cancelled(),
             })
             .collect();
-        self.count("ListBackends", Code::Ok);
         Ok(Response::new(v1::ListBackendsResponse { backends }))
     }
 }

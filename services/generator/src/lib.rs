@@ -64,6 +64,44 @@ pub fn load_backends(config: &GeneratorConfig) -> Result<Vec<Arc<dyn LanguageMod
     Ok(backends)
 }
 
+/// Loads the backends (off the async workers) and builds the generator over them and the
+/// indexer channel.
+async fn open(
+    config: &GeneratorConfig,
+    discovery_metrics: ragd_core::discovery::DiscoveryMetrics,
+    upstream_security: &ragd_core::security::ClientSecurity,
+    metrics: Arc<GeneratorMetrics>,
+) -> Result<Generator, StartupError> {
+    let load_config = config.clone();
+    let backends = tokio::task::spawn_blocking(move || load_backends(&load_config))
+        .await
+        .map_err(|e| StartupError::new("loading models", format!("panicked: {e}")))?
+        .map_err(StartupError::of("loading models"))?;
+    let channel = ragd_core::discovery::upstream(
+        &config.indexer_url,
+        &config.discovery.etcd,
+        "indexer",
+        Some(discovery_metrics),
+        upstream_security,
+    )
+    .map_err(StartupError::of("--indexer-url"))?;
+    let max = config.grpc.max_message_bytes;
+    let retriever: Arc<dyn retriever::Retriever> = Arc::new(retriever::GrpcRetriever::new(
+        IndexerClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max),
+    ));
+    let limits = GeneratorLimits {
+        default_k: config.default_k,
+        max_k: config.max_k,
+        default_max_tokens: config.default_max_tokens,
+        max_tokens_limit: config.max_tokens_limit,
+        queue: config.generation_queue,
+        no_context: config.no_context,
+        no_context_answer: config.no_context_answer.clone(),
+    };
+    Generator::new(backends, &config.default_backend, retriever, config.template(), limits, metrics)
+        .map_err(StartupError::of("backends"))
+}
+
 /// Runs the generator on `listener` until `shutdown` resolves.
 ///
 /// NOT_SERVING while the models load, SERVING after. On shutdown: NOT_SERVING, then tonic
@@ -76,7 +114,7 @@ pub async fn serve(
     let metrics = Arc::new(GeneratorMetrics::default());
     let slot = Arc::new(OnceLock::new());
     let max = config.grpc.max_message_bytes;
-    let service = GeneratorServer::new(GeneratorGrpc::new(slot.clone(), metrics.clone()))
+    let service = GeneratorServer::new(GeneratorGrpc::new(slot.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let security = ragd_core::security::ServerSecurity::start(&config.security, "generator")
@@ -87,57 +125,20 @@ pub async fn serve(
     security.register(&mut registry, "ragd_generator");
     metrics.register(&mut registry);
     let discovery_metrics = ragd_core::discovery::DiscoveryMetrics::register(&mut registry);
-    // GeneratorMetrics counts every RPC by its final status (the end of the stream, not its
-    // headers) and times the stages that matter for streams: no RPC metrics layer.
     let ragd_core::grpc::Host { server, readiness, stop, local } = ragd_core::grpc::host(
         GENERATOR,
         service,
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
         &security,
-        None,
+        "ragd_generator",
         registry,
         config.metrics_addr,
     )
     .await?;
     tracing::info!(addr = %local, indexer = %config.indexer_url, "generator listening; loading models");
 
-    let load_config = config.clone();
-    let loaded = tokio::task::spawn_blocking(move || load_backends(&load_config))
-        .await
-        .map_err(|e| StartupError::new("loading models", format!("panicked: {e}")))
-        .and_then(|r| r.map_err(StartupError::of("loading models")))
-        .and_then(|backends| {
-            let channel = ragd_core::discovery::upstream(
-                &config.indexer_url,
-                &config.discovery.etcd,
-                "indexer",
-                Some(discovery_metrics),
-                &upstream_security,
-            )
-            .map_err(StartupError::of("--indexer-url"))?;
-            let retriever: Arc<dyn retriever::Retriever> = Arc::new(retriever::GrpcRetriever::new(
-                IndexerClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max),
-            ));
-            let limits = GeneratorLimits {
-                default_k: config.default_k,
-                max_k: config.max_k,
-                default_max_tokens: config.default_max_tokens,
-                max_tokens_limit: config.max_tokens_limit,
-                queue: config.generation_queue,
-                no_context: config.no_context,
-                no_context_answer: config.no_context_answer.clone(),
-            };
-            Generator::new(
-                backends,
-                &config.default_backend,
-                retriever,
-                config.template(),
-                limits,
-                metrics.clone(),
-            )
-            .map_err(StartupError::of("backends"))
-        });
+    let loaded = open(&config, discovery_metrics, &upstream_security, metrics).await;
     let generator = match loaded {
         Ok(g) => Arc::new(g),
         Err(e) => {

@@ -1,5 +1,7 @@
-//! Prometheus metrics of the generator: requests per RPC and status, generation slots in use and
-//! queued per backend, tokens generated, time to first token, decode speed, stage latencies.
+//! Prometheus metrics of the generator: generation slots in use and queued per backend, tokens
+//! generated, time to first token, decode speed, stage latencies. Requests per RPC and final
+//! status are counted by the RPC layer every ragd server shares (`ragd_generator_rpc_requests`,
+//! `ragd_core::metrics::RpcMetrics`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -7,12 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RpcLabels {
-    pub rpc: &'static str,
-    pub code: String,
-}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
@@ -34,7 +30,6 @@ fn tokens_per_second() -> Histogram {
 
 #[derive(Debug)]
 pub struct GeneratorMetrics {
-    pub requests: Family<RpcLabels, Counter>,
     pub active: Family<BackendLabels, Gauge>,
     pub queued: Family<BackendLabels, Gauge>,
     pub overloaded: Family<BackendLabels, Counter>,
@@ -49,7 +44,6 @@ pub struct GeneratorMetrics {
 impl Default for GeneratorMetrics {
     fn default() -> Self {
         Self {
-            requests: Family::default(),
             active: Family::default(),
             queued: Family::default(),
             overloaded: Family::default(),
@@ -66,7 +60,6 @@ impl Default for GeneratorMetrics {
 impl GeneratorMetrics {
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("ragd_generator");
-        r.register("requests", "Requests per RPC and final status code", self.requests.clone());
         r.register("active_sequences", "Generations running per backend", self.active.clone());
         r.register("queued_requests", "Requests waiting for a generation slot", self.queued.clone());
         r.register("overloaded", "Requests refused with RESOURCE_EXHAUSTED", self.overloaded.clone());

@@ -60,7 +60,6 @@ pub async fn serve(
         .map_err(StartupError::of("upstream security"))?;
     let mut registry = ragd_core::metrics::Registry::default();
     security.register(&mut registry, "ragd_indexer");
-    let rpc_metrics = ragd_core::metrics::RpcMetrics::new(&mut registry, "ragd_indexer");
     let gauges = CollectionGauges::default();
     gauges.register(&mut registry);
     let discovery_metrics = ragd_core::discovery::DiscoveryMetrics::register(&mut registry);
@@ -72,7 +71,7 @@ pub async fn serve(
         &[ragd_proto::FILE_DESCRIPTOR_SET],
         listener,
         &security,
-        Some(rpc_metrics),
+        "ragd_indexer",
         registry,
         config.metrics_addr,
     )
@@ -82,54 +81,7 @@ pub async fn serve(
         "indexer listening; opening collections"
     );
 
-    let opened = async {
-        let store: Arc<dyn VectorStore> = match config.store {
-            StoreKind::Embedded => {
-                let options = EdgeOptions {
-                    durability: config.durability,
-                    checkpoint_bytes: config.journal_checkpoint_mb.max(1) << 20,
-                };
-                let root = config.data_dir.join("shards");
-                let store = blocking_open(move || EdgeStore::with_options(&root, options)).await;
-                Arc::new(store.map_err(StartupError::of("embedded store"))?)
-            }
-            StoreKind::Qdrant => Arc::new(
-                QdrantStore::connect(&config.qdrant).await.map_err(StartupError::of("qdrant store"))?,
-            ),
-        };
-        let registry = Registry::load(&config.data_dir).map_err(StartupError::of("collections registry"))?;
-        let channel = ragd_core::discovery::upstream(
-            &config.embedder_url,
-            &config.discovery.etcd,
-            "embedder",
-            Some(discovery_metrics),
-            &upstream_security,
-        )
-        .map_err(StartupError::of("--embedder-url"))?;
-        let embedder: Arc<dyn peers::EmbedderApi> = Arc::new(peers::GrpcEmbedder::new(
-            EmbedderClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max),
-        ));
-        let limits = IndexerLimits {
-            max_k: config.max_k,
-            max_queries: config.max_queries,
-            max_documents_per_request: config.max_documents_per_request,
-            max_shards: config.max_shards,
-            indexing_threshold_kb: config.indexing_threshold_kb,
-            status_capacity: config.status_capacity,
-        };
-        // The resident exact engine mirrors the embedded store (a Qdrant cluster has its own).
-        let exact = (config.exact_engine && config.store == StoreKind::Embedded).then_some(ExactSettings {
-            precision: match config.exact_precision {
-                ExactPrecision::F32 => ragd_exact::Precision::F32,
-                ExactPrecision::F16 => ragd_exact::Precision::F16,
-            },
-            max_batch: 256,
-            max_wait: Duration::ZERO,
-        });
-        Indexer::open(store, registry, embedder, limits, exact)
-            .await
-            .map_err(StartupError::of("opening collections"))
-    };
+    let opened = open(&config, discovery_metrics, &upstream_security);
     let indexer = match opened.await {
         Ok(i) => Arc::new(i),
         Err(e) => {
@@ -139,16 +91,7 @@ pub async fn serve(
     };
     recovery.set(indexer.recovery());
     let _ = slot.set(indexer.clone());
-    // What this instance serves: each collection with its shard ids.
-    let collections: Vec<serde_json::Value> = indexer
-        .collections()
-        .map(|c| {
-            c.into_iter()
-                .map(|m| serde_json::json!({ "name": m.store.name, "shards": (0..m.store.shards).collect::<Vec<_>>() }))
-                .collect()
-        })
-        .unwrap_or_default();
-    let meta = serde_json::json!({ "store": format!("{:?}", config.store), "collections": collections });
+    let meta = registration_meta(&indexer, config.store);
     let registration = ragd_core::grpc::go_live(
         &readiness,
         &stop,
@@ -178,6 +121,82 @@ pub async fn serve(
     indexer.store().flush().await.map_err(StartupError::of("flushing the store"))?;
     tracing::info!("indexer stopped");
     early.map_or(Ok(()), Err)
+}
+
+/// Opens the store, the collections registry and the embedder channel, and the indexer over
+/// them (every collection, the exact mirrors).
+async fn open(
+    config: &IndexerConfig,
+    discovery_metrics: ragd_core::discovery::DiscoveryMetrics,
+    upstream_security: &ragd_core::security::ClientSecurity,
+) -> Result<Indexer, StartupError> {
+    let store = open_store(config).await?;
+    let registry = Registry::load(&config.data_dir).map_err(StartupError::of("collections registry"))?;
+    let channel = ragd_core::discovery::upstream(
+        &config.embedder_url,
+        &config.discovery.etcd,
+        "embedder",
+        Some(discovery_metrics),
+        upstream_security,
+    )
+    .map_err(StartupError::of("--embedder-url"))?;
+    let max = config.grpc.max_message_bytes;
+    let embedder: Arc<dyn peers::EmbedderApi> = Arc::new(peers::GrpcEmbedder::new(
+        EmbedderClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max),
+    ));
+    let limits = IndexerLimits {
+        max_k: config.max_k,
+        max_queries: config.max_queries,
+        max_documents_per_request: config.max_documents_per_request,
+        max_shards: config.max_shards,
+        indexing_threshold_kb: config.indexing_threshold_kb,
+        status_capacity: config.status_capacity,
+    };
+    // The resident exact engine mirrors the embedded store (a Qdrant cluster has its own).
+    let exact = (config.exact_engine && config.store == StoreKind::Embedded).then_some(ExactSettings {
+        precision: match config.exact_precision {
+            ExactPrecision::F32 => ragd_exact::Precision::F32,
+            ExactPrecision::F16 => ragd_exact::Precision::F16,
+        },
+        max_batch: 256,
+        max_wait: Duration::ZERO,
+    });
+    Indexer::open(store, registry, embedder, limits, exact)
+        .await
+        .map_err(StartupError::of("opening collections"))
+}
+
+/// The store `--store` names: the embedded Qdrant engine under `<data-dir>/shards` (its journal
+/// replayed off the async workers) or a Qdrant cluster.
+async fn open_store(config: &IndexerConfig) -> Result<Arc<dyn VectorStore>, StartupError> {
+    Ok(match config.store {
+        StoreKind::Embedded => {
+            let options = EdgeOptions {
+                durability: config.durability,
+                checkpoint_bytes: config.journal_checkpoint_mb.max(1) << 20,
+            };
+            let root = config.data_dir.join("shards");
+            let store = blocking_open(move || EdgeStore::with_options(&root, options)).await;
+            Arc::new(store.map_err(StartupError::of("embedded store"))?)
+        }
+        StoreKind::Qdrant => {
+            Arc::new(QdrantStore::connect(&config.qdrant).await.map_err(StartupError::of("qdrant store"))?)
+        }
+    })
+}
+
+/// What this instance serves, for its discovery entry: the store and each collection with its
+/// shard ids.
+fn registration_meta(indexer: &Indexer, store: StoreKind) -> serde_json::Value {
+    let collections: Vec<serde_json::Value> = indexer
+        .collections()
+        .map(|c| {
+            c.into_iter()
+                .map(|m| serde_json::json!({ "name": m.store.name, "shards": (0..m.store.shards).collect::<Vec<_>>() }))
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({ "store": format!("{store:?}"), "collections": collections })
 }
 
 /// Reads the journal (a blocking read of every record) off the async workers.

@@ -456,15 +456,14 @@ impl Indexer {
         Ok(existing)
     }
 
-    /// Top-k hits per query.
-    pub async fn search(
+    /// Checks a search's limits and queries; the text queries (to embed), in order. The filter
+    /// was validated when it was built (`filter::Condition::new`).
+    fn check_search(
         &self,
-        collection: &str,
-        queries: Vec<QueryIn>,
-        mut options: SearchOptions,
-        deadline: Option<Instant>,
-    ) -> Result<(Vec<Vec<Hit>>, SearchTimings), IndexError> {
-        let meta = self.registry.get(collection)?;
+        queries: &[QueryIn],
+        options: &SearchOptions,
+        dim: usize,
+    ) -> Result<Vec<String>, IndexError> {
         if queries.is_empty() || queries.len() > self.limits.max_queries {
             return Err(IndexError::invalid(
                 "queries",
@@ -477,7 +476,6 @@ impl Indexer {
         if options.score_threshold.is_some_and(|t| !t.is_finite()) {
             return Err(IndexError::invalid("score_threshold", "must be a finite number"));
         }
-        // The filter was validated when it was built (filter::Condition::new).
         let mut texts = Vec::new();
         for (i, q) in queries.iter().enumerate() {
             match q {
@@ -485,14 +483,10 @@ impl Indexer {
                     return Err(IndexError::invalid("queries", format!("query {i} is empty")));
                 }
                 QueryIn::Text(t) => texts.push(t.clone()),
-                QueryIn::Vector(v) if v.len() != meta.store.dim => {
+                QueryIn::Vector(v) if v.len() != dim => {
                     return Err(IndexError::invalid(
                         "queries",
-                        format!(
-                            "query {i} has dimension {}, the collection's is {}",
-                            v.len(),
-                            meta.store.dim
-                        ),
+                        format!("query {i} has dimension {}, the collection's is {dim}", v.len()),
                     ));
                 }
                 QueryIn::Vector(v) if v.iter().any(|x| !x.is_finite()) => {
@@ -504,6 +498,19 @@ impl Indexer {
                 QueryIn::Vector(_) => {}
             }
         }
+        Ok(texts)
+    }
+
+    /// Top-k hits per query.
+    pub async fn search(
+        &self,
+        collection: &str,
+        queries: Vec<QueryIn>,
+        mut options: SearchOptions,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<Vec<Hit>>, SearchTimings), IndexError> {
+        let meta = self.registry.get(collection)?;
+        let texts = self.check_search(&queries, &options, meta.store.dim)?;
         let started = Instant::now();
         let mut embedded = if texts.is_empty() {
             Vec::new().into_iter()

@@ -1,9 +1,11 @@
 //! A cluster of real processes that find each other through a real etcd: two embedders, one
 //! indexer (`--embedder-url etcd`), one generator (`--indexer-url etcd`), each registered under a
-//! lease. Ingest and Ask work end to end; searches are balanced over both embedders; a SIGKILLed
-//! embedder leaves discovery when its lease expires and the survivor serves everything; a
-//! SIGTERMed one revokes its lease on the way out. Every process exports its spans over OTLP to
-//! a test receiver: one Ask is one trace across the generator, the indexer and the embedder.
+//! lease ([`Cluster`], the fixture each scenario starts its own of). Ingest and Ask work end to
+//! end and one Ask is one trace across the three services (spans exported over OTLP to a test
+//! receiver); searches are balanced over both embedders; a SIGKILLed embedder leaves discovery
+//! when its lease expires and the survivor serves everything; an etcd outage fails no search; a
+//! new embedder joins and a SIGTERMed one revokes its lease on the way out; a SIGTERMed indexer
+//! drains. Every wait is on a condition with a deadline, none on a fixed sleep.
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use ragd_tests::process::{RagdProcess, loadgen_bin, model_env, ragd_cli};
 use ragd_tests::{
     capitals, capitals_search, collect_ask, free_port, llm_model, metric, scrape, wait_serving,
 };
+use tonic::transport::Channel;
 
 const TTL: &str = "2";
 
@@ -31,12 +34,17 @@ fn loadgen_search(indexer: &str, clients: usize, secs: u64, tries: u32) -> std::
 
 /// Waits until the metric line `series value` at `addr` reads `want`.
 async fn wait_gauge(addr: std::net::SocketAddr, series: &str, want: f64) {
+    wait_metric(addr, series, &format!("{want}"), |v| v == want).await;
+}
+
+/// Waits until the metric line `series value` at `addr` has a value for which `ok` holds.
+async fn wait_metric(addr: std::net::SocketAddr, series: &str, want: &str, ok: impl Fn(f64) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let body = scrape(addr).await;
         let now =
             body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()));
-        if now == Some(want) {
+        if now.is_some_and(&ok) {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "{series} is {now:?}, want {want}");
@@ -56,86 +64,218 @@ async fn wait_keys(etcd: &Etcd, prefix: &str, n: usize) -> Vec<(String, String)>
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn processes_discover_each_other_and_survive_losing_an_embedder() {
-    let mut etcd = Etcd::start().await;
-    let otlp = OtlpReceiver::start().await;
-    let cluster = format!("t{}", std::process::id());
-    let etcd_endpoint = etcd.endpoint.clone();
-    let common =
-        ["--etcd-endpoints", etcd_endpoint.as_str(), "--cluster", cluster.as_str(), "--lease-ttl-secs", TTL];
-    let otel = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.clone()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
-    ];
-    let mut env = model_env();
-    env.extend(otel.iter().cloned());
-    let metrics: Vec<std::net::SocketAddr> =
-        (0..2).map(|_| format!("127.0.0.1:{}", free_port()).parse().expect("addr")).collect();
-    let embedder = |m: &std::net::SocketAddr| {
-        let m = m.to_string();
+/// Waits until the indexer has answered `n` more searches than `since`: a load is running.
+async fn wait_searches(addr: std::net::SocketAddr, since: f64, n: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = searches_ok(addr).await;
+        if now >= since + n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no load: {now} searches, want {}", since + n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The indexer's `Search` calls answered OK, from its RPC metrics (0 before the first).
+async fn searches_ok(addr: std::net::SocketAddr) -> f64 {
+    let series = "ragd_indexer_rpc_requests_total{method=\"/ragd.v1.Indexer/Search\",code=\"Ok\"}";
+    scrape(addr)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Waits for `loadgen` and returns its JSON report.
+async fn report(load: std::process::Child) -> serde_json::Value {
+    let out =
+        tokio::task::spawn_blocking(move || load.wait_with_output()).await.expect("join").expect("loadgen");
+    assert!(out.status.success(), "loadgen failed");
+    let report = serde_json::from_slice(&out.stdout).expect("loadgen report");
+    eprintln!("loadgen: {report}");
+    report
+}
+
+fn loopback() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// The fixture: a real etcd, an OTLP receiver, two embedders (each with a metrics listener), one
+/// indexer (`--embedder-url etcd`, with a metrics listener) holding the ingested capitals
+/// collection, and with `generator` a generator (`--indexer-url etcd`); every process registered
+/// under a 2 s lease and exporting its spans to the receiver.
+struct Cluster {
+    etcd: Etcd,
+    otlp: OtlpReceiver,
+    name: String,
+    env: Vec<(&'static str, String)>,
+    /// Two at the start; `None` once a test killed or stopped one.
+    embedders: Vec<Option<RagdProcess>>,
+    embedder_metrics: Vec<std::net::SocketAddr>,
+    indexer: Option<RagdProcess>,
+    indexer_metrics: std::net::SocketAddr,
+    generator: Option<RagdProcess>,
+    idx: v1::indexer_client::IndexerClient<Channel>,
+    _data: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(with_generator: bool) -> Self {
+        let etcd = Etcd::start().await;
+        let otlp = OtlpReceiver::start().await;
+        let name = format!("t{}", std::process::id());
+        let otel = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+        ];
+        let mut env = model_env();
+        env.extend(otel.iter().cloned());
+        let common = Self::common_args(&etcd, &name);
+        let common: Vec<&str> = common.iter().map(String::as_str).collect();
+        let embedder_metrics = vec![loopback(), loopback()];
+        let embedders: Vec<Option<RagdProcess>> =
+            embedder_metrics.iter().map(|m| Some(Self::spawn_embedder(&common, &env, *m))).collect();
+        let data = tempfile::tempdir().expect("tempdir");
+        let (data_dir, indexer_metrics) = (data.path().display().to_string(), loopback());
+        let im = indexer_metrics.to_string();
+        let mut args = common.clone();
+        args.extend(["--embedder-url", "etcd", "--data-dir", &data_dir, "--metrics-addr", &im]);
+        let indexer = RagdProcess::serve("indexer", &args, &otel);
+        let generator = with_generator.then(|| {
+            let llm = llm_model().display().to_string();
+            let mut args = common.clone();
+            args.extend(["--indexer-url", "etcd", "--llm-model", &llm, "--llm-parallel", "1"]);
+            RagdProcess::serve("generator", &args, &otel)
+        });
+        for e in embedders.iter().flatten() {
+            wait_serving(&e.url(), "ragd.v1.Embedder", Duration::from_secs(120)).await;
+        }
+        wait_serving(&indexer.url(), "ragd.v1.Indexer", Duration::from_secs(120)).await;
+        if let Some(g) = &generator {
+            wait_serving(&g.url(), "ragd.v1.Generator", Duration::from_secs(120)).await;
+        }
+        let idx = v1::indexer_client::IndexerClient::new(
+            ragd_core::client::connect(&indexer.url()).await.expect("connect"),
+        );
+        let mut cluster = Self {
+            etcd,
+            otlp,
+            name,
+            env,
+            embedders,
+            embedder_metrics,
+            indexer: Some(indexer),
+            indexer_metrics,
+            generator,
+            idx,
+            _data: data,
+        };
+        // The indexer's discovered channel balances over both embedders (its discovery gauge)
+        // before anything is ingested.
+        cluster.wait_embedders(2).await;
+        cluster.ingest_capitals().await;
+        cluster
+    }
+
+    fn common_args(etcd: &Etcd, name: &str) -> Vec<String> {
+        ["--etcd-endpoints", etcd.endpoint.as_str(), "--cluster", name, "--lease-ttl-secs", TTL]
+            .map(str::to_string)
+            .to_vec()
+    }
+
+    fn spawn_embedder(common: &[&str], env: &[(&str, String)], metrics: std::net::SocketAddr) -> RagdProcess {
+        let m = metrics.to_string();
         let mut args = common.to_vec();
         args.extend(["--metrics-addr", m.as_str()]);
-        RagdProcess::serve("embedder", &args, &env)
-    };
-    let mut e1 = embedder(&metrics[0]);
-    let mut e2 = embedder(&metrics[1]);
-    let data = tempfile::tempdir().expect("tempdir");
-    let data_dir = data.path().display().to_string();
-    let indexer_metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let im = indexer_metrics.to_string();
-    let mut args = common.to_vec();
-    args.extend(["--embedder-url", "etcd", "--data-dir", &data_dir, "--metrics-addr", &im]);
-    let indexer = RagdProcess::serve("indexer", &args, &otel);
-    let llm = llm_model().display().to_string();
-    let mut args = common.to_vec();
-    args.extend(["--indexer-url", "etcd", "--llm-model", &llm, "--llm-parallel", "1"]);
-    let generator = RagdProcess::serve("generator", &args, &otel);
-    for (p, s) in [
-        (&e1, "ragd.v1.Embedder"),
-        (&e2, "ragd.v1.Embedder"),
-        (&indexer, "ragd.v1.Indexer"),
-        (&generator, "ragd.v1.Generator"),
-    ] {
-        wait_serving(&p.url(), s, Duration::from_secs(120)).await;
+        RagdProcess::serve("embedder", &args, env)
     }
 
+    /// Starts another embedder on `metrics` and waits until it serves and is registered.
+    async fn add_embedder(&self, metrics: std::net::SocketAddr) -> RagdProcess {
+        let common = Self::common_args(&self.etcd, &self.name);
+        let common: Vec<&str> = common.iter().map(String::as_str).collect();
+        let e = Self::spawn_embedder(&common, &self.env, metrics);
+        wait_serving(&e.url(), "ragd.v1.Embedder", Duration::from_secs(120)).await;
+        e
+    }
+
+    /// `/ragd/<cluster>/<service>/`, where instances of `service` register.
+    fn prefix(&self, service: &str) -> String {
+        format!("/ragd/{}/{service}/", self.name)
+    }
+
+    fn indexer_url(&self) -> String {
+        self.indexer.as_ref().expect("the indexer runs").url()
+    }
+
+    fn embedder(&self, i: usize) -> &RagdProcess {
+        self.embedders[i].as_ref().expect("the embedder runs")
+    }
+
+    /// Waits until `n` embedders are registered and the indexer balances over `n`.
+    async fn wait_embedders(&self, n: usize) -> Vec<(String, String)> {
+        let keys = wait_keys(&self.etcd, &self.prefix("embedder"), n).await;
+        wait_gauge(self.indexer_metrics, "ragd_discovery_endpoints{service=\"embedder\"}", n as f64).await;
+        keys
+    }
+
+    async fn ingest_capitals(&mut self) {
+        self.idx
+            .create_collection(v1::CreateCollectionRequest { name: "capitals".into(), ..Default::default() })
+            .await
+            .expect("create");
+        let documents = capitals()
+            .into_iter()
+            .map(|(country, city)| v1::Document {
+                id: country.clone(),
+                text: format!("The capital of {country} is {city}."),
+                metadata: None,
+            })
+            .collect::<Vec<_>>();
+        let r = self
+            .idx
+            .upsert_batch(v1::UpsertRequest { collection: "capitals".into(), documents })
+            .await
+            .expect("upsert");
+        assert_eq!(r.into_inner().documents, 238);
+    }
+
+    /// Texts embedder `i` has embedded (its metrics; the listener outlives no process).
+    async fn texts(&self, i: usize) -> f64 {
+        metric(&scrape(self.embedder_metrics[i]).await, "ragd_embedder_texts_total")
+    }
+
+    /// Starts `loadgen search` and returns once the indexer has answered 20 of its searches.
+    async fn start_load(&self, clients: usize, secs: u64, tries: u32) -> std::process::Child {
+        let since = searches_ok(self.indexer_metrics).await;
+        let load = loadgen_search(&self.indexer_url(), clients, secs, tries);
+        wait_searches(self.indexer_metrics, since, 20.0).await;
+        load
+    }
+
+    async fn search_top(&mut self, question: &str) -> Result<String, tonic::Status> {
+        let r = self.idx.search(capitals_search(question)).await?;
+        Ok(r.into_inner().results[0].hits[0].doc_id.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_find_each_other_and_an_ask_is_one_trace() {
+    let mut c = Cluster::start(true).await;
     // Registrations: /ragd/<cluster>/<service>/<instance> → {addr, service, version, meta}.
-    let prefix = |s: &str| format!("/ragd/{cluster}/{s}/");
-    let embedders = wait_keys(&etcd, &prefix("embedder"), 2).await;
-    for (_, v) in &embedders {
-        let i: ragd_core::discovery::Instance = serde_json::from_str(v).expect("instance json");
-        assert!([e1.url(), e2.url()].contains(&i.addr), "{i:?}");
+    for (_, v) in c.wait_embedders(2).await {
+        let i: ragd_core::discovery::Instance = serde_json::from_str(&v).expect("instance json");
+        assert!([c.embedder(0).url(), c.embedder(1).url()].contains(&i.addr), "{i:?}");
         assert_eq!(i.meta["models"], serde_json::json!(["all-MiniLM-L6-v2"]));
     }
-    wait_keys(&etcd, &prefix("indexer"), 1).await;
-    wait_keys(&etcd, &prefix("generator"), 1).await;
-    // The indexer's discovered channel balances over both (its discovery gauge).
-    wait_gauge(indexer_metrics, "ragd_discovery_endpoints{service=\"embedder\"}", 2.0).await;
+    wait_keys(&c.etcd, &c.prefix("indexer"), 1).await;
+    wait_keys(&c.etcd, &c.prefix("generator"), 1).await;
 
-    // Ingest through the indexer (its embedder found through etcd) and ask the generator (its
-    // indexer found through etcd).
-    let mut idx = v1::indexer_client::IndexerClient::new(
-        ragd_core::client::connect(&indexer.url()).await.expect("connect"),
-    );
-    idx.create_collection(v1::CreateCollectionRequest { name: "capitals".into(), ..Default::default() })
-        .await
-        .expect("create");
-    let documents = capitals()
-        .into_iter()
-        .map(|(country, city)| v1::Document {
-            id: country.clone(),
-            text: format!("The capital of {country} is {city}."),
-            metadata: None,
-        })
-        .collect::<Vec<_>>();
-    let r = idx
-        .upsert_batch(v1::UpsertRequest { collection: "capitals".into(), documents })
-        .await
-        .expect("upsert");
-    assert_eq!(r.into_inner().documents, 238);
+    // Ask the generator (its indexer found through etcd; the indexer's embedder too).
+    let generator = c.generator.as_ref().expect("generator").url();
     let mut gen_client = v1::generator_client::GeneratorClient::new(
-        ragd_core::client::connect(&generator.url()).await.expect("connect"),
+        ragd_core::client::connect(&generator).await.expect("connect"),
     );
     let s = gen_client
         .ask(v1::AskRequest {
@@ -154,7 +294,7 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     // The Ask is one trace: spans of the generator, the indexer and the embedder share its id.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let spans = otlp.spans();
+        let spans = c.otlp.spans();
         let ask = spans.iter().find(|s| s.service == "ragd-generator" && s.name.contains("Generator/Ask"));
         if let Some(ask) = ask {
             let services: std::collections::BTreeSet<&str> =
@@ -180,10 +320,10 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
 
     // The CLI finds the indexer through etcd too.
     let args: Vec<String> = ["search", "--indexer", "etcd", "--json", "--collection", "capitals", "--k", "1"]
-        .into_iter()
-        .chain(common.iter().take(4).copied())
-        .chain(["What is the capital of Japan?"])
         .map(str::to_string)
+        .into_iter()
+        .chain(Cluster::common_args(&c.etcd, &c.name).into_iter().take(4))
+        .chain(["What is the capital of Japan?".to_string()])
         .collect();
     let (ok, out, err) =
         tokio::task::spawn_blocking(move || ragd_cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
@@ -193,127 +333,107 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     let found: serde_json::Value = serde_json::from_str(out.trim()).expect("search json");
     assert_eq!(found["hits"][0]["doc_id"], "Japan", "{out}");
 
-    // Searches embed their query on either embedder: both take traffic.
-    let texts = |i: usize| {
-        let addr = metrics[i];
-        async move { metric(&scrape(addr).await, "ragd_embedder_texts_total") }
-    };
-    let before = (texts(0).await, texts(1).await);
+    // Searches embed their query on either embedder: both take traffic; the indexer's metrics
+    // count every RPC by method and status.
+    let before = (c.texts(0).await, c.texts(1).await, searches_ok(c.indexer_metrics).await);
     for i in 0..30 {
         let hits =
-            idx.search(capitals_search(&format!("capital of country number {i}"))).await.expect("search");
+            c.idx.search(capitals_search(&format!("capital of country number {i}"))).await.expect("search");
         assert_eq!(hits.into_inner().results[0].hits.len(), 3);
     }
-    let after = (texts(0).await, texts(1).await);
+    let after = (c.texts(0).await, c.texts(1).await, searches_ok(c.indexer_metrics).await);
     assert!(after.0 > before.0 && after.1 > before.1, "not balanced: {before:?} → {after:?}");
-    // The indexer's metrics count every RPC by method and status.
-    let body = scrape(indexer_metrics).await;
-    let searches = body
-        .lines()
-        .find(|l| {
-            l.starts_with("ragd_indexer_rpc_requests_total")
-                && l.contains("Indexer/Search")
-                && l.contains("code=\"Ok\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no search counter in\n{body}"));
-    assert!(searches >= 30.0, "{searches}");
+    assert_eq!(after.2 - before.2, 30.0, "searches counted: {before:?} → {after:?}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_embedder_leaves_with_its_lease_and_the_survivor_serves() {
+    let mut c = Cluster::start(false).await;
     // SIGKILL one embedder under steady load from loadgen (4 clients searching in a closed loop):
     // fewer than 1 % of the searches fail (the indexer retries an Embed that hit the dead
     // instance), and its key goes when the lease expires (TTL 2 s).
-    let load = loadgen_search(&indexer.url(), 4, 8, 1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    e1.signal("KILL");
-    e1.wait(Duration::from_secs(10)).expect("killed");
-    let left = wait_keys(&etcd, &prefix("embedder"), 1).await;
-    assert!(left[0].1.contains(&e2.url()), "{left:?}");
-    let out =
-        tokio::task::spawn_blocking(move || load.wait_with_output()).await.expect("join").expect("loadgen");
-    assert!(out.status.success(), "loadgen failed");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("loadgen report");
+    let load = c.start_load(4, 8, 1).await;
+    let mut killed = c.embedders[0].take().expect("embedder 0");
+    killed.signal("KILL");
+    killed.wait(Duration::from_secs(10)).expect("killed");
+    let left = wait_keys(&c.etcd, &c.prefix("embedder"), 1).await;
+    assert!(left[0].1.contains(&c.embedder(1).url()), "{left:?}");
+    let report = report(load).await;
     let (ok, failed) =
         (report["requests_ok"].as_u64().unwrap_or(0), report["requests_failed"].as_u64().unwrap_or(0));
-    eprintln!("loadgen through the SIGKILL: {report}");
     assert!(ok > 0, "{report}");
     assert!(failed * 100 < ok + failed, "{failed} of {} searches failed: {report}", ok + failed);
-    // The balancer hears the deletion through its watch; give it the same bounded wait.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut failures = 0;
-    let mut ok_in_a_row = 0;
-    while ok_in_a_row < 20 {
-        match idx.search(capitals_search("What is the capital of France?")).await {
-            Ok(r) => {
-                assert_eq!(r.into_inner().results[0].hits[0].doc_id, "France");
-                ok_in_a_row += 1;
-            }
-            Err(e) => {
-                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
-                failures += 1;
-                ok_in_a_row = 0;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "searches kept failing after the lease expired ({failures} failures)"
-        );
+    // The balancer hears the deletion through its watch (its gauge says 1), then no search fails.
+    wait_gauge(c.indexer_metrics, "ragd_discovery_endpoints{service=\"embedder\"}", 1.0).await;
+    for i in 0..20 {
+        let top = c.search_top("What is the capital of France?").await;
+        let top = top.unwrap_or_else(|e| panic!("search {i} after the dead embedder left discovery: {e:?}"));
+        assert_eq!(top, "France");
     }
-    assert_eq!(failures, 0, "searches failed after the dead embedder left discovery");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_fails_no_search_and_registrations_come_back() {
+    let mut c = Cluster::start(false).await;
     // etcd stopped and restarted under steady load: clients keep their last known endpoints, so
-    // no search fails; the survivor registers again under a fresh lease and stays registered
-    // past the old lease's TTL; the indexer's watch comes back (its endpoint gauge says 1).
-    let load = loadgen_search(&indexer.url(), 4, 6, 1);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    etcd.kill();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    etcd.restart().await;
-    let report =
-        tokio::task::spawn_blocking(move || load.wait_with_output()).await.expect("join").expect("loadgen");
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("loadgen report");
-    eprintln!("loadgen through the etcd outage: {report}");
+    // no search fails; the embedders register again under fresh leases and stay registered past
+    // the old leases' TTL; the indexer's watch comes back (its endpoint gauge says 2).
+    let failures = "ragd_discovery_watch_failures_total{service=\"embedder\"}";
+    let load = c.start_load(4, 6, 1).await;
+    c.etcd.kill();
+    // The outage lasts until the indexer has noticed it (its watch failed).
+    wait_metric(c.indexer_metrics, failures, "≥ 1", |v| v >= 1.0).await;
+    c.etcd.restart().await;
+    let report = report(load).await;
     assert!(report["requests_ok"].as_u64().unwrap_or(0) > 0, "{report}");
     assert_eq!(report["requests_failed"], 0, "searches failed during the etcd outage: {report}");
-    let back = wait_keys(&etcd, &prefix("embedder"), 1).await;
-    assert!(back[0].1.contains(&e2.url()), "{back:?}");
-    wait_gauge(indexer_metrics, "ragd_discovery_endpoints{service=\"embedder\"}", 1.0).await;
-    let r = idx
-        .search(capitals_search("What is the capital of Spain?"))
-        .await
-        .expect("search after the etcd restart");
-    assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Spain");
-
-    // A new embedder (on the dead one's metrics port) joins and takes load.
-    let e3 = embedder(&metrics[0]);
-    wait_serving(&e3.url(), "ragd.v1.Embedder", Duration::from_secs(120)).await;
-    wait_keys(&etcd, &prefix("embedder"), 2).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while texts(0).await == 0.0 {
-        assert!(tokio::time::Instant::now() < deadline, "the new embedder never got a request");
-        idx.search(capitals_search("What is the capital of Peru?"))
-            .await
-            .expect("search with the new embedder");
+    let back = c.wait_embedders(2).await;
+    for e in [c.embedder(0), c.embedder(1)] {
+        assert!(back.iter().any(|(_, v)| v.contains(&e.url())), "{back:?}");
     }
+    assert_eq!(
+        c.search_top("What is the capital of Spain?").await.expect("search after the outage"),
+        "Spain"
+    );
+}
 
-    // SIGTERM the survivor: it drains, revokes its lease (the key goes at once, not after the TTL)
-    // and exits 0; the new one serves on.
-    e2.signal("TERM");
-    let status = e2.wait(Duration::from_secs(30)).expect("exited");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_embedder_joins_and_a_sigtermed_one_revokes_its_lease() {
+    let mut c = Cluster::start(false).await;
+    // One embedder leaves at once on SIGTERM (drains, revokes its lease, exits 0)...
+    let mut stopped = c.embedders[0].take().expect("embedder 0");
+    stopped.signal("TERM");
+    let status = stopped.wait(Duration::from_secs(30)).expect("exited");
     assert!(status.success(), "{status:?}");
-    let left = etcd.list(&prefix("embedder")).await;
-    assert!(left.len() == 1 && left[0].1.contains(&e3.url()), "the lease was not revoked: {left:?}");
-    let r =
-        idx.search(capitals_search("What is the capital of Chile?")).await.expect("search after the drain");
-    assert_eq!(r.into_inner().results[0].hits[0].doc_id, "Chile");
+    let left = c.etcd.list(&c.prefix("embedder")).await;
+    assert!(
+        left.len() == 1 && left[0].1.contains(&c.embedder(1).url()),
+        "the lease was not revoked: {left:?}"
+    );
+    assert_eq!(c.search_top("What is the capital of Chile?").await.expect("search after the drain"), "Chile");
 
+    // ...and a new one (on the stopped one's metrics port) joins and takes load.
+    let e3 = c.add_embedder(c.embedder_metrics[0]).await;
+    c.embedders[0] = Some(e3);
+    c.wait_embedders(2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while c.texts(0).await == 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the new embedder never got a request");
+        c.search_top("What is the capital of Peru?").await.expect("search with the new embedder");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigtermed_indexer_drains_revokes_its_lease_and_exits_cleanly() {
+    let mut c = Cluster::start(false).await;
     // SIGTERM the indexer under load from clients that retry (as ragd's own clients do): the
     // lease is revoked, exit 0, and the only error clients see is UNAVAILABLE once no indexer is
     // left (requests in flight at the signal are answered, see indexer_process.rs; a request the
     // client had queued on the closing connection comes back CANCELLED from hyper, transport-level,
     // and is retried).
-    let load = loadgen_search(&indexer.url(), 2, 4, 3);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut indexer = indexer;
+    wait_keys(&c.etcd, &c.prefix("indexer"), 1).await;
+    let load = c.start_load(2, 4, 3).await;
+    let mut indexer = c.indexer.take().expect("indexer");
     indexer.signal("TERM");
     let status = tokio::task::spawn_blocking(move || {
         let s = indexer.wait(Duration::from_secs(30));
@@ -322,10 +442,8 @@ async fn processes_discover_each_other_and_survive_losing_an_embedder() {
     .await
     .expect("join");
     assert!(status.0.expect("indexer exited").success(), "{status:?}");
-    assert!(etcd.list(&prefix("indexer")).await.is_empty(), "the indexer's lease was not revoked");
-    let out =
-        tokio::task::spawn_blocking(move || load.wait_with_output()).await.expect("join").expect("loadgen");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("loadgen report");
+    assert!(c.etcd.list(&c.prefix("indexer")).await.is_empty(), "the indexer's lease was not revoked");
+    let report = report(load).await;
     assert!(report["requests_ok"].as_u64().unwrap_or(0) > 0, "{report}");
     let errors = report["errors"].as_object().cloned().unwrap_or_default();
     assert!(errors.keys().all(|code| code == "Unavailable"), "errors other than UNAVAILABLE: {report}");

@@ -251,7 +251,9 @@ async fn expired_deadline_is_deadline_exceeded_and_costs_no_inference() {
         + metric(&body, "ragd_embedder_cancelled_dropped_total");
     assert_eq!(dropped, 1.0, "the expired job was dropped from the queue");
     assert!(
-        body.contains("ragd_embedder_requests_total{rpc=\"Embed\",code=\"DeadlineExceeded\"} 1"),
+        body.contains(
+            "ragd_embedder_rpc_requests_total{method=\"/ragd.v1.Embedder/Embed\",code=\"DeadlineExceeded\"} 1"
+        ),
         "{body}"
     );
     server.stop().await.expect("stop");

@@ -263,10 +263,12 @@ fn long_story() -> v1::GenerateRequest {
 /// DEADLINE_EXCEEDED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_frees_the_slot_overload_and_deadlines() {
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], ragd_tests::free_port()));
     let generator = TestGenerator::start(GeneratorConfig {
         llm_parallel: 1,
         generation_queue: 0,
         llm_context: 1536,
+        metrics_addr: Some(metrics_addr),
         ..generator_config("http://127.0.0.1:9")
     })
     .await;
@@ -308,5 +310,28 @@ async fn cancellation_frees_the_slot_overload_and_deadlines() {
     .await;
     let e = result.expect_err("deadline");
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+
+    // The shared RPC layer counted each Generate by its final status: the overload from the
+    // headers (trailers-only), the rest from the end of their streams. The dropped stream and the
+    // expired one end as CANCELLED or DEADLINE_EXCEEDED, depending on whether the client's reset
+    // or the server's deadline came first.
+    let count = |body: &str, code: &str| {
+        let line = format!(
+            "ragd_generator_rpc_requests_total{{method=\"/ragd.v1.Generator/Generate\",code=\"{code}\"}}"
+        );
+        body.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()).and_then(|v| v.trim().parse::<u64>().ok()))
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = ragd_tests::scrape(metrics_addr).await;
+        let ended = count(&body, "Cancelled") + count(&body, "DeadlineExceeded");
+        if count(&body, "ResourceExhausted") == 1 && count(&body, "Ok") == 1 && ended == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "Generate counts never matched:\n{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     generator.stop().await.expect("stop generator");
 }

@@ -197,6 +197,25 @@ struct Slot {
 }
 
 impl Slot {
+    fn new(seq: i32, job: Job) -> Self {
+        let sampler = sampler(&job.request.sampling);
+        let stops = StopScanner::new(&job.request.sampling.stop);
+        Self {
+            seq,
+            job,
+            sampler,
+            prefilled: 0,
+            n_past: 0,
+            last: None,
+            logits_at: None,
+            completion_tokens: 0,
+            first_token_at: None,
+            last_token_at: None,
+            utf8: Utf8Buffer::default(),
+            stops,
+        }
+    }
+
     fn send(&self, event: Result<Event, GenError>) {
         // A closed receiver is noticed at the top of the next step.
         let _ = self.job.events.send(event);
@@ -248,6 +267,8 @@ impl Engine {
         }
     }
 
+    /// The engine thread: admit jobs into free sequences, drop the abandoned ones, decode one
+    /// step for all of them, sample, retire the finished ones; until the backend is dropped.
     fn run(self, jobs: std_mpsc::Receiver<Job>) {
         let Ok(rt) = runtime() else { return };
         let total = (self.context * self.parallel) as u32;
@@ -271,97 +292,15 @@ impl Engine {
         };
         let mut batch = LlamaBatch::new(self.batch, self.parallel as i32);
         let mut slots: Vec<Slot> = Vec::new();
-        loop {
-            // Admit queued jobs into free sequences (block when idle).
-            while slots.len() < self.parallel {
-                let job = if slots.is_empty() {
-                    match jobs.recv() {
-                        Ok(j) => j,
-                        Err(_) => return, // backend dropped: shut down
-                    }
-                } else {
-                    match jobs.try_recv() {
-                        Ok(j) => j,
-                        Err(_) => break,
-                    }
-                };
-                let seq = (0..self.parallel as i32).find(|s| slots.iter().all(|x| x.seq != *s)).unwrap_or(0);
-                let sampler = sampler(&job.request.sampling);
-                let stops = StopScanner::new(&job.request.sampling.stop);
-                slots.push(Slot {
-                    seq,
-                    job,
-                    sampler,
-                    prefilled: 0,
-                    n_past: 0,
-                    last: None,
-                    logits_at: None,
-                    completion_tokens: 0,
-                    first_token_at: None,
-                    last_token_at: None,
-                    utf8: Utf8Buffer::default(),
-                    stops,
-                });
-            }
-            // Drop sequences whose client went away or whose deadline passed.
-            let now = Instant::now();
-            slots.retain(|s| {
-                let keep = if s.job.events.is_closed() {
-                    tracing::debug!(seq = s.seq, "generation cancelled by the client");
-                    self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
-                    false
-                } else if s.job.request.deadline.is_some_and(|d| now >= d) {
-                    s.send(Err(GenError::DeadlineExceeded("while generating")));
-                    false
-                } else {
-                    true
-                };
-                if !keep {
-                    free(&mut ctx, s.seq);
-                }
-                keep
-            });
-            self.stats.active.store(slots.len(), Ordering::SeqCst);
+        while self.admit(&jobs, &mut slots) {
+            self.drop_abandoned(&mut ctx, &mut slots);
             if slots.is_empty() {
                 continue;
             }
-            // One decode step: a token for each generating sequence, then prompt chunks.
-            batch.clear();
-            let mut room = self.batch;
-            let mut failed = None;
-            for s in slots.iter_mut() {
-                s.logits_at = None;
-                if let Some(t) = s.last {
-                    if let Err(e) = batch.add(t, s.n_past as i32, &[s.seq], true) {
-                        failed = Some(e.to_string());
-                    }
-                    s.logits_at = Some(batch.n_tokens() - 1);
-                    room -= 1;
-                }
-            }
-            for s in slots.iter_mut().filter(|s| s.last.is_none()) {
-                if room == 0 {
-                    break;
-                }
-                let end = (s.prefilled + room).min(s.job.tokens.len());
-                for i in s.prefilled..end {
-                    let last = i + 1 == s.job.tokens.len();
-                    if let Err(e) = batch.add(s.job.tokens[i], i as i32, &[s.seq], last) {
-                        failed = Some(e.to_string());
-                    }
-                    if last {
-                        s.logits_at = Some(batch.n_tokens() - 1);
-                    }
-                }
-                room -= end - s.prefilled;
-                s.prefilled = end;
-                s.n_past = end;
-            }
-            let decoded = match failed {
-                Some(e) => Err(e),
-                None => ctx.decode(&mut batch).map_err(|e| e.to_string()),
-            };
-            if let Err(e) = decoded {
+            if let Err(e) = self
+                .fill_batch(&mut batch, &mut slots)
+                .and_then(|()| ctx.decode(&mut batch).map_err(|e| e.to_string()))
+            {
                 tracing::error!(error = %e, "llama.cpp decode failed; failing the batch's sequences");
                 for s in slots.drain(..) {
                     s.send(Err(GenError::Model(format!("decode: {e}"))));
@@ -370,46 +309,127 @@ impl Engine {
                 self.stats.active.store(0, Ordering::SeqCst);
                 continue;
             }
-            // Sample the next token of every sequence that has logits this step.
-            let vocab = self.model.vocab();
-            let mut done = Vec::new();
-            for (i, s) in slots.iter_mut().enumerate() {
-                let Some(at) = s.logits_at else { continue };
-                if s.last.is_some() {
-                    s.n_past += 1; // the previous token is in the cache now
-                }
-                let token = s.sampler.sample(&ctx, at);
-                let now = Instant::now();
-                s.first_token_at.get_or_insert(now);
-                s.last_token_at = Some(now);
-                if vocab.is_eog(token) {
-                    s.last = None;
-                    done.push((i, FinishReason::Stop));
-                    continue;
-                }
-                s.completion_tokens += 1;
-                s.last = Some(token);
-                let piece = vocab.token_to_piece(token, false, None);
-                let text = s.utf8.push(&piece);
-                let scan = s.stops.push(&text);
-                if !scan.emit.is_empty() {
-                    s.send(Ok(Event::Delta(scan.emit)));
-                }
-                if scan.stopped {
-                    done.push((i, FinishReason::StopSequence));
-                } else if s.completion_tokens >= s.job.request.sampling.max_tokens {
-                    done.push((i, FinishReason::Length));
-                } else if s.n_past + 1 >= self.context {
-                    done.push((i, FinishReason::ContextWindow));
-                }
-            }
-            for (i, reason) in done.into_iter().rev() {
+            let finished = self.sample(&ctx, &mut slots);
+            // Descending, so each swap_remove moves an element that stays.
+            for (i, reason) in finished.into_iter().rev() {
                 let mut s = slots.swap_remove(i);
                 s.finish(reason);
                 free(&mut ctx, s.seq);
             }
             self.stats.active.store(slots.len(), Ordering::SeqCst);
         }
+    }
+
+    /// Moves queued jobs into free sequences, blocking while nothing runs. False once the
+    /// backend is dropped (the job channel closed) and nothing runs: shut down.
+    fn admit(&self, jobs: &std_mpsc::Receiver<Job>, slots: &mut Vec<Slot>) -> bool {
+        while slots.len() < self.parallel {
+            let job = if slots.is_empty() {
+                match jobs.recv() {
+                    Ok(j) => j,
+                    Err(_) => return false,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            };
+            let seq = (0..self.parallel as i32).find(|s| slots.iter().all(|x| x.seq != *s)).unwrap_or(0);
+            slots.push(Slot::new(seq, job));
+        }
+        true
+    }
+
+    /// Drops the sequences whose client went away or whose deadline passed, freeing their cells.
+    fn drop_abandoned(&self, ctx: &mut LlamaContext<'_>, slots: &mut Vec<Slot>) {
+        let now = Instant::now();
+        slots.retain(|s| {
+            let keep = if s.job.events.is_closed() {
+                tracing::debug!(seq = s.seq, "generation cancelled by the client");
+                self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                false
+            } else if s.job.request.deadline.is_some_and(|d| now >= d) {
+                s.send(Err(GenError::DeadlineExceeded("while generating")));
+                false
+            } else {
+                true
+            };
+            if !keep {
+                free(ctx, s.seq);
+            }
+            keep
+        });
+        self.stats.active.store(slots.len(), Ordering::SeqCst);
+    }
+
+    /// One decode step's batch: the last sampled token of each generating sequence, then prompt
+    /// chunks of the sequences still prefilling, as far as the batch has room.
+    fn fill_batch(&self, batch: &mut LlamaBatch, slots: &mut [Slot]) -> Result<(), String> {
+        batch.clear();
+        let mut room = self.batch;
+        for s in slots.iter_mut() {
+            s.logits_at = None;
+            if let Some(t) = s.last {
+                batch.add(t, s.n_past as i32, &[s.seq], true).map_err(|e| e.to_string())?;
+                s.logits_at = Some(batch.n_tokens() - 1);
+                room -= 1;
+            }
+        }
+        for s in slots.iter_mut().filter(|s| s.last.is_none()) {
+            if room == 0 {
+                break;
+            }
+            let end = (s.prefilled + room).min(s.job.tokens.len());
+            for i in s.prefilled..end {
+                let last = i + 1 == s.job.tokens.len();
+                batch.add(s.job.tokens[i], i as i32, &[s.seq], last).map_err(|e| e.to_string())?;
+                if last {
+                    s.logits_at = Some(batch.n_tokens() - 1);
+                }
+            }
+            room -= end - s.prefilled;
+            s.prefilled = end;
+            s.n_past = end;
+        }
+        Ok(())
+    }
+
+    /// Samples the next token of every sequence that has logits this step and streams its text;
+    /// returns the sequences that finished (index, reason), in ascending index order.
+    fn sample(&self, ctx: &LlamaContext<'_>, slots: &mut [Slot]) -> Vec<(usize, FinishReason)> {
+        let vocab = self.model.vocab();
+        let mut finished = Vec::new();
+        for (i, s) in slots.iter_mut().enumerate() {
+            let Some(at) = s.logits_at else { continue };
+            if s.last.is_some() {
+                s.n_past += 1; // the previous token is in the cache now
+            }
+            let token = s.sampler.sample(ctx, at);
+            let now = Instant::now();
+            s.first_token_at.get_or_insert(now);
+            s.last_token_at = Some(now);
+            if vocab.is_eog(token) {
+                s.last = None;
+                finished.push((i, FinishReason::Stop));
+                continue;
+            }
+            s.completion_tokens += 1;
+            s.last = Some(token);
+            let piece = vocab.token_to_piece(token, false, None);
+            let scan = s.stops.push(&s.utf8.push(&piece));
+            if !scan.emit.is_empty() {
+                s.send(Ok(Event::Delta(scan.emit)));
+            }
+            if scan.stopped {
+                finished.push((i, FinishReason::StopSequence));
+            } else if s.completion_tokens >= s.job.request.sampling.max_tokens {
+                finished.push((i, FinishReason::Length));
+            } else if s.n_past + 1 >= self.context {
+                finished.push((i, FinishReason::ContextWindow));
+            }
+        }
+        finished
     }
 }
 

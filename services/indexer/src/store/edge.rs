@@ -9,8 +9,8 @@
 //! one `fdatasync`), then applies it to the shards, then acknowledges it. At start-up the journal
 //! is replayed into the shards ([`VectorStore::open_all`]); a checkpoint (every
 //! `checkpoint_bytes` of journal, in the background, and at shutdown) flushes every shard and
-//! deletes the journal files it covers. Engine calls block, so they run on tokio's blocking pool
-//! or the writer thread, except single-shard searches (see [`search_blocking`]).
+//! deletes the journal files it covers. Engine calls block, so every one runs on tokio's blocking
+//! pool or the writer thread, never on an async worker.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -215,18 +215,6 @@ fn edge_filter(selection: Selection<'_>) -> Result<qdrant_edge::Filter, IndexErr
             }
         }
     })
-}
-
-/// Runs a search. A single shard's search runs right here on the async worker: an HNSW search
-/// takes a fraction of a millisecond, less than a hand-off to the blocking pool and back costs
-/// on this kind of machine (measured: 8-client search throughput 0.42–0.58× → 0.59× of
-/// in-process), and an unindexed search is bounded by the indexing threshold. Several shards
-/// fan out over the blocking pool in parallel.
-async fn search_blocking<T: Send + 'static>(
-    single: bool,
-    f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
-) -> Result<T, IndexError> {
-    if single { f() } else { blocking(f).await }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -856,11 +844,10 @@ impl VectorStore for EdgeStore {
             _ => None,
         };
         let params = SearchParams { hnsw_ef: options.hnsw_ef, exact: options.exact, ..Default::default() };
-        let single = c.shards.len() == 1;
         let per_shard = c.shards.iter().map(|shard| {
             let (shard, queries, filter) = (shard.clone(), queries.to_vec(), filter.clone());
             let (k, threshold) = (options.k, options.score_threshold);
-            search_blocking(single, move || {
+            blocking(move || {
                 queries
                     .into_iter()
                     .map(|q| {
