@@ -291,7 +291,9 @@ mod tests {
     fn count(registry: &Registry, method: &str, code: &str) -> u64 {
         let text = encode_text(registry);
         let want = format!("rpc_requests_total{{method=\"{method}\",code=\"{code}\"}} ");
-        text.lines().find_map(|l| l.split_once(&want).map(|(_, n)| n.trim().parse().unwrap())).unwrap_or(0)
+        text.lines()
+            .find_map(|l| l.split_once(&want).map(|(_, n)| n.trim().parse().expect("a count")))
+            .unwrap_or(0)
     }
 
     fn metrics() -> (Registry, RpcMetrics) {
@@ -300,17 +302,14 @@ mod tests {
         (registry, m)
     }
 
-    fn body(
-        trailer_status: Option<&str>,
-    ) -> http_body_util::StreamBody<
-        futures::stream::Iter<
-            std::vec::IntoIter<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>,
-        >,
-    > {
+    type Frames = std::vec::IntoIter<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>;
+
+    /// A response body: one data frame, then trailers with `trailer_status` when given.
+    fn body(trailer_status: Option<&str>) -> http_body_util::StreamBody<futures::stream::Iter<Frames>> {
         let mut frames = vec![Ok(http_body::Frame::data(bytes::Bytes::from_static(b"x")))];
         if let Some(s) = trailer_status {
             let mut t = http::HeaderMap::new();
-            t.insert("grpc-status", s.parse().unwrap());
+            t.insert("grpc-status", s.parse().expect("header value"));
             frames.push(Ok(http_body::Frame::trailers(t)));
         }
         http_body_util::StreamBody::new(futures::stream::iter(frames))
@@ -324,7 +323,7 @@ mod tests {
             pending: Pending(Some((m, "/s/A".into(), std::time::Instant::now()))),
         };
         while let Some(f) = b.frame().await {
-            f.unwrap();
+            f.expect("frame");
         }
         drop(b);
         assert_eq!(count(&registry, "/s/A", "Unavailable"), 1);
@@ -338,7 +337,7 @@ mod tests {
             inner: body(Some("0")),
             pending: Pending(Some((m, "/s/A".into(), std::time::Instant::now()))),
         };
-        b.frame().await.unwrap().unwrap();
+        b.frame().await.expect("a frame").expect("data");
         drop(b);
         assert_eq!(count(&registry, "/s/A", "Cancelled"), 1);
         assert_eq!(count(&registry, "/s/A", "Ok"), 0);
@@ -349,15 +348,15 @@ mod tests {
         let (registry, m) = metrics();
         let svc = tower_service_fn(|_req: http::Request<()>| async {
             let mut r = http::Response::new(body(None));
-            r.headers_mut().insert("grpc-status", "5".parse().unwrap());
+            r.headers_mut().insert("grpc-status", "5".parse().expect("header value"));
             Ok::<_, std::convert::Infallible>(r)
         });
         let mut svc = tower_layer::Layer::layer(&RpcMetricsLayer(Some(m)), svc);
-        let req = http::Request::builder().uri("/s/B").body(()).unwrap();
-        let mut response = tower_service::Service::call(&mut svc, req).await.unwrap();
+        let req = http::Request::builder().uri("/s/B").body(()).expect("request");
+        let mut response = tower_service::Service::call(&mut svc, req).await.expect("response");
         assert_eq!(count(&registry, "/s/B", "NotFound"), 1, "counted at the headers");
         while let Some(f) = response.body_mut().frame().await {
-            f.unwrap();
+            f.expect("frame");
         }
         drop(response);
         assert_eq!(count(&registry, "/s/B", "NotFound"), 1, "and only once");
