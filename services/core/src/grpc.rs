@@ -92,7 +92,7 @@ where
             // One span per RPC, child of the caller's W3C traceparent.
             .trace_fn(crate::telemetry::rpc_span)
             // Counts RPCs and maps oversized requests to RESOURCE_EXHAUSTED.
-            .layer(crate::metrics::RpcMetricsLayer(Some(metrics)))
+            .layer(crate::metrics::RpcMetricsLayer(metrics))
             .layer(security.layer())
             .add_service(health)
             .add_service(reflection_v1)

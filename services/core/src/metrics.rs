@@ -233,10 +233,10 @@ impl<B: http_body::Body> http_body::Body for RpcBody<B> {
     }
 }
 
-/// Tower layer recording [`RpcMetrics`] (none with `None`); on every server it also answers an
-/// oversized unary request RESOURCE_EXHAUSTED ([`crate::status::rewrite_message_too_large`]).
-#[derive(Debug, Clone, Default)]
-pub struct RpcMetricsLayer(pub Option<RpcMetrics>);
+/// Tower layer recording [`RpcMetrics`]; it also answers an oversized unary request
+/// RESOURCE_EXHAUSTED ([`crate::status::rewrite_message_too_large`]).
+#[derive(Debug, Clone)]
+pub struct RpcMetricsLayer(pub RpcMetrics);
 
 impl<S> tower_layer::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetricsService<S>;
@@ -249,7 +249,7 @@ impl<S> tower_layer::Layer<S> for RpcMetricsLayer {
 #[derive(Debug, Clone)]
 pub struct RpcMetricsService<S> {
     inner: S,
-    metrics: Option<RpcMetrics>,
+    metrics: RpcMetrics,
 }
 
 impl<S, B, R> tower_service::Service<http::Request<B>> for RpcMetricsService<S>
@@ -267,9 +267,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut pending = Pending(
-            self.metrics.clone().map(|m| (m, request.uri().path().to_string(), std::time::Instant::now())),
-        );
+        let mut pending = Pending(Some((
+            self.metrics.clone(),
+            request.uri().path().to_string(),
+            std::time::Instant::now(),
+        )));
         let future = self.inner.call(request);
         Box::pin(async move {
             let mut response = future.await?;
@@ -351,7 +353,7 @@ mod tests {
             r.headers_mut().insert("grpc-status", "5".parse().expect("header value"));
             Ok::<_, std::convert::Infallible>(r)
         });
-        let mut svc = tower_layer::Layer::layer(&RpcMetricsLayer(Some(m)), svc);
+        let mut svc = tower_layer::Layer::layer(&RpcMetricsLayer(m), svc);
         let req = http::Request::builder().uri("/s/B").body(()).expect("request");
         let mut response = tower_service::Service::call(&mut svc, req).await.expect("response");
         assert_eq!(count(&registry, "/s/B", "NotFound"), 1, "counted at the headers");

@@ -205,7 +205,7 @@ pub struct ConnInfo {
 }
 
 /// A connection accepted by a ragd server: plaintext or TLS, its writes [`Coalesce`]d (above
-/// TLS: a flush encrypts what the RPCs wrote as one record set and sends it in one write);
+/// TLS: see [`MaybeTls`]);
 /// `tls_required` marks a plaintext connection to a TLS port (its calls are refused).
 #[derive(Debug)]
 pub struct ServerIo {
