@@ -298,6 +298,16 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// A response body of `method` whose trailers carry `status`, counted in the registry.
+    fn counted_body(
+        method: &str,
+        status: &str,
+    ) -> (Registry, RpcBody<http_body_util::StreamBody<futures::stream::Iter<Frames>>>) {
+        let (registry, m) = metrics();
+        let pending = Pending(Some((m, method.to_string(), std::time::Instant::now())));
+        (registry, RpcBody { inner: body(Some(status)), pending })
+    }
+
     fn metrics() -> (Registry, RpcMetrics) {
         let mut registry = Registry::default();
         let m = RpcMetrics::new(&mut registry, "t");
@@ -319,11 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_counts_by_its_trailers_once() {
-        let (registry, m) = metrics();
-        let mut b = RpcBody {
-            inner: body(Some("14")),
-            pending: Pending(Some((m, "/s/A".into(), std::time::Instant::now()))),
-        };
+        let (registry, mut b) = counted_body("/s/A", "14");
         while let Some(f) = b.frame().await {
             f.expect("frame");
         }
@@ -334,11 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_dropped_before_its_trailers_counts_cancelled() {
-        let (registry, m) = metrics();
-        let mut b = RpcBody {
-            inner: body(Some("0")),
-            pending: Pending(Some((m, "/s/A".into(), std::time::Instant::now()))),
-        };
+        let (registry, mut b) = counted_body("/s/A", "0");
         b.frame().await.expect("a frame").expect("data");
         drop(b);
         assert_eq!(count(&registry, "/s/A", "Cancelled"), 1);
