@@ -161,6 +161,16 @@ impl Drop for RagdProcess {
     }
 }
 
+/// Asserts that a process [`RagdProcess::wait`]ed for exited with status 0, saying otherwise how
+/// it ended (its exit code or the signal that killed it) or that it was still running.
+pub fn assert_clean_stop(status: Option<ExitStatus>) {
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("clean stop: the process ended with {s}"),
+        None => panic!("clean stop: the process was still running at the deadline"),
+    }
+}
+
 /// Runs a `ragd` client verb to completion: (success, stdout, stderr).
 pub fn ragd_cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(ragd_bin()).args(args).current_dir(super::repo_root()).output().expect("run ragd");

@@ -430,7 +430,7 @@ async fn run(target: &mut dyn Target) {
         verify(&mut client, &model, cycle).await;
         if cycle == cycles {
             process.signal("TERM");
-            assert!(process.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
+            ragd_tests::process::assert_clean_stop(process.wait(Duration::from_secs(60)));
             break;
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -467,7 +467,7 @@ async fn run(target: &mut dyn Target) {
     }
     verify(&mut client, &model, cycles + 1).await;
     process.signal("TERM");
-    assert!(process.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
+    ragd_tests::process::assert_clean_stop(process.wait(Duration::from_secs(60)));
 }
 
 /// The indexer's start-up replay figures, read from its Prometheus listener.

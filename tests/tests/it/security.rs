@@ -1035,7 +1035,7 @@ async fn ragd_up_with_generated_certificates_keys_from_ragd_key_and_tokens_from_
     assert!(report["requests_ok"].as_u64().unwrap_or(0) > 0 && report["requests_failed"] == 0, "{report}");
 
     up.signal("TERM");
-    assert!(up.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
+    ragd_tests::process::assert_clean_stop(up.wait(Duration::from_secs(60)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1180,7 +1180,7 @@ async fn a_cluster_with_tls_on_every_hop_including_etcd_finds_itself_and_answers
     }
     for mut p in [generator, indexer, embedder] {
         p.signal("TERM");
-        assert!(p.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
+        ragd_tests::process::assert_clean_stop(p.wait(Duration::from_secs(60)));
     }
 }
 
@@ -1218,5 +1218,5 @@ async fn the_matrix_through_ragd_up() {
     .expect("upsert");
     run_matrix(&m, &ch).await;
     up.signal("TERM");
-    assert!(up.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "clean stop");
+    ragd_tests::process::assert_clean_stop(up.wait(Duration::from_secs(60)));
 }
