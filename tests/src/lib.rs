@@ -250,12 +250,17 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
     body
 }
 
+/// Value of the metric line `series value` in a Prometheus text body (`series` is a name, with
+/// its labels where it has some), if the body has it.
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Value of an unlabelled metric line `name value` in a Prometheus text body.
 pub fn metric(body: &str, name: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing in\n{body}"))
+    metric_value(body, name).unwrap_or_else(|| panic!("metric {name} missing in\n{body}"))
 }
 
 /// Waits until the service's admitted-texts gauge reaches `n` (work is queued or running).

@@ -14,7 +14,7 @@ use ragd_tests::etcd::Etcd;
 use ragd_tests::otlp_receiver::OtlpReceiver;
 use ragd_tests::process::{RagdProcess, loadgen_bin, model_env, ragd_cli};
 use ragd_tests::{
-    capitals, capitals_search, collect_ask, free_port, llm_model, metric, scrape, wait_serving,
+    capitals, capitals_search, collect_ask, free_port, llm_model, metric, metric_value, scrape, wait_serving,
 };
 use tonic::transport::Channel;
 
@@ -42,8 +42,7 @@ async fn wait_metric(addr: std::net::SocketAddr, series: &str, want: &str, ok: i
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let body = scrape(addr).await;
-        let now =
-            body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()));
+        let now = metric_value(&body, series);
         if now.is_some_and(&ok) {
             return;
         }
@@ -80,11 +79,7 @@ async fn wait_searches(addr: std::net::SocketAddr, since: f64, n: f64) {
 /// The indexer's `Search` calls answered OK, from its RPC metrics (0 before the first).
 async fn searches_ok(addr: std::net::SocketAddr) -> f64 {
     let series = "ragd_indexer_rpc_requests_total{method=\"/ragd.v1.Indexer/Search\",code=\"Ok\"}";
-    scrape(addr)
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
-        .unwrap_or(0.0)
+    metric_value(&scrape(addr).await, series).unwrap_or(0.0)
 }
 
 /// Waits for `loadgen` and returns its JSON report.

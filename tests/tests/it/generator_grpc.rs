@@ -316,18 +316,16 @@ async fn cancellation_frees_the_slot_overload_and_deadlines() {
     // expired one end as CANCELLED or DEADLINE_EXCEEDED, depending on whether the client's reset
     // or the server's deadline came first.
     let count = |body: &str, code: &str| {
-        let line = format!(
+        let series = format!(
             "ragd_generator_rpc_requests_total{{method=\"/ragd.v1.Generator/Generate\",code=\"{code}\"}}"
         );
-        body.lines()
-            .find_map(|l| l.strip_prefix(line.as_str()).and_then(|v| v.trim().parse::<u64>().ok()))
-            .unwrap_or(0)
+        ragd_tests::metric_value(body, &series).unwrap_or(0.0)
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let body = ragd_tests::scrape(metrics_addr).await;
         let ended = count(&body, "Cancelled") + count(&body, "DeadlineExceeded");
-        if count(&body, "ResourceExhausted") == 1 && count(&body, "Ok") == 1 && ended == 2 {
+        if count(&body, "ResourceExhausted") == 1.0 && count(&body, "Ok") == 1.0 && ended == 2.0 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "Generate counts never matched:\n{body}");
