@@ -73,6 +73,7 @@ fn batch(writer: usize, n: u64) -> WriteBatch {
                 text: format!("sentence {chunk} of document {doc}, version {n}, with some words in it."),
                 metadata: Default::default(),
                 vector,
+                sparse: None,
             }
         })
         .collect();
@@ -93,6 +94,7 @@ async fn measure(level: Level, writers: usize, secs: Duration) -> f64 {
         replication_factor: None,
         write_consistency_factor: None,
         on_disk: None,
+        sparse: true,
     };
     store.create(&spec).await.expect("create");
     let done = Arc::new(AtomicU64::new(0));

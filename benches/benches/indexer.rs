@@ -100,6 +100,7 @@ async fn build(data: &Path, points: &[Vec<f32>], queries: &[Vec<f32>]) -> (Vec<V
         replication_factor: None,
         write_consistency_factor: None,
         on_disk: None,
+        sparse: true,
     };
     store.create(&spec).await.expect("create");
     for (b, batch) in points.chunks(2000).enumerate() {
@@ -114,6 +115,7 @@ async fn build(data: &Path, points: &[Vec<f32>], queries: &[Vec<f32>]) -> (Vec<V
                     text: format!("chunk text {id}"),
                     metadata: Default::default(),
                     vector: v.clone(),
+                    sparse: None,
                 }
             })
             .collect();
@@ -134,7 +136,12 @@ async fn build(data: &Path, points: &[Vec<f32>], queries: &[Vec<f32>]) -> (Vec<V
     store.flush().await.expect("flush");
     Registry::load(data)
         .expect("registry")
-        .insert(CollectionMeta { store: spec, model: MODEL.into(), chunking: Chunking::default() })
+        .insert(CollectionMeta {
+            store: spec,
+            model: MODEL.into(),
+            chunking: Chunking::default(),
+            keyword: None,
+        })
         .expect("register");
     (truth, build_secs)
 }

@@ -5,7 +5,9 @@
 //! engine (`qdrant-edge`, one engine shard per Qdrant shard in a temp directory). It implements
 //! the calls `ragd_indexer::store::remote::QdrantStore` makes — health check, collection
 //! create / exists / info / cluster info / delete, create field index, upsert, delete by ids or
-//! filter, count, search and search batch — and answers every other call UNIMPLEMENTED.
+//! filter, count, search and search batch (dense, or on the named sparse vector ragd keeps BM25
+//! weights in, with Qdrant's IDF modifier), get points — and answers every other call
+//! UNIMPLEMENTED.
 //! Replication is recorded, not performed (one peer). Like Qdrant, a background optimizer
 //! builds HNSW indexes.
 //!
@@ -21,9 +23,10 @@ use qdrant_client::qdrant::{
     self, collections_server::Collections, points_server::Points, qdrant_server::Qdrant,
 };
 use qdrant_edge::{
-    CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
-    NamedQuery, Payload, PointId, PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum,
-    SearchParams, SearchRequest, UpdateOperation, VectorStructPersisted, WithPayloadInterface,
+    CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams,
+    EdgeVectorParams, Modifier, NamedQuery, Payload, PointId, PointInsertOperations, PointOperations,
+    PointStructPersisted, QueryEnum, SearchParams, SearchRequest, UpdateOperation, VectorInternal,
+    VectorPersisted, VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use ragd_indexer::store::edge::shard_of;
 use serde_json::Value;
@@ -51,6 +54,8 @@ struct Collection {
     params: qdrant::CollectionParams,
     distance: qdrant::Distance,
     dim: usize,
+    /// Names of the sparse vectors.
+    sparse: Vec<String>,
     shards: Vec<Arc<Shard>>,
 }
 
@@ -238,7 +243,22 @@ impl Collection {
     }
 
     fn search(&self, s: &qdrant::SearchPoints) -> Result<Vec<qdrant::ScoredPoint>, Status> {
-        if s.vector.len() != self.dim {
+        #[allow(deprecated)]
+        let query = match (&s.vector_name, &s.sparse_indices) {
+            (Some(name), Some(indices)) if self.sparse.contains(name) => {
+                let v = qdrant_edge::SparseVector::new(indices.data.clone(), s.vector.clone())
+                    .map_err(|e| Status::invalid_argument(format!("Wrong input: {e}")))?;
+                QueryEnum::Nearest(NamedQuery::new(VectorInternal::Sparse(v), name.clone()))
+            }
+            (Some(name), _) if !name.is_empty() => {
+                return Err(Status::invalid_argument(format!(
+                    "Wrong input: Not existing vector name error: {name}"
+                )));
+            }
+            _ => QueryEnum::Nearest(NamedQuery::default_dense(s.vector.clone())),
+        };
+        let sparse = matches!(&query, QueryEnum::Nearest(q) if q.using.is_some());
+        if !sparse && s.vector.len() != self.dim {
             return Err(Status::invalid_argument(format!(
                 "Wrong input: Vector dimension error: expected dim: {}, got {}",
                 self.dim,
@@ -259,7 +279,7 @@ impl Collection {
         let mut all = Vec::new();
         for shard in &self.shards {
             let request = SearchRequest {
-                query: QueryEnum::Nearest(NamedQuery::default_dense(s.vector.clone())),
+                query: query.clone(),
                 filter: filter.clone(),
                 params,
                 limit,
@@ -270,7 +290,7 @@ impl Collection {
             };
             all.extend(shard.engine.search(request).map_err(|e| Status::internal(e.to_string()))?);
         }
-        if self.distance == qdrant::Distance::Euclid {
+        if self.distance == qdrant::Distance::Euclid && !sparse {
             all.sort_by(|a, b| a.score.total_cmp(&b.score));
         } else {
             all.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -368,11 +388,31 @@ impl Collections for Service {
             vectors_config: Some(qdrant::VectorsConfig {
                 config: Some(qdrant::vectors_config::Config::Params(vp)),
             }),
+            sparse_vectors_config: r.sparse_vectors_config.clone(),
             replication_factor: Some(r.replication_factor.unwrap_or(1)),
             write_consistency_factor: Some(r.write_consistency_factor.unwrap_or(1)),
             ..Default::default()
         };
-        let config = EdgeConfig::builder()
+        // Sparse vectors: index and modifier as asked (ragd asks for IDF).
+        let sparse: Vec<(String, EdgeSparseVectorParams)> = r
+            .sparse_vectors_config
+            .as_ref()
+            .map(|c| {
+                c.map
+                    .iter()
+                    .map(|(name, p)| {
+                        let idf = p.modifier == Some(qdrant::Modifier::Idf as i32);
+                        let params = EdgeSparseVectorParams {
+                            modifier: idf.then_some(Modifier::Idf),
+                            ..Default::default()
+                        };
+                        (name.clone(), params)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sparse_names: Vec<String> = sparse.iter().map(|(n, _)| n.clone()).collect();
+        let mut config = EdgeConfig::builder()
             .vector(
                 DEFAULT_VECTOR_NAME,
                 EdgeVectorParams {
@@ -391,8 +431,11 @@ impl Collections for Service {
                     .and_then(|o| o.indexing_threshold)
                     .map(|t| t as usize),
                 ..Default::default()
-            })
-            .build();
+            });
+        for (name, params) in sparse {
+            config = config.sparse_vector(name, params);
+        }
+        let config = config.build();
         let dir = self.0.root().join(&name);
         let shards = blocking(move || {
             (0..shard_number)
@@ -406,7 +449,7 @@ impl Collections for Service {
                 .collect::<Result<Vec<_>, Status>>()
         })
         .await?;
-        let collection = Collection { params, distance, dim: vp.size as usize, shards };
+        let collection = Collection { params, distance, dim: vp.size as usize, sparse: sparse_names, shards };
         self.0.collections.write().map_err(|_| Status::internal("lock"))?.insert(name, Arc::new(collection));
         Ok(Response::new(qdrant::CollectionOperationResponse { result: true, time: 0.0 }))
     }
@@ -535,18 +578,40 @@ impl Points for Service {
         for p in r.points {
             let id = edge_point_id(p.id.as_ref())?;
             #[allow(deprecated)]
-            let vector = match p.vectors.and_then(|v| v.vectors_options) {
-                Some(qdrant::vectors::VectorsOptions::Vector(qdrant::Vector {
-                    vector: Some(qdrant::vector::Vector::Dense(d)),
-                    ..
-                })) => d.data,
+            let dense_of = |v: qdrant::Vector| match v {
+                qdrant::Vector { vector: Some(qdrant::vector::Vector::Dense(d)), .. } => Some(d.data),
                 // The pre-1.16 form of a dense vector.
-                Some(qdrant::vectors::VectorsOptions::Vector(v)) if v.vector.is_none() => v.data,
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "the test server supports one unnamed dense vector",
-                    ));
+                v if v.vector.is_none() => Some(v.data),
+                _ => None,
+            };
+            let unsupported = || {
+                Status::invalid_argument(
+                    "the test server supports one unnamed dense vector and named sparse ones",
+                )
+            };
+            let mut named_sparse = Vec::new();
+            let vector = match p.vectors.and_then(|v| v.vectors_options) {
+                Some(qdrant::vectors::VectorsOptions::Vector(v)) => dense_of(v).ok_or_else(unsupported)?,
+                Some(qdrant::vectors::VectorsOptions::Vectors(named)) => {
+                    let mut dense = None;
+                    for (name, v) in named.vectors {
+                        match v.vector {
+                            Some(qdrant::vector::Vector::Sparse(sv)) if c.sparse.contains(&name) => {
+                                let sv = qdrant_edge::SparseVector::new(sv.indices, sv.values)
+                                    .map_err(|e| Status::invalid_argument(format!("Wrong input: {e}")))?;
+                                named_sparse.push((name, sv));
+                            }
+                            _ if name.is_empty() => dense = Some(dense_of(v).ok_or_else(unsupported)?),
+                            _ => {
+                                return Err(Status::invalid_argument(format!(
+                                    "Wrong input: Not existing vector name error: {name}"
+                                )));
+                            }
+                        }
+                    }
+                    dense.ok_or_else(unsupported)?
                 }
+                _ => return Err(unsupported()),
             };
             if vector.len() != c.dim {
                 return Err(Status::invalid_argument(format!(
@@ -556,9 +621,17 @@ impl Points for Service {
                 )));
             }
             let shard = route(&id, c.shards.len());
+            let vector = if named_sparse.is_empty() {
+                VectorStructPersisted::Single(vector)
+            } else {
+                let mut named =
+                    HashMap::from([(DEFAULT_VECTOR_NAME.to_string(), VectorPersisted::Dense(vector))]);
+                named.extend(named_sparse.into_iter().map(|(n, v)| (n, VectorPersisted::Sparse(v))));
+                VectorStructPersisted::Named(named)
+            };
             per_shard[shard].push(PointStructPersisted {
                 id,
-                vector: VectorStructPersisted::Single(vector),
+                vector,
                 payload: Some(Payload(p.payload.iter().map(|(k, v)| (k.clone(), wire_to_json(v))).collect())),
             });
         }
@@ -683,8 +756,82 @@ impl Points for Service {
         }))
     }
 
+    async fn get(
+        &self,
+        request: Request<qdrant::GetPoints>,
+    ) -> Result<Response<qdrant::GetResponse>, Status> {
+        let r = request.into_inner();
+        let c = self.0.get(&r.collection_name)?;
+        let ids = r.ids.iter().map(|id| edge_point_id(Some(id))).collect::<Result<Vec<_>, _>>()?;
+        let with_payload = !matches!(
+            r.with_payload.as_ref().and_then(|w| w.selector_options.as_ref()),
+            None | Some(qdrant::with_payload_selector::SelectorOptions::Enable(false))
+        );
+        let with_vectors = match r.with_vectors.and_then(|w| w.selector_options) {
+            None | Some(qdrant::with_vectors_selector::SelectorOptions::Enable(false)) => None,
+            Some(qdrant::with_vectors_selector::SelectorOptions::Enable(true)) => {
+                Some(WithVector::Bool(true))
+            }
+            Some(qdrant::with_vectors_selector::SelectorOptions::Include(s)) => {
+                Some(WithVector::Selector(s.names))
+            }
+        };
+        let records = blocking(move || {
+            let mut out = Vec::new();
+            for id in ids {
+                let shard = &c.shards[route(&id, c.shards.len())];
+                let found = shard
+                    .engine
+                    .retrieve(&[id], Some(WithPayloadInterface::Bool(with_payload)), with_vectors.clone())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                out.extend(found);
+            }
+            Ok(out)
+        })
+        .await?;
+        let dense = |v: Vec<f32>| qdrant::VectorOutput {
+            vector: Some(qdrant::vector_output::Vector::Dense(qdrant::DenseVector { data: v })),
+            ..Default::default()
+        };
+        let result = records
+            .into_iter()
+            .map(|rec| {
+                let vectors = rec.vector.map(|v| qdrant::VectorsOutput {
+                    vectors_options: Some(match v {
+                        VectorStructInternal::Single(v) => {
+                            qdrant::vectors_output::VectorsOptions::Vector(dense(v))
+                        }
+                        VectorStructInternal::Named(named) => {
+                            qdrant::vectors_output::VectorsOptions::Vectors(qdrant::NamedVectorsOutput {
+                                vectors: named
+                                    .into_iter()
+                                    .filter_map(|(name, v)| match v {
+                                        VectorInternal::Dense(d) => Some((name, dense(d))),
+                                        _ => None,
+                                    })
+                                    .collect(),
+                            })
+                        }
+                        VectorStructInternal::MultiDense(_) => {
+                            qdrant::vectors_output::VectorsOptions::Vector(dense(Vec::new()))
+                        }
+                    }),
+                });
+                qdrant::RetrievedPoint {
+                    id: Some(grpc_point_id(rec.id)),
+                    payload: rec
+                        .payload
+                        .map(|p| p.0.iter().map(|(k, v)| (k.clone(), json_to_wire(v))).collect())
+                        .unwrap_or_default(),
+                    vectors,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(Response::new(qdrant::GetResponse { result, time: 0.0, usage: None }))
+    }
+
     unimplemented_calls! {
-        get(GetPoints) -> GetResponse;
         update_vectors(UpdatePointVectors) -> PointsOperationResponse;
         delete_vectors(DeletePointVectors) -> PointsOperationResponse;
         set_payload(SetPayloadPoints) -> PointsOperationResponse;

@@ -44,6 +44,7 @@ pub fn points(vs: &[Vec<f32>]) -> Vec<ChunkPoint> {
                 .cloned()
                 .unwrap_or_default(),
             vector: v.clone(),
+            sparse: None,
         })
         .collect()
 }
@@ -58,6 +59,7 @@ pub fn spec(name: &str, shards: u32) -> StoreSpec {
         replication_factor: None,
         write_consistency_factor: None,
         on_disk: None,
+        sparse: true,
     }
 }
 
@@ -175,6 +177,7 @@ pub async fn reupsert_replaces_a_document(store: &dyn VectorStore, name: &str) {
         text: text.into(),
         metadata: Default::default(),
         vector: vs[i].clone(),
+        sparse: None,
     };
     store.upsert(name, &(0..3).map(|i| chunk(i, "old")).collect::<Vec<_>>()).await.expect("upsert v1");
     assert_eq!(store.count_chunks(name, "doc").await.expect("count"), 3);

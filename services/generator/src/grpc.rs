@@ -165,6 +165,10 @@ impl generator_server::Generator for GeneratorGrpc {
             sampling: sampling(r.sampling),
             backend: r.backend,
             no_context,
+            mode: r.mode,
+            fusion: r.fusion,
+            prefetch: r.prefetch,
+            mmr: r.mmr,
         };
         let events = generator.ask(req, deadline).await?;
         Ok(Response::new(stream(events, ask_event)))

@@ -20,6 +20,11 @@ pub struct RetrievalQuery {
     pub score_threshold: Option<f32>,
     /// The caller's metadata filter, passed to the indexer as it came (the indexer validates it).
     pub filter: Option<v1::Filter>,
+    /// Search mode, fusion, prefetch and MMR, passed as they came (the indexer validates them).
+    pub mode: i32,
+    pub fusion: Option<v1::Fusion>,
+    pub prefetch: u32,
+    pub mmr: Option<v1::Mmr>,
 }
 
 /// One retrieved chunk.
@@ -69,6 +74,10 @@ impl Retriever for GrpcRetriever {
             filter: query.filter,
             exact: false,
             hnsw_ef: 0,
+            mode: query.mode,
+            fusion: query.fusion,
+            prefetch: query.prefetch,
+            mmr: query.mmr,
         };
         let found = ragd_core::client::retry_unavailable(SEARCH_ATTEMPTS, deadline, || {
             let mut r = tonic::Request::new(search.clone());

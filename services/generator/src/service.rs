@@ -53,6 +53,11 @@ pub struct AskIn {
     pub sampling: SamplingIn,
     pub backend: String,
     pub no_context: Option<NoContextPolicy>,
+    /// Retrieval mode, fusion, prefetch and MMR for the indexer's search, as they came.
+    pub mode: i32,
+    pub fusion: Option<v1::Fusion>,
+    pub prefetch: u32,
+    pub mmr: Option<v1::Mmr>,
 }
 
 /// A retrieved chunk; `number` is its `[n]` in the prompt, 0 if it did not fit.
@@ -305,6 +310,10 @@ impl Generator {
             k,
             score_threshold: req.score_threshold,
             filter: req.filter,
+            mode: req.mode,
+            fusion: req.fusion,
+            prefetch: req.prefetch,
+            mmr: req.mmr,
         };
         let retrieve = tracing::info_span!("retrieve", collection = %req.collection, k);
         let found =
@@ -734,7 +743,15 @@ mod tests {
     async fn the_indexers_status_is_kept_and_the_query_is_what_was_asked() {
         let retriever = Arc::new(FakeRetriever { fail_with: Some(Code::NotFound), ..Default::default() });
         let g = generator(retriever.clone(), Arc::new(model(4096, "x", false)), 4);
-        let req = AskIn { k: 7, score_threshold: Some(0.5), ..ask("  Why?  ") };
+        let mmr = v1::Mmr { diversity: 0.25, candidates: 9 };
+        let req = AskIn {
+            k: 7,
+            score_threshold: Some(0.5),
+            mode: v1::SearchMode::Hybrid as i32,
+            prefetch: 30,
+            mmr: Some(mmr),
+            ..ask("  Why?  ")
+        };
         let err = g.ask(req, None).await.expect_err("indexer failed");
         assert_eq!(tonic::Status::from(err).code(), Code::NotFound);
         let q = retriever.asked.lock().expect("lock")[0].clone();
@@ -742,6 +759,7 @@ mod tests {
             (q.collection.as_str(), q.question.as_str(), q.k, q.score_threshold),
             ("c", "Why?", 7, Some(0.5))
         );
+        assert_eq!((q.mode, q.prefetch, q.mmr), (v1::SearchMode::Hybrid as i32, 30, Some(mmr)));
         // k = 0 asks for the default k.
         let _ = g.ask(ask("q"), None).await;
         assert_eq!(retriever.asked.lock().expect("lock")[1].k, 4);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::Chunking;
 use crate::error::IndexError;
+use crate::keyword::KeywordConfig;
 use crate::store::StoreSpec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,6 +19,9 @@ pub struct CollectionMeta {
     /// Embedding model name as served by the embedder.
     pub model: String,
     pub chunking: Chunking,
+    /// The keyword (BM25) index, if the collection has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<KeywordConfig>,
 }
 
 /// Checks a collection name: 1–64 letters, digits, `_` or `-`.
@@ -117,9 +121,11 @@ mod tests {
                 replication_factor: None,
                 write_consistency_factor: None,
                 on_disk: None,
+                sparse: true,
             },
             model: "m".into(),
             chunking: Chunking::default(),
+            keyword: None,
         }
     }
 

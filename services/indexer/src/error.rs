@@ -7,6 +7,10 @@ pub enum IndexError {
     /// The request is malformed; `field` names the offending request field.
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
+    /// The request is well-formed but the collection cannot serve it (a keyword search on a
+    /// collection without a keyword index); `field` names the request field that asked.
+    #[error("{field}: {reason}")]
+    FailedPrecondition { field: &'static str, reason: String },
     #[error("collection {0:?} not found")]
     CollectionNotFound(String),
     #[error("collection {0:?} already exists")]
@@ -32,6 +36,10 @@ impl IndexError {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidArgument { field, reason: reason.into() }
     }
+
+    pub fn failed_precondition(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::FailedPrecondition { field, reason: reason.into() }
+    }
 }
 
 impl From<IndexError> for Status {
@@ -41,6 +49,7 @@ impl From<IndexError> for Status {
             IndexError::InvalidArgument { field, reason } => {
                 ragd_core::status::invalid_argument(field, reason)
             }
+            IndexError::FailedPrecondition { .. } => Status::failed_precondition(message),
             IndexError::CollectionNotFound(_) | IndexError::DocumentNotFound { .. } => {
                 Status::not_found(message)
             }

@@ -14,7 +14,11 @@ use crate::chunk::Chunking;
 use crate::collections::CollectionMeta;
 use crate::error::IndexError;
 use crate::filter::{AnyOf, Condition, Filter, Range, Scalar, Test};
-use crate::service::{CreateCollection, DocumentIn, Indexer, IngestState, QueryIn, UpsertOutcome};
+use crate::fusion::Fusion;
+use crate::keyword::{KeywordConfig, KeywordRequest};
+use crate::service::{
+    CreateCollection, DocumentIn, Indexer, IngestState, Mmr, QueryIn, Retrieval, SearchMode, UpsertOutcome,
+};
 use crate::store::{Distance, Hit, SearchOptions, StoreStats};
 
 /// The `ragd.v1.Indexer` service; UNAVAILABLE until the store is open.
@@ -110,7 +114,68 @@ fn info(meta: CollectionMeta, stats: StoreStats) -> v1::CollectionInfo {
         replication_factor: meta.store.replication_factor.unwrap_or(1),
         write_consistency_factor: meta.store.write_consistency_factor.unwrap_or(1),
         on_disk: meta.store.on_disk.unwrap_or(false),
+        keyword: meta.keyword.map(keyword_to),
     }
+}
+
+fn keyword_from(k: v1::KeywordIndex) -> KeywordRequest {
+    KeywordRequest {
+        language: (!k.language.is_empty()).then_some(k.language),
+        stop_words: k.stop_words,
+        lowercase: k.lowercase,
+        ascii_folding: k.ascii_folding,
+        k1: k.k1,
+        b: k.b,
+        avg_len: k.avg_len,
+    }
+}
+
+fn keyword_to(k: KeywordConfig) -> v1::KeywordIndex {
+    v1::KeywordIndex {
+        language: k.language,
+        stop_words: Some(k.stop_words),
+        lowercase: Some(k.lowercase),
+        ascii_folding: Some(k.ascii_folding),
+        k1: Some(k.k1),
+        b: Some(k.b),
+        avg_len: Some(k.avg_len),
+    }
+}
+
+fn mode_from(m: i32) -> Result<SearchMode, IndexError> {
+    match v1::SearchMode::try_from(m) {
+        Ok(v1::SearchMode::Unspecified | v1::SearchMode::Dense) => Ok(SearchMode::Dense),
+        Ok(v1::SearchMode::Keyword) => Ok(SearchMode::Keyword),
+        Ok(v1::SearchMode::Hybrid) => Ok(SearchMode::Hybrid),
+        Err(_) => Err(IndexError::invalid("mode", format!("unknown value {m}"))),
+    }
+}
+
+fn fusion_from(f: Option<v1::Fusion>) -> Fusion {
+    match f.and_then(|f| f.method) {
+        None => Fusion::default(),
+        Some(v1::fusion::Method::Rrf(r)) => Fusion::Rrf { k: if r.k == 0 { 60 } else { r.k } },
+        Some(v1::fusion::Method::Dbsf(_)) => Fusion::Dbsf,
+        Some(v1::fusion::Method::Weighted(w)) => Fusion::Weighted { alpha: w.alpha },
+    }
+}
+
+/// The retrieval settings of a search request (checked by the domain).
+pub fn retrieval_from(
+    mode: i32,
+    fusion: Option<v1::Fusion>,
+    prefetch: u32,
+    mmr: Option<v1::Mmr>,
+) -> Result<Retrieval, IndexError> {
+    Ok(Retrieval {
+        mode: mode_from(mode)?,
+        fusion: fusion_from(fusion),
+        prefetch: (prefetch > 0).then_some(prefetch as usize),
+        mmr: mmr.map(|m| Mmr {
+            diversity: m.diversity,
+            candidates: (m.candidates > 0).then_some(m.candidates as usize),
+        }),
+    })
 }
 
 /// How many collections' stats ListCollections gathers at once.
@@ -209,6 +274,11 @@ fn hit(h: Hit) -> v1::Hit {
         text: h.text,
         score: h.score,
         metadata: Some(to_struct(h.metadata)),
+        sources: h
+            .sources
+            .into_iter()
+            .map(|s| v1::SourceRank { source: s.source.name().into(), rank: s.rank, score: s.score })
+            .collect(),
     }
 }
 
@@ -232,6 +302,7 @@ impl indexer_server::Indexer for IndexerGrpc {
             replication_factor: (r.replication_factor > 0).then_some(r.replication_factor),
             write_consistency_factor: (r.write_consistency_factor > 0).then_some(r.write_consistency_factor),
             on_disk: r.on_disk.then_some(true),
+            keyword: r.keyword.map(keyword_from),
         };
         let meta = indexer.create_collection(create, deadline).await?;
         let stats = indexer.stats(&meta.store.name).await?;
@@ -372,7 +443,8 @@ impl indexer_server::Indexer for IndexerGrpc {
             exact: r.exact,
             hnsw_ef: (r.hnsw_ef > 0).then_some(r.hnsw_ef as usize),
         };
-        let (results, timings) = indexer.search(&r.collection, queries, options, deadline).await?;
+        let retrieval = retrieval_from(r.mode, r.fusion, r.prefetch, r.mmr)?;
+        let (results, timings) = indexer.search(&r.collection, queries, options, retrieval, deadline).await?;
         Ok(Response::new(v1::SearchResponse {
             results: results
                 .into_iter()

@@ -14,9 +14,12 @@ use crate::collections::{CollectionMeta, Registry, validate_name};
 use crate::error::IndexError;
 use crate::exact::{ExactMirrors, ExactSettings};
 use crate::filter::Filter;
+use crate::fusion::{self, Fusion};
+use crate::keyword::{Analyzer, KeywordConfig, KeywordRequest};
 use crate::peers::{EmbedderApi, InputKind};
 use crate::store::{
-    ChunkPoint, Distance, Hit, Recovery, SearchOptions, StoreSpec, StoreStats, VectorStore, WriteBatch,
+    ChunkPoint, Distance, Hit, Recovery, SearchOptions, SparseVector, StoreSpec, StoreStats, VectorStore,
+    WriteBatch,
 };
 
 /// Texts per Embed call while ingesting (the embedder splits and batches them further).
@@ -69,6 +72,40 @@ pub struct CreateCollection {
     pub replication_factor: Option<u32>,
     pub write_consistency_factor: Option<u32>,
     pub on_disk: Option<bool>,
+    /// A keyword (BM25) index, with the settings asked for.
+    pub keyword: Option<KeywordRequest>,
+}
+
+/// Which lists a search ranks by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SearchMode {
+    /// The nearest vectors.
+    #[default]
+    Dense,
+    /// BM25 over the keyword index.
+    Keyword,
+    /// Both, fused.
+    Hybrid,
+}
+
+/// Maximal marginal relevance settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mmr {
+    /// λ in [0, 1]; 0 = plain top k.
+    pub diversity: f32,
+    /// Candidates to pick from (at least k); None = max(4k, 20), capped at the largest k.
+    pub candidates: Option<usize>,
+}
+
+/// How a search retrieves, beyond the store's options.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Retrieval {
+    pub mode: SearchMode,
+    pub fusion: Fusion,
+    /// Hits taken from each list before a hybrid fusion; None = max(4k, 50) (at least the
+    /// candidates MMR needs), capped at the largest k.
+    pub prefetch: Option<usize>,
+    pub mmr: Option<Mmr>,
 }
 
 /// Where a search's time went.
@@ -208,6 +245,7 @@ impl Indexer {
         let tok =
             self.embedder.tokenize(&info.name, vec![String::new()], deadline).await.map_err(embedder_err)?;
         req.chunking.validate(info.max_seq_len.saturating_sub(tok.special_tokens))?;
+        let keyword = req.keyword.map(|k| KeywordConfig::resolve(k, &req.chunking)).transpose()?;
         let meta = CollectionMeta {
             store: StoreSpec {
                 name: req.name,
@@ -218,9 +256,11 @@ impl Indexer {
                 replication_factor: req.replication_factor,
                 write_consistency_factor: req.write_consistency_factor,
                 on_disk: req.on_disk,
+                sparse: true,
             },
             model: info.name,
             chunking: req.chunking,
+            keyword,
         };
         self.store.create(&meta.store).await?;
         if let Err(e) = self.registry.insert(meta.clone()) {
@@ -365,8 +405,12 @@ impl Indexer {
                     text: c.text.clone(),
                     metadata: d.metadata.clone(),
                     vector,
+                    sparse: None,
                 });
             }
+        }
+        if let Some(config) = &meta.keyword {
+            points = keyword_weights(config, points).await?;
         }
         let counts: Vec<u32> = chunks.iter().map(|c| c.len() as u32).collect();
         let stale: Vec<(String, u32)> = docs.iter().zip(&counts).map(|(d, n)| (d.id.clone(), *n)).collect();
@@ -460,10 +504,12 @@ impl Indexer {
     /// was validated when it was built (`filter::Condition::new`).
     fn check_search(
         &self,
+        meta: &CollectionMeta,
         queries: &[QueryIn],
         options: &SearchOptions,
-        dim: usize,
+        retrieval: &Retrieval,
     ) -> Result<Vec<String>, IndexError> {
+        let dim = meta.store.dim;
         if queries.is_empty() || queries.len() > self.limits.max_queries {
             return Err(IndexError::invalid(
                 "queries",
@@ -476,6 +522,7 @@ impl Indexer {
         if options.score_threshold.is_some_and(|t| !t.is_finite()) {
             return Err(IndexError::invalid("score_threshold", "must be a finite number"));
         }
+        self.check_retrieval(meta, options.k, retrieval)?;
         let mut texts = Vec::new();
         for (i, q) in queries.iter().enumerate() {
             match q {
@@ -483,6 +530,12 @@ impl Indexer {
                     return Err(IndexError::invalid("queries", format!("query {i} is empty")));
                 }
                 QueryIn::Text(t) => texts.push(t.clone()),
+                QueryIn::Vector(_) if retrieval.mode != SearchMode::Dense => {
+                    return Err(IndexError::invalid(
+                        "queries",
+                        format!("query {i} is a vector; keyword and hybrid search need text"),
+                    ));
+                }
                 QueryIn::Vector(v) if v.len() != dim => {
                     return Err(IndexError::invalid(
                         "queries",
@@ -501,27 +554,141 @@ impl Indexer {
         Ok(texts)
     }
 
-    /// Top-k hits per query.
+    /// Checks the mode, fusion, prefetch and MMR settings against the collection and k.
+    fn check_retrieval(&self, meta: &CollectionMeta, k: usize, r: &Retrieval) -> Result<(), IndexError> {
+        let max_k = self.limits.max_k;
+        if r.mode != SearchMode::Dense && meta.keyword.is_none() {
+            return Err(IndexError::failed_precondition(
+                "mode",
+                format!(
+                    "collection {:?} has no keyword index; create it with one (CreateCollection.keyword) for keyword or hybrid search",
+                    meta.store.name
+                ),
+            ));
+        }
+        match r.fusion {
+            Fusion::Weighted { alpha } if !(0.0..=1.0).contains(&alpha) => {
+                return Err(IndexError::invalid("fusion.weighted.alpha", "must be in [0, 1]"));
+            }
+            Fusion::Rrf { k: 0 } => return Err(IndexError::invalid("fusion.rrf.k", "must be at least 1")),
+            _ => {}
+        }
+        if let Some(p) = r.prefetch
+            && (p < k || p > max_k)
+        {
+            return Err(IndexError::invalid("prefetch", format!("must be in k..={max_k} (k is {k})")));
+        }
+        if let Some(m) = r.mmr {
+            if !(0.0..=1.0).contains(&m.diversity) {
+                return Err(IndexError::invalid("mmr.diversity", "must be in [0, 1]"));
+            }
+            if let Some(c) = m.candidates
+                && (c < k || c > max_k)
+            {
+                return Err(IndexError::invalid(
+                    "mmr.candidates",
+                    format!("must be in k..={max_k} (k is {k})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Top-k hits per query: dense, keyword or hybrid (fused), then diversified by MMR if asked.
     pub async fn search(
         &self,
         collection: &str,
         queries: Vec<QueryIn>,
         mut options: SearchOptions,
+        retrieval: Retrieval,
         deadline: Option<Instant>,
     ) -> Result<(Vec<Vec<Hit>>, SearchTimings), IndexError> {
         let meta = self.registry.get(collection)?;
-        let texts = self.check_search(&queries, &options, meta.store.dim)?;
+        let texts = self.check_search(&meta, &queries, &options, &retrieval)?;
+        if options.filter.as_ref().is_some_and(Filter::is_empty) {
+            options.filter = None;
+        }
+        let (k, max_k) = (options.k, self.limits.max_k);
+        // How many hits each query's final list needs before MMR picks k of them.
+        let want = retrieval.mmr.map_or(k, |m| m.candidates.unwrap_or_else(|| (4 * k).max(20).min(max_k)));
+        let prefetch = retrieval.prefetch.unwrap_or_else(|| (4 * k).max(50).min(max_k).max(want));
         let started = Instant::now();
+        let mut timings = SearchTimings::default();
+        let dense = match retrieval.mode {
+            SearchMode::Keyword => None,
+            mode => {
+                let vectors = self.query_vectors(&meta, queries, texts.clone(), deadline).await?;
+                timings.embed = started.elapsed();
+                let k = if mode == SearchMode::Hybrid { prefetch } else { want };
+                let threshold = if mode == SearchMode::Dense { options.score_threshold } else { None };
+                let dense_options = SearchOptions { k, score_threshold: threshold, ..options.clone() };
+                Some(self.dense_search(&meta, &vectors, &dense_options).await?)
+            }
+        };
+        let keyword = match (&meta.keyword, retrieval.mode) {
+            (Some(config), SearchMode::Keyword | SearchMode::Hybrid) => {
+                let analyzer = Analyzer::new(config)?;
+                let sparse: Vec<SparseVector> = texts.iter().map(|t| analyzer.query(t)).collect();
+                let (k, threshold) = match retrieval.mode {
+                    SearchMode::Hybrid => (prefetch, None),
+                    _ => (want, options.score_threshold),
+                };
+                let keyword_options = SearchOptions { k, score_threshold: threshold, ..options.clone() };
+                let span = tracing::info_span!("keyword_search", queries = sparse.len());
+                Some(self.store.search_keyword(collection, &sparse, &keyword_options).instrument(span).await?)
+            }
+            _ => None,
+        };
+        let higher = meta.store.distance.higher_is_better();
+        let lists: Vec<Vec<Hit>> = match (dense, keyword) {
+            (Some(dense), Some(keyword)) => dense
+                .into_iter()
+                .zip(keyword)
+                .map(|(d, kw)| {
+                    let mut fused = fusion::fuse(d, kw, retrieval.fusion, higher);
+                    if let Some(t) = options.score_threshold {
+                        fused.retain(|h| h.score >= t);
+                    }
+                    fused.truncate(want);
+                    fused
+                })
+                .collect(),
+            (Some(lists), None) | (None, Some(lists)) => lists,
+            (None, None) => Vec::new(),
+        };
+        let hits = match retrieval.mmr {
+            Some(mmr) => {
+                let dense_relevance = retrieval.mode == SearchMode::Dense;
+                self.diversify(&meta, lists, k, mmr.diversity, dense_relevance).await?
+            }
+            None => lists
+                .into_iter()
+                .map(|mut l| {
+                    l.truncate(k);
+                    l
+                })
+                .collect(),
+        };
+        timings.search = started.elapsed().saturating_sub(timings.embed);
+        Ok((hits, timings))
+    }
+
+    /// Every query's vector: text queries embedded with the collection's model, in order.
+    async fn query_vectors(
+        &self,
+        meta: &CollectionMeta,
+        queries: Vec<QueryIn>,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<f32>>, IndexError> {
         let mut embedded = if texts.is_empty() {
             Vec::new().into_iter()
         } else {
             let span = tracing::info_span!("embed_queries", texts = texts.len());
             self.embed(&meta.model, texts, InputKind::Query, deadline).instrument(span).await?.into_iter()
         };
-        let mut timings = SearchTimings { embed: started.elapsed(), search: Duration::ZERO };
-        let started = Instant::now();
         // `embed` answers one vector per text (or fails), so every text query has its vector.
-        let vectors: Vec<Vec<f32>> = queries
+        queries
             .into_iter()
             .map(|q| match q {
                 QueryIn::Text(_) => embedded.next().ok_or_else(|| {
@@ -529,31 +696,93 @@ impl Indexer {
                 }),
                 QueryIn::Vector(v) => Ok(v),
             })
-            .collect::<Result<_, _>>()?;
-        if options.filter.as_ref().is_some_and(Filter::is_empty) {
-            options.filter = None;
-        }
-        // Unfiltered exact searches go to the resident exact engine (batched with concurrent
-        // ones); filtered ones, and HNSW, to the store.
+            .collect()
+    }
+
+    /// The dense top k: unfiltered exact searches go to the resident exact engine (batched with
+    /// concurrent ones); filtered ones, and HNSW, to the store.
+    async fn dense_search(
+        &self,
+        meta: &CollectionMeta,
+        vectors: &[Vec<f32>],
+        options: &SearchOptions,
+    ) -> Result<Vec<Vec<Hit>>, IndexError> {
+        let collection = &meta.store.name;
         if let Some(exact) = &self.exact
             && options.exact
             && options.filter.is_none()
         {
-            crate::store::check_queries(&vectors, meta.store.dim)?;
+            crate::store::check_queries(vectors, meta.store.dim)?;
             let found = exact
-                .search(self.store.as_ref(), collection, &vectors, options.k, options.score_threshold)
+                .search(self.store.as_ref(), collection, vectors, options.k, options.score_threshold)
                 .instrument(tracing::info_span!("exact_search", queries = vectors.len()))
                 .await?;
             if let Some(hits) = found {
-                timings.search = started.elapsed();
-                return Ok((hits, timings));
+                return Ok(hits);
             }
         }
         let span = tracing::info_span!("shard_search", queries = vectors.len(), exact = options.exact);
-        let hits = self.store.search(collection, &vectors, &options).instrument(span).await?;
-        timings.search = started.elapsed();
-        Ok((hits, timings))
+        self.store.search(collection, vectors, options).instrument(span).await
     }
+
+    /// MMR over each query's candidates: their dense vectors from the store (one call for all
+    /// queries), the similarity matrix and the greedy pick on the blocking pool. Relevance is the
+    /// similarity to the query (`dense_relevance`: the dense score, a distance negated) or the
+    /// list's score min-max scaled to [0, 1] (keyword and fused scores).
+    async fn diversify(
+        &self,
+        meta: &CollectionMeta,
+        lists: Vec<Vec<Hit>>,
+        k: usize,
+        diversity: f32,
+        dense_relevance: bool,
+    ) -> Result<Vec<Vec<Hit>>, IndexError> {
+        let keys: Vec<(String, u32)> =
+            lists.iter().flat_map(|l| l.iter().map(|h| (h.doc_id.clone(), h.chunk))).collect();
+        let span = tracing::info_span!("mmr_vectors", chunks = keys.len());
+        let mut vectors = self.store.vectors(&meta.store.name, &keys).instrument(span).await?.into_iter();
+        let (distance, higher) = (meta.store.distance, meta.store.distance.higher_is_better());
+        let work: Vec<(Vec<Hit>, Vec<Vec<f32>>)> = lists
+            .into_iter()
+            .map(|list| {
+                // A chunk deleted since the search has no vector: it is no longer a candidate.
+                let (hits, vs): (Vec<Hit>, Vec<Vec<f32>>) =
+                    list.into_iter().zip(vectors.by_ref()).filter_map(|(h, v)| v.map(|v| (h, v))).unzip();
+                (hits, vs)
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            work.into_iter()
+                .map(|(hits, vs)| {
+                    let scores: Vec<f32> =
+                        hits.iter().map(|h| if higher { h.score } else { -h.score }).collect();
+                    let relevance = if dense_relevance { scores } else { fusion::min_max(&scores) };
+                    let gram = crate::mmr::similarities(&vs, distance)?;
+                    let picked = crate::mmr::select(&relevance, &gram, k, diversity);
+                    let mut hits: Vec<Option<Hit>> = hits.into_iter().map(Some).collect();
+                    Ok(picked.into_iter().filter_map(|i| hits[i].take()).collect())
+                })
+                .collect::<Result<Vec<Vec<Hit>>, IndexError>>()
+        })
+        .await
+        .map_err(|e| IndexError::Store(format!("mmr: {e}")))?
+    }
+}
+
+/// Each chunk's BM25 weights (on the blocking pool: analysis is CPU work proportional to the text).
+async fn keyword_weights(
+    config: &KeywordConfig,
+    mut points: Vec<ChunkPoint>,
+) -> Result<Vec<ChunkPoint>, IndexError> {
+    let analyzer = Analyzer::new(config)?;
+    tokio::task::spawn_blocking(move || {
+        for p in &mut points {
+            p.sparse = Some(analyzer.document(&p.text));
+        }
+        points
+    })
+    .await
+    .map_err(|e| IndexError::Store(format!("keyword analysis: {e}")))
 }
 
 /// The domain without a model or a socket: [`Indexer`] over a temp-dir embedded store and an
@@ -681,6 +910,7 @@ mod tests {
             replication_factor: None,
             write_consistency_factor: None,
             on_disk: None,
+            keyword: None,
         }
     }
 
@@ -716,7 +946,7 @@ mod tests {
             assert_eq!((out.documents, out.chunks, out.failed.len()), (2, 2, 0));
             let (hits, _) = f
                 .indexer
-                .search("c", vec![text(&format!("{b} query"))], options(2, exact), None)
+                .search("c", vec![text(&format!("{b} query"))], options(2, exact), Retrieval::default(), None)
                 .await
                 .expect("search");
             assert_eq!(hits[0][0].doc_id, "d-b", "exact={exact}: {:?}", hits[0]);
@@ -739,8 +969,11 @@ mod tests {
         assert_eq!(out.chunks, 1);
         assert_eq!(f.indexer.store().count_chunks("c", "d").await.expect("count"), 1);
         // The exact mirror forgot the removed chunks too: only one hit is left for the document.
-        let (hits, _) =
-            f.indexer.search("c", vec![text("Second")], options(10, true), None).await.expect("search");
+        let (hits, _) = f
+            .indexer
+            .search("c", vec![text("Second")], options(10, true), Retrieval::default(), None)
+            .await
+            .expect("search");
         assert_eq!(hits[0].len(), 1, "{:?}", hits[0]);
     }
 
@@ -769,8 +1002,11 @@ mod tests {
         assert_eq!(f.indexer.stats("c").await.expect("stats").documents, 4);
         let err = f.indexer.document_status("c", "d1").await.expect_err("deleted");
         assert_eq!(tonic::Status::from(err).code(), Code::NotFound);
-        let (hits, _) =
-            f.indexer.search("c", vec![text("word1")], options(10, true), None).await.expect("search");
+        let (hits, _) = f
+            .indexer
+            .search("c", vec![text("word1")], options(10, true), Retrieval::default(), None)
+            .await
+            .expect("search");
         assert!(hits[0].iter().all(|h| h.doc_id != "d1" && h.doc_id != "d2"), "{:?}", hits[0]);
     }
 
@@ -788,7 +1024,11 @@ mod tests {
         f.fake.answer_short.store(true, Ordering::Relaxed);
         let err = f.indexer.upsert("c", vec![doc("d", "text.")], None).await.expect_err("short answer");
         assert_eq!(tonic::Status::from(err).code(), Code::Internal);
-        let err = f.indexer.search("c", vec![text("q")], options(1, false), None).await.expect_err("short");
+        let err = f
+            .indexer
+            .search("c", vec![text("q")], options(1, false), Retrieval::default(), None)
+            .await
+            .expect_err("short");
         assert_eq!(tonic::Status::from(err).code(), Code::Internal, "never an empty query vector");
     }
 
@@ -801,29 +1041,110 @@ mod tests {
             IndexError::InvalidArgument { field, .. } => field,
             other => panic!("{other:?}"),
         };
-        let k0 = f.indexer.search("c", vec![text("q")], options(0, false), None).await.expect_err("k = 0");
+        let k0 = f
+            .indexer
+            .search("c", vec![text("q")], options(0, false), Retrieval::default(), None)
+            .await
+            .expect_err("k = 0");
         assert_eq!(field(k0), "k");
-        let k_big =
-            f.indexer.search("c", vec![text("q")], options(11, false), None).await.expect_err("k > max");
+        let k_big = f
+            .indexer
+            .search("c", vec![text("q")], options(11, false), Retrieval::default(), None)
+            .await
+            .expect_err("k > max");
         assert_eq!(field(k_big), "k");
         let many = vec![text("q"); 5];
         assert_eq!(
-            field(f.indexer.search("c", many, options(1, false), None).await.expect_err("5 > 4")),
+            field(
+                f.indexer
+                    .search("c", many, options(1, false), Retrieval::default(), None)
+                    .await
+                    .expect_err("5 > 4")
+            ),
             "queries"
         );
         let dim = vec![QueryIn::Vector(vec![1.0; DIM - 1])];
         assert_eq!(
-            field(f.indexer.search("c", dim, options(1, false), None).await.expect_err("dim")),
+            field(
+                f.indexer
+                    .search("c", dim, options(1, false), Retrieval::default(), None)
+                    .await
+                    .expect_err("dim")
+            ),
             "queries"
         );
         let nan = vec![QueryIn::Vector(vec![f32::NAN; DIM])];
         assert_eq!(
-            field(f.indexer.search("c", nan, options(1, false), None).await.expect_err("NaN")),
+            field(
+                f.indexer
+                    .search("c", nan, options(1, false), Retrieval::default(), None)
+                    .await
+                    .expect_err("NaN")
+            ),
             "queries"
         );
         assert_eq!(f.fake.embed_calls.load(Ordering::Relaxed), calls, "nothing was embedded");
-        let missing =
-            f.indexer.search("nope", vec![text("q")], options(1, false), None).await.expect_err("none");
+        let missing = f
+            .indexer
+            .search("nope", vec![text("q")], options(1, false), Retrieval::default(), None)
+            .await
+            .expect_err("none");
         assert_eq!(tonic::Status::from(missing).code(), Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn keyword_hybrid_and_mmr_by_the_fakes_rule() {
+        let (a, b) = two_words();
+        let f = fixture(false).await;
+        let with_keywords =
+            CreateCollection { keyword: Some(KeywordRequest::default()), ..create("k", Chunking::default()) };
+        f.indexer.create_collection(with_keywords, None).await.expect("create");
+        let docs = vec![
+            doc("a1", &format!("{a} pumps need care.")),
+            doc("a2", &format!("{a} valves need care.")),
+            doc("a3", &format!("{a} gaskets need care.")),
+            doc("b1", &format!("{b} order zx4471 shipped.")),
+        ];
+        f.indexer.upsert("k", docs, None).await.expect("upsert");
+        let run = |q: String, k: usize, retrieval: Retrieval| {
+            let indexer = &f.indexer;
+            async move {
+                let (mut hits, _) = indexer
+                    .search("k", vec![text(&q)], options(k, false), retrieval, None)
+                    .await
+                    .expect("search");
+                hits.remove(0)
+            }
+        };
+        let ids = |hits: &[Hit]| hits.iter().map(|h| h.doc_id.clone()).collect::<Vec<_>>();
+        // Keyword: only b1 has the part number.
+        let keyword = Retrieval { mode: SearchMode::Keyword, ..Retrieval::default() };
+        assert_eq!(ids(&run("zx4471 shipped".into(), 4, keyword).await), vec!["b1"]);
+        // Dense by the fake's rule: the query's first word is `a`, so b1 (cosine 0) comes last.
+        let dense = run(format!("{a} zx4471"), 3, Retrieval::default()).await;
+        assert!(!ids(&dense).contains(&"b1".to_string()), "{:?}", ids(&dense));
+        // Hybrid: b1 is in the keyword list (the `a` documents are too, by their first word) and
+        // makes the top 3.
+        let hybrid = Retrieval { mode: SearchMode::Hybrid, ..Retrieval::default() };
+        let fused = run(format!("{a} zx4471"), 3, hybrid).await;
+        let b1 = fused.iter().find(|h| h.doc_id == "b1").expect("hybrid finds b1");
+        assert!(b1.sources.iter().any(|s| s.source == crate::store::Source::Keyword), "{b1:?}");
+        // MMR: the `a` documents have the same vector; with λ = 0.6 the second pick is b1
+        // (0.4·0 − 0.6·0 = 0 beats 0.4·1 − 0.6·1 = −0.2).
+        let mmr =
+            Retrieval { mmr: Some(Mmr { diversity: 0.6, candidates: Some(4) }), ..Retrieval::default() };
+        let diverse = run(a.to_string(), 2, mmr).await;
+        assert_eq!(diverse.len(), 2);
+        assert!(diverse[0].doc_id.starts_with('a') && diverse[1].doc_id == "b1", "{:?}", ids(&diverse));
+        // A collection without a keyword index: FAILED_PRECONDITION naming the mode.
+        f.indexer.create_collection(create("plain", Chunking::default()), None).await.expect("create");
+        let err = f
+            .indexer
+            .search("plain", vec![text("q")], options(1, false), keyword, None)
+            .await
+            .expect_err("no index");
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().starts_with("mode:"), "{}", status.message());
     }
 }

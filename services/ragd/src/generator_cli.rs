@@ -72,6 +72,8 @@ pub struct AskArgs {
     #[arg(long)]
     threshold: Option<f32>,
     #[command(flatten)]
+    retrieval: crate::indexer_cli::RetrievalArgs,
+    #[command(flatten)]
     sampling: SamplingArgs,
     /// The question.
     #[arg(required = true)]
@@ -152,6 +154,7 @@ fn print_done(d: &v1::Done) {
 
 pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
     let mut c = client(&args.endpoint).await?;
+    let (mode, fusion, prefetch, mmr) = args.retrieval.proto();
     let mut req = tonic::Request::new(v1::AskRequest {
         question: args.question.join(" "),
         collection: args.collection,
@@ -161,6 +164,10 @@ pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
         sampling: Some(args.sampling.proto()),
         backend: args.sampling.backend.clone(),
         no_context: 0,
+        mode,
+        fusion,
+        prefetch,
+        mmr,
     });
     req.set_timeout(std::time::Duration::from_secs(args.sampling.timeout_secs));
     let mut stream = c.ask(req).await.map_err(status)?.into_inner();

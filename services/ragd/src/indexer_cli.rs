@@ -64,6 +64,8 @@ pub enum CollectionsCommand {
         /// Sentences or tokens shared by consecutive chunks (default 1 sentence / 0 tokens).
         #[arg(long)]
         overlap: Option<u32>,
+        #[command(flatten)]
+        keyword: KeywordArgs,
     },
     List,
     Describe {
@@ -72,6 +74,113 @@ pub enum CollectionsCommand {
     Drop {
         name: String,
     },
+}
+
+/// The keyword (BM25) index of a new collection.
+#[derive(Debug, Args)]
+pub struct KeywordArgs {
+    /// Add a keyword (BM25) index, for `ragd search --mode keyword|hybrid`. Any other
+    /// `--keyword-*` or `--bm25-*` flag implies it.
+    #[arg(long)]
+    keyword: bool,
+    /// Stop words and stemmer of this language (Qdrant's names: english, german, ...).
+    #[arg(long)]
+    keyword_language: Option<String>,
+    /// Keep stop words as terms.
+    #[arg(long)]
+    keyword_keep_stop_words: bool,
+    /// Do not fold accented letters to ASCII.
+    #[arg(long)]
+    keyword_no_folding: bool,
+    /// BM25 term-frequency saturation (default 1.2).
+    #[arg(long)]
+    bm25_k1: Option<f32>,
+    /// BM25 length normalisation in [0, 1] (default 0.75).
+    #[arg(long)]
+    bm25_b: Option<f32>,
+    /// Expected chunk length in terms (default: estimated from the chunking).
+    #[arg(long)]
+    bm25_avg_len: Option<f32>,
+}
+
+impl KeywordArgs {
+    fn proto(self) -> Option<v1::KeywordIndex> {
+        let asked = self.keyword
+            || self.keyword_language.is_some()
+            || self.keyword_keep_stop_words
+            || self.keyword_no_folding
+            || self.bm25_k1.is_some()
+            || self.bm25_b.is_some()
+            || self.bm25_avg_len.is_some();
+        asked.then(|| v1::KeywordIndex {
+            language: self.keyword_language.unwrap_or_default(),
+            stop_words: self.keyword_keep_stop_words.then_some(false),
+            lowercase: None,
+            ascii_folding: self.keyword_no_folding.then_some(false),
+            k1: self.bm25_k1,
+            b: self.bm25_b,
+            avg_len: self.bm25_avg_len,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Dense,
+    Keyword,
+    Hybrid,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FusionArg {
+    Rrf,
+    Dbsf,
+    Weighted,
+}
+
+/// How chunks are retrieved (`ragd search`, `ragd ask`).
+#[derive(Debug, Clone, Args)]
+pub struct RetrievalArgs {
+    /// Dense (vectors), keyword (BM25) or hybrid (both, fused).
+    #[arg(long, value_enum, default_value = "dense")]
+    pub mode: ModeArg,
+    /// How hybrid search fuses its lists.
+    #[arg(long, value_enum, default_value = "rrf")]
+    pub fusion: FusionArg,
+    /// RRF's k (score = sum of 1 / (k + rank)).
+    #[arg(long, default_value_t = 60)]
+    pub rrf_k: u32,
+    /// Weight of the dense list in [0, 1] for `--fusion weighted` (1 = dense only).
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f32,
+    /// Hits taken from each list before fusing (default: max(4k, 50)).
+    #[arg(long)]
+    pub prefetch: Option<u32>,
+    /// Diversify by MMR with this diversity in [0, 1] (0 = plain top k).
+    #[arg(long)]
+    pub mmr: Option<f32>,
+    /// Candidates MMR picks from (default: max(4k, 20)).
+    #[arg(long)]
+    pub mmr_candidates: Option<u32>,
+}
+
+impl RetrievalArgs {
+    /// (mode, fusion, prefetch, mmr) of a SearchRequest or AskRequest.
+    pub fn proto(&self) -> (i32, Option<v1::Fusion>, u32, Option<v1::Mmr>) {
+        let mode = match self.mode {
+            ModeArg::Dense => v1::SearchMode::Dense,
+            ModeArg::Keyword => v1::SearchMode::Keyword,
+            ModeArg::Hybrid => v1::SearchMode::Hybrid,
+        };
+        let method = match self.fusion {
+            FusionArg::Rrf => v1::fusion::Method::Rrf(v1::Rrf { k: self.rrf_k }),
+            FusionArg::Dbsf => v1::fusion::Method::Dbsf(v1::Dbsf {}),
+            FusionArg::Weighted => v1::fusion::Method::Weighted(v1::Weighted { alpha: self.alpha }),
+        };
+        let mmr =
+            self.mmr.map(|diversity| v1::Mmr { diversity, candidates: self.mmr_candidates.unwrap_or(0) });
+        (mode as i32, Some(v1::Fusion { method: Some(method) }), self.prefetch.unwrap_or(0), mmr)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +216,8 @@ pub struct SearchArgs {
     /// Exact search instead of HNSW.
     #[arg(long)]
     exact: bool,
+    #[command(flatten)]
+    retrieval: RetrievalArgs,
     /// Queries (one result list each).
     #[arg(required = true)]
     queries: Vec<String>,
@@ -168,6 +279,7 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
             sentences,
             tokens,
             overlap,
+            keyword,
         } => {
             let policy = match (sentences, tokens) {
                 (_, Some(size)) => {
@@ -192,6 +304,7 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
                 replication_factor,
                 write_consistency_factor,
                 on_disk,
+                keyword: keyword.proto(),
             };
             print_info(&c.create_collection(request).await.map_err(status)?.into_inner(), endpoint.json);
         }
@@ -281,6 +394,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     let mut c = client(&args.endpoint).await?;
+    let (mode, fusion, prefetch, mmr) = args.retrieval.proto();
     let request = v1::SearchRequest {
         collection: args.collection,
         queries: args
@@ -291,6 +405,10 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
         k: args.k,
         score_threshold: args.threshold,
         exact: args.exact,
+        mode,
+        fusion,
+        prefetch,
+        mmr,
         ..Default::default()
     };
     let r = c.search(request).await.map_err(status)?.into_inner();
@@ -301,14 +419,24 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|h| {
                     let metadata = h.metadata.map(from_struct).unwrap_or_default();
-                    json!({"doc_id": h.doc_id, "chunk": h.chunk, "score": h.score, "text": h.text, "metadata": metadata})
+                    let sources: Vec<Value> = h
+                        .sources
+                        .iter()
+                        .map(|s| json!({"source": s.source, "rank": s.rank, "score": s.score}))
+                        .collect();
+                    json!({"doc_id": h.doc_id, "chunk": h.chunk, "score": h.score, "text": h.text, "metadata": metadata, "sources": sources})
                 })
                 .collect();
             println!("{}", json!({"query": q, "hits": hits}));
         } else {
             println!("{q}");
             for h in result.hits {
-                println!("  {:.3}  {} #{}  {:.80}", h.score, h.doc_id, h.chunk, h.text);
+                // A fused hit says where it stood in each list: "dense #3, keyword #1".
+                let sources: Vec<String> =
+                    h.sources.iter().map(|s| format!("{} #{}", s.source, s.rank)).collect();
+                let sources =
+                    if sources.is_empty() { String::new() } else { format!("  ({})", sources.join(", ")) };
+                println!("  {:.3}  {} #{}{sources}  {:.80}", h.score, h.doc_id, h.chunk, h.text);
             }
         }
     }

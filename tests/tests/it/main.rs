@@ -15,6 +15,7 @@ mod generator_openai;
 mod indexer_exact;
 mod indexer_grpc;
 mod indexer_process;
+mod indexer_retrieval;
 mod security;
 mod store_edge;
 mod store_qdrant;

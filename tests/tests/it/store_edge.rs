@@ -99,6 +99,7 @@ fn chunk(doc: &str, n: u32, text: &str, v: &[f32]) -> ragd_indexer::store::Chunk
         text: text.into(),
         metadata: serde_json::json!({ "doc": doc }).as_object().cloned().unwrap_or_default(),
         vector: v.to_vec(),
+        sparse: None,
     }
 }
 

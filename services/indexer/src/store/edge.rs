@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::Instant;
 
 use qdrant_edge::{
-    CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
-    NamedQuery, Payload, PointId, PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum,
-    ScoredPoint, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorStructPersisted,
+    CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams,
+    EdgeVectorParams, Modifier, NamedQuery, Payload, PointId, PointInsertOperations, PointOperations,
+    PointStructPersisted, QueryEnum, ScoredPoint, ScrollRequest, SearchParams, SearchRequest,
+    UpdateOperation, VectorInternal, VectorPersisted, VectorStructInternal, VectorStructPersisted,
     WithPayloadInterface, WithVector,
 };
 use serde_json::Value;
@@ -30,8 +31,8 @@ use serde_json::Value;
 use super::journal::{self, Durability, Journal, Record};
 use super::merge::merge_top_k;
 use super::{
-    ChunkPoint, Distance, Hit, Recovery, SearchOptions, ShardStats, StoreSpec, StoreStats, VectorStore,
-    WriteBatch,
+    ChunkPoint, Distance, Hit, KEYWORD_VECTOR, Recovery, SearchOptions, ShardStats, SparseVector, StoreSpec,
+    StoreStats, VectorStore, WriteBatch,
 };
 use crate::error::IndexError;
 use crate::filter::{self, Selection};
@@ -229,6 +230,65 @@ fn search_inline(shards: usize, queries: usize, exact: bool) -> bool {
     shards == 1 && queries == 1 && !exact
 }
 
+fn no_keyword_vector(collection: &str) -> IndexError {
+    IndexError::failed_precondition(
+        "mode",
+        format!(
+            "collection {collection:?} was created before keyword search existed: it has no keyword vector; re-create it with a keyword index"
+        ),
+    )
+}
+
+/// Runs `queries` on every shard of `c` (on this worker when `inline`, else on the blocking
+/// pool) and merges each query's shard lists into its global top k.
+async fn search_shards(
+    c: Arc<Collection>,
+    queries: Vec<QueryEnum>,
+    options: &SearchOptions,
+    params: SearchParams,
+    inline: bool,
+    higher_is_better: bool,
+) -> Result<Vec<Vec<Hit>>, IndexError> {
+    let filter = match &options.filter {
+        Some(f) if !f.is_empty() => Some(edge_filter(Selection::Metadata(f))?),
+        _ => None,
+    };
+    let n = queries.len();
+    let per_shard = c.shards.iter().map(|shard| {
+        let (shard, queries, filter) = (shard.clone(), queries.clone(), filter.clone());
+        let (k, threshold) = (options.k, options.score_threshold);
+        let search = move || {
+            queries
+                .into_iter()
+                .map(|query| {
+                    let request = SearchRequest {
+                        query,
+                        filter: filter.clone(),
+                        params: Some(params),
+                        limit: k,
+                        offset: 0,
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: None,
+                        score_threshold: threshold,
+                    };
+                    shard
+                        .engine
+                        .search(request)
+                        .map_err(store_err)
+                        .and_then(|ps| ps.into_iter().map(hit).collect())
+                })
+                .collect::<Result<Vec<Vec<Hit>>, _>>()
+        };
+        async move { if inline { search() } else { blocking(search).await } }
+    });
+    let shard_results = futures::future::try_join_all(per_shard).await?;
+    Ok((0..n)
+        .map(|qi| {
+            merge_top_k(shard_results.iter().map(|r| r[qi].clone()).collect(), options.k, higher_is_better)
+        })
+        .collect())
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, IndexError> {
@@ -315,13 +375,21 @@ impl EdgeStore {
             quantization_config: None,
             hnsw_config: None,
         };
-        EdgeConfig::builder()
-            .vector(DEFAULT_VECTOR_NAME, params)
-            .optimizers(EdgeOptimizersConfig {
+        let mut config =
+            EdgeConfig::builder().vector(DEFAULT_VECTOR_NAME, params).optimizers(EdgeOptimizersConfig {
                 indexing_threshold: spec.indexing_threshold_kb,
                 ..Default::default()
-            })
-            .build()
+            });
+        if spec.sparse {
+            // BM25 term weights; the engine multiplies query terms by their IDF in the shard.
+            let sparse = EdgeSparseVectorParams {
+                on_disk: spec.on_disk,
+                modifier: Some(Modifier::Idf),
+                ..Default::default()
+            };
+            config = config.sparse_vector(KEYWORD_VECTOR, sparse);
+        }
+        config.build()
     }
 
     fn register(&self, spec: &StoreSpec, incarnation: u64, shards: Vec<EdgeShard>) -> Result<(), IndexError> {
@@ -572,9 +640,22 @@ impl ShardWrites {
 fn apply(c: &Collection, batch: &WriteBatch) -> Result<(), IndexError> {
     let mut per_shard: Vec<ShardWrites> = (0..c.shards.len()).map(|_| ShardWrites::default()).collect();
     for p in &batch.upserts {
+        let vector = match &p.sparse {
+            None => VectorStructPersisted::Single(p.vector.clone()),
+            Some(sparse) => {
+                let sparse = qdrant_edge::SparseVector::new(sparse.indices.clone(), sparse.values.clone())
+                    .map_err(|e| {
+                        store_err(format!("chunk {} of {:?}: sparse vector: {e}", p.chunk, p.doc_id))
+                    })?;
+                VectorStructPersisted::Named(HashMap::from([
+                    (DEFAULT_VECTOR_NAME.to_string(), VectorPersisted::Dense(p.vector.clone())),
+                    (KEYWORD_VECTOR.to_string(), VectorPersisted::Sparse(sparse)),
+                ]))
+            }
+        };
         per_shard[shard_of(&p.doc_id, c.spec.shards)].upserts.push(PointStructPersisted {
             id: point_id(&p.doc_id, p.chunk),
-            vector: VectorStructPersisted::Single(p.vector.clone()),
+            vector,
             payload: Some(Payload(super::payload(p))),
         });
     }
@@ -632,6 +713,18 @@ fn hit(p: ScoredPoint) -> Result<Hit, IndexError> {
     payload_hit(p.id, p.payload, p.score)
 }
 
+/// The dense vector of a stored point (alone, or the unnamed one next to its sparse vector).
+fn dense_of(id: PointId, v: Option<VectorStructInternal>) -> Result<Vec<f32>, IndexError> {
+    match v {
+        Some(VectorStructInternal::Single(v)) => Ok(v),
+        Some(VectorStructInternal::Named(mut named)) => match named.remove(DEFAULT_VECTOR_NAME) {
+            Some(VectorInternal::Dense(v)) => Ok(v),
+            _ => Err(store_err(format!("point {id} has no dense vector"))),
+        },
+        _ => Err(store_err(format!("point {id} has no dense vector"))),
+    }
+}
+
 /// A stored point's payload as a hit. Every point ragd writes has a string `doc_id`, an integer
 /// `chunk` and a string `text`; a point without them (written by something else, or corrupted) is
 /// a store error naming the point, never a hit for document "" chunk 0.
@@ -654,7 +747,7 @@ fn payload_hit(id: PointId, payload: Option<Payload>, score: f32) -> Result<Hit,
         None | Some(Value::Null) => Default::default(),
         Some(_) => return Err(malformed("metadata is not an object")),
     };
-    Ok(Hit { doc_id, chunk, text, score, metadata })
+    Ok(Hit { doc_id, chunk, text, score, metadata, sources: Vec::new() })
 }
 
 /// Payload indexes on `doc_id` (keyword) and `chunk` (integer), which every delete, count and
@@ -851,44 +944,65 @@ impl VectorStore for EdgeStore {
     ) -> Result<Vec<Vec<Hit>>, IndexError> {
         let c = self.get(collection)?;
         super::check_queries(queries, c.spec.dim)?;
-        let filter = match &options.filter {
-            Some(f) if !f.is_empty() => Some(edge_filter(Selection::Metadata(f))?),
-            _ => None,
-        };
         let params = SearchParams { hnsw_ef: options.hnsw_ef, exact: options.exact, ..Default::default() };
         let inline = search_inline(c.shards.len(), queries.len(), options.exact);
-        let per_shard = c.shards.iter().map(|shard| {
-            let (shard, queries, filter) = (shard.clone(), queries.to_vec(), filter.clone());
-            let (k, threshold) = (options.k, options.score_threshold);
-            let search = move || {
-                queries
-                    .into_iter()
-                    .map(|q| {
-                        let request = SearchRequest {
-                            query: QueryEnum::Nearest(NamedQuery::default_dense(q)),
-                            filter: filter.clone(),
-                            params: Some(params),
-                            limit: k,
-                            offset: 0,
-                            with_payload: Some(WithPayloadInterface::Bool(true)),
-                            with_vector: None,
-                            score_threshold: threshold,
-                        };
-                        shard
-                            .engine
-                            .search(request)
-                            .map_err(store_err)
-                            .and_then(|ps| ps.into_iter().map(hit).collect())
-                    })
-                    .collect::<Result<Vec<Vec<Hit>>, _>>()
-            };
-            async move { if inline { search() } else { blocking(search).await } }
-        });
-        let shard_results = futures::future::try_join_all(per_shard).await?;
+        let queries =
+            queries.iter().map(|q| QueryEnum::Nearest(NamedQuery::default_dense(q.clone()))).collect();
         let higher = c.spec.distance.higher_is_better();
-        Ok((0..queries.len())
-            .map(|qi| merge_top_k(shard_results.iter().map(|r| r[qi].clone()).collect(), options.k, higher))
-            .collect())
+        search_shards(c, queries, options, params, inline, higher).await
+    }
+
+    async fn search_keyword(
+        &self,
+        collection: &str,
+        queries: &[SparseVector],
+        options: &SearchOptions,
+    ) -> Result<Vec<Vec<Hit>>, IndexError> {
+        let c = self.get(collection)?;
+        if !c.spec.sparse {
+            return Err(no_keyword_vector(collection));
+        }
+        let queries = queries
+            .iter()
+            .map(|q| {
+                let v = qdrant_edge::SparseVector::new(q.indices.clone(), q.values.clone())
+                    .map_err(|e| IndexError::invalid("queries", format!("sparse query: {e}")))?;
+                Ok(QueryEnum::Nearest(NamedQuery::new(VectorInternal::Sparse(v), KEYWORD_VECTOR)))
+            })
+            .collect::<Result<Vec<_>, IndexError>>()?;
+        // An inverted-index walk scales with the posting lists: off the async workers.
+        search_shards(c, queries, options, SearchParams::default(), false, true).await
+    }
+
+    async fn vectors(
+        &self,
+        collection: &str,
+        chunks: &[(String, u32)],
+    ) -> Result<Vec<Option<Vec<f32>>>, IndexError> {
+        let c = self.get(collection)?;
+        let chunks = chunks.to_vec();
+        blocking(move || {
+            let mut per_shard: Vec<Vec<PointId>> = vec![Vec::new(); c.shards.len()];
+            for (doc, chunk) in &chunks {
+                per_shard[shard_of(doc, c.spec.shards)].push(point_id(doc, *chunk));
+            }
+            let mut found: HashMap<PointId, Vec<f32>> = HashMap::new();
+            let dense = WithVector::Selector(vec![DEFAULT_VECTOR_NAME.to_string()]);
+            for (shard, ids) in c.shards.iter().zip(per_shard) {
+                if ids.is_empty() {
+                    continue;
+                }
+                let records = shard
+                    .engine
+                    .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(dense.clone()))
+                    .map_err(store_err)?;
+                for r in records {
+                    found.insert(r.id, dense_of(r.id, r.vector)?);
+                }
+            }
+            Ok(chunks.iter().map(|(doc, chunk)| found.remove(&point_id(doc, *chunk))).collect())
+        })
+        .await
     }
 
     async fn count_chunks(&self, collection: &str, doc_id: &str) -> Result<u64, IndexError> {
@@ -983,14 +1097,12 @@ impl VectorStore for EdgeStore {
                         limit: Some(1024),
                         filter: None,
                         with_payload: Some(WithPayloadInterface::Bool(true)),
-                        with_vector: WithVector::Bool(true),
+                        with_vector: WithVector::Selector(vec![DEFAULT_VECTOR_NAME.to_string()]),
                         order_by: None,
                     };
                     let (records, next) = shard.engine.scroll(request).map_err(store_err)?;
                     for r in records {
-                        let Some(qdrant_edge::VectorStructInternal::Single(vector)) = r.vector else {
-                            return Err(store_err(format!("point {} has no dense vector", r.id)));
-                        };
+                        let vector = dense_of(r.id, r.vector)?;
                         let h = payload_hit(r.id, r.payload, 0.0)?;
                         out.push(ChunkPoint {
                             doc_id: h.doc_id,
@@ -998,6 +1110,7 @@ impl VectorStore for EdgeStore {
                             text: String::new(),
                             metadata: Default::default(),
                             vector,
+                            sparse: None,
                         });
                     }
                     match next {

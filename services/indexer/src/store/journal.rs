@@ -14,8 +14,11 @@
 //! ```text
 //! u32 len | u32 crc32 (of len and payload) | payload (len bytes)
 //! payload: u64 seq | u64 incarnation | str collection
-//!          | u32 n × (str doc_id, u32 chunk, str text, str metadata JSON, u32 dim, dim × f32)
+//!          | u32 n × (str doc_id, u32 chunk, str text, str metadata JSON, u32 dim, dim × f32
+//!                     [, u32 nnz, nnz × u32 term, nnz × f32 weight])
 //!          | u32 n × (str doc_id, u32 from_chunk) | u32 n × str doc_id
+//! dim: the dense dimension; bit 31 set when the chunk's sparse (BM25) vector follows, so the
+//!      records written before sparse vectors existed read the same.
 //! str: u32 byte length | UTF-8 bytes; every integer and float little-endian
 //! ```
 //!
@@ -29,7 +32,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{ChunkPoint, WriteBatch};
+use super::{ChunkPoint, SparseVector, WriteBatch};
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -68,6 +71,8 @@ pub struct Recovered {
 }
 
 const HEADER: usize = 8;
+/// Bit of a chunk's `dim` field saying that its sparse vector follows the dense one.
+const SPARSE_FOLLOWS: u32 = 1 << 31;
 /// Frames larger than this are taken as garbage (a torn length field), not allocated.
 const MAX_FRAME: usize = 1 << 31;
 
@@ -89,9 +94,19 @@ pub fn encode_batch(seq: u64, incarnation: u64, collection: &str, b: &WriteBatch
         put_u32(out, p.chunk);
         put_str(out, &p.text);
         put_str(out, &serde_json::Value::Object(p.metadata.clone()).to_string());
-        put_u32(out, p.vector.len() as u32);
+        let sparse_flag = if p.sparse.is_some() { SPARSE_FOLLOWS } else { 0 };
+        put_u32(out, p.vector.len() as u32 | sparse_flag);
         for x in &p.vector {
             out.extend_from_slice(&x.to_le_bytes());
+        }
+        if let Some(sparse) = &p.sparse {
+            put_u32(out, sparse.indices.len() as u32);
+            for i in &sparse.indices {
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            for x in &sparse.values {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
         }
     }
     put_u32(out, b.delete_chunks_from.len() as u32);
@@ -177,6 +192,16 @@ impl<'a> Cursor<'a> {
         String::from_utf8(self.take(n)?.to_vec()).ok()
     }
     /// A count of items that each take at least `min_bytes`, checked against what is left.
+    /// `n` little-endian floats.
+    fn f32s(&mut self, n: usize) -> Option<Vec<f32>> {
+        Some(
+            self.take(n.checked_mul(4)?)?
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default()))
+                .collect(),
+        )
+    }
+
     fn count(&mut self, min_bytes: usize) -> Option<usize> {
         let n = self.u32()? as usize;
         (n.checked_mul(min_bytes)? <= self.0.len()).then_some(n)
@@ -197,13 +222,20 @@ fn parse(payload: &[u8]) -> Option<Record> {
             serde_json::Value::Object(m) => m,
             _ => return None,
         };
-        let dim = c.count(4)?;
-        let vector = c
-            .take(dim * 4)?
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default()))
-            .collect();
-        batch.upserts.push(ChunkPoint { doc_id, chunk, text, metadata, vector });
+        let dim = c.u32()?;
+        let vector = c.f32s((dim & !SPARSE_FOLLOWS) as usize)?;
+        let sparse = if dim & SPARSE_FOLLOWS != 0 {
+            let nnz = c.count(8)?;
+            let indices = c
+                .take(nnz * 4)?
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+                .collect();
+            Some(SparseVector { indices, values: c.f32s(nnz)? })
+        } else {
+            None
+        };
+        batch.upserts.push(ChunkPoint { doc_id, chunk, text, metadata, vector, sparse });
     }
     for _ in 0..c.count(8)? {
         let doc = c.str()?;
@@ -351,6 +383,9 @@ mod tests {
             text: format!("text of {doc} #{chunk} — ünïcode"),
             metadata,
             vector: vec![0.25, -1.5, f32::MIN_POSITIVE, 3.0e7],
+            // Every other chunk has BM25 weights, so both layouts are read back.
+            sparse: (chunk % 2 == 1)
+                .then(|| SparseVector { indices: vec![7, 4_000_000_000], values: vec![0.5, 1.25] }),
         }
     }
 

@@ -32,6 +32,7 @@ mod tests {
             text: String::new(),
             score,
             metadata: Default::default(),
+            sources: Vec::new(),
         }
     }
 

@@ -52,6 +52,21 @@ pub struct StoreSpec {
     /// Keep vectors (and, on Qdrant, payloads) on disk, memory-mapped, instead of in RAM.
     #[serde(default)]
     pub on_disk: Option<bool>,
+    /// The collection has the sparse vector [`KEYWORD_VECTOR`] (with Qdrant's IDF modifier)
+    /// next to its dense vector. Every collection created since keyword search exists has it;
+    /// older ones (false when read from an older registry) do not.
+    #[serde(default)]
+    pub sparse: bool,
+}
+
+/// Name of the sparse vector holding a chunk's BM25 term weights, in every store.
+pub const KEYWORD_VECTOR: &str = "keyword";
+
+/// A sparse vector: term ids (sorted, distinct) and their weights.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SparseVector {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
 }
 
 /// A chunk's payload, the same in every store: `{doc_id, chunk, text, metadata}`.
@@ -100,6 +115,8 @@ pub struct ChunkPoint {
     pub text: String,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub vector: Vec<f32>,
+    /// BM25 term weights, for a collection with a keyword index.
+    pub sparse: Option<SparseVector>,
 }
 
 /// Search options shared by every query of a request.
@@ -146,6 +163,32 @@ pub struct Hit {
     pub text: String,
     pub score: f32,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Where a fused hit stood in each list it was found in (empty unless fused).
+    pub sources: Vec<SourceRank>,
+}
+
+/// A hit's place in one list of a fusion.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SourceRank {
+    pub source: Source,
+    /// 1-based.
+    pub rank: u32,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Dense,
+    Keyword,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Dense => "dense",
+            Source::Keyword => "keyword",
+        }
+    }
 }
 
 /// Size and state of a collection's storage.
@@ -214,6 +257,29 @@ pub trait VectorStore: Send + Sync + Debug {
         queries: &[Vec<f32>],
         options: &SearchOptions,
     ) -> Result<Vec<Vec<Hit>>, IndexError>;
+    /// Top-k hits per sparse query on [`KEYWORD_VECTOR`] (BM25: the engine multiplies each
+    /// query term by its IDF in the shard), best first. `k`, `score_threshold` and `filter` of
+    /// the options apply; the search is exact (an inverted index). FAILED_PRECONDITION where the
+    /// collection has no sparse vector.
+    async fn search_keyword(
+        &self,
+        collection: &str,
+        _queries: &[SparseVector],
+        _options: &SearchOptions,
+    ) -> Result<Vec<Vec<Hit>>, IndexError> {
+        Err(IndexError::failed_precondition(
+            "mode",
+            format!("collection {collection:?}: this store has no keyword search"),
+        ))
+    }
+    /// The dense vectors of the given chunks, in order; None for chunks not found.
+    async fn vectors(
+        &self,
+        collection: &str,
+        _chunks: &[(String, u32)],
+    ) -> Result<Vec<Option<Vec<f32>>>, IndexError> {
+        Err(IndexError::Store(format!("{collection}: this store cannot return vectors")))
+    }
     /// Chunks stored for one document (0 if unknown).
     async fn count_chunks(&self, collection: &str, doc_id: &str) -> Result<u64, IndexError>;
     /// How many of `doc_ids` (distinct) are stored: one count per shard, not one per id.

@@ -21,7 +21,10 @@ use qdrant_client::qdrant::{
 use qdrant_client::{Qdrant, QdrantError};
 
 use super::merge::merge_top_k;
-use super::{ChunkPoint, Distance, Hit, SearchOptions, ShardStats, StoreSpec, StoreStats, VectorStore};
+use super::{
+    ChunkPoint, Distance, Hit, KEYWORD_VECTOR, SearchOptions, ShardStats, SparseVector, StoreSpec,
+    StoreStats, VectorStore,
+};
 use crate::error::IndexError;
 use crate::filter::{self, Selection};
 
@@ -175,6 +178,51 @@ impl QdrantStore {
         self.client.delete_points(request).await.map_err(remote_err).map(|_| ())
     }
 
+    /// Runs prepared searches (vector, name, params filled in) as one batch, with the options'
+    /// k, threshold and filter; Qdrant merges its shards.
+    async fn search_batch(
+        &self,
+        collection: &str,
+        searches: Vec<SearchPoints>,
+        options: &SearchOptions,
+        higher_is_better: bool,
+    ) -> Result<Vec<Vec<Hit>>, IndexError> {
+        let filter = match &options.filter {
+            Some(f) if !f.is_empty() => Some(qdrant::Filter::from(Selection::Metadata(f))),
+            _ => None,
+        };
+        let name = self.qname(collection);
+        let n = searches.len();
+        let search_points = searches
+            .into_iter()
+            .map(|s| SearchPoints {
+                collection_name: name.clone(),
+                filter: filter.clone(),
+                limit: options.k as u64,
+                with_payload: payload_selector(true),
+                score_threshold: options.score_threshold,
+                ..s
+            })
+            .collect();
+        let request = SearchBatchPoints { collection_name: name, search_points, ..Default::default() };
+        let response = self.client.search_batch_points(request).await.map_err(remote_err)?;
+        if response.result.len() != n {
+            return Err(IndexError::Store(format!(
+                "qdrant answered {} result lists for {n} queries",
+                response.result.len()
+            )));
+        }
+        // Qdrant already merged its shards; the merge only re-checks order and k.
+        response
+            .result
+            .into_iter()
+            .map(|r| {
+                let hits = r.result.into_iter().map(hit).collect::<Result<Vec<_>, _>>()?;
+                Ok(merge_top_k(vec![hits], options.k, higher_is_better))
+            })
+            .collect()
+    }
+
     async fn count(&self, collection: &str, selection: Option<Selection<'_>>) -> Result<u64, IndexError> {
         let request = CountPoints {
             collection_name: self.qname(collection),
@@ -222,7 +270,42 @@ fn hit(p: qdrant::ScoredPoint) -> Result<Hit, IndexError> {
         None | Some(serde_json::Value::Null) => Default::default(),
         Some(_) => return Err(malformed("metadata is not an object")),
     };
-    Ok(Hit { doc_id, chunk, text, score: p.score, metadata })
+    Ok(Hit { doc_id, chunk, text, score: p.score, metadata, sources: Vec::new() })
+}
+
+fn payload_selector(enable: bool) -> Option<WithPayloadSelector> {
+    Some(WithPayloadSelector {
+        selector_options: Some(qdrant::with_payload_selector::SelectorOptions::Enable(enable)),
+    })
+}
+
+fn point_id(doc_id: &str, chunk: u32) -> qdrant::PointId {
+    qdrant::PointId {
+        point_id_options: Some(qdrant::point_id::PointIdOptions::Uuid(
+            super::point_uuid(doc_id, chunk).to_string(),
+        )),
+    }
+}
+
+/// The unnamed dense vector of a retrieved point (Qdrant < 1.12 answers the deprecated `data`).
+fn dense_of(v: qdrant::VectorsOutput) -> Option<Vec<f32>> {
+    let one = match v.vectors_options? {
+        qdrant::vectors_output::VectorsOptions::Vector(one) => one,
+        qdrant::vectors_output::VectorsOptions::Vectors(mut named) => named.vectors.remove("")?,
+    };
+    match one.vector {
+        Some(qdrant::vector_output::Vector::Dense(d)) => Some(d.data),
+        Some(_) => None,
+        #[allow(deprecated)]
+        None => Some(one.data),
+    }
+}
+
+fn dense(data: Vec<f32>) -> qdrant::Vector {
+    qdrant::Vector {
+        vector: Some(qdrant::vector::Vector::Dense(qdrant::DenseVector { data })),
+        ..Default::default()
+    }
 }
 
 #[tonic::async_trait]
@@ -246,6 +329,17 @@ impl VectorStore for QdrantStore {
                     on_disk: cold.map(|_| true),
                     ..Default::default()
                 })),
+            }),
+            // BM25 term weights; Qdrant multiplies query terms by their IDF.
+            sparse_vectors_config: spec.sparse.then(|| qdrant::SparseVectorConfig {
+                map: HashMap::from([(
+                    KEYWORD_VECTOR.to_string(),
+                    qdrant::SparseVectorParams {
+                        index: cold
+                            .map(|_| qdrant::SparseIndexConfig { on_disk: Some(true), ..Default::default() }),
+                        modifier: Some(qdrant::Modifier::Idf as i32),
+                    },
+                )]),
             }),
             shard_number: Some(spec.shards),
             replication_factor: spec.replication_factor,
@@ -307,21 +401,28 @@ impl VectorStore for QdrantStore {
         super::check_vectors(points, spec.dim)?;
         let mut out = Vec::with_capacity(points.len());
         for p in points {
-            out.push(PointStruct {
-                id: Some(qdrant::PointId {
-                    point_id_options: Some(qdrant::point_id::PointIdOptions::Uuid(
-                        super::point_uuid(&p.doc_id, p.chunk).to_string(),
-                    )),
-                }),
-                payload: convert::payload(super::payload(p)),
-                vectors: Some(qdrant::Vectors {
-                    vectors_options: Some(qdrant::vectors::VectorsOptions::Vector(qdrant::Vector {
-                        vector: Some(qdrant::vector::Vector::Dense(qdrant::DenseVector {
-                            data: p.vector.clone(),
+            let vectors = match &p.sparse {
+                None => qdrant::vectors::VectorsOptions::Vector(dense(p.vector.clone())),
+                Some(sparse) => {
+                    let sparse = qdrant::Vector {
+                        vector: Some(qdrant::vector::Vector::Sparse(qdrant::SparseVector {
+                            values: sparse.values.clone(),
+                            indices: sparse.indices.clone(),
                         })),
                         ..Default::default()
-                    })),
-                }),
+                    };
+                    qdrant::vectors::VectorsOptions::Vectors(qdrant::NamedVectors {
+                        vectors: HashMap::from([
+                            (String::new(), dense(p.vector.clone())),
+                            (KEYWORD_VECTOR.to_string(), sparse),
+                        ]),
+                    })
+                }
+            };
+            out.push(PointStruct {
+                id: Some(point_id(&p.doc_id, p.chunk)),
+                payload: convert::payload(super::payload(p)),
+                vectors: Some(qdrant::Vectors { vectors_options: Some(vectors) }),
             });
         }
         if out.is_empty() {
@@ -360,49 +461,79 @@ impl VectorStore for QdrantStore {
     ) -> Result<Vec<Vec<Hit>>, IndexError> {
         let spec = self.spec(collection)?;
         super::check_queries(queries, spec.dim)?;
-        let filter = match &options.filter {
-            Some(f) if !f.is_empty() => Some(qdrant::Filter::from(Selection::Metadata(f))),
-            _ => None,
+        let params = SearchParams {
+            hnsw_ef: options.hnsw_ef.map(|e| e as u64),
+            exact: Some(options.exact),
+            ..Default::default()
         };
-        let name = self.qname(collection);
-        let search_points = queries
+        let searches = queries
+            .iter()
+            .map(|q| SearchPoints { vector: q.clone(), params: Some(params.clone()), ..Default::default() })
+            .collect();
+        self.search_batch(collection, searches, options, spec.distance.higher_is_better()).await
+    }
+
+    async fn search_keyword(
+        &self,
+        collection: &str,
+        queries: &[SparseVector],
+        options: &SearchOptions,
+    ) -> Result<Vec<Vec<Hit>>, IndexError> {
+        let spec = self.spec(collection)?;
+        if !spec.sparse {
+            return Err(IndexError::failed_precondition(
+                "mode",
+                format!(
+                    "collection {collection:?} has no keyword vector (created before keyword search existed)"
+                ),
+            ));
+        }
+        #[allow(deprecated)]
+        let searches = queries
             .iter()
             .map(|q| SearchPoints {
-                collection_name: name.clone(),
-                vector: q.clone(),
-                filter: filter.clone(),
-                limit: options.k as u64,
-                with_payload: Some(WithPayloadSelector {
-                    selector_options: Some(qdrant::with_payload_selector::SelectorOptions::Enable(true)),
-                }),
-                params: Some(SearchParams {
-                    hnsw_ef: options.hnsw_ef.map(|e| e as u64),
-                    exact: Some(options.exact),
-                    ..Default::default()
-                }),
-                score_threshold: options.score_threshold,
+                vector: q.values.clone(),
+                sparse_indices: Some(qdrant::SparseIndices { data: q.indices.clone() }),
+                vector_name: Some(KEYWORD_VECTOR.to_string()),
                 ..Default::default()
             })
             .collect();
-        let request = SearchBatchPoints { collection_name: name, search_points, ..Default::default() };
-        let response = self.client.search_batch_points(request).await.map_err(remote_err)?;
-        if response.result.len() != queries.len() {
-            return Err(IndexError::Store(format!(
-                "qdrant answered {} result lists for {} queries",
-                response.result.len(),
-                queries.len()
-            )));
+        self.search_batch(collection, searches, options, true).await
+    }
+
+    async fn vectors(
+        &self,
+        collection: &str,
+        chunks: &[(String, u32)],
+    ) -> Result<Vec<Option<Vec<f32>>>, IndexError> {
+        self.spec(collection)?;
+        if chunks.is_empty() {
+            return Ok(Vec::new());
         }
-        let higher = spec.distance.higher_is_better();
-        // Qdrant already merged its shards; the merge only re-checks order and k.
-        response
-            .result
-            .into_iter()
-            .map(|r| {
-                let hits = r.result.into_iter().map(hit).collect::<Result<Vec<_>, _>>()?;
-                Ok(merge_top_k(vec![hits], options.k, higher))
-            })
-            .collect()
+        let request = qdrant::GetPoints {
+            collection_name: self.qname(collection),
+            ids: chunks.iter().map(|(doc, chunk)| point_id(doc, *chunk)).collect(),
+            with_payload: payload_selector(false),
+            with_vectors: Some(qdrant::WithVectorsSelector {
+                selector_options: Some(qdrant::with_vectors_selector::SelectorOptions::Include(
+                    qdrant::VectorsSelector { names: vec![String::new()] },
+                )),
+            }),
+            ..Default::default()
+        };
+        let response = self.client.get_points(request).await.map_err(remote_err)?;
+        let mut found: HashMap<String, Vec<f32>> = HashMap::new();
+        for p in response.result {
+            if let (Some(qdrant::point_id::PointIdOptions::Uuid(id)), Some(v)) =
+                (p.id.and_then(|id| id.point_id_options), p.vectors.and_then(dense_of))
+            {
+                found.insert(id, v);
+            }
+        }
+        Ok(chunks
+            .iter()
+            .map(|(doc, chunk)| found.remove(&super::point_uuid(doc, *chunk).to_string()))
+            .collect())
     }
 
     async fn count_chunks(&self, collection: &str, doc_id: &str) -> Result<u64, IndexError> {
