@@ -1,7 +1,7 @@
 # ragd — the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: setup setup-test build image demo test lint bench chart-check chart-rehearsal fresh-check
+.PHONY: setup setup-test build image demo test lint bench eval chart-check chart-rehearsal fresh-check
 
 ## What the demo needs (idempotent; `scripts/setup --help` lists the sets).
 setup:
@@ -59,6 +59,14 @@ bench:
 	$(CARGO) bench -p ragd-bench --bench generator
 	$(CARGO) bench -p ragd-bench --bench durability
 	$(CARGO) bench -p ragd-bench --bench security
+	$(CARGO) bench -p ragd-bench --bench retrieval
+
+## Retrieval and embedding quality (`ragd eval`): STS on the Lee corpus, every retrieval mode on
+## the State of the Union inverse-cloze set, both models; written to docs/benchmarks.md.
+eval:
+	scripts/setup --with-bench
+	$(CARGO) build --release -p ragd
+	scripts/eval-report
 
 ## The Helm chart offline: helm lint, helm template of helm/ragd/ci/*, kubernetes-validate for
 ## Kubernetes 1.30 and 1.33, chart tests (the rendered args through the debug ragd binary).

@@ -46,43 +46,8 @@ fn n_vectors() -> usize {
     std::env::var("RAGD_BENCH_VECTORS").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000)
 }
 
-/// Deterministic embedding-like unit vectors: a mixture of 64 topics in a 32-dimensional latent
-/// space, projected to 384-d plus a little noise (sentence embeddings have a low intrinsic
-/// dimension; uniform noise in 384-d would be HNSW's worst case, not a realistic one).
 fn vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
-    const LATENT: usize = 32;
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    };
-    // The projection and topics are shared by every call; `seed` only picks the samples.
-    let projection: Vec<f32> = (0..DIM * LATENT).map(|_| next()).collect();
-    let topics: Vec<Vec<f32>> = (0..64).map(|_| (0..LATENT).map(|_| next()).collect()).collect();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut sample = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    };
-    (0..n)
-        .map(|i| {
-            let t = &topics[(i * 7919 + seed as usize) % topics.len()];
-            let z: Vec<f32> = t.iter().map(|c| c + 0.6 * sample()).collect();
-            let mut v: Vec<f32> = (0..DIM)
-                .map(|d| {
-                    projection[d * LATENT..(d + 1) * LATENT].iter().zip(&z).map(|(w, x)| w * x).sum::<f32>()
-                        + 0.02 * sample()
-                })
-                .collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.iter_mut().for_each(|x| *x /= norm);
-            v
-        })
-        .collect()
+    ragd_bench::embedding_like_vectors(n, DIM, seed)
 }
 
 /// Builds the collection in `data` exactly as the indexer lays it out (registry + one

@@ -23,6 +23,7 @@ pub mod llama_server;
 pub mod otlp_receiver;
 pub mod process;
 pub mod qdrant_test_server;
+pub mod rerank_test_server;
 pub mod store_suite;
 
 /// Repository root.

@@ -169,6 +169,7 @@ impl generator_server::Generator for GeneratorGrpc {
             fusion: r.fusion,
             prefetch: r.prefetch,
             mmr: r.mmr,
+            rerank: r.rerank,
         };
         let events = generator.ask(req, deadline).await?;
         Ok(Response::new(stream(events, ask_event)))

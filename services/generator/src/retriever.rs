@@ -20,11 +20,12 @@ pub struct RetrievalQuery {
     pub score_threshold: Option<f32>,
     /// The caller's metadata filter, passed to the indexer as it came (the indexer validates it).
     pub filter: Option<v1::Filter>,
-    /// Search mode, fusion, prefetch and MMR, passed as they came (the indexer validates them).
+    /// Search mode, fusion, prefetch, MMR and rerank, passed as they came (the indexer validates them).
     pub mode: i32,
     pub fusion: Option<v1::Fusion>,
     pub prefetch: u32,
     pub mmr: Option<v1::Mmr>,
+    pub rerank: Option<v1::Rerank>,
 }
 
 /// One retrieved chunk.
@@ -78,6 +79,7 @@ impl Retriever for GrpcRetriever {
             fusion: query.fusion,
             prefetch: query.prefetch,
             mmr: query.mmr,
+            rerank: query.rerank,
         };
         let found = ragd_core::client::retry_unavailable(SEARCH_ATTEMPTS, deadline, || {
             let mut r = tonic::Request::new(search.clone());

@@ -53,11 +53,12 @@ pub struct AskIn {
     pub sampling: SamplingIn,
     pub backend: String,
     pub no_context: Option<NoContextPolicy>,
-    /// Retrieval mode, fusion, prefetch and MMR for the indexer's search, as they came.
+    /// Retrieval mode, fusion, prefetch, MMR and rerank for the indexer's search, as they came.
     pub mode: i32,
     pub fusion: Option<v1::Fusion>,
     pub prefetch: u32,
     pub mmr: Option<v1::Mmr>,
+    pub rerank: Option<v1::Rerank>,
 }
 
 /// A retrieved chunk; `number` is its `[n]` in the prompt, 0 if it did not fit.
@@ -314,6 +315,7 @@ impl Generator {
             fusion: req.fusion,
             prefetch: req.prefetch,
             mmr: req.mmr,
+            rerank: req.rerank,
         };
         let retrieve = tracing::info_span!("retrieve", collection = %req.collection, k);
         let found =
@@ -750,6 +752,7 @@ mod tests {
             mode: v1::SearchMode::Hybrid as i32,
             prefetch: 30,
             mmr: Some(mmr),
+            rerank: Some(v1::Rerank { candidates: 21 }),
             ..ask("  Why?  ")
         };
         let err = g.ask(req, None).await.expect_err("indexer failed");
@@ -760,6 +763,7 @@ mod tests {
             ("c", "Why?", 7, Some(0.5))
         );
         assert_eq!((q.mode, q.prefetch, q.mmr), (v1::SearchMode::Hybrid as i32, 30, Some(mmr)));
+        assert_eq!(q.rerank, Some(v1::Rerank { candidates: 21 }));
         // k = 0 asks for the default k.
         let _ = g.ask(ask("q"), None).await;
         assert_eq!(retriever.asked.lock().expect("lock")[1].k, 4);

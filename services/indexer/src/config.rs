@@ -33,6 +33,8 @@ pub struct IndexerConfig {
     pub store: StoreKind,
     #[command(flatten)]
     pub qdrant: QdrantConfig,
+    #[command(flatten)]
+    pub reranker: crate::rerank::RerankerConfig,
     /// Data directory: collections registry and shard directories.
     #[arg(long, env = "RAGD_DATA_DIR", default_value = ".ragd/data/indexer")]
     pub data_dir: PathBuf,

@@ -30,6 +30,9 @@ pub enum IndexError {
     /// A Qdrant server refused or failed; its status code is kept.
     #[error("qdrant: {0}")]
     Remote(Status),
+    /// The reranker of a `rerank` search failed.
+    #[error("{0}")]
+    Reranker(#[from] crate::rerank::RerankError),
 }
 
 impl IndexError {
@@ -60,6 +63,17 @@ impl From<IndexError> for Status {
             IndexError::Remote(s) => ragd_core::status::with_context("qdrant", &s),
             IndexError::ShuttingDown | IndexError::StoreUnavailable(_) => Status::unavailable(message),
             IndexError::Store(_) => Status::internal(message),
+            IndexError::Reranker(r) => {
+                use crate::rerank::RerankError;
+                match r {
+                    RerankError::Unavailable(_) | RerankError::BadResponse { .. } => {
+                        Status::unavailable(message)
+                    }
+                    RerankError::Overloaded(_) => Status::resource_exhausted(message),
+                    RerankError::Timeout(_) => Status::deadline_exceeded(message),
+                    RerankError::Refused { .. } => Status::failed_precondition(message),
+                }
+            }
         }
     }
 }

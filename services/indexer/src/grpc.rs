@@ -17,7 +17,8 @@ use crate::filter::{AnyOf, Condition, Filter, Range, Scalar, Test};
 use crate::fusion::Fusion;
 use crate::keyword::{KeywordConfig, KeywordRequest};
 use crate::service::{
-    CreateCollection, DocumentIn, Indexer, IngestState, Mmr, QueryIn, Retrieval, SearchMode, UpsertOutcome,
+    CreateCollection, DocumentIn, Indexer, IngestState, Mmr, QueryIn, Rerank, Retrieval, SearchMode,
+    UpsertOutcome,
 };
 use crate::store::{Distance, Hit, SearchOptions, StoreStats};
 
@@ -166,6 +167,7 @@ pub fn retrieval_from(
     fusion: Option<v1::Fusion>,
     prefetch: u32,
     mmr: Option<v1::Mmr>,
+    rerank: Option<v1::Rerank>,
 ) -> Result<Retrieval, IndexError> {
     Ok(Retrieval {
         mode: mode_from(mode)?,
@@ -175,6 +177,7 @@ pub fn retrieval_from(
             diversity: m.diversity,
             candidates: (m.candidates > 0).then_some(m.candidates as usize),
         }),
+        rerank: rerank.map(|r| Rerank { candidates: (r.candidates > 0).then_some(r.candidates as usize) }),
     })
 }
 
@@ -443,7 +446,7 @@ impl indexer_server::Indexer for IndexerGrpc {
             exact: r.exact,
             hnsw_ef: (r.hnsw_ef > 0).then_some(r.hnsw_ef as usize),
         };
-        let retrieval = retrieval_from(r.mode, r.fusion, r.prefetch, r.mmr)?;
+        let retrieval = retrieval_from(r.mode, r.fusion, r.prefetch, r.mmr, r.rerank)?;
         let (results, timings) = indexer.search(&r.collection, queries, options, retrieval, deadline).await?;
         Ok(Response::new(v1::SearchResponse {
             results: results

@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod keyword;
 pub mod mmr;
 pub mod peers;
+pub mod rerank;
 pub mod service;
 pub mod store;
 
@@ -164,9 +165,13 @@ async fn open(
         max_batch: 256,
         max_wait: Duration::ZERO,
     });
-    Indexer::open(store, registry, embedder, limits, exact)
+    let reranker = rerank::HttpReranker::from_config(&config.reranker)
+        .map_err(StartupError::of("--reranker-url"))?
+        .map(|r| Arc::new(r) as Arc<dyn rerank::Reranker>);
+    Ok(Indexer::open(store, registry, embedder, limits, exact)
         .await
-        .map_err(StartupError::of("opening collections"))
+        .map_err(StartupError::of("opening collections"))?
+        .with_reranker(reranker))
 }
 
 /// The store `--store` names: the embedded Qdrant engine under `<data-dir>/shards` (its journal

@@ -1,43 +1,55 @@
 //! Maximal marginal relevance: pick k of n candidates one at a time, each maximising
 //! `(1 − λ)·relevance − λ·(its largest similarity to a candidate already picked)`. λ = 0 keeps
 //! the relevance order; λ = 1 picks the best candidate, then whatever is least like the picks.
-//! The candidates' pairwise similarities come from ragd-exact in one batch (every candidate
-//! against every other), by the collection's distance.
+//! The candidates' pairwise similarities come from ragd-exact's SIMD kernel in one batch (every
+//! candidate against every other), by the collection's distance.
 
-use ragd_exact::{ExactIndex, Metric, Options};
+use std::sync::OnceLock;
+
+use ragd_exact::Isa;
+use ragd_exact::kernel;
 
 use crate::error::IndexError;
 use crate::store::Distance;
 
 /// The n × n similarity matrix of `vectors` (row-major): cosine, dot, or minus the euclidean
-/// distance.
+/// distance. One call of ragd-exact's SIMD kernel scores every pair (`‖a − b‖² = ‖a‖² + ‖b‖² −
+/// 2a·b` for euclid).
 pub fn similarities(vectors: &[Vec<f32>], distance: Distance) -> Result<Vec<f32>, IndexError> {
     let n = vectors.len();
     let Some(dim) = vectors.first().map(Vec::len) else { return Ok(Vec::new()) };
     if vectors.iter().any(|v| v.len() != dim) {
         return Err(IndexError::Store("candidate vectors of different dimensions".into()));
     }
-    let metric = match distance {
-        Distance::Cosine => Metric::Cosine,
-        Distance::Dot => Metric::InnerProduct,
-        Distance::Euclid => Metric::L2,
-    };
-    let exact_err = |e: ragd_exact::ExactError| IndexError::Store(format!("mmr similarities: {e}"));
-    let mut index =
-        ExactIndex::new(dim, metric, Options { threads: 1, ..Options::default() }).map_err(exact_err)?;
-    let ids: Vec<u64> = (0..n as u64).collect();
-    let flat: Vec<f32> = vectors.concat();
-    index.add(&ids, &flat).map_err(exact_err)?;
-    let rows = index.search(&flat, n).map_err(exact_err)?;
+    let stride = kernel::stride(dim);
+    let mut rows = vec![0.0f32; n * stride];
+    for (row, v) in rows.chunks_exact_mut(stride).zip(vectors) {
+        row[..dim].copy_from_slice(v);
+        if distance == Distance::Cosine {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                row.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+    }
     let mut gram = vec![0.0f32; n * n];
-    for (i, row) in rows.iter().enumerate() {
-        for nb in row {
-            // L2 reports the squared distance.
-            let sim = if metric == Metric::L2 { -nb.score.max(0.0).sqrt() } else { nb.score };
-            gram[i * n + nb.id as usize] = sim;
+    kernel::scores(isa(), &rows, n, &rows, n, stride, &mut gram);
+    if distance == Distance::Euclid {
+        let norms: Vec<f32> = (0..n).map(|i| gram[i * n + i]).collect();
+        for i in 0..n {
+            for j in 0..n {
+                let d2 = norms[i] + norms[j] - 2.0 * gram[i * n + j];
+                gram[i * n + j] = -d2.max(0.0).sqrt();
+            }
         }
     }
     Ok(gram)
+}
+
+/// This CPU's kernel, detected once.
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(Isa::detect)
 }
 
 /// Greedy MMR over `relevance` (one per candidate, candidates best first) and the row-major

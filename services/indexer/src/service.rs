@@ -17,9 +17,10 @@ use crate::filter::Filter;
 use crate::fusion::{self, Fusion};
 use crate::keyword::{Analyzer, KeywordConfig, KeywordRequest};
 use crate::peers::{EmbedderApi, InputKind};
+use crate::rerank::Reranker;
 use crate::store::{
-    ChunkPoint, Distance, Hit, Recovery, SearchOptions, SparseVector, StoreSpec, StoreStats, VectorStore,
-    WriteBatch,
+    ChunkPoint, Distance, Hit, Recovery, SearchOptions, Source, SourceRank, SparseVector, StoreSpec,
+    StoreStats, VectorStore, WriteBatch,
 };
 
 /// Texts per Embed call while ingesting (the embedder splits and batches them further).
@@ -97,6 +98,13 @@ pub struct Mmr {
     pub candidates: Option<usize>,
 }
 
+/// Second-stage reranking settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rerank {
+    /// Candidates the reranker scores (at least k); None = max(4k, 20), capped at the largest k.
+    pub candidates: Option<usize>,
+}
+
 /// How a search retrieves, beyond the store's options.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Retrieval {
@@ -106,6 +114,8 @@ pub struct Retrieval {
     /// candidates MMR needs), capped at the largest k.
     pub prefetch: Option<usize>,
     pub mmr: Option<Mmr>,
+    /// Rerank the candidates with the indexer's reranker before MMR and the cut to k.
+    pub rerank: Option<Rerank>,
 }
 
 /// Where a search's time went.
@@ -159,6 +169,8 @@ pub struct Indexer {
     /// The resident exact engine (None: exact searches go to the store).
     exact: Option<Arc<ExactMirrors>>,
     recovery: Recovery,
+    /// The second stage of `rerank` searches (None: they fail with FAILED_PRECONDITION).
+    reranker: Option<Arc<dyn Reranker>>,
 }
 
 fn embedder_err(s: tonic::Status) -> IndexError {
@@ -197,7 +209,22 @@ impl Indexer {
                 tracing::info!(collection = %s.name, points = n, "exact engine loaded");
             }
         }
-        Ok(Self { store, registry, embedder, limits, statuses: Mutex::default(), exact, recovery })
+        Ok(Self {
+            store,
+            registry,
+            embedder,
+            limits,
+            statuses: Mutex::default(),
+            exact,
+            recovery,
+            reranker: None,
+        })
+    }
+
+    /// Uses `reranker` for searches that ask to rerank.
+    pub fn with_reranker(mut self, reranker: Option<Arc<dyn Reranker>>) -> Self {
+        self.reranker = reranker;
+        self
     }
 
     /// What the store recovered at start-up.
@@ -530,6 +557,12 @@ impl Indexer {
                     return Err(IndexError::invalid("queries", format!("query {i} is empty")));
                 }
                 QueryIn::Text(t) => texts.push(t.clone()),
+                QueryIn::Vector(_) if retrieval.rerank.is_some() => {
+                    return Err(IndexError::invalid(
+                        "queries",
+                        format!("query {i} is a vector; a reranker needs the query's text"),
+                    ));
+                }
                 QueryIn::Vector(_) if retrieval.mode != SearchMode::Dense => {
                     return Err(IndexError::invalid(
                         "queries",
@@ -578,6 +611,32 @@ impl Indexer {
         {
             return Err(IndexError::invalid("prefetch", format!("must be in k..={max_k} (k is {k})")));
         }
+        if let Some(rerank) = r.rerank {
+            if self.reranker.is_none() {
+                return Err(IndexError::failed_precondition(
+                    "rerank",
+                    "this indexer has no reranker; start it with --reranker-url",
+                ));
+            }
+            if let Some(c) = rerank.candidates
+                && (c < k || c > max_k)
+            {
+                return Err(IndexError::invalid(
+                    "rerank.candidates",
+                    format!("must be in k..={max_k} (k is {k})"),
+                ));
+            }
+            if let (Some(a), Some(b)) = (rerank.candidates, r.mmr.and_then(|m| m.candidates))
+                && a != b
+            {
+                return Err(IndexError::invalid(
+                    "mmr.candidates",
+                    format!(
+                        "MMR picks from the reranked candidates; leave it unset or equal to rerank.candidates ({a})"
+                    ),
+                ));
+            }
+        }
         if let Some(m) = r.mmr {
             if !(0.0..=1.0).contains(&m.diversity) {
                 return Err(IndexError::invalid("mmr.diversity", "must be in [0, 1]"));
@@ -609,36 +668,47 @@ impl Indexer {
             options.filter = None;
         }
         let (k, max_k) = (options.k, self.limits.max_k);
-        // How many hits each query's final list needs before MMR picks k of them.
-        let want = retrieval.mmr.map_or(k, |m| m.candidates.unwrap_or_else(|| (4 * k).max(20).min(max_k)));
+        // How many hits each query's list needs before reranking and MMR bring it to k.
+        let pool = retrieval.rerank.and_then(|r| r.candidates).or(retrieval.mmr.and_then(|m| m.candidates));
+        let want = if retrieval.rerank.is_some() || retrieval.mmr.is_some() {
+            pool.unwrap_or_else(|| (4 * k).max(20).min(max_k))
+        } else {
+            k
+        };
         let prefetch = retrieval.prefetch.unwrap_or_else(|| (4 * k).max(50).min(max_k).max(want));
         let started = Instant::now();
         let mut timings = SearchTimings::default();
-        let dense = match retrieval.mode {
-            SearchMode::Keyword => None,
-            mode => {
-                let vectors = self.query_vectors(&meta, queries, texts.clone(), deadline).await?;
-                timings.embed = started.elapsed();
-                let k = if mode == SearchMode::Hybrid { prefetch } else { want };
-                let threshold = if mode == SearchMode::Dense { options.score_threshold } else { None };
-                let dense_options = SearchOptions { k, score_threshold: threshold, ..options.clone() };
-                Some(self.dense_search(&meta, &vectors, &dense_options).await?)
-            }
+        // Hybrid runs its two searches concurrently; the keyword one is polled first, so a store
+        // that hands it to the blocking pool has done so before the dense one (which may run on
+        // this worker) starts.
+        let keyword = async {
+            let (Some(config), SearchMode::Keyword | SearchMode::Hybrid) = (&meta.keyword, retrieval.mode)
+            else {
+                return Ok(None);
+            };
+            let analyzer = Analyzer::new(config)?;
+            let sparse: Vec<SparseVector> = texts.iter().map(|t| analyzer.query(t)).collect();
+            let (k, threshold) = match retrieval.mode {
+                SearchMode::Hybrid => (prefetch, None),
+                _ => (want, options.score_threshold),
+            };
+            let keyword_options = SearchOptions { k, score_threshold: threshold, ..options.clone() };
+            let span = tracing::info_span!("keyword_search", queries = sparse.len());
+            self.store.search_keyword(collection, &sparse, &keyword_options).instrument(span).await.map(Some)
         };
-        let keyword = match (&meta.keyword, retrieval.mode) {
-            (Some(config), SearchMode::Keyword | SearchMode::Hybrid) => {
-                let analyzer = Analyzer::new(config)?;
-                let sparse: Vec<SparseVector> = texts.iter().map(|t| analyzer.query(t)).collect();
-                let (k, threshold) = match retrieval.mode {
-                    SearchMode::Hybrid => (prefetch, None),
-                    _ => (want, options.score_threshold),
-                };
-                let keyword_options = SearchOptions { k, score_threshold: threshold, ..options.clone() };
-                let span = tracing::info_span!("keyword_search", queries = sparse.len());
-                Some(self.store.search_keyword(collection, &sparse, &keyword_options).instrument(span).await?)
+        let dense = async {
+            if retrieval.mode == SearchMode::Keyword {
+                return Ok((None, Duration::ZERO));
             }
-            _ => None,
+            let vectors = self.query_vectors(&meta, queries, texts.clone(), deadline).await?;
+            let embedded = started.elapsed();
+            let k = if retrieval.mode == SearchMode::Hybrid { prefetch } else { want };
+            let threshold = if retrieval.mode == SearchMode::Dense { options.score_threshold } else { None };
+            let dense_options = SearchOptions { k, score_threshold: threshold, ..options.clone() };
+            Ok::<_, IndexError>((Some(self.dense_search(&meta, &vectors, &dense_options).await?), embedded))
         };
+        let (keyword, (dense, embedded)) = tokio::try_join!(keyword, dense)?;
+        timings.embed = embedded;
         let higher = meta.store.distance.higher_is_better();
         let lists: Vec<Vec<Hit>> = match (dense, keyword) {
             (Some(dense), Some(keyword)) => dense
@@ -656,9 +726,16 @@ impl Indexer {
             (Some(lists), None) | (None, Some(lists)) => lists,
             (None, None) => Vec::new(),
         };
+        let lists = match (retrieval.rerank, &self.reranker) {
+            (Some(_), Some(reranker)) => {
+                let span = tracing::info_span!("rerank", queries = lists.len());
+                rerank_lists(reranker.as_ref(), &texts, lists, deadline).instrument(span).await?
+            }
+            _ => lists,
+        };
         let hits = match retrieval.mmr {
             Some(mmr) => {
-                let dense_relevance = retrieval.mode == SearchMode::Dense;
+                let dense_relevance = retrieval.mode == SearchMode::Dense && retrieval.rerank.is_none();
                 self.diversify(&meta, lists, k, mmr.diversity, dense_relevance).await?
             }
             None => lists
@@ -754,9 +831,13 @@ impl Indexer {
         tokio::task::spawn_blocking(move || {
             work.into_iter()
                 .map(|(hits, vs)| {
-                    let scores: Vec<f32> =
-                        hits.iter().map(|h| if higher { h.score } else { -h.score }).collect();
-                    let relevance = if dense_relevance { scores } else { fusion::min_max(&scores) };
+                    // A dense list's similarity as it is (a distance negated); other scores (BM25,
+                    // fused, reranked: all larger-is-better) scaled to [0, 1].
+                    let relevance: Vec<f32> = if dense_relevance {
+                        hits.iter().map(|h| if higher { h.score } else { -h.score }).collect()
+                    } else {
+                        fusion::min_max(&hits.iter().map(|h| h.score).collect::<Vec<f32>>())
+                    };
                     let gram = crate::mmr::similarities(&vs, distance)?;
                     let picked = crate::mmr::select(&relevance, &gram, k, diversity);
                     let mut hits: Vec<Option<Hit>> = hits.into_iter().map(Some).collect();
@@ -767,6 +848,45 @@ impl Indexer {
         .await
         .map_err(|e| IndexError::Store(format!("mmr: {e}")))?
     }
+}
+
+/// Each query's candidates reordered by the reranker's scores (all queries at once): a hit's
+/// score becomes the reranker's, and its sources gain where it stood before (`retrieval`) and
+/// after (`rerank`). Ties keep the retrieval order.
+async fn rerank_lists(
+    reranker: &dyn Reranker,
+    queries: &[String],
+    lists: Vec<Vec<Hit>>,
+    deadline: Option<Instant>,
+) -> Result<Vec<Vec<Hit>>, IndexError> {
+    let calls = queries.iter().zip(&lists).map(|(q, hits)| {
+        let texts: Vec<String> = hits.iter().map(|h| h.text.clone()).collect();
+        async move { reranker.rerank(q, &texts, deadline).await }
+    });
+    let scores = futures::future::try_join_all(calls).await.map_err(IndexError::Reranker)?;
+    Ok(lists
+        .into_iter()
+        .zip(scores)
+        .map(|(hits, scores)| {
+            let mut scored: Vec<(usize, f32, Hit)> =
+                hits.into_iter().zip(scores).enumerate().map(|(i, (h, s))| (i, s, h)).collect();
+            scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            scored
+                .into_iter()
+                .enumerate()
+                .map(|(new, (old, score, mut hit))| {
+                    hit.sources.push(SourceRank {
+                        source: Source::Retrieval,
+                        rank: old as u32 + 1,
+                        score: hit.score,
+                    });
+                    hit.sources.push(SourceRank { source: Source::Rerank, rank: new as u32 + 1, score });
+                    hit.score = score;
+                    hit
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// Each chunk's BM25 weights (on the blocking pool: analysis is CPU work proportional to the text).
@@ -1146,5 +1266,61 @@ mod tests {
         let status = tonic::Status::from(err);
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(status.message().starts_with("mode:"), "{}", status.message());
+    }
+
+    /// **Test double of a reranker**: scores a text by its number of `!` (its own rule), or
+    /// fails as told.
+    #[derive(Debug)]
+    struct FakeReranker(Option<fn() -> crate::rerank::RerankError>);
+
+    #[tonic::async_trait]
+    impl Reranker for FakeReranker {
+        async fn rerank(
+            &self,
+            _: &str,
+            texts: &[String],
+            _: Option<Instant>,
+        ) -> Result<Vec<f32>, crate::rerank::RerankError> {
+            match self.0 {
+                Some(fail) => Err(fail()),
+                None => Ok(texts.iter().map(|t| t.matches('!').count() as f32).collect()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn rerank_orders_by_the_fake_rerankers_rule_and_keeps_its_failure_codes() {
+        let (a, _) = two_words();
+        let mut f = fixture(false).await;
+        f.indexer.reranker = Some(Arc::new(FakeReranker(None)));
+        f.indexer.create_collection(create("r", Chunking::default()), None).await.expect("create");
+        let docs = vec![
+            doc("one", &format!("{a} one!")),
+            doc("three", &format!("{a} three!!!")),
+            doc("none", &format!("{a} none.")),
+        ];
+        f.indexer.upsert("r", docs, None).await.expect("upsert");
+        let rerank = Retrieval { rerank: Some(Rerank { candidates: Some(3) }), ..Retrieval::default() };
+        let (hits, _) =
+            f.indexer.search("r", vec![text(a)], options(2, false), rerank, None).await.expect("search");
+        let got: Vec<(&str, f32)> = hits[0].iter().map(|h| (h.doc_id.as_str(), h.score)).collect();
+        assert_eq!(got, vec![("three", 3.0), ("one", 1.0)]);
+        assert_eq!(
+            hits[0][0].sources.iter().map(|s| s.source).collect::<Vec<_>>(),
+            vec![Source::Retrieval, Source::Rerank]
+        );
+        f.indexer.reranker =
+            Some(Arc::new(FakeReranker(Some(|| crate::rerank::RerankError::Overloaded("full".into())))));
+        let err =
+            f.indexer.search("r", vec![text(a)], options(2, false), rerank, None).await.expect_err("fails");
+        assert_eq!(tonic::Status::from(err).code(), Code::ResourceExhausted);
+        f.indexer.reranker = None;
+        let err =
+            f.indexer.search("r", vec![text(a)], options(2, false), rerank, None).await.expect_err("none");
+        let status = tonic::Status::from(err);
+        assert!(
+            status.code() == Code::FailedPrecondition && status.message().starts_with("rerank:"),
+            "{status:?}"
+        );
     }
 }

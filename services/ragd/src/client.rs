@@ -90,7 +90,7 @@ pub struct HealthArgs {
     wait_secs: u64,
 }
 
-async fn embedder(endpoint: &EndpointArgs) -> anyhow::Result<EmbedderClient<Upstream>> {
+pub(crate) async fn embedder(endpoint: &EndpointArgs) -> anyhow::Result<EmbedderClient<Upstream>> {
     let channel = channel(&endpoint.endpoint, &Default::default(), "embedder", &endpoint.caller).await?;
     Ok(EmbedderClient::new(channel)
         .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
@@ -140,7 +140,7 @@ pub async fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();

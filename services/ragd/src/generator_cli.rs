@@ -94,7 +94,7 @@ pub struct GenerateArgs {
     prompt: Vec<String>,
 }
 
-async fn client(endpoint: &GeneratorEndpoint) -> anyhow::Result<GeneratorClient<Upstream>> {
+pub(crate) async fn client(endpoint: &GeneratorEndpoint) -> anyhow::Result<GeneratorClient<Upstream>> {
     let channel =
         crate::client::channel(&endpoint.endpoint, &endpoint.discovery, "generator", &endpoint.caller)
             .await?;
@@ -154,7 +154,7 @@ fn print_done(d: &v1::Done) {
 
 pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
     let mut c = client(&args.endpoint).await?;
-    let (mode, fusion, prefetch, mmr) = args.retrieval.proto();
+    let (mode, fusion, prefetch, mmr, rerank) = args.retrieval.proto();
     let mut req = tonic::Request::new(v1::AskRequest {
         question: args.question.join(" "),
         collection: args.collection,
@@ -168,6 +168,7 @@ pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
         fusion,
         prefetch,
         mmr,
+        rerank,
     });
     req.set_timeout(std::time::Duration::from_secs(args.sampling.timeout_secs));
     let mut stream = c.ask(req).await.map_err(status)?.into_inner();

@@ -162,11 +162,17 @@ pub struct RetrievalArgs {
     /// Candidates MMR picks from (default: max(4k, 20)).
     #[arg(long)]
     pub mmr_candidates: Option<u32>,
+    /// Rerank the candidates with the indexer's reranker (its --reranker-url).
+    #[arg(long)]
+    pub rerank: bool,
+    /// Candidates the reranker scores (default: max(4k, 20)); implies --rerank.
+    #[arg(long)]
+    pub rerank_candidates: Option<u32>,
 }
 
 impl RetrievalArgs {
-    /// (mode, fusion, prefetch, mmr) of a SearchRequest or AskRequest.
-    pub fn proto(&self) -> (i32, Option<v1::Fusion>, u32, Option<v1::Mmr>) {
+    /// (mode, fusion, prefetch, mmr, rerank) of a SearchRequest or AskRequest.
+    pub fn proto(&self) -> (i32, Option<v1::Fusion>, u32, Option<v1::Mmr>, Option<v1::Rerank>) {
         let mode = match self.mode {
             ModeArg::Dense => v1::SearchMode::Dense,
             ModeArg::Keyword => v1::SearchMode::Keyword,
@@ -179,7 +185,9 @@ impl RetrievalArgs {
         };
         let mmr =
             self.mmr.map(|diversity| v1::Mmr { diversity, candidates: self.mmr_candidates.unwrap_or(0) });
-        (mode as i32, Some(v1::Fusion { method: Some(method) }), self.prefetch.unwrap_or(0), mmr)
+        let rerank = (self.rerank || self.rerank_candidates.is_some())
+            .then(|| v1::Rerank { candidates: self.rerank_candidates.unwrap_or(0) });
+        (mode as i32, Some(v1::Fusion { method: Some(method) }), self.prefetch.unwrap_or(0), mmr, rerank)
     }
 }
 
@@ -223,7 +231,7 @@ pub struct SearchArgs {
     queries: Vec<String>,
 }
 
-async fn client(endpoint: &IndexerEndpoint) -> anyhow::Result<IndexerClient<Upstream>> {
+pub(crate) async fn client(endpoint: &IndexerEndpoint) -> anyhow::Result<IndexerClient<Upstream>> {
     let channel =
         crate::client::channel(&endpoint.indexer, &endpoint.discovery, "indexer", &endpoint.caller).await?;
     Ok(IndexerClient::new(channel)
@@ -231,7 +239,7 @@ async fn client(endpoint: &IndexerEndpoint) -> anyhow::Result<IndexerClient<Upst
         .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES))
 }
 
-fn status(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
@@ -394,7 +402,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     let mut c = client(&args.endpoint).await?;
-    let (mode, fusion, prefetch, mmr) = args.retrieval.proto();
+    let (mode, fusion, prefetch, mmr, rerank) = args.retrieval.proto();
     let request = v1::SearchRequest {
         collection: args.collection,
         queries: args
@@ -409,6 +417,7 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
         fusion,
         prefetch,
         mmr,
+        rerank,
         ..Default::default()
     };
     let r = c.search(request).await.map_err(status)?.into_inner();

@@ -8,6 +8,7 @@
 
 mod auth_cli;
 mod client;
+mod eval_cli;
 mod generator_cli;
 mod indexer_cli;
 mod loaders;
@@ -72,6 +73,12 @@ enum Command {
     Ingest(indexer_cli::IngestArgs),
     /// Search a collection with text queries.
     Search(indexer_cli::SearchArgs),
+    /// Measure retrieval quality (`ragd eval retrieval DIR`: a BEIR-format dataset, every
+    /// search mode, nDCG@10, recall, MRR, MAP and latency).
+    Eval {
+        #[command(subcommand)]
+        command: eval_cli::EvalCommand,
+    },
     /// Ask a question about a collection: the grounded answer streams, then its citations.
     Ask(generator_cli::AskArgs),
     /// Generate text from a prompt (no retrieval).
@@ -189,6 +196,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Collections { endpoint, command } => indexer_cli::collections(endpoint, command).await,
         Command::Ingest(args) => indexer_cli::ingest(args).await,
         Command::Search(args) => indexer_cli::search(args).await,
+        Command::Eval { command } => eval_cli::eval(command).await,
         Command::InstallModels(args) => models_cli::install(args),
         Command::Key { command } => auth_cli::key(command),
         Command::Token { command } => auth_cli::token(command),

@@ -103,7 +103,7 @@ async fn keyword_hybrid_and_mmr_qdrant_store() {
 }
 
 async fn scenario(config: IndexerConfig) {
-    let indexer = TestIndexer::start(config).await;
+    let indexer = TestIndexer::start(config.clone()).await;
     let mut client = indexer.client().await;
     let info = client
         .create_collection(v1::CreateCollectionRequest {
@@ -198,9 +198,20 @@ async fn scenario(config: IndexerConfig) {
 
     bad_inputs(&mut client).await;
 
-    // Nothing was lost.
+    // Nothing was lost, and the keyword index outlives a restart.
     let again = hits(&mut client, search("notes", QUESTION, 5, v1::SearchMode::Keyword)).await;
     assert_eq!(ids(&again), vec!["order"]);
+    indexer.stop().await.expect("stop");
+    let indexer = TestIndexer::start(config).await;
+    let mut client = indexer.client().await;
+    let described = client
+        .describe_collection(v1::DescribeCollectionRequest { name: "notes".into() })
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!(described.keyword.map(|k| k.language), Some("english".into()));
+    let after = hits(&mut client, search("notes", QUESTION, 5, v1::SearchMode::Hybrid)).await;
+    assert_eq!(after[0].doc_id, "order", "{:?}", ids(&after));
     indexer.stop().await.expect("stop");
 }
 

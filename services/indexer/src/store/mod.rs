@@ -180,6 +180,10 @@ pub struct SourceRank {
 pub enum Source {
     Dense,
     Keyword,
+    /// The list a reranker was given (dense, keyword or fused), before reranking.
+    Retrieval,
+    /// The reranker's order and score.
+    Rerank,
 }
 
 impl Source {
@@ -187,6 +191,8 @@ impl Source {
         match self {
             Source::Dense => "dense",
             Source::Keyword => "keyword",
+            Source::Retrieval => "retrieval",
+            Source::Rerank => "rerank",
         }
     }
 }
