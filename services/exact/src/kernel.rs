@@ -144,35 +144,37 @@ fn tile_dyn<M: Madd>(nq: usize, nr: usize, q: &[f32], r: &[f32], stride: usize, 
     shapes!(1 1, 1 2, 1 3, 1 4, 2 1, 2 2, 2 3, 2 4, 3 1, 3 2, 3 3, 3 4, 4 1, 4 2, 4 3, 4 4)
 }
 
-/// Walks the `nq × nr` output in tiles of at most `TQ × TR` and hands each to `tile(tq, tr, q,
-/// r, out)`: `q` the tile's query rows, `r` its rows, `out` starting at the tile (row stride nr).
-#[inline(always)]
-fn walk_tiles(
-    queries: &[f32],
-    nq: usize,
-    rows: &[f32],
-    nr: usize,
-    stride: usize,
-    out: &mut [f32],
-    mut tile: impl FnMut(usize, usize, &[f32], &[f32], &mut [f32]),
-) {
-    let mut qi = 0;
-    while qi < nq {
-        let tq = TQ.min(nq - qi);
-        let q = &queries[qi * stride..(qi + tq) * stride];
-        let mut rj = 0;
-        while rj < nr {
-            let tr = TR.min(nr - rj);
-            tile(tq, tr, q, &rows[rj * stride..(rj + tr) * stride], &mut out[qi * nr + rj..]);
-            rj += tr;
+/// Walks the `nq × nr` output in tiles of at most `TQ × TR` and runs `$body` for each, with
+/// `$tq × $tr` its shape, `$q` the tile's query rows, `$r` its rows and `$o` the output from the
+/// tile on (row stride nr). A macro rather than a function taking a closure: a closure is
+/// compiled as a function of its own, without the target features of the function it is
+/// written in, so the AVX2 + FMA build's multiply-adds became calls of the software `fmaf`
+/// (measured on a 40 × 40 × 384 matrix: 2.5 ms, against 0.43 ms for the baseline build).
+macro_rules! walk_tiles {
+    ($queries:expr, $nq:expr, $rows:expr, $nr:expr, $stride:expr, $out:expr,
+     |$tq:ident, $tr:ident, $q:ident, $r:ident, $o:ident| $body:block) => {{
+        let (queries, nq, rows, nr, stride, out): (&[f32], usize, &[f32], usize, usize, &mut [f32]) =
+            ($queries, $nq, $rows, $nr, $stride, $out);
+        let mut qi = 0;
+        while qi < nq {
+            let $tq = $crate::kernel::TQ.min(nq - qi);
+            let $q = &queries[qi * stride..(qi + $tq) * stride];
+            let mut rj = 0;
+            while rj < nr {
+                let $tr = $crate::kernel::TR.min(nr - rj);
+                let $r = &rows[rj * stride..(rj + $tr) * stride];
+                let $o = &mut out[qi * nr + rj..];
+                $body
+                rj += $tr;
+            }
+            qi += $tq;
         }
-        qi += tq;
-    }
+    }};
 }
 
 #[inline(always)]
 fn scores_impl<M: Madd>(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
-    walk_tiles(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
+    walk_tiles!(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
         if tq == TQ && tr == TR {
             tile::<M, TQ, TR>(q, r, stride, o, nr);
         } else {
@@ -282,7 +284,7 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub fn scores(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
-        super::walk_tiles(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
+        walk_tiles!(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
             if tq == TQ && tr == TR {
                 // SAFETY: this function is compiled with AVX-512F and only called after the CPU
                 // was checked for it; tile4x4 checks its slice bounds itself.

@@ -241,6 +241,13 @@ async fn retrieval(args: RetrievalEvalArgs) -> anyhow::Result<()> {
         args.split
     );
     anyhow::ensure!(!args.modes.is_empty(), "--modes: name at least one mode");
+    if args.out.is_some() {
+        // TREC run files are whitespace-separated: say so before searching, not after.
+        let ids = data.corpus.iter().map(|d| &d.id).chain(data.queries.iter().map(|(id, _)| id));
+        if let Some(bad) = ids.into_iter().find(|id| id.is_empty() || id.contains(char::is_whitespace)) {
+            anyhow::bail!("--out: id {bad:?} is empty or has white space, which a TREC run file cannot hold");
+        }
+    }
     let mut c = client(&args.endpoint).await?;
     let quiet = args.endpoint.json;
     let (collection, scratch) = match &args.collection {
