@@ -77,3 +77,27 @@ impl From<IndexError> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::Code;
+
+    use super::*;
+    use crate::rerank::RerankError;
+
+    #[test]
+    fn reranker_failures_keep_their_meaning() {
+        let status = |e: RerankError| Status::from(IndexError::Reranker(e));
+        assert_eq!(status(RerankError::Unavailable("refused".into())).code(), Code::Unavailable);
+        assert_eq!(status(RerankError::Overloaded("full".into())).code(), Code::ResourceExhausted);
+        assert_eq!(status(RerankError::Timeout(Duration::from_secs(1))).code(), Code::DeadlineExceeded);
+        let refused = status(RerankError::Refused { status: 413, body: "too many texts".into() });
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(refused.message().contains("HTTP 413") && refused.message().contains("too many texts"));
+        let bad = status(RerankError::BadResponse { api: "tei", reason: "not JSON".into() });
+        assert_eq!(bad.code(), Code::Unavailable);
+        assert!(bad.message().contains("tei"), "{}", bad.message());
+    }
+}
