@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::Instant;
 
+use qdrant_edge::Record as EdgeRecord;
 use qdrant_edge::{
     CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams,
     EdgeVectorParams, Modifier, NamedQuery, Payload, PointId, PointInsertOperations, PointOperations,
@@ -237,6 +238,35 @@ fn no_keyword_vector(collection: &str) -> IndexError {
             "collection {collection:?} was created before keyword search existed: it has no keyword vector; re-create it with a keyword index"
         ),
     )
+}
+
+/// The points of `chunks`, one retrieve per shard that holds any of them, each converted by
+/// `convert`, in the order asked; None for a chunk that does not exist. Blocking.
+fn retrieve_chunks<T>(
+    c: &Collection,
+    chunks: &[(String, u32)],
+    with_payload: bool,
+    with_vector: Option<WithVector>,
+    convert: impl Fn(EdgeRecord) -> Result<T, IndexError>,
+) -> Result<Vec<Option<T>>, IndexError> {
+    let mut per_shard: Vec<Vec<PointId>> = vec![Vec::new(); c.shards.len()];
+    for (doc, chunk) in chunks {
+        per_shard[shard_of(doc, c.spec.shards)].push(point_id(doc, *chunk));
+    }
+    let mut found: HashMap<PointId, T> = HashMap::new();
+    for (shard, ids) in c.shards.iter().zip(per_shard) {
+        if ids.is_empty() {
+            continue;
+        }
+        let records = shard
+            .engine
+            .retrieve(&ids, Some(WithPayloadInterface::Bool(with_payload)), with_vector.clone())
+            .map_err(store_err)?;
+        for r in records {
+            found.insert(r.id, convert(r)?);
+        }
+    }
+    Ok(chunks.iter().map(|(doc, chunk)| found.remove(&point_id(doc, *chunk))).collect())
 }
 
 /// Runs `queries` on every shard of `c` (on this worker when `inline`, else on the blocking
@@ -982,25 +1012,8 @@ impl VectorStore for EdgeStore {
         let c = self.get(collection)?;
         let chunks = chunks.to_vec();
         blocking(move || {
-            let mut per_shard: Vec<Vec<PointId>> = vec![Vec::new(); c.shards.len()];
-            for (doc, chunk) in &chunks {
-                per_shard[shard_of(doc, c.spec.shards)].push(point_id(doc, *chunk));
-            }
-            let mut found: HashMap<PointId, Vec<f32>> = HashMap::new();
             let dense = WithVector::Selector(vec![DEFAULT_VECTOR_NAME.to_string()]);
-            for (shard, ids) in c.shards.iter().zip(per_shard) {
-                if ids.is_empty() {
-                    continue;
-                }
-                let records = shard
-                    .engine
-                    .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(dense.clone()))
-                    .map_err(store_err)?;
-                for r in records {
-                    found.insert(r.id, dense_of(r.id, r.vector)?);
-                }
-            }
-            Ok(chunks.iter().map(|(doc, chunk)| found.remove(&point_id(doc, *chunk))).collect())
+            retrieve_chunks(&c, &chunks, false, Some(dense), |r| dense_of(r.id, r.vector))
         })
         .await
     }
@@ -1131,29 +1144,8 @@ impl VectorStore for EdgeStore {
     ) -> Result<Vec<Option<Hit>>, IndexError> {
         let c = self.get(collection)?;
         let chunks = chunks.to_vec();
-        blocking(move || {
-            // One retrieve per shard, answers put back in the order asked.
-            let mut per_shard: Vec<Vec<PointId>> = vec![Vec::new(); c.shards.len()];
-            for (doc, chunk) in &chunks {
-                per_shard[shard_of(doc, c.spec.shards)].push(point_id(doc, *chunk));
-            }
-            let mut found: HashMap<PointId, Hit> = HashMap::new();
-            for (shard, ids) in c.shards.iter().zip(per_shard) {
-                if ids.is_empty() {
-                    continue;
-                }
-                let records = shard
-                    .engine
-                    .retrieve(&ids, Some(WithPayloadInterface::Bool(true)), None)
-                    .map_err(store_err)?;
-                for r in records {
-                    let h = payload_hit(r.id, r.payload, 0.0)?;
-                    found.insert(r.id, h);
-                }
-            }
-            Ok(chunks.iter().map(|(doc, chunk)| found.remove(&point_id(doc, *chunk))).collect())
-        })
-        .await
+        blocking(move || retrieve_chunks(&c, &chunks, true, None, |r| payload_hit(r.id, r.payload, 0.0)))
+            .await
     }
 
     /// A checkpoint: every shard flushed, the journal emptied.
