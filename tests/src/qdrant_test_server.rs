@@ -25,8 +25,9 @@ use qdrant_client::qdrant::{
 use qdrant_edge::{
     CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams,
     EdgeVectorParams, Modifier, NamedQuery, Payload, PointId, PointInsertOperations, PointOperations,
-    PointStructPersisted, QueryEnum, SearchParams, SearchRequest, UpdateOperation, VectorInternal,
-    VectorPersisted, VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
+    PointStructPersisted, QueryEnum, ScrollRequest, SearchParams, SearchRequest, UpdateOperation,
+    VectorInternal, VectorPersisted, VectorStructInternal, VectorStructPersisted, WithPayloadInterface,
+    WithVector,
 };
 use ragd_indexer::store::edge::shard_of;
 use serde_json::Value;
@@ -767,15 +768,7 @@ impl Points for Service {
             r.with_payload.as_ref().and_then(|w| w.selector_options.as_ref()),
             None | Some(qdrant::with_payload_selector::SelectorOptions::Enable(false))
         );
-        let with_vectors = match r.with_vectors.and_then(|w| w.selector_options) {
-            None | Some(qdrant::with_vectors_selector::SelectorOptions::Enable(false)) => None,
-            Some(qdrant::with_vectors_selector::SelectorOptions::Enable(true)) => {
-                Some(WithVector::Bool(true))
-            }
-            Some(qdrant::with_vectors_selector::SelectorOptions::Include(s)) => {
-                Some(WithVector::Selector(s.names))
-            }
-        };
+        let with_vectors = vectors_selector(r.with_vectors);
         let records = blocking(move || {
             let mut out = Vec::new();
             for id in ids {
@@ -789,46 +782,53 @@ impl Points for Service {
             Ok(out)
         })
         .await?;
-        let dense = |v: Vec<f32>| qdrant::VectorOutput {
-            vector: Some(qdrant::vector_output::Vector::Dense(qdrant::DenseVector { data: v })),
-            ..Default::default()
-        };
-        let result = records
-            .into_iter()
-            .map(|rec| {
-                let vectors = rec.vector.map(|v| qdrant::VectorsOutput {
-                    vectors_options: Some(match v {
-                        VectorStructInternal::Single(v) => {
-                            qdrant::vectors_output::VectorsOptions::Vector(dense(v))
-                        }
-                        VectorStructInternal::Named(named) => {
-                            qdrant::vectors_output::VectorsOptions::Vectors(qdrant::NamedVectorsOutput {
-                                vectors: named
-                                    .into_iter()
-                                    .filter_map(|(name, v)| match v {
-                                        VectorInternal::Dense(d) => Some((name, dense(d))),
-                                        _ => None,
-                                    })
-                                    .collect(),
-                            })
-                        }
-                        VectorStructInternal::MultiDense(_) => {
-                            qdrant::vectors_output::VectorsOptions::Vector(dense(Vec::new()))
-                        }
-                    }),
-                });
-                qdrant::RetrievedPoint {
-                    id: Some(grpc_point_id(rec.id)),
-                    payload: rec
-                        .payload
-                        .map(|p| p.0.iter().map(|(k, v)| (k.clone(), json_to_wire(v))).collect())
-                        .unwrap_or_default(),
-                    vectors,
-                    ..Default::default()
-                }
-            })
-            .collect();
+        let result = records.into_iter().map(retrieved).collect();
         Ok(Response::new(qdrant::GetResponse { result, time: 0.0, usage: None }))
+    }
+
+    /// Qdrant's scroll: points ordered by id across every shard, `offset` the first id of the
+    /// page, `next_page_offset` the first id of the next.
+    async fn scroll(
+        &self,
+        request: Request<qdrant::ScrollPoints>,
+    ) -> Result<Response<qdrant::ScrollResponse>, Status> {
+        let r = request.into_inner();
+        let c = self.0.get(&r.collection_name)?;
+        let filter = r.filter.as_ref().map(edge_filter).transpose()?;
+        let offset = r.offset.as_ref().map(|id| edge_point_id(Some(id))).transpose()?;
+        let limit = r.limit.unwrap_or(10) as usize;
+        let with_payload = !matches!(
+            r.with_payload.as_ref().and_then(|w| w.selector_options.as_ref()),
+            None | Some(qdrant::with_payload_selector::SelectorOptions::Enable(false))
+        );
+        let with_vectors = vectors_selector(r.with_vectors).unwrap_or(WithVector::Bool(false));
+        let mut records = blocking(move || {
+            let mut out = Vec::new();
+            // Each shard's first limit + 1 points from the offset; the smallest ids overall win.
+            for shard in &c.shards {
+                let request = ScrollRequest {
+                    offset,
+                    limit: Some(limit + 1),
+                    filter: filter.clone(),
+                    with_payload: Some(WithPayloadInterface::Bool(with_payload)),
+                    with_vector: with_vectors.clone(),
+                    order_by: None,
+                };
+                let (found, _) = shard.engine.scroll(request).map_err(|e| Status::internal(e.to_string()))?;
+                out.extend(found);
+            }
+            Ok(out)
+        })
+        .await?;
+        records.sort_by_key(|rec| rec.id);
+        let next_page_offset = (records.len() > limit).then(|| grpc_point_id(records[limit].id));
+        records.truncate(limit);
+        Ok(Response::new(qdrant::ScrollResponse {
+            next_page_offset,
+            result: records.into_iter().map(retrieved).collect(),
+            time: 0.0,
+            usage: None,
+        }))
     }
 
     unimplemented_calls! {
@@ -842,7 +842,6 @@ impl Points for Service {
         create_vector_name(CreateVectorNameRequest) -> PointsOperationResponse;
         delete_vector_name(DeleteVectorNameRequest) -> PointsOperationResponse;
         search_groups(SearchPointGroups) -> SearchGroupsResponse;
-        scroll(ScrollPoints) -> ScrollResponse;
         recommend(RecommendPoints) -> RecommendResponse;
         recommend_batch(RecommendBatchPoints) -> RecommendBatchResponse;
         recommend_groups(RecommendPointGroups) -> RecommendGroupsResponse;
@@ -855,6 +854,53 @@ impl Points for Service {
         facet(FacetCounts) -> FacetResponse;
         search_matrix_pairs(SearchMatrixPoints) -> SearchMatrixPairsResponse;
         search_matrix_offsets(SearchMatrixPoints) -> SearchMatrixOffsetsResponse;
+    }
+}
+
+/// Qdrant's vectors selector as the engine's (None: no vectors).
+fn vectors_selector(w: Option<qdrant::WithVectorsSelector>) -> Option<WithVector> {
+    match w.and_then(|w| w.selector_options) {
+        None | Some(qdrant::with_vectors_selector::SelectorOptions::Enable(false)) => None,
+        Some(qdrant::with_vectors_selector::SelectorOptions::Enable(true)) => Some(WithVector::Bool(true)),
+        Some(qdrant::with_vectors_selector::SelectorOptions::Include(s)) => {
+            Some(WithVector::Selector(s.names))
+        }
+    }
+}
+
+/// An engine record as Qdrant's wire point (dense vectors only).
+fn retrieved(rec: qdrant_edge::Record) -> qdrant::RetrievedPoint {
+    let dense = |v: Vec<f32>| qdrant::VectorOutput {
+        vector: Some(qdrant::vector_output::Vector::Dense(qdrant::DenseVector { data: v })),
+        ..Default::default()
+    };
+    let vectors = rec.vector.map(|v| qdrant::VectorsOutput {
+        vectors_options: Some(match v {
+            VectorStructInternal::Single(v) => qdrant::vectors_output::VectorsOptions::Vector(dense(v)),
+            VectorStructInternal::Named(named) => {
+                qdrant::vectors_output::VectorsOptions::Vectors(qdrant::NamedVectorsOutput {
+                    vectors: named
+                        .into_iter()
+                        .filter_map(|(name, v)| match v {
+                            VectorInternal::Dense(d) => Some((name, dense(d))),
+                            _ => None,
+                        })
+                        .collect(),
+                })
+            }
+            VectorStructInternal::MultiDense(_) => {
+                qdrant::vectors_output::VectorsOptions::Vector(dense(Vec::new()))
+            }
+        }),
+    });
+    qdrant::RetrievedPoint {
+        id: Some(grpc_point_id(rec.id)),
+        payload: rec
+            .payload
+            .map(|p| p.0.iter().map(|(k, v)| (k.clone(), json_to_wire(v))).collect())
+            .unwrap_or_default(),
+        vectors,
+        ..Default::default()
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ragd_indexer::IndexError;
 use ragd_indexer::filter::{AnyOf, Condition, Filter, Range, Scalar, Test};
-use ragd_indexer::store::{ChunkPoint, Distance, Hit, SearchOptions, StoreSpec, VectorStore};
+use ragd_indexer::store::{ChunkPoint, Distance, Hit, ScrollPage, SearchOptions, StoreSpec, VectorStore};
 use serde_json::json;
 
 pub const DIM: usize = 32;
@@ -164,6 +164,63 @@ pub async fn exact_search_matches_brute_force(store: &dyn VectorStore, name: &st
     let r = store.search(name, &queries[..1], &exact).await.expect("search");
     assert!(r[0].iter().all(|h| h.doc_id != victim));
     assert_eq!(store.stats(name).await.expect("stats").documents, 149);
+    store.drop_collection(name).await.expect("drop");
+}
+
+/// Scrolling in pages of 7 over 3 shards returns every chunk once, with its payload and (when
+/// asked) its vector; a filter keeps exactly the matching chunks; a forged offset is
+/// INVALID_ARGUMENT `offset`.
+pub async fn scroll_pages_through_every_chunk(store: &dyn VectorStore, name: &str) {
+    store.create(&spec(name, 3)).await.expect("create");
+    let pts = points(&vectors(50, 21));
+    store.upsert(name, &pts).await.expect("upsert");
+    let scroll_all = |filter: Option<Filter>, with_vectors: bool| async move {
+        let (mut seen, mut offset, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = ScrollPage { filter: filter.clone(), limit: 7, offset, with_vectors };
+            let out = store.scroll(name, &page).await.expect("scroll");
+            assert!(out.chunks.len() <= 7, "a page holds at most its limit");
+            seen.extend(out.chunks);
+            pages += 1;
+            assert!(pages <= 50, "scroll does not end");
+            match out.next {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        seen
+    };
+    let mut all = scroll_all(None, true).await;
+    all.sort_by(|a, b| (&a.doc_id, a.chunk).cmp(&(&b.doc_id, b.chunk)));
+    let mut want = pts.clone();
+    want.sort_by(|a, b| (&a.doc_id, a.chunk).cmp(&(&b.doc_id, b.chunk)));
+    assert_eq!(all.len(), want.len(), "every chunk exactly once");
+    for (got, want) in all.iter().zip(&want) {
+        assert_eq!(
+            (&got.doc_id, got.chunk, &got.text, &got.metadata),
+            (&want.doc_id, want.chunk, &want.text, &want.metadata)
+        );
+        assert!(
+            got.vector.iter().zip(&want.vector).all(|(a, b)| (a - b).abs() < 1e-5),
+            "vector of {}",
+            got.doc_id
+        );
+        assert_eq!(got.vector.len(), DIM);
+    }
+    let group_a = Filter {
+        must: vec![Condition::new("group", Test::Match(Scalar::Keyword("a".into()))).expect("condition")],
+        ..Default::default()
+    };
+    let mut a = scroll_all(Some(group_a), false).await;
+    a.sort_by_key(|p| p.metadata["n"].as_u64());
+    let want_a: Vec<u64> = (0..50).filter(|i| i % 3 == 0).collect();
+    assert_eq!(a.iter().filter_map(|p| p.metadata["n"].as_u64()).collect::<Vec<_>>(), want_a);
+    assert!(a.iter().all(|p| p.vector.is_empty()), "no vectors unless asked");
+    let forged = ScrollPage { limit: 5, offset: Some("not-an-offset".into()), ..Default::default() };
+    match store.scroll(name, &forged).await {
+        Err(IndexError::InvalidArgument { field, .. }) => assert_eq!(field, "offset"),
+        other => panic!("forged offset: {other:?}"),
+    }
     store.drop_collection(name).await.expect("drop");
 }
 

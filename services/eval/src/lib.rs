@@ -1,12 +1,15 @@
 //! Evaluation for `ragd eval`: BEIR-format retrieval datasets and TREC run files ([`beir`]),
 //! trec_eval's measures with pytrec_eval's semantics ([`metrics`]), sentence/document pairs
-//! with human similarity scores ([`sts`]) and the correlations they are judged by ([`stats`]).
+//! with human similarity scores ([`sts`]) and the correlations they are judged by ([`stats`]);
+//! charts of the results as PNG and SVG ([`plot`]) and 2-D maps of embeddings ([`map`]).
 //! The measures are checked against pytrec_eval and scipy in `tests/tests/it/eval.rs`.
 
 use std::path::PathBuf;
 
 pub mod beir;
+pub mod map;
 pub mod metrics;
+pub mod plot;
 pub mod stats;
 pub mod sts;
 

@@ -20,7 +20,7 @@ use crate::service::{
     CreateCollection, DocumentIn, Indexer, IngestState, Mmr, QueryIn, Rerank, Retrieval, SearchMode,
     UpsertOutcome,
 };
-use crate::store::{Distance, Hit, SearchOptions, StoreStats};
+use crate::store::{Distance, Hit, ScrollPage, SearchOptions, StoreStats};
 
 /// The `ragd.v1.Indexer` service; UNAVAILABLE until the store is open.
 #[derive(Debug, Clone)]
@@ -128,6 +128,7 @@ fn keyword_from(k: v1::KeywordIndex) -> KeywordRequest {
         k1: k.k1,
         b: k.b,
         avg_len: k.avg_len,
+        stemming: k.stemming,
     }
 }
 
@@ -140,6 +141,7 @@ fn keyword_to(k: KeywordConfig) -> v1::KeywordIndex {
         k1: Some(k.k1),
         b: Some(k.b),
         avg_len: Some(k.avg_len),
+        stemming: Some(k.stemming),
     }
 }
 
@@ -417,6 +419,37 @@ impl indexer_server::Indexer for IndexerGrpc {
             state: state as i32,
             reason: s.reason,
             chunks: s.chunks,
+        }))
+    }
+
+    #[instrument(skip_all, fields(collection = %request.get_ref().collection, limit = request.get_ref().limit))]
+    async fn scroll(
+        &self,
+        request: Request<v1::ScrollRequest>,
+    ) -> Result<Response<v1::ScrollResponse>, Status> {
+        allow(&request, &request.get_ref().collection, Role::Read)?;
+        let indexer = self.ready()?;
+        let r = request.into_inner();
+        let page = ScrollPage {
+            filter: filter_from(r.filter)?,
+            limit: r.limit as usize,
+            offset: (!r.offset.is_empty()).then_some(r.offset),
+            with_vectors: r.with_vectors,
+        };
+        let out = indexer.scroll(&r.collection, page).await?;
+        Ok(Response::new(v1::ScrollResponse {
+            chunks: out
+                .chunks
+                .into_iter()
+                .map(|c| v1::StoredChunk {
+                    doc_id: c.doc_id,
+                    chunk: c.chunk,
+                    text: c.text,
+                    metadata: Some(to_struct(c.metadata)),
+                    vector: c.vector,
+                })
+                .collect(),
+            next_offset: out.next.unwrap_or_default(),
         }))
     }
 

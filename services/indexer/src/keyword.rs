@@ -27,7 +27,19 @@ pub struct KeywordConfig {
     pub b: f32,
     /// Expected chunk length in terms (after stop words).
     pub avg_len: f32,
+    /// Snowball stemming of the language (registries written before the setting: on).
+    #[serde(default = "stemming_default")]
+    pub stemming: bool,
 }
+
+fn stemming_default() -> bool {
+    true
+}
+
+/// A language Qdrant knows for stop words that has no Snowball stemmer. qdrant-edge 0.7's BM25
+/// takes the stemmer from the language and has no "disabled" setting (Qdrant's server API has
+/// one): stemming off = this language for the stemmer, the configured one for the stop words.
+const NO_STEMMER_LANGUAGE: &str = "basque";
 
 /// What a request asked for; `None` = the default.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,6 +51,7 @@ pub struct KeywordRequest {
     pub k1: Option<f32>,
     pub b: Option<f32>,
     pub avg_len: Option<f32>,
+    pub stemming: Option<bool>,
 }
 
 /// Terms a chunk of this policy holds, roughly: ~12 content words per sentence after stop words,
@@ -61,6 +74,7 @@ impl KeywordConfig {
             k1: r.k1.unwrap_or(1.2),
             b: r.b.unwrap_or(0.75),
             avg_len: r.avg_len.unwrap_or_else(|| estimated_avg_len(chunking)),
+            stemming: r.stemming.unwrap_or(true),
         };
         if !(config.k1.is_finite() && config.k1 >= 0.0) {
             return Err(IndexError::invalid("keyword.k1", "must be a finite number >= 0"));
@@ -87,23 +101,31 @@ fn not_nan(field: &'static str, v: f32) -> Result<NotNan<f64>, IndexError> {
 
 impl Analyzer {
     pub fn new(c: &KeywordConfig) -> Result<Self, IndexError> {
+        if !c.stemming {
+            // The engine sees the stemmer-free language below: check the configured one first.
+            let check = EdgeBm25Config { language: Some(c.language.clone()), ..EdgeBm25Config::default() };
+            EdgeBm25::new(check).map_err(|e| IndexError::invalid("keyword.language", e.to_string()))?;
+        }
+        // qdrant-edge 0.7 does not export the stop-word setting's type, only its JSON shape:
+        // `{"languages": [..]}` = those languages' lists, `{"custom": []}` = none; None = the
+        // language's own list.
+        let stopwords = match (c.stop_words, c.stemming) {
+            (true, true) => None,
+            (true, false) => Some(serde_json::json!({ "languages": [c.language] })),
+            (false, _) => Some(serde_json::json!({ "custom": [] })),
+        };
+        let stopwords = stopwords
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| IndexError::Store(format!("stop-word setting: {e}")))?;
         let config = EdgeBm25Config {
             k: not_nan("keyword.k1", c.k1)?,
             b: not_nan("keyword.b", c.b)?,
             avg_len: not_nan("keyword.avg_len", c.avg_len)?,
-            language: Some(c.language.clone()),
+            language: Some(if c.stemming { c.language.clone() } else { NO_STEMMER_LANGUAGE.to_string() }),
             lowercase: Some(c.lowercase),
             ascii_folding: Some(c.ascii_folding),
-            // qdrant-edge 0.7 does not export the stop-word setting's type, only its JSON
-            // shape: an empty custom set turns them off; None = the language's list.
-            stopwords: if c.stop_words {
-                None
-            } else {
-                Some(
-                    serde_json::from_value(serde_json::json!({ "custom": [] }))
-                        .map_err(|e| IndexError::Store(format!("stop-word setting: {e}")))?,
-                )
-            },
+            stopwords,
             ..EdgeBm25Config::default()
         };
         EdgeBm25::new(config).map(Self).map_err(|e| IndexError::invalid("keyword.language", e.to_string()))
@@ -172,6 +194,28 @@ mod tests {
     }
 
     #[test]
+    fn stemming_can_be_turned_off_keeping_stop_words_and_folding() {
+        let r = KeywordRequest { stemming: Some(false), ..Default::default() };
+        let c = KeywordConfig::resolve(r, &Chunking::Sentences { size: 3, overlap: 1 }).expect("valid");
+        assert!(!c.stemming);
+        let a = Analyzer::new(&c).expect("analyzer");
+        let stemmed = Analyzer::new(&config(true, 3.0)).expect("analyzer");
+        // Stemmed, "running" and "run" are one term; unstemmed, two.
+        assert_eq!(stemmed.query("running run").indices.len(), 1);
+        assert_eq!(a.query("running run").indices.len(), 2);
+        // English stop words are still dropped and accents still folded.
+        assert!(a.query("the").indices.is_empty());
+        assert_eq!(a.query("Café").indices, a.query("cafe").indices);
+        // Stop words kept too: "the" is a term.
+        let r = KeywordRequest { stemming: Some(false), stop_words: Some(false), ..Default::default() };
+        let c = KeywordConfig::resolve(r, &Chunking::Sentences { size: 3, overlap: 1 }).expect("valid");
+        assert_eq!(Analyzer::new(&c).expect("analyzer").query("the").indices.len(), 1);
+        // A registry entry written before the setting existed reads as stemming on.
+        let old = r#"{"language":"english","stop_words":true,"lowercase":true,"ascii_folding":true,"k1":1.2,"b":0.75,"avg_len":36.0}"#;
+        assert!(serde_json::from_str::<KeywordConfig>(old).expect("old entry").stemming);
+    }
+
+    #[test]
     fn bad_settings_name_their_field() {
         let chunking = Chunking::Sentences { size: 3, overlap: 1 };
         let field = |r: KeywordRequest| match KeywordConfig::resolve(r, &chunking) {
@@ -183,6 +227,23 @@ mod tests {
         assert_eq!(field(KeywordRequest { avg_len: Some(0.0), ..Default::default() }), "keyword.avg_len");
         assert_eq!(
             field(KeywordRequest { language: Some("klingon".into()), ..Default::default() }),
+            "keyword.language"
+        );
+        assert_eq!(
+            field(KeywordRequest {
+                language: Some("klingon".into()),
+                stemming: Some(false),
+                ..Default::default()
+            }),
+            "keyword.language"
+        );
+        assert_eq!(
+            field(KeywordRequest {
+                language: Some("klingon".into()),
+                stemming: Some(false),
+                stop_words: Some(false),
+                ..Default::default()
+            }),
             "keyword.language"
         );
         let filled = KeywordConfig::resolve(KeywordRequest::default(), &chunking).expect("defaults");

@@ -19,8 +19,8 @@ use crate::keyword::{Analyzer, KeywordConfig, KeywordRequest};
 use crate::peers::{EmbedderApi, InputKind};
 use crate::rerank::Reranker;
 use crate::store::{
-    ChunkPoint, Distance, Hit, Recovery, SearchOptions, Source, SourceRank, SparseVector, StoreSpec,
-    StoreStats, VectorStore, WriteBatch,
+    ChunkPoint, Distance, Hit, Recovery, ScrollOut, ScrollPage, SearchOptions, Source, SourceRank,
+    SparseVector, StoreSpec, StoreStats, VectorStore, WriteBatch,
 };
 
 /// Texts per Embed call while ingesting (the embedder splits and batches them further).
@@ -126,6 +126,10 @@ pub struct SearchTimings {
     /// The store's (or exact engine's) search.
     pub search: Duration,
 }
+
+/// Chunks in a Scroll page that asks for 0, and the most one may ask for.
+pub const SCROLL_DEFAULT: usize = 100;
+pub const SCROLL_MAX: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct IndexerLimits {
@@ -325,6 +329,26 @@ impl Indexer {
     }
 
     /// Where a document's ingest stands: remembered state, else the store's chunk count.
+    /// One page of a collection's chunks (Scroll). `limit` 0 = [`SCROLL_DEFAULT`]; above
+    /// [`SCROLL_MAX`] is INVALID_ARGUMENT.
+    pub async fn scroll(&self, collection: &str, mut page: ScrollPage) -> Result<ScrollOut, IndexError> {
+        self.registry.get(collection)?;
+        match page.limit {
+            0 => page.limit = SCROLL_DEFAULT,
+            n if n > SCROLL_MAX => {
+                return Err(IndexError::invalid(
+                    "limit",
+                    format!("{n} is above the most a page holds, {SCROLL_MAX}"),
+                ));
+            }
+            _ => {}
+        }
+        if page.filter.as_ref().is_some_and(Filter::is_empty) {
+            page.filter = None;
+        }
+        self.store.scroll(collection, &page).await
+    }
+
     pub async fn document_status(&self, collection: &str, doc: &str) -> Result<DocStatus, IndexError> {
         self.registry.get(collection)?;
         let remembered = self

@@ -75,6 +75,10 @@ pub struct StsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Write the results (`sts.json`) and a chart of both correlations per model (`sts.svg`,
+    /// `sts.png`) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// A retrieval setting compared by `ragd eval retrieval`.
@@ -166,7 +170,9 @@ pub struct RetrievalEvalArgs {
     /// Dense weight of hybrid-weighted.
     #[arg(long, default_value_t = 0.5)]
     alpha: f32,
-    /// Write each mode's run (TREC format, `<mode>.trec`) and the results (`results.json`) here.
+    /// Write each mode's run (TREC format, `<mode>.trec`), the results (`results.json`) and
+    /// charts (PNG and SVG: `modes.*`, every metric per mode as bars; `recall-latency.*`,
+    /// Recall@10 against median latency per mode) here.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -284,6 +290,7 @@ async fn retrieval(args: RetrievalEvalArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", out.join("results.json").display()))?;
+        retrieval_charts(out, &report)?;
     }
     if quiet {
         println!("{report}");
@@ -388,6 +395,53 @@ async fn run_modes(
     }))
 }
 
+/// `modes.{svg,png}` and `recall-latency.{svg,png}` of a retrieval report.
+fn retrieval_charts(out: &std::path::Path, report: &Value) -> anyhow::Result<()> {
+    use ragd_eval::plot;
+    let modes = report["modes"].as_array().cloned().unwrap_or_default();
+    let names: Vec<String> = modes.iter().map(|m| m["mode"].as_str().unwrap_or("").to_string()).collect();
+    let value = |m: &Value, key: &str| m["metrics"][key].as_f64().unwrap_or(f64::NAN);
+    let series: Vec<(String, Vec<f64>)> = metrics::BEIR
+        .iter()
+        .map(|measure| {
+            let name = measure.name();
+            let values = modes.iter().map(|m| value(m, &name)).collect();
+            (name, values)
+        })
+        .collect();
+    let title = format!("{}: retrieval quality per mode", dataset_name(report));
+    plot::bars(
+        &out.join("modes"),
+        &plot::Bars { title: &title, y_label: "score", categories: &names, series: &series },
+    )?;
+    let recall = Measure::Recall(10).name();
+    let points: Vec<(String, f64, f64)> = modes
+        .iter()
+        .zip(&names)
+        .map(|(m, name)| (name.clone(), m["latency_ms_p50"].as_f64().unwrap_or(f64::NAN), value(m, &recall)))
+        .collect();
+    let title = format!("{}: {recall} against latency", dataset_name(report));
+    plot::scatter(
+        &out.join("recall-latency"),
+        &plot::Scatter {
+            title: &title,
+            x_label: "median search latency (ms, client side)",
+            y_label: &recall,
+            points: &points,
+        },
+    )?;
+    Ok(())
+}
+
+/// The last path component of the report's dataset.
+fn dataset_name(report: &Value) -> String {
+    let path = report["dataset"].as_str().unwrap_or("");
+    std::path::Path::new(path)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
+}
+
 fn print_table(report: &Value) {
     println!(
         "{}: {} documents ({} chunks, {} in HNSW), {} queries, collection {}",
@@ -463,6 +517,37 @@ async fn sts(args: StsArgs) -> anyhow::Result<()> {
         }));
     }
     let report = json!({"data": source, "pairs": data.pairs.len(), "models": rows});
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        std::fs::write(out.join("sts.json"), serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.join("sts.json").display()))?;
+        let names: Vec<String> = models.clone();
+        let column = |key: &str| -> Vec<f64> {
+            report["models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
+                .collect()
+        };
+        let series = vec![
+            ("Pearson r".to_string(), column("pearson")),
+            ("Spearman ρ".to_string(), column("spearman")),
+        ];
+        let title = format!(
+            "{}: cosine similarity against human judgement",
+            dataset_name(&json!({"dataset": source}))
+        );
+        ragd_eval::plot::bars(
+            &out.join("sts"),
+            &ragd_eval::plot::Bars {
+                title: &title,
+                y_label: "correlation",
+                categories: &names,
+                series: &series,
+            },
+        )?;
+    }
     if args.json {
         println!("{report}");
     } else {

@@ -92,6 +92,9 @@ pub struct KeywordArgs {
     /// Do not fold accented letters to ASCII.
     #[arg(long)]
     keyword_no_folding: bool,
+    /// Do not stem words: "running" no longer matches "run".
+    #[arg(long)]
+    keyword_no_stemming: bool,
     /// BM25 term-frequency saturation (default 1.2).
     #[arg(long)]
     bm25_k1: Option<f32>,
@@ -109,6 +112,7 @@ impl KeywordArgs {
             || self.keyword_language.is_some()
             || self.keyword_keep_stop_words
             || self.keyword_no_folding
+            || self.keyword_no_stemming
             || self.bm25_k1.is_some()
             || self.bm25_b.is_some()
             || self.bm25_avg_len.is_some();
@@ -120,6 +124,7 @@ impl KeywordArgs {
             k1: self.bm25_k1,
             b: self.bm25_b,
             avg_len: self.bm25_avg_len,
+            stemming: self.keyword_no_stemming.then_some(false),
         })
     }
 }

@@ -12,6 +12,7 @@ mod eval_cli;
 mod generator_cli;
 mod indexer_cli;
 mod loaders;
+mod map_cli;
 mod models_cli;
 mod up;
 
@@ -79,6 +80,9 @@ enum Command {
         #[command(subcommand)]
         command: eval_cli::EvalCommand,
     },
+    /// Pictures of an embedding space: a similarity heatmap (PNG, SVG) and a 2-D PCA map (an
+    /// HTML page, labels on hover, colours by a metadata key) of a collection or of texts.
+    Map(map_cli::MapArgs),
     /// Ask a question about a collection: the grounded answer streams, then its citations.
     Ask(generator_cli::AskArgs),
     /// Generate text from a prompt (no retrieval).
@@ -197,6 +201,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ingest(args) => indexer_cli::ingest(args).await,
         Command::Search(args) => indexer_cli::search(args).await,
         Command::Eval { command } => eval_cli::eval(command).await,
+        Command::Map(args) => map_cli::map(args).await,
         Command::InstallModels(args) => models_cli::install(args),
         Command::Key { command } => auth_cli::key(command),
         Command::Token { command } => auth_cli::token(command),

@@ -239,6 +239,20 @@ async fn ragd_eval_retrieval_scores_every_mode_as_pytrec_eval_does() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json"))
             .expect("json");
     assert_eq!(results, report);
+    // The charts: every mode's bars and the recall/latency points, as SVG (with the mode names)
+    // and PNG (with the metrics' colours drawn).
+    for chart in ["modes", "recall-latency"] {
+        let svg = std::fs::read_to_string(out.join(format!("{chart}.svg"))).expect("svg");
+        for mode in ["dense", "keyword", "hybrid-rrf", "dense-mmr"] {
+            assert!(svg.contains(mode), "{chart}.svg names {mode}");
+        }
+        let png = image::open(out.join(format!("{chart}.png"))).expect("png").to_rgb8();
+        // Pixels in the series' or points' colours (points of modes with the same recall and
+        // latency cover each other; a bar is hundreds of pixels, a point of radius 5 dozens).
+        let colours: Vec<[u8; 3]> = ragd_eval::plot::PALETTE.iter().map(|(r, g, b)| [*r, *g, *b]).collect();
+        let drawn = png.pixels().filter(|p| colours.contains(&p.0)).count();
+        assert!(drawn > 60, "{chart}.png has drawn marks: {drawn} pixels");
+    }
 
     // The scratch collection is gone.
     let mut client = indexer.client().await;
@@ -334,15 +348,27 @@ async fn ragd_eval_sts_on_the_lee_corpus_matches_scipy_on_the_embedders_vectors(
     assert!(lee.join("lee.cor").is_file(), "{} missing: run scripts/setup --with-test", lee.display());
     let models = ["all-MiniLM-L6-v2", "all-mpnet-base-v2"];
     let embedder = TestEmbedder::start(embedder_config(&models)).await;
-    let (url, dir) = (embedder.url.clone(), lee.display().to_string());
+    let charts = tempfile::tempdir().expect("tempdir");
+    let (url, dir, out) =
+        (embedder.url.clone(), lee.display().to_string(), charts.path().display().to_string());
     let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        ragd_cli(&["eval", "sts", "--endpoint", &url, "--lee", &dir, "--json"])
+        ragd_cli(&["eval", "sts", "--endpoint", &url, "--lee", &dir, "--json", "--out", &out])
     })
     .await
     .expect("cli");
     assert!(ok, "{stderr}");
     let report: Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(report["pairs"], 1225, "{report}");
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(charts.path().join("sts.json")).expect("sts.json"))
+            .expect("json");
+    assert_eq!(written, report);
+    let svg = std::fs::read_to_string(charts.path().join("sts.svg")).expect("sts.svg");
+    assert!(
+        svg.contains("all-MiniLM-L6-v2") && svg.contains("Spearman"),
+        "the chart names models and measures"
+    );
+    assert!(charts.path().join("sts.png").is_file());
     // The same figures from the embedder's vectors, computed here and by scipy: the human
     // scores are the matrix's upper triangle, read here with its own parser.
     let text: String =

@@ -117,8 +117,8 @@ async fn scenario(config: IndexerConfig) {
         .into_inner();
     let keyword = info.keyword.expect("the keyword index is described");
     assert_eq!(
-        (keyword.language.as_str(), keyword.k1, keyword.b, keyword.stop_words),
-        ("english", Some(1.2), Some(0.75), Some(true))
+        (keyword.language.as_str(), keyword.k1, keyword.b, keyword.stop_words, keyword.stemming),
+        ("english", Some(1.2), Some(0.75), Some(true), Some(true))
     );
     let docs = corpus();
     let n = docs.len() as u32;
@@ -197,6 +197,7 @@ async fn scenario(config: IndexerConfig) {
     assert!(diverse_hybrid.iter().filter(|h| germany(h)).count() < 3, "{:?}", ids(&diverse_hybrid));
 
     bad_inputs(&mut client).await;
+    stemming_off(&mut client).await;
 
     // Nothing was lost, and the keyword index outlives a restart.
     let again = hits(&mut client, search("notes", QUESTION, 5, v1::SearchMode::Keyword)).await;
@@ -213,6 +214,47 @@ async fn scenario(config: IndexerConfig) {
     let after = hits(&mut client, search("notes", QUESTION, 5, v1::SearchMode::Hybrid)).await;
     assert_eq!(after[0].doc_id, "order", "{:?}", ids(&after));
     indexer.stop().await.expect("stop");
+}
+
+/// Without stemming, "run" finds only the text that says "run", not "running" or "runner"; with
+/// it (the default), all three. Stop words are dropped either way.
+async fn stemming_off(client: &mut IndexerClient<Channel>) {
+    let docs = || {
+        [
+            ("plain", "We run every morning."),
+            ("ing", "The dog was running fast."),
+            ("er", "A runner crossed the line."),
+        ]
+        .iter()
+        .map(|(id, text)| v1::Document { id: id.to_string(), text: text.to_string(), metadata: None })
+        .collect::<Vec<_>>()
+    };
+    for (name, stemming, want) in
+        [("unstemmed", Some(false), vec!["plain"]), ("stemmed", None, vec!["ing", "plain"])]
+    {
+        let info = client
+            .create_collection(v1::CreateCollectionRequest {
+                name: name.into(),
+                keyword: Some(v1::KeywordIndex { stemming, ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .expect("create")
+            .into_inner();
+        assert_eq!(info.keyword.and_then(|k| k.stemming), Some(stemming.unwrap_or(true)));
+        client
+            .upsert_batch(v1::UpsertRequest { collection: name.into(), documents: docs() })
+            .await
+            .expect("upsert");
+        let mut found = ids(&hits(client, search(name, "the run", 5, v1::SearchMode::Keyword)).await)
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>();
+        found.sort();
+        // Snowball's English stemmer keeps "runner" (a noun) apart from "run".
+        assert_eq!(found, want, "{name}");
+        client.drop_collection(v1::DropCollectionRequest { name: name.into() }).await.expect("drop");
+    }
 }
 
 async fn bad_inputs(client: &mut IndexerClient<Channel>) {

@@ -68,6 +68,7 @@ const MATRIX: &[(&str, Spec)] = &[
     ("/ragd.v1.Indexer/DescribeCollection", Spec::Coll(1)),
     ("/ragd.v1.Indexer/Search", Spec::Coll(1)),
     ("/ragd.v1.Indexer/DocumentStatus", Spec::Coll(1)),
+    ("/ragd.v1.Indexer/Scroll", Spec::Coll(1)),
     ("/ragd.v1.Indexer/UpsertBatch", Spec::Coll(2)),
     ("/ragd.v1.Indexer/Upsert", Spec::Coll(2)),
     ("/ragd.v1.Indexer/Delete", Spec::Coll(2)),
@@ -375,6 +376,9 @@ async fn call(rpc: &str, ch: &Channels, cred: Option<&str>) -> (Code, String) {
                 cred,
             ))
             .await,
+        ),
+        "/ragd.v1.Indexer/Scroll" => code(
+            i.scroll(req(v1::ScrollRequest { collection: a(), limit: 2, ..Default::default() }, cred)).await,
         ),
         "/ragd.v1.Indexer/DocumentStatus" => code(
             i.document_status(req(v1::DocumentStatusRequest { collection: a(), id: "paris".into() }, cred))

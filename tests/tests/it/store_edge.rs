@@ -26,6 +26,12 @@ async fn reupsert_replaces_a_document() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scroll_pages_through_every_chunk() {
+    let (_dir, store) = store();
+    store_suite::scroll_pages_through_every_chunk(&store, "s").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distances_rank_like_brute_force() {
     let (_dir, store) = store();
     store_suite::distances_rank_like_brute_force(&store, "c").await;

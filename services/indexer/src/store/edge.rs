@@ -32,8 +32,8 @@ use serde_json::Value;
 use super::journal::{self, Durability, Journal, Record};
 use super::merge::merge_top_k;
 use super::{
-    ChunkPoint, Distance, Hit, KEYWORD_VECTOR, Recovery, SearchOptions, ShardStats, SparseVector, StoreSpec,
-    StoreStats, VectorStore, WriteBatch,
+    ChunkPoint, Distance, Hit, KEYWORD_VECTOR, Recovery, ScrollOut, ScrollPage, SearchOptions, ShardStats,
+    SparseVector, StoreSpec, StoreStats, VectorStore, WriteBatch,
 };
 use crate::error::IndexError;
 use crate::filter::{self, Selection};
@@ -117,6 +117,32 @@ impl Default for EdgeOptions {
     fn default() -> Self {
         Self { durability: Durability::default(), checkpoint_bytes: 64 << 20 }
     }
+}
+
+/// A scroll offset of the embedded store: `<shard>:<point uuid>` (that point first) or
+/// `<shard>:` (the start of that shard).
+fn format_offset(shard: usize, id: Option<PointId>) -> String {
+    match id {
+        Some(PointId::Uuid(u)) => format!("{shard}:{u}"),
+        Some(PointId::NumId(n)) => format!("{shard}:#{n}"),
+        None => format!("{shard}:"),
+    }
+}
+
+fn parse_offset(token: &str, shards: usize) -> Result<(usize, Option<PointId>), IndexError> {
+    let bad =
+        || IndexError::invalid("offset", format!("{token:?} is not a next_offset this collection gave"));
+    let (shard, id) = token.split_once(':').ok_or_else(bad)?;
+    let shard: usize = shard.parse().map_err(|_| bad())?;
+    if shard >= shards {
+        return Err(bad());
+    }
+    let id = match id {
+        "" => None,
+        n if n.starts_with('#') => Some(PointId::NumId(n[1..].parse().map_err(|_| bad())?)),
+        u => Some(PointId::Uuid(u.parse().map_err(|_| bad())?)),
+    };
+    Ok((shard, id))
 }
 
 /// qdrant-edge shards on local disk.
@@ -1133,6 +1159,60 @@ impl VectorStore for EdgeStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn scroll(&self, collection: &str, page: &ScrollPage) -> Result<ScrollOut, IndexError> {
+        let c = self.get(collection)?;
+        let filter = match &page.filter {
+            Some(f) if !f.is_empty() => Some(edge_filter(Selection::Metadata(f))?),
+            _ => None,
+        };
+        let (mut shard, mut from) = match &page.offset {
+            None => (0, None),
+            Some(token) => parse_offset(token, c.shards.len())?,
+        };
+        let (limit, with_vectors) = (page.limit, page.with_vectors);
+        blocking(move || {
+            let mut chunks = Vec::new();
+            while shard < c.shards.len() {
+                let request = ScrollRequest {
+                    offset: from.take(),
+                    limit: Some(limit - chunks.len()),
+                    filter: filter.clone(),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: if with_vectors {
+                        WithVector::Selector(vec![DEFAULT_VECTOR_NAME.to_string()])
+                    } else {
+                        WithVector::Bool(false)
+                    },
+                    order_by: None,
+                };
+                let (records, next) = c.shards[shard].engine.scroll(request).map_err(store_err)?;
+                for r in records {
+                    let vector = if with_vectors { dense_of(r.id, r.vector)? } else { Vec::new() };
+                    let h = payload_hit(r.id, r.payload, 0.0)?;
+                    chunks.push(ChunkPoint {
+                        doc_id: h.doc_id,
+                        chunk: h.chunk,
+                        text: h.text,
+                        metadata: h.metadata,
+                        vector,
+                        sparse: None,
+                    });
+                }
+                if let Some(id) = next {
+                    // The page is full and this shard has more.
+                    return Ok(ScrollOut { chunks, next: Some(format_offset(shard, Some(id))) });
+                }
+                shard += 1;
+                if chunks.len() == limit {
+                    let next = (shard < c.shards.len()).then(|| format_offset(shard, None));
+                    return Ok(ScrollOut { chunks, next });
+                }
+            }
+            Ok(ScrollOut { chunks, next: None })
         })
         .await
     }

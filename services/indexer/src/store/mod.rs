@@ -197,6 +197,23 @@ impl Source {
     }
 }
 
+/// What a [`VectorStore::scroll`] asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScrollPage {
+    pub filter: Option<Filter>,
+    /// Chunks in the page (> 0).
+    pub limit: usize,
+    pub offset: Option<String>,
+    pub with_vectors: bool,
+}
+
+/// A page of chunks (vector empty unless asked) and where the next one starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScrollOut {
+    pub chunks: Vec<ChunkPoint>,
+    pub next: Option<String>,
+}
+
 /// Size and state of a collection's storage.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoreStats {
@@ -300,6 +317,12 @@ pub trait VectorStore: Send + Sync + Debug {
     /// are left empty.
     async fn scan(&self, collection: &str) -> Result<Vec<ChunkPoint>, IndexError> {
         Err(IndexError::Store(format!("{collection}: this store cannot be scanned")))
+    }
+    /// One page of the collection's chunks (payload, and the dense vector when asked), and the
+    /// offset of the next page (None at the end). Offsets are the store's own opaque strings; a
+    /// malformed one is INVALID_ARGUMENT `offset`.
+    async fn scroll(&self, collection: &str, _page: &ScrollPage) -> Result<ScrollOut, IndexError> {
+        Err(IndexError::Store(format!("{collection}: this store cannot be scrolled")))
     }
     /// Payloads of the given chunks (score 0), None for chunks not found.
     async fn retrieve(

@@ -22,8 +22,8 @@ use qdrant_client::{Qdrant, QdrantError};
 
 use super::merge::merge_top_k;
 use super::{
-    ChunkPoint, Distance, Hit, KEYWORD_VECTOR, SearchOptions, ShardStats, SparseVector, StoreSpec,
-    StoreStats, VectorStore,
+    ChunkPoint, Distance, Hit, KEYWORD_VECTOR, ScrollOut, ScrollPage, SearchOptions, ShardStats,
+    SparseVector, StoreSpec, StoreStats, VectorStore,
 };
 use crate::error::IndexError;
 use crate::filter::{self, Selection};
@@ -534,6 +534,84 @@ impl VectorStore for QdrantStore {
             .iter()
             .map(|(doc, chunk)| found.remove(&super::point_uuid(doc, *chunk).to_string()))
             .collect())
+    }
+
+    async fn scroll(&self, collection: &str, page: &ScrollPage) -> Result<ScrollOut, IndexError> {
+        self.spec(collection)?;
+        // Qdrant's own offset: the first point's id, ordered across the cluster.
+        let offset = page
+            .offset
+            .as_ref()
+            .map(|token| {
+                uuid::Uuid::parse_str(token)
+                    .map(|u| qdrant::PointId {
+                        point_id_options: Some(qdrant::point_id::PointIdOptions::Uuid(u.to_string())),
+                    })
+                    .map_err(|_| {
+                        IndexError::invalid(
+                            "offset",
+                            format!("{token:?} is not a next_offset this collection gave"),
+                        )
+                    })
+            })
+            .transpose()?;
+        let request = qdrant::ScrollPoints {
+            collection_name: self.qname(collection),
+            filter: page
+                .filter
+                .as_ref()
+                .filter(|f| !f.is_empty())
+                .map(|f| qdrant::Filter::from(Selection::Metadata(f))),
+            offset,
+            limit: Some(u32::try_from(page.limit).unwrap_or(u32::MAX)),
+            with_payload: payload_selector(true),
+            with_vectors: Some(qdrant::WithVectorsSelector {
+                selector_options: Some(if page.with_vectors {
+                    qdrant::with_vectors_selector::SelectorOptions::Include(qdrant::VectorsSelector {
+                        names: vec![String::new()],
+                    })
+                } else {
+                    qdrant::with_vectors_selector::SelectorOptions::Enable(false)
+                }),
+            }),
+            ..Default::default()
+        };
+        let response = self.client.scroll(request).await.map_err(remote_err)?;
+        let chunks = response
+            .result
+            .into_iter()
+            .map(|p| {
+                let vector = match (page.with_vectors, p.vectors) {
+                    (false, _) => Vec::new(),
+                    (true, Some(v)) => dense_of(v).ok_or_else(|| {
+                        IndexError::Store(format!("qdrant point {:?}: no dense vector", p.id))
+                    })?,
+                    (true, None) => {
+                        return Err(IndexError::Store(format!(
+                            "qdrant point {:?}: no vectors returned",
+                            p.id
+                        )));
+                    }
+                };
+                let h = hit(qdrant::ScoredPoint { id: p.id, payload: p.payload, ..Default::default() })?;
+                Ok(ChunkPoint {
+                    doc_id: h.doc_id,
+                    chunk: h.chunk,
+                    text: h.text,
+                    metadata: h.metadata,
+                    vector,
+                    sparse: None,
+                })
+            })
+            .collect::<Result<Vec<_>, IndexError>>()?;
+        let next = match response.next_page_offset.and_then(|id| id.point_id_options) {
+            Some(qdrant::point_id::PointIdOptions::Uuid(u)) => Some(u),
+            Some(qdrant::point_id::PointIdOptions::Num(n)) => {
+                return Err(IndexError::Store(format!("qdrant point {n}: a numeric id ragd never writes")));
+            }
+            None => None,
+        };
+        Ok(ScrollOut { chunks, next })
     }
 
     async fn count_chunks(&self, collection: &str, doc_id: &str) -> Result<u64, IndexError> {
