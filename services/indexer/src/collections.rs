@@ -77,6 +77,24 @@ impl Registry {
         self.save(&map)
     }
 
+    /// Replaces a collection's keyword index settings (NOT_FOUND once it was dropped).
+    pub fn set_keyword(
+        &self,
+        name: &str,
+        keyword: Option<KeywordConfig>,
+    ) -> Result<CollectionMeta, IndexError> {
+        let mut map = self.collections.write().map_err(|_| poisoned())?;
+        let mut updated =
+            map.get(name).cloned().ok_or_else(|| IndexError::CollectionNotFound(name.to_string()))?;
+        updated.keyword = keyword;
+        // The file first: memory changes only once the new registry is durable.
+        let mut next = map.clone();
+        next.insert(name.to_string(), updated.clone());
+        self.save(&next)?;
+        *map = next;
+        Ok(updated)
+    }
+
     pub fn remove(&self, name: &str) -> Result<(), IndexError> {
         let mut map = self.collections.write().map_err(|_| poisoned())?;
         map.remove(name).ok_or_else(|| IndexError::CollectionNotFound(name.to_string()))?;

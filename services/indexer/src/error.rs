@@ -22,6 +22,9 @@ pub enum IndexError {
     Embedder(Status),
     #[error("indexer is shutting down")]
     ShuttingDown,
+    /// The caller's deadline passed while the call waited (for a collection's write gate).
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
     /// The vector store failed (I/O, corrupted shard, remote Qdrant error).
     #[error("store: {0}")]
     Store(String),
@@ -62,6 +65,7 @@ impl From<IndexError> for Status {
             IndexError::Embedder(s) => ragd_core::status::with_context("embedder", &s),
             IndexError::Remote(s) => ragd_core::status::with_context("qdrant", &s),
             IndexError::ShuttingDown | IndexError::StoreUnavailable(_) => Status::unavailable(message),
+            IndexError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             IndexError::Store(_) => Status::internal(message),
             IndexError::Reranker(r) => {
                 use crate::rerank::RerankError;

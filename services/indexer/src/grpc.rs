@@ -347,6 +347,21 @@ impl indexer_server::Indexer for IndexerGrpc {
         Ok(Response::new(info(meta, stats)))
     }
 
+    #[instrument(skip_all, fields(collection = %request.get_ref().collection))]
+    async fn reindex_keywords(
+        &self,
+        request: Request<v1::ReindexKeywordsRequest>,
+    ) -> Result<Response<v1::ReindexKeywordsResponse>, Status> {
+        allow(&request, &request.get_ref().collection, Role::Manage)?;
+        let indexer = self.ready()?;
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let settings = keyword_from(r.keyword.unwrap_or_default());
+        let (meta, chunks) = indexer.reindex_keywords(&r.collection, settings, deadline).await?;
+        let stats = indexer.stats(&meta.store.name).await?;
+        Ok(Response::new(v1::ReindexKeywordsResponse { collection: Some(info(meta, stats)), chunks }))
+    }
+
     async fn drop_collection(
         &self,
         request: Request<v1::DropCollectionRequest>,

@@ -175,7 +175,13 @@ pub struct Indexer {
     recovery: Recovery,
     /// The second stage of `rerank` searches (None: they fail with FAILED_PRECONDITION).
     reranker: Option<Arc<dyn Reranker>>,
+    /// Each collection's write gate: upserts and deletes hold it shared, a keyword re-index
+    /// alone (so no write lands between its read of a chunk and its rewrite).
+    gates: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
+
+/// Chunks per page of a keyword re-index.
+const REINDEX_PAGE: usize = 256;
 
 fn embedder_err(s: tonic::Status) -> IndexError {
     IndexError::Embedder(s)
@@ -222,6 +228,7 @@ impl Indexer {
             exact,
             recovery,
             reranker: None,
+            gates: Mutex::default(),
         })
     }
 
@@ -309,6 +316,7 @@ impl Indexer {
         // The registry first: a crash after it leaves a directory the next start removes; the
         // other order would leave a registered collection without its shards.
         self.registry.remove(name)?;
+        self.gates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         self.store.drop_collection(name).await?;
         if let Some(exact) = &self.exact {
             exact.drop_collection(name);
@@ -329,6 +337,85 @@ impl Indexer {
     }
 
     /// Where a document's ingest stands: remembered state, else the store's chunk count.
+    fn gate(&self, collection: &str) -> Arc<tokio::sync::RwLock<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        gates.entry(collection.to_string()).or_default().clone()
+    }
+
+    /// Waits for `wait` until the caller's deadline (none: as long as it takes).
+    async fn before_deadline<T>(
+        wait: impl std::future::Future<Output = T>,
+        deadline: Option<Instant>,
+        what: &str,
+    ) -> Result<T, IndexError> {
+        match deadline {
+            None => Ok(wait.await),
+            Some(d) => tokio::time::timeout_at(d.into(), wait)
+                .await
+                .map_err(|_| IndexError::DeadlineExceeded(format!("waiting for {what}"))),
+        }
+    }
+
+    /// Builds a collection's keyword index with new settings: every stored chunk's text is
+    /// analysed again and its BM25 vector rewritten, page by page, while the collection's writes
+    /// wait; the registry takes the new settings once every chunk has them (a failure or a
+    /// passed deadline leaves the old settings in force and some chunks re-weighted: run it
+    /// again). Adds an index to a collection created without one. Returns the collection and the
+    /// chunks rewritten. FAILED_PRECONDITION for a collection whose storage predates keyword
+    /// search (no sparse vector to write).
+    pub async fn reindex_keywords(
+        &self,
+        collection: &str,
+        request: KeywordRequest,
+        deadline: Option<Instant>,
+    ) -> Result<(CollectionMeta, u64), IndexError> {
+        let meta = self.registry.get(collection)?;
+        let config = KeywordConfig::resolve(request, &meta.chunking)?;
+        if !meta.store.sparse {
+            return Err(IndexError::failed_precondition(
+                "collection",
+                format!(
+                    "collection {collection:?} was created before keyword search existed: its storage has no keyword vector to rebuild; re-create it with a keyword index and ingest again"
+                ),
+            ));
+        }
+        let gate = self.gate(collection);
+        let _writes =
+            Self::before_deadline(gate.write(), deadline, "the collection's writes to finish").await?;
+        let analyzer = Arc::new(Analyzer::new(&config)?);
+        let (mut offset, mut rewritten) = (None, 0u64);
+        loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(IndexError::DeadlineExceeded(format!(
+                    "re-indexing {collection}: {rewritten} chunks rewritten, the old settings stay in force"
+                )));
+            }
+            let page = ScrollPage { filter: None, limit: REINDEX_PAGE, offset, with_vectors: true };
+            let out = self.store.scroll(collection, &page).await?;
+            let mut points = out.chunks;
+            let analyzer = analyzer.clone();
+            points = tokio::task::spawn_blocking(move || {
+                for p in &mut points {
+                    p.sparse = Some(analyzer.document(&p.text));
+                }
+                points
+            })
+            .await
+            .map_err(|e| IndexError::Store(format!("keyword analysis: {e}")))?;
+            rewritten += points.len() as u64;
+            if !points.is_empty() {
+                self.store.write(collection, WriteBatch { upserts: points, ..Default::default() }).await?;
+            }
+            match out.next {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        let meta = self.registry.set_keyword(collection, Some(config))?;
+        tracing::info!(collection, chunks = rewritten, "keyword index rebuilt");
+        Ok((meta, rewritten))
+    }
+
     /// One page of a collection's chunks (Scroll). `limit` 0 = [`SCROLL_DEFAULT`]; above
     /// [`SCROLL_MAX`] is INVALID_ARGUMENT.
     pub async fn scroll(&self, collection: &str, mut page: ScrollPage) -> Result<ScrollOut, IndexError> {
@@ -373,6 +460,11 @@ impl Indexer {
         docs: Vec<DocumentIn>,
         deadline: Option<Instant>,
     ) -> Result<UpsertOutcome, IndexError> {
+        self.registry.get(collection)?;
+        let gate = self.gate(collection);
+        let _writing =
+            Self::before_deadline(gate.read(), deadline, "a keyword re-index of the collection").await?;
+        // Read under the gate: a re-index that just finished has changed the keyword settings.
         let meta = self.registry.get(collection)?;
         if docs.len() > self.limits.max_documents_per_request {
             return Err(IndexError::invalid(
@@ -535,6 +627,8 @@ impl Indexer {
         if ids.is_empty() || ids.iter().any(String::is_empty) {
             return Err(IndexError::invalid("ids", "need one or more non-empty document ids"));
         }
+        let gate = self.gate(collection);
+        let _writing = gate.read().await;
         // One count per shard for all the ids (it was one count per id).
         let existing = u32::try_from(self.store.count_documents(collection, ids).await?).unwrap_or(u32::MAX);
         let batch = WriteBatch { delete_documents: ids.to_vec(), ..Default::default() };
@@ -1234,6 +1328,110 @@ mod tests {
             .await
             .expect_err("none");
         assert_eq!(tonic::Status::from(missing).code(), Code::NotFound);
+    }
+
+    /// A collection created without a keyword index gets one: every chunk is rewritten, keyword
+    /// search then works, a write racing the re-index is kept and indexed; bad settings, unknown
+    /// collections and a passed deadline are refused, the last leaving the old settings.
+    #[tokio::test]
+    async fn keyword_reindex_adds_an_index_and_keeps_racing_writes() {
+        let (a, b) = two_words();
+        let f = fixture(false).await;
+        f.indexer.create_collection(create("late", Chunking::default()), None).await.expect("create");
+        let docs = vec![
+            doc("a1", &format!("{a} pumps need care.")),
+            doc("a2", &format!("{a} valves need care.")),
+            doc("b1", &format!("{b} order zx4471 shipped.")),
+        ];
+        f.indexer.upsert("late", docs, None).await.expect("upsert");
+        let keyword = Retrieval { mode: SearchMode::Keyword, ..Retrieval::default() };
+        let search =
+            |q: &'static str| f.indexer.search("late", vec![text(q)], options(4, false), keyword, None);
+        let err = search("zx4471").await.expect_err("no index yet");
+        assert_eq!(tonic::Status::from(err).code(), Code::FailedPrecondition);
+
+        // A passed deadline: refused before any page, the collection still without an index.
+        let err = f
+            .indexer
+            .reindex_keywords("late", KeywordRequest::default(), Some(Instant::now()))
+            .await
+            .expect_err("deadline");
+        assert_eq!(tonic::Status::from(err).code(), Code::DeadlineExceeded);
+        assert!(f.indexer.collection("late").expect("meta").keyword.is_none());
+
+        // The re-index and an upsert of a new document at once: both finish, nothing is lost.
+        let racing = f.indexer.upsert("late", vec![doc("b2", &format!("{b} invoice zx4471 paid."))], None);
+        let reindex = f.indexer.reindex_keywords("late", KeywordRequest::default(), None);
+        let (racing, reindex) = tokio::join!(racing, reindex);
+        assert_eq!(racing.expect("upsert").documents, 1);
+        let (meta, rewritten) = reindex.expect("reindex");
+        assert!(meta.keyword.is_some());
+        // Three or four chunks, by whether the upsert went first.
+        assert!((3..=4).contains(&rewritten), "{rewritten}");
+        let mut found: Vec<String> =
+            search("zx4471").await.expect("keyword search").0[0].iter().map(|h| h.doc_id.clone()).collect();
+        found.sort();
+        assert_eq!(found, vec!["b1", "b2"]);
+        assert_eq!(f.indexer.stats("late").await.expect("stats").points, 4);
+
+        // Bad settings name their field; unknown collections are NOT_FOUND.
+        let bad = KeywordRequest { b: Some(3.0), ..KeywordRequest::default() };
+        let err = f.indexer.reindex_keywords("late", bad, None).await.expect_err("b = 3");
+        assert!(matches!(err, IndexError::InvalidArgument { field: "keyword.b", .. }), "{err:?}");
+        let err =
+            f.indexer.reindex_keywords("nope", KeywordRequest::default(), None).await.expect_err("unknown");
+        assert_eq!(tonic::Status::from(err).code(), Code::NotFound);
+    }
+
+    /// A collection whose storage predates keyword search (registry `sparse: false`) cannot be
+    /// re-indexed: FAILED_PRECONDITION saying what to do.
+    #[tokio::test]
+    async fn keyword_reindex_of_storage_without_a_keyword_vector_is_a_failed_precondition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = StoreSpec {
+            name: "old".into(),
+            dim: DIM,
+            distance: Distance::Cosine,
+            shards: 1,
+            indexing_threshold_kb: None,
+            replication_factor: None,
+            write_consistency_factor: None,
+            on_disk: None,
+            sparse: false,
+        };
+        // Storage made by an older ragd: created, flushed and closed before this one opens it.
+        {
+            let old = EdgeStore::new(&dir.path().join("shards")).expect("store");
+            old.create(&spec).await.expect("create old storage");
+            old.flush().await.expect("flush");
+        }
+        let store: Arc<dyn VectorStore> =
+            Arc::new(EdgeStore::new(&dir.path().join("shards")).expect("store"));
+        let registry = Registry::load(dir.path()).expect("registry");
+        registry
+            .insert(CollectionMeta {
+                store: spec,
+                model: "fake".into(),
+                chunking: Chunking::default(),
+                keyword: None,
+            })
+            .expect("register");
+        let limits = IndexerLimits {
+            max_k: 10,
+            max_queries: 4,
+            max_documents_per_request: 100,
+            max_shards: 4,
+            indexing_threshold_kb: None,
+            status_capacity: 1000,
+        };
+        let indexer = Indexer::open(store, registry, Arc::new(FakeEmbedder::default()), limits, None)
+            .await
+            .expect("open");
+        let status = tonic::Status::from(
+            indexer.reindex_keywords("old", KeywordRequest::default(), None).await.expect_err("old"),
+        );
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("re-create it"), "{}", status.message());
     }
 
     #[tokio::test]

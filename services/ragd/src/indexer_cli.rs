@@ -74,6 +74,13 @@ pub enum CollectionsCommand {
     Drop {
         name: String,
     },
+    /// Build a collection's keyword (BM25) index again with these settings (or add one to a
+    /// collection created without): every stored chunk is analysed again; its writes wait.
+    Reindex {
+        name: String,
+        #[command(flatten)]
+        keyword: KeywordArgs,
+    },
 }
 
 /// The keyword (BM25) index of a new collection.
@@ -332,6 +339,19 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
         CollectionsCommand::Describe { name } => {
             let r = c.describe_collection(v1::DescribeCollectionRequest { name }).await.map_err(status)?;
             print_info(&r.into_inner(), endpoint.json);
+        }
+        CollectionsCommand::Reindex { name, keyword } => {
+            let request = v1::ReindexKeywordsRequest {
+                collection: name,
+                keyword: Some(keyword.proto().unwrap_or_default()),
+            };
+            let r = c.reindex_keywords(request).await.map_err(status)?.into_inner();
+            if !endpoint.json {
+                println!("re-indexed {} chunks", r.chunks);
+            }
+            if let Some(info) = &r.collection {
+                print_info(info, endpoint.json);
+            }
         }
         CollectionsCommand::Drop { name } => {
             c.drop_collection(v1::DropCollectionRequest { name: name.clone() }).await.map_err(status)?;

@@ -198,6 +198,7 @@ async fn scenario(config: IndexerConfig) {
 
     bad_inputs(&mut client).await;
     stemming_off(&mut client).await;
+    reindex(&mut client).await;
 
     // Nothing was lost, and the keyword index outlives a restart.
     let again = hits(&mut client, search("notes", QUESTION, 5, v1::SearchMode::Keyword)).await;
@@ -255,6 +256,49 @@ async fn stemming_off(client: &mut IndexerClient<Channel>) {
         assert_eq!(found, want, "{name}");
         client.drop_collection(v1::DropCollectionRequest { name: name.into() }).await.expect("drop");
     }
+}
+
+/// A collection created without a keyword index gets one by ReindexKeywords (every chunk
+/// rewritten); its settings can be changed the same way; bad requests are refused by name.
+async fn reindex(client: &mut IndexerClient<Channel>) {
+    client
+        .create_collection(v1::CreateCollectionRequest {
+            name: "late".into(),
+            shards: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("create without a keyword index");
+    let r = client
+        .upsert_batch(v1::UpsertRequest { collection: "late".into(), documents: corpus() })
+        .await
+        .expect("upsert")
+        .into_inner();
+    let err =
+        client.search(search("late", QUESTION, 5, v1::SearchMode::Keyword)).await.expect_err("no index yet");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let request =
+        |keyword: Option<v1::KeywordIndex>| v1::ReindexKeywordsRequest { collection: "late".into(), keyword };
+    let done = client.reindex_keywords(request(None)).await.expect("reindex").into_inner();
+    assert_eq!(done.chunks, u64::from(r.chunks), "every chunk rewritten");
+    let info = done.collection.expect("info");
+    assert_eq!(info.keyword.as_ref().map(|k| k.language.as_str()), Some("english"));
+    assert_eq!(info.points, u64::from(r.chunks), "nothing added or lost");
+    let found = hits(client, search("late", QUESTION, 5, v1::SearchMode::Keyword)).await;
+    assert_eq!(ids(&found), vec!["order"]);
+    // New settings: stemming off, described and in force.
+    let off = v1::KeywordIndex { stemming: Some(false), ..Default::default() };
+    let done = client.reindex_keywords(request(Some(off))).await.expect("reindex again").into_inner();
+    assert_eq!(done.collection.and_then(|c| c.keyword).and_then(|k| k.stemming), Some(false));
+    let found = hits(client, search("late", QUESTION, 5, v1::SearchMode::Keyword)).await;
+    assert_eq!(ids(&found), vec!["order"], "the exact name still matches");
+    // Bad requests.
+    let bad = v1::KeywordIndex { k1: Some(-1.0), ..Default::default() };
+    let err = client.reindex_keywords(request(Some(bad))).await.expect_err("k1 < 0");
+    assert!(err.code() == Code::InvalidArgument && err.message().contains("keyword.k1"), "{err:?}");
+    let unknown = v1::ReindexKeywordsRequest { collection: "nope".into(), keyword: None };
+    assert_eq!(client.reindex_keywords(unknown).await.expect_err("unknown").code(), Code::NotFound);
+    client.drop_collection(v1::DropCollectionRequest { name: "late".into() }).await.expect("drop");
 }
 
 async fn bad_inputs(client: &mut IndexerClient<Channel>) {
