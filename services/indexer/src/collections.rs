@@ -77,16 +77,19 @@ impl Registry {
         self.save(&map)
     }
 
-    /// Replaces a collection's keyword index settings (NOT_FOUND once it was dropped).
+    /// Replaces a collection's keyword index settings and its store spec (a rebuilt storage's)
+    /// — NOT_FOUND once it was dropped.
     pub fn set_keyword(
         &self,
         name: &str,
         keyword: Option<KeywordConfig>,
+        store: StoreSpec,
     ) -> Result<CollectionMeta, IndexError> {
         let mut map = self.collections.write().map_err(|_| poisoned())?;
         let mut updated =
             map.get(name).cloned().ok_or_else(|| IndexError::CollectionNotFound(name.to_string()))?;
         updated.keyword = keyword;
+        updated.store = store;
         // The file first: memory changes only once the new registry is durable.
         let mut next = map.clone();
         next.insert(name.to_string(), updated.clone());

@@ -19,7 +19,7 @@ use crate::keyword::{Analyzer, KeywordConfig, KeywordRequest};
 use crate::peers::{EmbedderApi, InputKind};
 use crate::rerank::Reranker;
 use crate::store::{
-    ChunkPoint, Distance, Hit, Recovery, ScrollOut, ScrollPage, SearchOptions, Source, SourceRank,
+    ChunkPoint, Distance, Hit, Recovery, ScrollOut, ScrollPage, SearchOptions, Source, SourceRank, SparseOf,
     SparseVector, StoreSpec, StoreStats, VectorStore, WriteBatch,
 };
 
@@ -360,9 +360,9 @@ impl Indexer {
     /// analysed again and its BM25 vector rewritten, page by page, while the collection's writes
     /// wait; the registry takes the new settings once every chunk has them (a failure or a
     /// passed deadline leaves the old settings in force and some chunks re-weighted: run it
-    /// again). Adds an index to a collection created without one. Returns the collection and the
-    /// chunks rewritten. FAILED_PRECONDITION for a collection whose storage predates keyword
-    /// search (no sparse vector to write).
+    /// again). Adds an index to a collection created without one; storage from before keyword search
+    /// (no keyword vector) is rebuilt by the store with it (`add_keyword_vector`; a store that
+    /// cannot answers FAILED_PRECONDITION). Returns the collection and the chunks rewritten.
     pub async fn reindex_keywords(
         &self,
         collection: &str,
@@ -371,18 +371,31 @@ impl Indexer {
     ) -> Result<(CollectionMeta, u64), IndexError> {
         let meta = self.registry.get(collection)?;
         let config = KeywordConfig::resolve(request, &meta.chunking)?;
-        if !meta.store.sparse {
-            return Err(IndexError::failed_precondition(
-                "collection",
-                format!(
-                    "collection {collection:?} was created before keyword search existed: its storage has no keyword vector to rebuild; re-create it with a keyword index and ingest again"
-                ),
-            ));
-        }
         let gate = self.gate(collection);
         let _writes =
             Self::before_deadline(gate.write(), deadline, "the collection's writes to finish").await?;
         let analyzer = Arc::new(Analyzer::new(&config)?);
+        let (store_spec, rewritten) = if meta.store.sparse {
+            (meta.store.clone(), self.rewrite_keywords(collection, &analyzer, deadline).await?)
+        } else {
+            // Storage from before keyword search: the store rebuilds it with the vector.
+            let a = analyzer.clone();
+            let sparse_of: SparseOf = Arc::new(move |text: &str| a.document(text));
+            let spec = self.store.add_keyword_vector(&meta.store, sparse_of).await?;
+            (spec, self.store.stats(collection).await?.points)
+        };
+        let meta = self.registry.set_keyword(collection, Some(config), store_spec)?;
+        tracing::info!(collection, chunks = rewritten, "keyword index rebuilt");
+        Ok((meta, rewritten))
+    }
+
+    /// Rewrites every chunk's keyword vector with `analyzer`, page by page; the chunks written.
+    async fn rewrite_keywords(
+        &self,
+        collection: &str,
+        analyzer: &Arc<Analyzer>,
+        deadline: Option<Instant>,
+    ) -> Result<u64, IndexError> {
         let (mut offset, mut rewritten) = (None, 0u64);
         loop {
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -411,9 +424,7 @@ impl Indexer {
                 None => break,
             }
         }
-        let meta = self.registry.set_keyword(collection, Some(config))?;
-        tracing::info!(collection, chunks = rewritten, "keyword index rebuilt");
-        Ok((meta, rewritten))
+        Ok(rewritten)
     }
 
     /// One page of a collection's chunks (Scroll). `limit` 0 = [`SCROLL_DEFAULT`]; above
@@ -1383,40 +1394,25 @@ mod tests {
         assert_eq!(tonic::Status::from(err).code(), Code::NotFound);
     }
 
-    /// A collection whose storage predates keyword search (registry `sparse: false`) cannot be
-    /// re-indexed: FAILED_PRECONDITION saying what to do.
+    /// A collection whose storage predates keyword search (registry `sparse: false`, storage
+    /// without the keyword vector) is rebuilt with it: every chunk kept (text, metadata, dense
+    /// vector), keyword search works, and all of it survives a restart.
     #[tokio::test]
-    async fn keyword_reindex_of_storage_without_a_keyword_vector_is_a_failed_precondition() {
+    async fn keyword_reindex_rebuilds_storage_made_before_keyword_search() {
+        let (a, b) = two_words();
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = StoreSpec {
             name: "old".into(),
             dim: DIM,
             distance: Distance::Cosine,
-            shards: 1,
+            shards: 2,
             indexing_threshold_kb: None,
             replication_factor: None,
             write_consistency_factor: None,
             on_disk: None,
             sparse: false,
         };
-        // Storage made by an older ragd: created, flushed and closed before this one opens it.
-        {
-            let old = EdgeStore::new(&dir.path().join("shards")).expect("store");
-            old.create(&spec).await.expect("create old storage");
-            old.flush().await.expect("flush");
-        }
-        let store: Arc<dyn VectorStore> =
-            Arc::new(EdgeStore::new(&dir.path().join("shards")).expect("store"));
-        let registry = Registry::load(dir.path()).expect("registry");
-        registry
-            .insert(CollectionMeta {
-                store: spec,
-                model: "fake".into(),
-                chunking: Chunking::default(),
-                keyword: None,
-            })
-            .expect("register");
-        let limits = IndexerLimits {
+        let limits = || IndexerLimits {
             max_k: 10,
             max_queries: 4,
             max_documents_per_request: 100,
@@ -1424,14 +1420,86 @@ mod tests {
             indexing_threshold_kb: None,
             status_capacity: 1000,
         };
-        let indexer = Indexer::open(store, registry, Arc::new(FakeEmbedder::default()), limits, None)
-            .await
-            .expect("open");
+        let open = || async {
+            let store: Arc<dyn VectorStore> =
+                Arc::new(EdgeStore::new(&dir.path().join("shards")).expect("store"));
+            let registry = Registry::load(dir.path()).expect("registry");
+            Indexer::open(store, registry, Arc::new(FakeEmbedder::default()), limits(), None)
+                .await
+                .expect("open")
+        };
+        // Storage made by an older ragd: created, flushed and closed before this one opens it.
+        {
+            let old = EdgeStore::new(&dir.path().join("shards")).expect("store");
+            old.create(&spec).await.expect("create old storage");
+            old.flush().await.expect("flush");
+            Registry::load(dir.path())
+                .expect("registry")
+                .insert(CollectionMeta {
+                    store: spec,
+                    model: "fake".into(),
+                    chunking: Chunking::default(),
+                    keyword: None,
+                })
+                .expect("register");
+        }
+        let indexer = open().await;
+        let docs = vec![
+            doc("a1", &format!("{a} pumps need care.")),
+            doc("a2", &format!("{a} valves need care.")),
+            doc("b1", &format!("{b} order zx4471 shipped.")),
+        ];
+        indexer.upsert("old", docs, None).await.expect("upsert");
+        let keyword = Retrieval { mode: SearchMode::Keyword, ..Retrieval::default() };
         let status = tonic::Status::from(
-            indexer.reindex_keywords("old", KeywordRequest::default(), None).await.expect_err("old"),
+            indexer
+                .search("old", vec![text("zx4471")], options(4, false), keyword, None)
+                .await
+                .expect_err("none yet"),
         );
         assert_eq!(status.code(), Code::FailedPrecondition);
-        assert!(status.message().contains("re-create it"), "{}", status.message());
+
+        let (meta, chunks) =
+            indexer.reindex_keywords("old", KeywordRequest::default(), None).await.expect("rebuild");
+        assert!(meta.store.sparse && meta.keyword.is_some());
+        assert_eq!(chunks, 3);
+        let check = |indexer: Indexer, points: u64| async move {
+            let (hits, _) = indexer
+                .search("old", vec![text("zx4471")], options(4, false), keyword, None)
+                .await
+                .expect("keyword");
+            assert_eq!(hits[0].iter().map(|h| h.doc_id.as_str()).collect::<Vec<_>>(), vec!["b1"]);
+            assert_eq!(hits[0][0].text, format!("{b} order zx4471 shipped."));
+            // Dense search by the fake's rule still finds the `a` documents first.
+            let (hits, _) = indexer
+                .search("old", vec![text(&format!("{a} x"))], options(3, false), Retrieval::default(), None)
+                .await
+                .expect("dense");
+            assert!(hits[0][0].doc_id.starts_with('a') && hits[0].len() == 3, "{:?}", hits[0]);
+            assert_eq!(indexer.stats("old").await.expect("stats").points, points);
+            indexer
+        };
+        let indexer = check(indexer, 3).await;
+        // Writes after the rebuild carry keyword weights too.
+        indexer
+            .upsert("old", vec![doc("b2", &format!("{b} invoice zx9 paid."))], None)
+            .await
+            .expect("upsert");
+        drop(indexer);
+        // A restart opens the rebuilt storage with the new registry entry; nothing is left over.
+        let indexer = check(open().await, 4).await;
+        let (hits, _) = indexer
+            .search("old", vec![text("zx9")], options(4, false), keyword, None)
+            .await
+            .expect("keyword");
+        assert_eq!(hits[0].iter().map(|h| h.doc_id.as_str()).collect::<Vec<_>>(), vec!["b2"]);
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path().join("shards"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".rebuild") || n.starts_with(".retired"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[tokio::test]

@@ -43,6 +43,24 @@ async fn reupsert_replaces_a_document() {
     store_suite::reupsert_replaces_a_document(&store, "c").await;
 }
 
+/// The Qdrant store does not rebuild storage from before keyword search: it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_keyword_vector_rebuild_on_qdrant() {
+    let (_server, store, _) = store().await;
+    let old = StoreSpec { sparse: false, ..spec("k", 1) };
+    store.create(&old).await.expect("create");
+    let weights: ragd_indexer::store::SparseOf =
+        std::sync::Arc::new(|_: &str| ragd_indexer::store::SparseVector::default());
+    match store.add_keyword_vector(&old, weights).await {
+        Err(IndexError::FailedPrecondition { field, reason }) => {
+            assert_eq!(field, "collection");
+            assert!(reason.contains("re-create it"), "{reason}");
+        }
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+    store.drop_collection("k").await.expect("drop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scroll_pages_through_every_chunk() {
     let (_server, store, _) = store().await;

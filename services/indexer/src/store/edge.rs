@@ -33,7 +33,7 @@ use super::journal::{self, Durability, Journal, Record};
 use super::merge::merge_top_k;
 use super::{
     ChunkPoint, Distance, Hit, KEYWORD_VECTOR, Recovery, ScrollOut, ScrollPage, SearchOptions, ShardStats,
-    SparseVector, StoreSpec, StoreStats, VectorStore, WriteBatch,
+    SparseOf, SparseVector, StoreSpec, StoreStats, VectorStore, WriteBatch,
 };
 use crate::error::IndexError;
 use crate::filter::{self, Selection};
@@ -156,7 +156,32 @@ pub struct EdgeStore {
     /// Journal records read at start-up, not yet replayed (taken by `open`).
     pending: Mutex<Vec<Record>>,
     recovery: Mutex<Recovery>,
+    /// Collections being swapped to a rebuilt copy (`add_keyword_vector`): UNAVAILABLE meanwhile.
+    swapping: Mutex<std::collections::HashSet<String>>,
     _lock: File,
+}
+
+/// Where `add_keyword_vector` builds a collection's new storage, and where the old one waits
+/// to be removed (collection names cannot start with a dot).
+fn rebuild_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(format!(".rebuild-{name}"))
+}
+fn retired_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(format!(".retired-{name}"))
+}
+
+/// Makes `n` new shards under `dir` with `config` (blocking).
+fn make_shards(dir: &Path, config: &EdgeConfig, n: u32) -> Result<Vec<EdgeShard>, IndexError> {
+    (0..n)
+        .map(|i| {
+            let path = dir.join(format!("shard-{i}"));
+            std::fs::create_dir_all(&path).map_err(store_err)?;
+            let shard = EdgeShard::new(&path, config.clone()).map_err(store_err)?;
+            ensure_payload_indexes(&shard)?;
+            shard.flush();
+            Ok(shard)
+        })
+        .collect()
 }
 
 /// The incarnation file of a collection directory.
@@ -395,6 +420,7 @@ impl EdgeStore {
             writer: Some(writer),
             recovery: Mutex::new(Recovery { torn_bytes: recovered.torn_bytes, ..Default::default() }),
             pending: Mutex::new(recovered.records),
+            swapping: Mutex::default(),
             _lock: lock,
         })
     }
@@ -408,6 +434,11 @@ impl EdgeStore {
     }
 
     fn get(&self, name: &str) -> Result<Arc<Collection>, IndexError> {
+        if self.swapping.lock().map_err(|_| store_err("swap lock poisoned"))?.contains(name) {
+            return Err(IndexError::StoreUnavailable(format!(
+                "collection {name:?} is being switched to its rebuilt storage; retry"
+            )));
+        }
         self.collections
             .read()
             .map_err(|_| store_err("collections lock poisoned"))?
@@ -870,16 +901,7 @@ impl VectorStore for EdgeStore {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| store_err(format!("{}: {e}", dir.display())))?;
             }
-            let shards = (0..n)
-                .map(|i| {
-                    let path = dir.join(format!("shard-{i}"));
-                    std::fs::create_dir_all(&path).map_err(store_err)?;
-                    let shard = EdgeShard::new(&path, config.clone()).map_err(store_err)?;
-                    ensure_payload_indexes(&shard)?;
-                    shard.flush();
-                    Ok(shard)
-                })
-                .collect::<Result<Vec<_>, IndexError>>()?;
+            let shards = make_shards(&dir, &config, n)?;
             let incarnation = write_incarnation(&dir)?;
             journal::sync_dir(&root).map_err(|e| store_err(format!("{}: {e}", root.display())))?;
             Ok((incarnation, shards))
@@ -890,8 +912,14 @@ impl VectorStore for EdgeStore {
 
     async fn open(&self, spec: &StoreSpec) -> Result<(), IndexError> {
         let dir = self.root.join(&spec.name);
+        let retired = retired_dir(&self.root, &spec.name);
         let n = spec.shards;
         let (incarnation, shards) = blocking(move || {
+            // A crash between a rebuild's two renames: the old storage goes back.
+            if !dir.exists() && retired.exists() {
+                tracing::warn!(dir = %dir.display(), "restoring a collection's storage from an interrupted rebuild");
+                std::fs::rename(&retired, &dir).map_err(|e| store_err(format!("{}: {e}", retired.display())))?;
+            }
             let incarnation = read_incarnation(&dir)?;
             let shards = (0..n)
                 .map(|i| {
@@ -926,6 +954,12 @@ impl VectorStore for EdgeStore {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if entry.path().is_dir() && !name.starts_with('.') && !known.contains(&name) {
                     tracing::warn!(dir = %entry.path().display(), "removing a collection directory the registry does not know");
+                    std::fs::remove_dir_all(entry.path()).map_err(store_err)?;
+                }
+                // What an interrupted rebuild left: its half-built copy, or the old storage
+                // once the new one is in place.
+                if entry.path().is_dir() && (name.starts_with(".rebuild-") || name.starts_with(".retired-")) {
+                    tracing::warn!(dir = %entry.path().display(), "removing what an interrupted rebuild left");
                     std::fs::remove_dir_all(entry.path()).map_err(store_err)?;
                 }
             }
@@ -1161,6 +1195,129 @@ impl VectorStore for EdgeStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn add_keyword_vector(
+        &self,
+        spec: &StoreSpec,
+        sparse_of: SparseOf,
+    ) -> Result<StoreSpec, IndexError> {
+        let old = self.get(&spec.name)?;
+        let new_spec = StoreSpec { sparse: true, ..old.spec.clone() };
+        let (root, name) = (self.root.clone(), spec.name.clone());
+        let building = rebuild_dir(&root, &name);
+        let config = Self::edge_config(&new_spec);
+        // 1. A copy with the keyword vector, built next to the collection while it serves.
+        let copy_spec = new_spec.clone();
+        let copied = blocking(move || {
+            if building.exists() {
+                std::fs::remove_dir_all(&building).map_err(store_err)?;
+            }
+            let shards = make_shards(&building, &config, copy_spec.shards)?;
+            let copy = Collection {
+                spec: copy_spec,
+                dir: building.clone(),
+                incarnation: write_incarnation(&building)?,
+                shards: shards.into_iter().map(|engine| Arc::new(Shard::new(engine))).collect(),
+            };
+            let mut copied = 0u64;
+            for shard in &old.shards {
+                let mut offset = None;
+                loop {
+                    let request = ScrollRequest {
+                        offset,
+                        limit: Some(1024),
+                        filter: None,
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: WithVector::Selector(vec![DEFAULT_VECTOR_NAME.to_string()]),
+                        order_by: None,
+                    };
+                    let (records, next) = shard.engine.scroll(request).map_err(store_err)?;
+                    let upserts = records
+                        .into_iter()
+                        .map(|r| {
+                            let vector = dense_of(r.id, r.vector)?;
+                            let h = payload_hit(r.id, r.payload, 0.0)?;
+                            let sparse = Some(sparse_of(&h.text));
+                            Ok(ChunkPoint {
+                                doc_id: h.doc_id,
+                                chunk: h.chunk,
+                                text: h.text,
+                                metadata: h.metadata,
+                                vector,
+                                sparse,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, IndexError>>()?;
+                    copied += upserts.len() as u64;
+                    apply(&copy, &WriteBatch { upserts, ..Default::default() })?;
+                    match next {
+                        Some(n) => offset = Some(n),
+                        None => break,
+                    }
+                }
+            }
+            copy.shards.iter().for_each(|s| s.flush());
+            drop(copy);
+            journal::sync_dir(&root).map_err(store_err)?;
+            Ok(copied)
+        })
+        .await?;
+        // 2. The swap: the old collection leaves the map (requests meanwhile: UNAVAILABLE), is
+        // closed once its last user is done, and the copy takes its directory.
+        self.swapping.lock().map_err(|_| store_err("swap lock poisoned"))?.insert(name.clone());
+        let swapped = async {
+            let removed = self
+                .collections
+                .write()
+                .map_err(|_| store_err("collections lock poisoned"))?
+                .remove(&name)
+                .ok_or_else(|| IndexError::CollectionNotFound(name.clone()))?;
+            let (root, swapped_name) = (self.root.clone(), name.clone());
+            blocking(move || {
+                // Wait to be the last user; dropping it flushes and closes its shards (which
+                // must still be where they were opened).
+                let mut removed = removed;
+                let last = loop {
+                    match Arc::try_unwrap(removed) {
+                        Ok(last) => break last,
+                        Err(shared) => {
+                            removed = shared;
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                        }
+                    }
+                };
+                drop(last);
+                let name = swapped_name;
+                let (dir, retired) = (root.join(&name), retired_dir(&root, &name));
+                std::fs::rename(&dir, &retired).map_err(|e| store_err(format!("{}: {e}", dir.display())))?;
+                std::fs::rename(rebuild_dir(&root, &name), &dir)
+                    .map_err(|e| store_err(format!("{}: {e}", dir.display())))?;
+                journal::sync_dir(&root).map_err(store_err)
+            })
+            .await?;
+            let dir = self.root.join(&name);
+            let n = new_spec.shards;
+            let (incarnation, shards) = blocking(move || {
+                let shards = (0..n)
+                    .map(|i| {
+                        let path = dir.join(format!("shard-{i}"));
+                        EdgeShard::load(&path, None)
+                            .map_err(|e| store_err(format!("{}: {e}", path.display())))
+                    })
+                    .collect::<Result<Vec<_>, IndexError>>()?;
+                Ok((read_incarnation(&dir)?, shards))
+            })
+            .await?;
+            self.register(&new_spec, incarnation, shards)
+        }
+        .await;
+        self.swapping.lock().map_err(|_| store_err("swap lock poisoned"))?.remove(&name);
+        swapped?;
+        let retired = retired_dir(&self.root, &name);
+        blocking(move || std::fs::remove_dir_all(&retired).map_err(store_err)).await?;
+        tracing::info!(collection = %name, chunks = copied, "storage rebuilt with the keyword vector");
+        Ok(new_spec)
     }
 
     async fn scroll(&self, collection: &str, page: &ScrollPage) -> Result<ScrollOut, IndexError> {

@@ -197,6 +197,9 @@ impl Source {
     }
 }
 
+/// A chunk text's keyword weights (the collection's analyzer).
+pub type SparseOf = std::sync::Arc<dyn Fn(&str) -> SparseVector + Send + Sync>;
+
 /// What a [`VectorStore::scroll`] asks for.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScrollPage {
@@ -317,6 +320,23 @@ pub trait VectorStore: Send + Sync + Debug {
     /// are left empty.
     async fn scan(&self, collection: &str) -> Result<Vec<ChunkPoint>, IndexError> {
         Err(IndexError::Store(format!("{collection}: this store cannot be scanned")))
+    }
+    /// Rebuilds the storage of a collection made before keyword search (no [`KEYWORD_VECTOR`])
+    /// with that vector, every chunk copied with `sparse_of(text)` as its keyword weights, and
+    /// returns the new spec (`sparse: true`). The caller keeps writes away meanwhile. Stores that
+    /// cannot: FAILED_PRECONDITION.
+    async fn add_keyword_vector(
+        &self,
+        spec: &StoreSpec,
+        _sparse_of: SparseOf,
+    ) -> Result<StoreSpec, IndexError> {
+        Err(IndexError::failed_precondition(
+            "collection",
+            format!(
+                "collection {:?} was created before keyword search existed and this store cannot add the keyword vector to it; re-create it with a keyword index and ingest again",
+                spec.name
+            ),
+        ))
     }
     /// One page of the collection's chunks (payload, and the dense vector when asked), and the
     /// offset of the next page (None at the end). Offsets are the store's own opaque strings; a
