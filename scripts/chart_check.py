@@ -28,7 +28,7 @@ KUBE_VERSIONS = ["1.30.0", "1.33.0"]
 RELEASE, NAMESPACE = "rel", "ragd-test"
 IMAGE_UID = 10001  # the ragd image's user (deploy/Containerfile)
 # Flags whose value is a secret: the chart must never pass them (env from a Secret instead).
-SECRET_FLAGS = ("--qdrant-api-key", "--openai-api-key", "--etcd-password", "--api-key")
+SECRET_FLAGS = ("--qdrant-api-key", "--openai-api-key", "--reranker-api-key", "--etcd-password", "--api-key")
 SECRET_ENV = re.compile(r"(API_KEY|PASSWORD|TOKEN|SECRET)$")
 # An API key in ragd's format (`ragd_` + 43 base64url characters; metric names are lowercase).
 KEY_LITERAL = re.compile(r"ragd_[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
@@ -870,6 +870,7 @@ def schema_tests():
             "a misspelt HPA key",
         ),
         (["indexer.durability=sometimes"], "indexer.durability must be one of", "an unknown --durability"),
+        (["indexer.reranker.api=colbert"], "indexer.reranker.api must be one of", "an unknown --reranker-api"),
         (["embedder.extraArgs[0]=workers=2"], "Does not match pattern", "an extra arg that is not a flag"),
         (["embedder.port=70000"], "embedder.port", "a port out of range"),
         (["indexer.replicas=2"], "more than one indexer is not supported", "two indexers"),

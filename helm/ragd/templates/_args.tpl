@@ -32,6 +32,16 @@
 - --exact-precision={{ $v.indexer.exactPrecision }}
 {{- end }}
 - --max-k={{ $v.indexer.maxK }}
+{{- with $v.indexer.reranker }}
+{{- if .url }}
+- --reranker-url={{ .url }}
+- --reranker-api={{ .api }}
+{{- with .model }}
+- --reranker-model={{ . }}
+{{- end }}
+- --reranker-timeout-ms={{ .timeoutMs }}
+{{- end }}
+{{- end }}
 {{- include "ragd.args.upstream" (dict "root" . "component" "indexer" "upstream" "embedder") }}
 {{- end -}}
 
@@ -65,6 +75,13 @@
     secretKeyRef:
       name: {{ . }}
       key: {{ $.Values.qdrant.apiKeySecret.key }}
+{{- end }}
+{{- with .Values.indexer.reranker.apiKeySecret.name }}
+- name: RAGD_RERANKER_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.indexer.reranker.apiKeySecret.key }}
 {{- end }}
 {{- end -}}
 
