@@ -2,8 +2,9 @@
 //! heatmap, drawn by [`crate::plot::heatmap`]) and a 2-D projection by principal component
 //! analysis, written as one self-contained HTML page: an inline SVG with a circle per vector,
 //! coloured by a metadata value, its label shown on hover (a tooltip, and the SVG `<title>`
-//! where scripts are off). No UMAP or t-SNE: no crate for either is maintained well enough to
-//! depend on; PCA is exact and deterministic.
+//! where scripts are off). t-SNE ([`tsne2`], by the `bhtsne` crate that linfa-tsne wraps) is the
+//! non-linear alternative, started from the PCA map rather than at random (its parallel sums
+//! still make two runs differ in detail); no UMAP crate is maintained well enough to depend on.
 
 use std::fmt::Write as _;
 
@@ -171,6 +172,51 @@ pub fn pca2(vectors: &[Vec<f32>]) -> Option<Projection> {
     Some(Projection { coords, explained })
 }
 
+/// t-SNE settings that suit `n` points: perplexity 30, or less where there are too few points
+/// for it (bhtsne needs n − 1 ≥ 3·perplexity); exact below 1000 points, Barnes-Hut (θ 0.5) above.
+pub fn tsne_perplexity(n: usize) -> Option<f64> {
+    (n >= 4).then(|| (((n - 1) / 3).min(30)) as f64)
+}
+
+/// Points at or below this many get exact t-SNE; more get Barnes-Hut.
+pub const TSNE_EXACT_MAX: usize = 1000;
+
+/// A 2-D t-SNE of the vectors (compared after scaling each to unit length, so Euclidean distance
+/// ranks pairs as cosine does), started from `start` (the PCA map, scaled to a spread of 1e-4 as
+/// scikit-learn's `init="pca"` does) rather than at random; bhtsne's parallel sums still make
+/// two runs differ in detail, never in which points sit together. `None` below 4 vectors or for
+/// vectors of different lengths.
+pub fn tsne2(vectors: &[Vec<f32>], start: &[[f64; 2]]) -> Option<Vec<[f64; 2]>> {
+    let n = vectors.len();
+    let perplexity = tsne_perplexity(n)?;
+    let d = vectors.first()?.len();
+    if start.len() != n || d == 0 || vectors.iter().any(|v| v.len() != d) {
+        return None;
+    }
+    let unit: Vec<Vec<f64>> = vectors
+        .iter()
+        .map(|v| {
+            let mut v: Vec<f64> = v.iter().map(|x| f64::from(*x)).collect();
+            normalise(&mut v);
+            v
+        })
+        .collect();
+    let rows: Vec<&[f64]> = unit.iter().map(Vec::as_slice).collect();
+    let spread = (start.iter().map(|c| c[0] * c[0]).sum::<f64>() / n as f64).sqrt();
+    let scale = if spread > 0.0 { 1e-4 / spread } else { 0.0 };
+    let init: Vec<f64> = start.iter().flat_map(|c| [c[0] * scale, c[1] * scale]).collect();
+    let euclid =
+        |a: &&[f64], b: &&[f64]| a.iter().zip(b.iter()).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let mut t = bhtsne::tSNE::<f64, &[f64]>::new(&rows);
+    t.embedding_dim(2).perplexity(perplexity).epochs(1000).initial_embedding(init);
+    if n <= TSNE_EXACT_MAX {
+        t.exact(euclid);
+    } else {
+        t.barnes_hut(0.5, euclid);
+    }
+    Some(t.embedding().chunks_exact(2).map(|c| [c[0], c[1]]).collect())
+}
+
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
@@ -194,7 +240,10 @@ pub struct PageInfo<'a> {
     pub subtitle: &'a str,
     /// The metadata key the colours stand for ("" = one colour).
     pub colour_key: &'a str,
-    pub explained: [f64; 2],
+    /// What the axes are (the projection and what it kept).
+    pub method: &'a str,
+    /// Axis names.
+    pub axes: [&'a str; 2],
 }
 
 /// Width and height of the drawing in the page, in CSS pixels.
@@ -271,13 +320,13 @@ circle:hover {{ stroke: #000; stroke-width: 2; }}
 <body>
 <h1>{title}</h1>
 <p>{subtitle}</p>
-<p>PCA: PC1 holds {pc1:.1}% of the variance, PC2 {pc2:.1}%. {n} points.</p>
+<p>{method} {n} points.</p>
 <div id="legend">{legend}</div>
 <svg id="map" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">
 <line x1="{pad}" y1="{axis_y}" x2="{x_end}" y2="{axis_y}" stroke="#999"/>
 <line x1="{pad}" y1="{pad}" x2="{pad}" y2="{axis_y}" stroke="#999"/>
-<text x="{x_end}" y="{label_y}" text-anchor="end" font-size="12" fill="#555">PC1</text>
-<text x="4" y="{pad}" font-size="12" fill="#555">PC2</text>
+<text x="{x_end}" y="{label_y}" text-anchor="end" font-size="12" fill="#555">{x_axis}</text>
+<text x="4" y="{pad}" font-size="12" fill="#555">{y_axis}</text>
 <g id="points">
 {circles}</g>
 </svg>
@@ -300,8 +349,9 @@ for (const c of document.querySelectorAll("#points circle")) {{
 "##,
         title = escape(info.title),
         subtitle = escape(info.subtitle),
-        pc1 = info.explained[0] * 100.0,
-        pc2 = info.explained[1] * 100.0,
+        method = escape(info.method),
+        x_axis = escape(info.axes[0]),
+        y_axis = escape(info.axes[1]),
         n = points.len(),
         axis_y = h - pad,
         x_end = w - pad,
@@ -356,6 +406,38 @@ mod tests {
         }
     }
 
+    /// Two tight clusters far apart in R⁸: every point lands nearer its own cluster's centre than
+    /// the other's, run after run.
+    #[test]
+    fn tsne_keeps_clusters_apart_and_repeats_itself() {
+        let noise = |i: usize, k: usize| ((i * 31 + k * 17) % 13) as f32 / 13.0 * 0.05;
+        let vectors: Vec<Vec<f32>> = (0..20)
+            .map(|i| {
+                let axis = if i < 10 { 0 } else { 1 };
+                (0..8).map(|k| if k == axis { 1.0 } else { 0.0 } + noise(i, k)).collect()
+            })
+            .collect();
+        let start = pca2(&vectors).expect("pca").coords;
+        for _ in 0..3 {
+            let y = tsne2(&vectors, &start).expect("t-SNE");
+            assert_eq!(y.len(), 20);
+            let centre = |r: std::ops::Range<usize>| {
+                let n = r.len() as f64;
+                let (sx, sy) = y[r].iter().fold((0.0, 0.0), |(a, b), c| (a + c[0], b + c[1]));
+                [sx / n, sy / n]
+            };
+            let (a, b) = (centre(0..10), centre(10..20));
+            let dist = |p: [f64; 2], q: [f64; 2]| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
+            for (i, p) in y.iter().enumerate() {
+                let (own, other) = if i < 10 { (a, b) } else { (b, a) };
+                assert!(dist(*p, own) < dist(*p, other), "point {i} sits with the other cluster: {y:?}");
+            }
+        }
+        assert_eq!(tsne2(&vectors[..3], &start[..3]), None, "too few points");
+        assert_eq!(tsne_perplexity(10), Some(3.0));
+        assert_eq!(tsne_perplexity(1000), Some(30.0));
+    }
+
     #[test]
     fn degenerate_input() {
         assert_eq!(pca2(&[]), None);
@@ -380,7 +462,13 @@ mod tests {
             MapPoint { label: "two".into(), group: "b".into(), x: 1.0, y: 1.0 },
             MapPoint { label: "three".into(), group: "a".into(), x: 0.5, y: 2.0 },
         ];
-        let info = PageInfo { title: "t<", subtitle: "s", colour_key: "kind", explained: [0.5, 0.25] };
+        let info = PageInfo {
+            title: "t<",
+            subtitle: "s",
+            colour_key: "kind",
+            method: "PCA: PC1 holds 50.0% of the variance.",
+            axes: ["PC1", "PC2"],
+        };
         let html = html_page(&info, &pts);
         assert!(html.contains("&lt;b&gt;&quot;x&quot; &amp; y&lt;/b&gt;"));
         assert!(!html.contains("<b>\"x\""));

@@ -2,14 +2,17 @@
 //! (paged through the indexer's Scroll, optionally filtered) or a file of texts embedded by the
 //! embedder; out come a cosine-similarity heatmap (`heatmap.svg`, `heatmap.png`), a 2-D PCA
 //! projection as a self-contained HTML page with labels on hover and colours by a metadata key
-//! (`map.html`), and the coordinates (`map.json`).
+//! (`map.html`; with `--tsne` also a t-SNE map, `map-tsne.html`), and the coordinates
+//! (`map.json`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use ragd_core::config::DEFAULT_MAX_MESSAGE_BYTES;
-use ragd_eval::map::{MapPoint, PageInfo, cosine_matrix, html_page, pca2};
+use ragd_eval::map::{
+    MapPoint, PageInfo, TSNE_EXACT_MAX, cosine_matrix, html_page, pca2, tsne_perplexity, tsne2,
+};
 use ragd_proto::v1;
 use ragd_proto::v1::embedder_client::EmbedderClient;
 use serde_json::{Map, Value, json};
@@ -43,6 +46,10 @@ pub struct MapArgs {
     /// Colour the points by this metadata key (`doc_id` colours a collection by document).
     #[arg(long, alias = "color-by")]
     colour_by: Option<String>,
+    /// Also draw a t-SNE map (`map-tsne.html`; exact up to 1000 points, Barnes-Hut above;
+    /// perplexity 30 or less for few points), started from the PCA map.
+    #[arg(long)]
+    tsne: bool,
     /// The heatmap shows at most this many vectors (the first ones; the map shows all).
     #[arg(long, default_value_t = 60)]
     heatmap_limit: usize,
@@ -255,15 +262,44 @@ pub async fn map(args: MapArgs) -> anyhow::Result<()> {
             y: *y,
         })
         .collect();
+    let method = format!(
+        "PCA: PC1 holds {:.1}% of the variance, PC2 {:.1}%.",
+        projection.explained[0] * 100.0,
+        projection.explained[1] * 100.0
+    );
     let info = PageInfo {
         title: &title,
         subtitle: &subtitle,
         colour_key: &colour_key,
-        explained: projection.explained,
+        method: &method,
+        axes: ["PC1", "PC2"],
     };
     let html = args.out.join("map.html");
     std::fs::write(&html, html_page(&info, &points))
         .with_context(|| format!("writing {}", html.display()))?;
+    let mut pages = vec![html];
+    let tsne = if args.tsne {
+        let perplexity = tsne_perplexity(items.len()).context("--tsne: t-SNE needs at least 4 vectors")?;
+        let (v, start) = (vectors.clone(), projection.coords.clone());
+        let coords = tokio::task::spawn_blocking(move || tsne2(&v, &start))
+            .await
+            .context("t-SNE")?
+            .context("--tsne: t-SNE needs at least 4 vectors of one length")?;
+        let moved: Vec<MapPoint> =
+            points.iter().zip(&coords).map(|(p, [x, y])| MapPoint { x: *x, y: *y, ..p.clone() }).collect();
+        let kind = if items.len() <= TSNE_EXACT_MAX { "exact" } else { "Barnes-Hut, θ 0.5" };
+        let method = format!(
+            "t-SNE ({kind}, perplexity {perplexity}, 1000 iterations, started from the PCA map): near points are similar; distances between groups mean little."
+        );
+        let info = PageInfo { method: &method, axes: ["t-SNE 1", "t-SNE 2"], ..info };
+        let page = args.out.join("map-tsne.html");
+        std::fs::write(&page, html_page(&info, &moved))
+            .with_context(|| format!("writing {}", page.display()))?;
+        pages.push(page);
+        Some(coords)
+    } else {
+        None
+    };
     let shown = items.len().min(args.heatmap_limit.max(2));
     let labels: Vec<String> = items[..shown].iter().map(|i| i.short.clone()).collect();
     let matrix = cosine_matrix(&vectors[..shown]);
@@ -272,12 +308,21 @@ pub async fn map(args: MapArgs) -> anyhow::Result<()> {
         &args.out.join("heatmap"),
         &ragd_eval::plot::Heatmap { title: &heat_title, labels: &labels, values: &matrix },
     )?;
-    let files: Vec<String> =
-        std::iter::once(&html).chain(drawn.iter()).map(|p| p.display().to_string()).collect();
+    let files: Vec<String> = pages.iter().chain(drawn.iter()).map(|p| p.display().to_string()).collect();
     let report = json!({
         "title": title,
         "source": subtitle,
-        "points": points.iter().map(|p| json!({"label": p.label, "group": p.group, "x": p.x, "y": p.y})).collect::<Vec<_>>(),
+        "points": points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut point = json!({"label": p.label, "group": p.group, "x": p.x, "y": p.y});
+                if let Some(t) = &tsne {
+                    point["tsne"] = json!(t[i]);
+                }
+                point
+            })
+            .collect::<Vec<_>>(),
         "explained_variance": projection.explained,
         "heatmap_vectors": shown,
         "files": files,

@@ -83,6 +83,18 @@ fn screenshot(page: &Path, size: (u32, u32)) -> image::RgbImage {
     image::open(&shot).expect("screenshot png").to_rgb8()
 }
 
+/// The first row below the legend: the legend's swatches (10×10, in the first colour) are the
+/// topmost pixels of that colour on the page.
+fn below_legend(img: &image::RgbImage) -> u32 {
+    let (r, g, b) = PALETTE[0];
+    img.enumerate_pixels()
+        .filter(|(_, _, p)| p.0 == [r, g, b])
+        .map(|(_, y, _)| y)
+        .min()
+        .expect("first colour on the page")
+        + 12
+}
+
 /// Pixels of exactly this colour below row `from`.
 fn count_below(img: &image::RgbImage, (r, g, b): (u8, u8, u8), from: u32) -> usize {
     img.enumerate_pixels().filter(|(_, y, p)| *y >= from && p.0 == [r, g, b]).count()
@@ -100,7 +112,19 @@ async fn map_of_texts_matches_numpy_and_draws_in_a_real_browser() {
     let out = dir.path().join("map");
     let (url, t, o) = (embedder.url.clone(), texts.display().to_string(), out.display().to_string());
     let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        ragd_cli(&["map", "--embedder", &url, "--texts", &t, "--colour-by", "topic", "--out", &o, "--json"])
+        ragd_cli(&[
+            "map",
+            "--embedder",
+            &url,
+            "--texts",
+            &t,
+            "--colour-by",
+            "topic",
+            "--tsne",
+            "--out",
+            &o,
+            "--json",
+        ])
     })
     .await
     .expect("cli");
@@ -164,19 +188,27 @@ async fn map_of_texts_matches_numpy_and_draws_in_a_real_browser() {
     let img = screenshot(&out.join("map.html"), (1000, 800));
     // The legend's swatches (10×10) sit above the plot; count the plot's pixels only: below the
     // last row any legend swatch reaches.
-    let legend_bottom = img
-        .enumerate_pixels()
-        .filter(|(_, _, p)| p.0 == [PALETTE[0].0, PALETTE[0].1, PALETTE[0].2])
-        .map(|(_, y, _)| y)
-        .min()
-        .expect("first colour on the page")
-        + 12;
+    let legend_bottom = below_legend(&img);
     for (i, topic) in ["food", "space"].iter().enumerate() {
         // Six circles of radius 5 (≈ 50 pixels of solid fill each, overlaps aside).
         let n = count_below(&img, PALETTE[i], legend_bottom);
         assert!(n >= 120, "{topic}: {n} pixels of its colour drawn (browser {})", browser.display());
     }
     assert_eq!(count_below(&img, PALETTE[2], 0), 0, "only two groups");
+
+    // The t-SNE page: the same points at their t-SNE coordinates, drawn by the browser too.
+    for p in points {
+        let t = p["tsne"].as_array().expect("t-SNE coordinates");
+        assert!(t.len() == 2 && t.iter().all(|c| c.as_f64().is_some_and(f64::is_finite)), "{p}");
+    }
+    let tsne_page = std::fs::read_to_string(out.join("map-tsne.html")).expect("map-tsne.html");
+    assert_eq!(tsne_page.matches("<circle ").count(), 12);
+    assert!(tsne_page.contains("t-SNE (exact, perplexity 3,"), "12 points: perplexity (12 − 1) / 3");
+    let img = screenshot(&out.join("map-tsne.html"), (1000, 800));
+    let legend_bottom = below_legend(&img);
+    for (i, colour) in PALETTE[..2].iter().enumerate() {
+        assert!(count_below(&img, *colour, legend_bottom) >= 120, "t-SNE page: group {i} drawn");
+    }
 
     // The heatmap of the 12 texts, both formats.
     assert!(out.join("heatmap.svg").is_file() && out.join("heatmap.png").is_file());
