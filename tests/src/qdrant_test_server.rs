@@ -58,6 +58,8 @@ struct Collection {
     /// Names of the sparse vectors.
     sparse: Vec<String>,
     shards: Vec<Arc<Shard>>,
+    /// The engine settings the shards were made with (UpdateCollection rebuilds from them).
+    config: EdgeConfig,
 }
 
 /// Fields drop in order: the engine shards before their temp directory.
@@ -437,6 +439,7 @@ impl Collections for Service {
             config = config.sparse_vector(name, params);
         }
         let config = config.build();
+        let kept = config.clone();
         let dir = self.0.root().join(&name);
         let shards = blocking(move || {
             (0..shard_number)
@@ -450,7 +453,14 @@ impl Collections for Service {
                 .collect::<Result<Vec<_>, Status>>()
         })
         .await?;
-        let collection = Collection { params, distance, dim: vp.size as usize, sparse: sparse_names, shards };
+        let collection = Collection {
+            params,
+            distance,
+            dim: vp.size as usize,
+            sparse: sparse_names,
+            shards,
+            config: kept,
+        };
         self.0.collections.write().map_err(|_| Status::internal("lock"))?.insert(name, Arc::new(collection));
         Ok(Response::new(qdrant::CollectionOperationResponse { result: true, time: 0.0 }))
     }
@@ -555,8 +565,105 @@ impl Collections for Service {
         }))
     }
 
+    /// Qdrant 1.18's addition of named sparse vectors to a live collection, and nothing else of
+    /// UpdateCollection. The engine cannot add a vector to a shard, so the double copies each
+    /// shard into a new one made with the vector (Qdrant keeps its points in place; the answer is
+    /// the same).
+    async fn update(
+        &self,
+        request: Request<qdrant::UpdateCollection>,
+    ) -> Result<Response<qdrant::CollectionOperationResponse>, Status> {
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let r = request.into_inner();
+        let old = self.0.get(&r.collection_name)?;
+        let others = r.optimizers_config.is_some()
+            || r.params.is_some()
+            || r.hnsw_config.is_some()
+            || r.vectors_config.is_some()
+            || r.quantization_config.is_some();
+        let Some(added) = r.sparse_vectors_config.filter(|_| !others) else {
+            return Err(Status::invalid_argument(
+                "the test server's UpdateCollection only adds sparse vectors",
+            ));
+        };
+        let (mut config, mut names, mut params) =
+            (old.config.clone(), old.sparse.clone(), old.params.clone());
+        let mut all = params.sparse_vectors_config.take().unwrap_or_default();
+        for (name, p) in added.map {
+            if names.contains(&name) {
+                continue;
+            }
+            let idf = p.modifier == Some(qdrant::Modifier::Idf as i32);
+            config.sparse_vectors.insert(
+                name.clone(),
+                EdgeSparseVectorParams { modifier: idf.then_some(Modifier::Idf), ..Default::default() },
+            );
+            all.map.insert(name.clone(), p);
+            names.push(name);
+        }
+        params.sparse_vectors_config = Some(all);
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.0.root().join(&r.collection_name).join(format!("generation-{generation}"));
+        let (source, kept) = (old.clone(), config.clone());
+        let shards = blocking(move || {
+            let internal = |e: String| Status::internal(e);
+            source
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, from)| {
+                    let path = dir.join(format!("shard-{i}"));
+                    std::fs::create_dir_all(&path).map_err(|e| internal(e.to_string()))?;
+                    let engine =
+                        EdgeShard::new(&path, config.clone()).map_err(|e| internal(e.to_string()))?;
+                    let to = Shard { engine, writes: Mutex::new(()) };
+                    let mut offset = None;
+                    loop {
+                        let request = ScrollRequest {
+                            offset,
+                            limit: Some(512),
+                            filter: None,
+                            with_payload: Some(WithPayloadInterface::Bool(true)),
+                            with_vector: WithVector::Bool(true),
+                            order_by: None,
+                        };
+                        let (records, next) =
+                            from.engine.scroll(request).map_err(|e| internal(e.to_string()))?;
+                        let points: Vec<PointStructPersisted> = records
+                            .into_iter()
+                            .filter_map(|rec| {
+                                Some(PointStructPersisted {
+                                    id: rec.id,
+                                    vector: VectorStructPersisted::from(rec.vector?),
+                                    payload: rec.payload,
+                                })
+                            })
+                            .collect();
+                        if !points.is_empty() {
+                            let op = PointOperations::UpsertPoints(PointInsertOperations::PointsList(points));
+                            to.update(UpdateOperation::PointOperation(op))?;
+                        }
+                        match next {
+                            Some(n) => offset = Some(n),
+                            None => break,
+                        }
+                    }
+                    Ok(Arc::new(to))
+                })
+                .collect::<Result<Vec<_>, Status>>()
+        })
+        .await?;
+        let rebuilt =
+            Collection { params, distance: old.distance, dim: old.dim, sparse: names, shards, config: kept };
+        self.0
+            .collections
+            .write()
+            .map_err(|_| Status::internal("lock"))?
+            .insert(r.collection_name, Arc::new(rebuilt));
+        Ok(Response::new(qdrant::CollectionOperationResponse { result: true, time: 0.0 }))
+    }
+
     unimplemented_calls! {
-        update(UpdateCollection) -> CollectionOperationResponse;
         update_aliases(ChangeAliases) -> CollectionOperationResponse;
         list_collection_aliases(ListCollectionAliasesRequest) -> ListAliasesResponse;
         list_aliases(ListAliasesRequest) -> ListAliasesResponse;

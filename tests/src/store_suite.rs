@@ -224,6 +224,50 @@ pub async fn scroll_pages_through_every_chunk(store: &dyn VectorStore, name: &st
     store.drop_collection(name).await.expect("drop");
 }
 
+/// Storage made before keyword search (`sparse: false`) gets the keyword vector: keyword search
+/// is refused before and finds by the given weights after; every chunk keeps its text and dense
+/// vector; later writes carry weights too.
+pub async fn keyword_vector_rebuild(store: &dyn VectorStore, name: &str) {
+    use ragd_indexer::store::{SparseOf, SparseVector};
+    let old = StoreSpec { sparse: false, ..spec(name, 2) };
+    store.create(&old).await.expect("create");
+    let pts = points(&vectors(40, 5));
+    store.upsert(name, &pts).await.expect("upsert");
+    let q = SparseVector { indices: vec![7], values: vec![1.0] };
+    let keyword = SearchOptions { k: 10, ..Default::default() };
+    match store.search_keyword(name, std::slice::from_ref(&q), &keyword).await {
+        Err(IndexError::FailedPrecondition { .. }) => {}
+        other => panic!("keyword search without the vector: {other:?}"),
+    }
+    // Term 7 for the texts ending in 7 ("text 7", "text 17", ...), else term 1.
+    let weights: SparseOf = std::sync::Arc::new(|text: &str| {
+        let term = if text.ends_with('7') { 7 } else { 1 };
+        SparseVector { indices: vec![term], values: vec![1.0] }
+    });
+    let rebuilt = store.add_keyword_vector(&old, weights).await.expect("rebuild");
+    assert!(rebuilt.sparse && rebuilt.dim == old.dim && rebuilt.shards == old.shards);
+    let found = store.search_keyword(name, std::slice::from_ref(&q), &keyword).await.expect("keyword search");
+    let mut texts: Vec<String> = found[0].iter().map(|h| h.text.clone()).collect();
+    texts.sort();
+    assert_eq!(texts, vec!["text 17", "text 27", "text 37", "text 7"]);
+    let exact = SearchOptions { k: 40, exact: true, ..Default::default() };
+    let all = store.search(name, &[pts[0].vector.clone()], &exact).await.expect("dense");
+    assert_eq!(all[0].len(), 40, "every chunk kept");
+    assert_eq!(ids(&all[0][..1]), vec![(pts[0].doc_id.clone(), pts[0].chunk)], "its own vector first");
+    let later = ChunkPoint {
+        doc_id: "later".into(),
+        chunk: 0,
+        text: "text 77".into(),
+        metadata: Default::default(),
+        vector: pts[1].vector.clone(),
+        sparse: Some(SparseVector { indices: vec![7], values: vec![2.0] }),
+    };
+    store.upsert(name, &[later]).await.expect("a write after the rebuild");
+    let found = store.search_keyword(name, &[q], &keyword).await.expect("keyword search");
+    assert_eq!(found[0][0].doc_id, "later", "the heavier weight ranks first");
+    store.drop_collection(name).await.expect("drop");
+}
+
 /// Re-upserting a shorter document and deleting its tail leaves exactly the new chunks.
 pub async fn reupsert_replaces_a_document(store: &dyn VectorStore, name: &str) {
     store.create(&spec(name, 2)).await.expect("create");

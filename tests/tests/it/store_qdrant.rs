@@ -43,22 +43,12 @@ async fn reupsert_replaces_a_document() {
     store_suite::reupsert_replaces_a_document(&store, "c").await;
 }
 
-/// The Qdrant store does not rebuild storage from before keyword search: it says so.
+/// Storage from before keyword search gets the keyword vector (UpdateCollection, Qdrant ≥ 1.18,
+/// then every point written again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_keyword_vector_rebuild_on_qdrant() {
+async fn keyword_vector_rebuild() {
     let (_server, store, _) = store().await;
-    let old = StoreSpec { sparse: false, ..spec("k", 1) };
-    store.create(&old).await.expect("create");
-    let weights: ragd_indexer::store::SparseOf =
-        std::sync::Arc::new(|_: &str| ragd_indexer::store::SparseVector::default());
-    match store.add_keyword_vector(&old, weights).await {
-        Err(IndexError::FailedPrecondition { field, reason }) => {
-            assert_eq!(field, "collection");
-            assert!(reason.contains("re-create it"), "{reason}");
-        }
-        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
-    }
-    store.drop_collection("k").await.expect("drop");
+    store_suite::keyword_vector_rebuild(&store, "k").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use qdrant_client::{Qdrant, QdrantError};
 
 use super::merge::merge_top_k;
 use super::{
-    ChunkPoint, Distance, Hit, KEYWORD_VECTOR, ScrollOut, ScrollPage, SearchOptions, ShardStats,
+    ChunkPoint, Distance, Hit, KEYWORD_VECTOR, ScrollOut, ScrollPage, SearchOptions, ShardStats, SparseOf,
     SparseVector, StoreSpec, StoreStats, VectorStore,
 };
 use crate::error::IndexError;
@@ -235,6 +235,32 @@ impl QdrantStore {
     }
 }
 
+/// The keyword vector's settings: IDF modifier, on disk with the collection (the deprecated
+/// `on_disk` flag, which every server of the supported range reads, as `create` sends it).
+#[allow(deprecated)]
+fn keyword_vector_config(spec: &StoreSpec) -> qdrant::SparseVectorConfig {
+    let on_disk = spec.on_disk == Some(true);
+    qdrant::SparseVectorConfig {
+        map: HashMap::from([(
+            KEYWORD_VECTOR.to_string(),
+            qdrant::SparseVectorParams {
+                index: on_disk
+                    .then(|| qdrant::SparseIndexConfig { on_disk: Some(true), ..Default::default() }),
+                modifier: Some(qdrant::Modifier::Idf as i32),
+            },
+        )]),
+    }
+}
+
+/// Whether a server version is at least `major.minor`.
+fn at_least(server: &str, major: u64, minor: u64) -> bool {
+    let mut parts = server.trim_start_matches('v').split('.').map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
 fn distance(d: Distance) -> qdrant::Distance {
     match d {
         Distance::Cosine => qdrant::Distance::Cosine,
@@ -331,16 +357,7 @@ impl VectorStore for QdrantStore {
                 })),
             }),
             // BM25 term weights; Qdrant multiplies query terms by their IDF.
-            sparse_vectors_config: spec.sparse.then(|| qdrant::SparseVectorConfig {
-                map: HashMap::from([(
-                    KEYWORD_VECTOR.to_string(),
-                    qdrant::SparseVectorParams {
-                        index: cold
-                            .map(|_| qdrant::SparseIndexConfig { on_disk: Some(true), ..Default::default() }),
-                        modifier: Some(qdrant::Modifier::Idf as i32),
-                    },
-                )]),
-            }),
+            sparse_vectors_config: spec.sparse.then(|| keyword_vector_config(spec)),
             shard_number: Some(spec.shards),
             replication_factor: spec.replication_factor,
             write_consistency_factor: spec.write_consistency_factor,
@@ -534,6 +551,48 @@ impl VectorStore for QdrantStore {
             .iter()
             .map(|(doc, chunk)| found.remove(&super::point_uuid(doc, *chunk).to_string()))
             .collect())
+    }
+
+    /// Qdrant ≥ 1.18 adds a named vector to a live collection (UpdateCollection); every point is
+    /// then written again with its keyword weights (the dense vector and payload as they were).
+    async fn add_keyword_vector(
+        &self,
+        spec: &StoreSpec,
+        sparse_of: SparseOf,
+    ) -> Result<StoreSpec, IndexError> {
+        let old = self.spec(&spec.name)?;
+        if !at_least(&self.server_version, 1, 18) {
+            return Err(IndexError::failed_precondition(
+                "collection",
+                format!(
+                    "collection {:?} was created before keyword search existed and Qdrant {} cannot add a vector to it (1.18 can); re-create it with a keyword index and ingest again",
+                    spec.name, self.server_version
+                ),
+            ));
+        }
+        let new_spec = StoreSpec { sparse: true, ..old };
+        let request = qdrant::UpdateCollection {
+            collection_name: self.qname(&spec.name),
+            sparse_vectors_config: Some(keyword_vector_config(&new_spec)),
+            ..Default::default()
+        };
+        self.client.update_collection(request).await.map_err(remote_err)?;
+        self.remember(&new_spec)?;
+        let mut offset = None;
+        loop {
+            let page = ScrollPage { filter: None, limit: 256, offset, with_vectors: true };
+            let out = self.scroll(&spec.name, &page).await?;
+            let mut points = out.chunks;
+            for p in &mut points {
+                p.sparse = Some(sparse_of(&p.text));
+            }
+            self.upsert(&spec.name, &points).await?;
+            match out.next {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        Ok(new_spec)
     }
 
     async fn scroll(&self, collection: &str, page: &ScrollPage) -> Result<ScrollOut, IndexError> {
@@ -911,5 +970,17 @@ pub mod convert {
             let Some(ConditionOneOf::Field(chunk)) = &nested.must[1].condition_one_of else { unreachable!() };
             assert_eq!(chunk.range, Some(qdrant::Range { gt: None, gte: Some(3.0), lt: None, lte: None }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_floor() {
+        assert!(super::at_least("1.18.0", 1, 18));
+        assert!(super::at_least("v1.20.3", 1, 18));
+        assert!(super::at_least("2.0.0", 1, 18));
+        assert!(!super::at_least("1.17.9", 1, 18));
+        assert!(!super::at_least("dev", 1, 18));
     }
 }
