@@ -106,6 +106,7 @@ async fn build(data: &Path, points: &[Vec<f32>], queries: &[Vec<f32>]) -> (Vec<V
             model: MODEL.into(),
             chunking: Chunking::default(),
             keyword: None,
+            max_chunks: None,
         })
         .expect("register");
     (truth, build_secs)

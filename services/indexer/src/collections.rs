@@ -22,6 +22,9 @@ pub struct CollectionMeta {
     /// The keyword (BM25) index, if the collection has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyword: Option<KeywordConfig>,
+    /// Index only each document's first this many chunks (None: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chunks: Option<u32>,
 }
 
 /// Checks a collection name: 1–64 letters, digits, `_` or `-`.
@@ -147,6 +150,7 @@ mod tests {
             model: "m".into(),
             chunking: Chunking::default(),
             keyword: None,
+            max_chunks: None,
         }
     }
 

@@ -116,6 +116,7 @@ fn info(meta: CollectionMeta, stats: StoreStats) -> v1::CollectionInfo {
         write_consistency_factor: meta.store.write_consistency_factor.unwrap_or(1),
         on_disk: meta.store.on_disk.unwrap_or(false),
         keyword: meta.keyword.map(keyword_to),
+        max_chunks: meta.max_chunks.unwrap_or(0),
     }
 }
 
@@ -308,6 +309,7 @@ impl indexer_server::Indexer for IndexerGrpc {
             write_consistency_factor: (r.write_consistency_factor > 0).then_some(r.write_consistency_factor),
             on_disk: r.on_disk.then_some(true),
             keyword: r.keyword.map(keyword_from),
+            max_chunks: (r.max_chunks > 0).then_some(r.max_chunks),
         };
         let meta = indexer.create_collection(create, deadline).await?;
         let stats = indexer.stats(&meta.store.name).await?;

@@ -75,6 +75,8 @@ pub struct CreateCollection {
     pub on_disk: Option<bool>,
     /// A keyword (BM25) index, with the settings asked for.
     pub keyword: Option<KeywordRequest>,
+    /// Index only each document's first this many chunks (None: all).
+    pub max_chunks: Option<u32>,
 }
 
 /// Which lists a search ranks by.
@@ -299,6 +301,7 @@ impl Indexer {
             model: info.name,
             chunking: req.chunking,
             keyword,
+            max_chunks: req.max_chunks,
         };
         self.store.create(&meta.store).await?;
         if let Err(e) = self.registry.insert(meta.clone()) {
@@ -586,15 +589,16 @@ impl Indexer {
         Ok(counts)
     }
 
+    /// Each document's chunks, cut to the collection's `max_chunks`.
     async fn chunk(
         &self,
         meta: &CollectionMeta,
         docs: &[DocumentIn],
         deadline: Option<Instant>,
     ) -> Result<Vec<Vec<chunk::Chunk>>, IndexError> {
-        match meta.chunking {
+        let mut chunks = match meta.chunking {
             Chunking::Sentences { size, overlap } => {
-                Ok(docs.iter().map(|d| chunk::by_sentences(&d.text, size, overlap)).collect())
+                docs.iter().map(|d| chunk::by_sentences(&d.text, size, overlap)).collect()
             }
             Chunking::Tokens { size, overlap } => {
                 let texts = docs.iter().map(|d| d.text.clone()).collect();
@@ -603,9 +607,13 @@ impl Indexer {
                 docs.iter()
                     .zip(tokens.offsets)
                     .map(|(d, offsets)| chunk::by_tokens(&d.text, &offsets, size, overlap))
-                    .collect()
+                    .collect::<Result<Vec<_>, _>>()?
             }
+        };
+        if let Some(max) = meta.max_chunks {
+            chunks.iter_mut().for_each(|cs: &mut Vec<chunk::Chunk>| cs.truncate(max as usize));
         }
+        Ok(chunks)
     }
 
     /// Vectors of `texts`, [`EMBED_CHUNK_TEXTS`] per call.
@@ -1160,6 +1168,7 @@ mod tests {
             write_consistency_factor: None,
             on_disk: None,
             keyword: None,
+            max_chunks: None,
         }
     }
 
@@ -1440,6 +1449,7 @@ mod tests {
                     model: "fake".into(),
                     chunking: Chunking::default(),
                     keyword: None,
+                    max_chunks: None,
                 })
                 .expect("register");
         }
@@ -1500,6 +1510,28 @@ mod tests {
             .filter(|n| n.starts_with(".rebuild") || n.starts_with(".retired"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    /// `max_chunks` keeps each document's first chunks only; a re-upsert removes the rest.
+    #[tokio::test]
+    async fn max_chunks_keeps_the_first_chunks() {
+        let f = fixture(false).await;
+        let one_sentence = Chunking::Sentences { size: 1, overlap: 0 };
+        let create = CreateCollection { max_chunks: Some(2), ..create("short", one_sentence) };
+        let meta = f.indexer.create_collection(create, None).await.expect("create");
+        assert_eq!(meta.max_chunks, Some(2));
+        let out =
+            f.indexer.upsert("short", vec![doc("d", "One. Two. Three. Four.")], None).await.expect("upsert");
+        assert_eq!(out.chunks, 2);
+        assert_eq!(f.indexer.stats("short").await.expect("stats").points, 2);
+        let (hits, _) = f
+            .indexer
+            .search("short", vec![text("One")], options(5, true), Retrieval::default(), None)
+            .await
+            .expect("search");
+        let mut texts: Vec<&str> = hits[0].iter().map(|h| h.text.as_str()).collect();
+        texts.sort();
+        assert_eq!(texts, vec!["One.", "Two."]);
     }
 
     #[tokio::test]

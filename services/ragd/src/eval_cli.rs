@@ -153,6 +153,10 @@ pub struct RetrievalEvalArgs {
     /// Tokens shared by consecutive windows with --tokens.
     #[arg(long, default_value_t = 0)]
     overlap: u32,
+    /// Index only each document's first N chunks (`--tokens 254 --max-chunks 1` embeds
+    /// documents truncated to MiniLM's window, as MTEB does).
+    #[arg(long)]
+    max_chunks: Option<u32>,
     /// Modes to compare, comma-separated.
     #[arg(
         long,
@@ -271,6 +275,7 @@ async fn retrieval(args: RetrievalEvalArgs) -> anyhow::Result<()> {
                 shards: 1,
                 chunking: Some(v1::Chunking { policy: Some(policy) }),
                 keyword: Some(v1::KeywordIndex::default()),
+                max_chunks: args.max_chunks.unwrap_or(0),
                 ..Default::default()
             })
             .await

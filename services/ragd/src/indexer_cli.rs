@@ -64,6 +64,10 @@ pub enum CollectionsCommand {
         /// Sentences or tokens shared by consecutive chunks (default 1 sentence / 0 tokens).
         #[arg(long)]
         overlap: Option<u32>,
+        /// Index only each document's first N chunks (1 with --tokens of the model's window:
+        /// documents truncated, as MTEB embeds them).
+        #[arg(long)]
+        max_chunks: Option<u32>,
         #[command(flatten)]
         keyword: KeywordArgs,
     },
@@ -262,7 +266,12 @@ fn info_json(c: &v1::CollectionInfo) -> Value {
         "points": c.points, "documents": c.documents, "indexed_vectors": c.indexed_vectors,
         "disk_bytes": c.disk_bytes, "shards": c.shards.len(), "optimizer_state": c.optimizer_state,
         "replication_factor": c.replication_factor, "write_consistency_factor": c.write_consistency_factor,
-        "on_disk": c.on_disk,
+        "on_disk": c.on_disk, "max_chunks": c.max_chunks,
+        "keyword": c.keyword.as_ref().map(|k| json!({
+            "language": k.language, "stop_words": k.stop_words, "stemming": k.stemming,
+            "lowercase": k.lowercase, "ascii_folding": k.ascii_folding, "k1": k.k1, "b": k.b,
+            "avg_len": k.avg_len,
+        })),
     })
 }
 
@@ -299,6 +308,7 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
             sentences,
             tokens,
             overlap,
+            max_chunks,
             keyword,
         } => {
             let policy = match (sentences, tokens) {
@@ -325,6 +335,7 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
                 write_consistency_factor,
                 on_disk,
                 keyword: keyword.proto(),
+                max_chunks: max_chunks.unwrap_or(0),
             };
             print_info(&c.create_collection(request).await.map_err(status)?.into_inner(), endpoint.json);
         }

@@ -263,6 +263,39 @@ async fn ragd_eval_retrieval_scores_every_mode_as_pytrec_eval_does() {
         left.collections.iter().map(|c| &c.name).collect::<Vec<_>>()
     );
 
+    // MTEB's setting: documents truncated to their first window (--max-chunks 1), kept to look at.
+    let (url, dir) = (indexer.url.clone(), beir.display().to_string());
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        ragd_cli(&[
+            "eval",
+            "retrieval",
+            "--indexer",
+            &url,
+            &dir,
+            "--tokens",
+            "16",
+            "--max-chunks",
+            "1",
+            "--modes",
+            "exact",
+            "--keep",
+            "--json",
+        ])
+    })
+    .await
+    .expect("cli");
+    assert!(ok, "{stderr}");
+    let truncated: Value = serde_json::from_str(&stdout).expect("json");
+    let kept = truncated["collection"].as_str().expect("collection").to_string();
+    let info = client
+        .describe_collection(v1::DescribeCollectionRequest { name: kept.clone() })
+        .await
+        .expect("describe the kept collection")
+        .into_inner();
+    assert_eq!(info.max_chunks, 1);
+    assert_eq!(info.points, info.documents, "one chunk per document: {info:?}");
+    client.drop_collection(v1::DropCollectionRequest { name: kept }).await.expect("drop");
+
     // Bad inputs: a directory without the files; keyword modes on a collection without a
     // keyword index.
     client
