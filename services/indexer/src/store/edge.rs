@@ -130,8 +130,12 @@ fn format_offset(shard: usize, id: Option<PointId>) -> String {
 }
 
 fn parse_offset(token: &str, shards: usize) -> Result<(usize, Option<PointId>), IndexError> {
-    let bad =
-        || IndexError::invalid("offset", format!("{token:?} is not a next_offset this collection gave"));
+    let bad = || {
+        IndexError::invalid(
+            "offset",
+            format!("{} is not a next_offset this collection gave", ragd_core::status::quote(token)),
+        )
+    };
     let (shard, id) = token.split_once(':').ok_or_else(bad)?;
     let shard: usize = shard.parse().map_err(|_| bad())?;
     if shard >= shards {

@@ -609,7 +609,10 @@ impl VectorStore for QdrantStore {
                     .map_err(|_| {
                         IndexError::invalid(
                             "offset",
-                            format!("{token:?} is not a next_offset this collection gave"),
+                            format!(
+                                "{} is not a next_offset this collection gave",
+                                ragd_core::status::quote(token)
+                            ),
                         )
                     })
             })
