@@ -244,8 +244,9 @@ pub async fn keyword_vector_rebuild(store: &dyn VectorStore, name: &str) {
         let term = if text.ends_with('7') { 7 } else { 1 };
         SparseVector { indices: vec![term], values: vec![1.0] }
     });
-    let rebuilt = store.add_keyword_vector(&old, weights).await.expect("rebuild");
+    let (rebuilt, weighted) = store.add_keyword_vector(&old, weights).await.expect("rebuild");
     assert!(rebuilt.sparse && rebuilt.dim == old.dim && rebuilt.shards == old.shards);
+    assert_eq!(weighted, 40, "every chunk weighted");
     let found = store.search_keyword(name, std::slice::from_ref(&q), &keyword).await.expect("keyword search");
     let mut texts: Vec<String> = found[0].iter().map(|h| h.text.clone()).collect();
     texts.sort();

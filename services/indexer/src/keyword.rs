@@ -131,6 +131,12 @@ impl Analyzer {
         EdgeBm25::new(config).map(Self).map_err(|e| IndexError::invalid("keyword.language", e.to_string()))
     }
 
+    /// [`Analyzer::document`] as the stores' weighting function.
+    pub fn sparse_of(self: &std::sync::Arc<Self>) -> crate::store::SparseOf {
+        let analyzer = self.clone();
+        std::sync::Arc::new(move |text: &str| analyzer.document(text))
+    }
+
     /// A chunk's BM25 term weights.
     pub fn document(&self, text: &str) -> SparseVector {
         let v = self.0.embed_document(text);

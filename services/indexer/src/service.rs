@@ -19,8 +19,9 @@ use crate::keyword::{Analyzer, KeywordConfig, KeywordRequest};
 use crate::peers::{EmbedderApi, InputKind};
 use crate::rerank::Reranker;
 use crate::store::{
-    ChunkPoint, Distance, Hit, Recovery, ScrollOut, ScrollPage, SearchOptions, Source, SourceRank, SparseOf,
-    SparseVector, StoreSpec, StoreStats, VectorStore, WriteBatch,
+    ChunkPoint, Distance, Hit, Recovery, ScrollOut, ScrollPage, SearchOptions, Source, SourceRank,
+    SparseVector, StoreSpec, StoreStats, VectorStore, WriteBatch, rewrite_keyword_weights,
+    with_keyword_weights,
 };
 
 /// Texts per Embed call while ingesting (the embedder splits and batches them further).
@@ -181,9 +182,6 @@ pub struct Indexer {
     /// alone (so no write lands between its read of a chunk and its rewrite).
     gates: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
-
-/// Chunks per page of a keyword re-index.
-const REINDEX_PAGE: usize = 256;
 
 fn embedder_err(s: tonic::Status) -> IndexError {
     IndexError::Embedder(s)
@@ -377,57 +375,17 @@ impl Indexer {
         let gate = self.gate(collection);
         let _writes =
             Self::before_deadline(gate.write(), deadline, "the collection's writes to finish").await?;
-        let analyzer = Arc::new(Analyzer::new(&config)?);
+        let sparse_of = Arc::new(Analyzer::new(&config)?).sparse_of();
         let (store_spec, rewritten) = if meta.store.sparse {
-            (meta.store.clone(), self.rewrite_keywords(collection, &analyzer, deadline).await?)
+            let n = rewrite_keyword_weights(self.store.as_ref(), collection, sparse_of, deadline).await?;
+            (meta.store.clone(), n)
         } else {
             // Storage from before keyword search: the store rebuilds it with the vector.
-            let a = analyzer.clone();
-            let sparse_of: SparseOf = Arc::new(move |text: &str| a.document(text));
-            let spec = self.store.add_keyword_vector(&meta.store, sparse_of).await?;
-            (spec, self.store.stats(collection).await?.points)
+            self.store.add_keyword_vector(&meta.store, sparse_of).await?
         };
         let meta = self.registry.set_keyword(collection, Some(config), store_spec)?;
         tracing::info!(collection, chunks = rewritten, "keyword index rebuilt");
         Ok((meta, rewritten))
-    }
-
-    /// Rewrites every chunk's keyword vector with `analyzer`, page by page; the chunks written.
-    async fn rewrite_keywords(
-        &self,
-        collection: &str,
-        analyzer: &Arc<Analyzer>,
-        deadline: Option<Instant>,
-    ) -> Result<u64, IndexError> {
-        let (mut offset, mut rewritten) = (None, 0u64);
-        loop {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(IndexError::DeadlineExceeded(format!(
-                    "re-indexing {collection}: {rewritten} chunks rewritten, the old settings stay in force"
-                )));
-            }
-            let page = ScrollPage { filter: None, limit: REINDEX_PAGE, offset, with_vectors: true };
-            let out = self.store.scroll(collection, &page).await?;
-            let mut points = out.chunks;
-            let analyzer = analyzer.clone();
-            points = tokio::task::spawn_blocking(move || {
-                for p in &mut points {
-                    p.sparse = Some(analyzer.document(&p.text));
-                }
-                points
-            })
-            .await
-            .map_err(|e| IndexError::Store(format!("keyword analysis: {e}")))?;
-            rewritten += points.len() as u64;
-            if !points.is_empty() {
-                self.store.write(collection, WriteBatch { upserts: points, ..Default::default() }).await?;
-            }
-            match out.next {
-                Some(next) => offset = Some(next),
-                None => break,
-            }
-        }
-        Ok(rewritten)
     }
 
     /// One page of a collection's chunks (Scroll). `limit` 0 = [`SCROLL_DEFAULT`]; above
@@ -567,7 +525,7 @@ impl Indexer {
             }
         }
         if let Some(config) = &meta.keyword {
-            points = keyword_weights(config, points).await?;
+            points = with_keyword_weights(Arc::new(Analyzer::new(config)?).sparse_of(), points).await?;
         }
         let counts: Vec<u32> = chunks.iter().map(|c| c.len() as u32).collect();
         let stale: Vec<(String, u32)> = docs.iter().zip(&counts).map(|(d, n)| (d.id.clone(), *n)).collect();
@@ -1026,22 +984,6 @@ async fn rerank_lists(
         .collect())
 }
 
-/// Each chunk's BM25 weights (on the blocking pool: analysis is CPU work proportional to the text).
-async fn keyword_weights(
-    config: &KeywordConfig,
-    mut points: Vec<ChunkPoint>,
-) -> Result<Vec<ChunkPoint>, IndexError> {
-    let analyzer = Analyzer::new(config)?;
-    tokio::task::spawn_blocking(move || {
-        for p in &mut points {
-            p.sparse = Some(analyzer.document(&p.text));
-        }
-        points
-    })
-    .await
-    .map_err(|e| IndexError::Store(format!("keyword analysis: {e}")))
-}
-
 /// The domain without a model or a socket: [`Indexer`] over a temp-dir embedded store and an
 /// in-memory fake embedder (a test double of [`EmbedderApi`], named as such). The expected
 /// answers are written from the fake's own rule, not computed by the code under test.
@@ -1134,20 +1076,25 @@ mod tests {
         _dir: tempfile::TempDir,
     }
 
-    async fn fixture(exact: bool) -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn VectorStore> =
-            Arc::new(EdgeStore::new(&dir.path().join("shards")).expect("store"));
-        let registry = Registry::load(dir.path()).expect("registry");
-        let fake = Arc::new(FakeEmbedder::default());
-        let limits = IndexerLimits {
+    /// The fixtures' limits: small enough for the bad-input tests to reach.
+    fn limits() -> IndexerLimits {
+        IndexerLimits {
             max_k: 10,
             max_queries: 4,
             max_documents_per_request: 100,
             max_shards: 4,
             indexing_threshold_kb: None,
             status_capacity: 1000,
-        };
+        }
+    }
+
+    async fn fixture(exact: bool) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn VectorStore> =
+            Arc::new(EdgeStore::new(&dir.path().join("shards")).expect("store"));
+        let registry = Registry::load(dir.path()).expect("registry");
+        let fake = Arc::new(FakeEmbedder::default());
+        let limits = limits();
         let exact = exact.then_some(ExactSettings {
             precision: ragd_exact::Precision::F32,
             max_batch: 16,
@@ -1420,14 +1367,6 @@ mod tests {
             write_consistency_factor: None,
             on_disk: None,
             sparse: false,
-        };
-        let limits = || IndexerLimits {
-            max_k: 10,
-            max_queries: 4,
-            max_documents_per_request: 100,
-            max_shards: 4,
-            indexing_threshold_kb: None,
-            status_capacity: 1000,
         };
         let open = || async {
             let store: Arc<dyn VectorStore> =

@@ -174,6 +174,57 @@ fn retired_dir(root: &Path, name: &str) -> PathBuf {
     root.join(format!(".retired-{name}"))
 }
 
+/// Points of one shard read in pages by the engine's scroll.
+const SHARD_PAGE: usize = 1024;
+
+/// One page of a shard's points from `offset` as chunks (payload, and the dense vector when
+/// asked), and the id the next page starts at (blocking).
+fn shard_page(
+    shard: &Shard,
+    offset: Option<PointId>,
+    limit: usize,
+    filter: Option<qdrant_edge::Filter>,
+    with_vectors: bool,
+) -> Result<(Vec<ChunkPoint>, Option<PointId>), IndexError> {
+    let request = ScrollRequest {
+        offset,
+        limit: Some(limit),
+        filter,
+        with_payload: Some(WithPayloadInterface::Bool(true)),
+        with_vector: if with_vectors {
+            WithVector::Selector(vec![DEFAULT_VECTOR_NAME.to_string()])
+        } else {
+            WithVector::Bool(false)
+        },
+        order_by: None,
+    };
+    let (records, next) = shard.engine.scroll(request).map_err(store_err)?;
+    let chunks = records
+        .into_iter()
+        .map(|r| {
+            let vector = if with_vectors { dense_of(r.id, r.vector)? } else { Vec::new() };
+            Ok(payload_hit(r.id, r.payload, 0.0)?.into_point(vector))
+        })
+        .collect::<Result<Vec<_>, IndexError>>()?;
+    Ok((chunks, next))
+}
+
+/// Hands every point of a shard, with its dense vector, to `each` a page at a time (blocking).
+fn for_each_page(
+    shard: &Shard,
+    mut each: impl FnMut(Vec<ChunkPoint>) -> Result<(), IndexError>,
+) -> Result<(), IndexError> {
+    let mut offset = None;
+    loop {
+        let (chunks, next) = shard_page(shard, offset, SHARD_PAGE, None, true)?;
+        each(chunks)?;
+        match next {
+            Some(n) => offset = Some(n),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Makes `n` new shards under `dir` with `config` (blocking).
 fn make_shards(dir: &Path, config: &EdgeConfig, n: u32) -> Result<Vec<EdgeShard>, IndexError> {
     (0..n)
@@ -1167,34 +1218,15 @@ impl VectorStore for EdgeStore {
         blocking(move || {
             let mut out = Vec::new();
             for shard in &c.shards {
-                let mut offset = None;
-                loop {
-                    let request = ScrollRequest {
-                        offset,
-                        limit: Some(1024),
-                        filter: None,
-                        with_payload: Some(WithPayloadInterface::Bool(true)),
-                        with_vector: WithVector::Selector(vec![DEFAULT_VECTOR_NAME.to_string()]),
-                        order_by: None,
-                    };
-                    let (records, next) = shard.engine.scroll(request).map_err(store_err)?;
-                    for r in records {
-                        let vector = dense_of(r.id, r.vector)?;
-                        let h = payload_hit(r.id, r.payload, 0.0)?;
-                        out.push(ChunkPoint {
-                            doc_id: h.doc_id,
-                            chunk: h.chunk,
-                            text: String::new(),
-                            metadata: Default::default(),
-                            vector,
-                            sparse: None,
-                        });
-                    }
-                    match next {
-                        Some(n) => offset = Some(n),
-                        None => break,
-                    }
-                }
+                for_each_page(shard, |chunks| {
+                    // Text and metadata are not kept: the exact engine needs ids and vectors.
+                    out.extend(chunks.into_iter().map(|p| ChunkPoint {
+                        text: String::new(),
+                        metadata: Default::default(),
+                        ..p
+                    }));
+                    Ok(())
+                })?;
             }
             Ok(out)
         })
@@ -1205,7 +1237,7 @@ impl VectorStore for EdgeStore {
         &self,
         spec: &StoreSpec,
         sparse_of: SparseOf,
-    ) -> Result<StoreSpec, IndexError> {
+    ) -> Result<(StoreSpec, u64), IndexError> {
         let old = self.get(&spec.name)?;
         let new_spec = StoreSpec { sparse: true, ..old.spec.clone() };
         let (root, name) = (self.root.clone(), spec.name.clone());
@@ -1226,40 +1258,13 @@ impl VectorStore for EdgeStore {
             };
             let mut copied = 0u64;
             for shard in &old.shards {
-                let mut offset = None;
-                loop {
-                    let request = ScrollRequest {
-                        offset,
-                        limit: Some(1024),
-                        filter: None,
-                        with_payload: Some(WithPayloadInterface::Bool(true)),
-                        with_vector: WithVector::Selector(vec![DEFAULT_VECTOR_NAME.to_string()]),
-                        order_by: None,
-                    };
-                    let (records, next) = shard.engine.scroll(request).map_err(store_err)?;
-                    let upserts = records
-                        .into_iter()
-                        .map(|r| {
-                            let vector = dense_of(r.id, r.vector)?;
-                            let h = payload_hit(r.id, r.payload, 0.0)?;
-                            let sparse = Some(sparse_of(&h.text));
-                            Ok(ChunkPoint {
-                                doc_id: h.doc_id,
-                                chunk: h.chunk,
-                                text: h.text,
-                                metadata: h.metadata,
-                                vector,
-                                sparse,
-                            })
-                        })
-                        .collect::<Result<Vec<_>, IndexError>>()?;
-                    copied += upserts.len() as u64;
-                    apply(&copy, &WriteBatch { upserts, ..Default::default() })?;
-                    match next {
-                        Some(n) => offset = Some(n),
-                        None => break,
+                for_each_page(shard, |mut upserts| {
+                    for p in &mut upserts {
+                        p.sparse = Some(sparse_of(&p.text));
                     }
-                }
+                    copied += upserts.len() as u64;
+                    apply(&copy, &WriteBatch { upserts, ..Default::default() })
+                })?;
             }
             copy.shards.iter().for_each(|s| s.flush());
             drop(copy);
@@ -1321,7 +1326,7 @@ impl VectorStore for EdgeStore {
         let retired = retired_dir(&self.root, &name);
         blocking(move || std::fs::remove_dir_all(&retired).map_err(store_err)).await?;
         tracing::info!(collection = %name, chunks = copied, "storage rebuilt with the keyword vector");
-        Ok(new_spec)
+        Ok((new_spec, copied))
     }
 
     async fn scroll(&self, collection: &str, page: &ScrollPage) -> Result<ScrollOut, IndexError> {
@@ -1338,31 +1343,10 @@ impl VectorStore for EdgeStore {
         blocking(move || {
             let mut chunks = Vec::new();
             while shard < c.shards.len() {
-                let request = ScrollRequest {
-                    offset: from.take(),
-                    limit: Some(limit - chunks.len()),
-                    filter: filter.clone(),
-                    with_payload: Some(WithPayloadInterface::Bool(true)),
-                    with_vector: if with_vectors {
-                        WithVector::Selector(vec![DEFAULT_VECTOR_NAME.to_string()])
-                    } else {
-                        WithVector::Bool(false)
-                    },
-                    order_by: None,
-                };
-                let (records, next) = c.shards[shard].engine.scroll(request).map_err(store_err)?;
-                for r in records {
-                    let vector = if with_vectors { dense_of(r.id, r.vector)? } else { Vec::new() };
-                    let h = payload_hit(r.id, r.payload, 0.0)?;
-                    chunks.push(ChunkPoint {
-                        doc_id: h.doc_id,
-                        chunk: h.chunk,
-                        text: h.text,
-                        metadata: h.metadata,
-                        vector,
-                        sparse: None,
-                    });
-                }
+                let want = limit - chunks.len();
+                let (page, next) =
+                    shard_page(&c.shards[shard], from.take(), want, filter.clone(), with_vectors)?;
+                chunks.extend(page);
                 if let Some(id) = next {
                     // The page is full and this shard has more.
                     return Ok(ScrollOut { chunks, next: Some(format_offset(shard, Some(id))) });

@@ -167,6 +167,20 @@ pub struct Hit {
     pub sources: Vec<SourceRank>,
 }
 
+impl Hit {
+    /// The stored chunk this hit is, with `vector` as its dense vector (no keyword weights).
+    pub fn into_point(self, vector: Vec<f32>) -> ChunkPoint {
+        ChunkPoint {
+            doc_id: self.doc_id,
+            chunk: self.chunk,
+            text: self.text,
+            metadata: self.metadata,
+            vector,
+            sparse: None,
+        }
+    }
+}
+
 /// A hit's place in one list of a fusion.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SourceRank {
@@ -199,6 +213,55 @@ impl Source {
 
 /// A chunk text's keyword weights (the collection's analyzer).
 pub type SparseOf = std::sync::Arc<dyn Fn(&str) -> SparseVector + Send + Sync>;
+
+/// Chunks per page when every chunk's keyword weights are written again.
+const REWEIGHT_PAGE: usize = 256;
+
+/// Each point's keyword weights from its text, computed on the blocking pool (analysis is CPU
+/// work proportional to the text).
+pub async fn with_keyword_weights(
+    sparse_of: SparseOf,
+    mut points: Vec<ChunkPoint>,
+) -> Result<Vec<ChunkPoint>, IndexError> {
+    tokio::task::spawn_blocking(move || {
+        for p in &mut points {
+            p.sparse = Some(sparse_of(&p.text));
+        }
+        points
+    })
+    .await
+    .map_err(|e| IndexError::Store(format!("keyword analysis: {e}")))
+}
+
+/// Writes every chunk of a collection again with keyword weights from `sparse_of`, page by page
+/// through the store's own scroll and write; the chunks written. A passed deadline stops it
+/// between pages with DEADLINE_EXCEEDED. The caller keeps other writes away meanwhile.
+pub async fn rewrite_keyword_weights(
+    store: &(impl VectorStore + ?Sized),
+    collection: &str,
+    sparse_of: SparseOf,
+    deadline: Option<std::time::Instant>,
+) -> Result<u64, IndexError> {
+    let (mut offset, mut rewritten) = (None, 0u64);
+    loop {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(IndexError::DeadlineExceeded(format!(
+                "re-indexing {collection}: {rewritten} chunks rewritten, the old settings stay in force"
+            )));
+        }
+        let page = ScrollPage { filter: None, limit: REWEIGHT_PAGE, offset, with_vectors: true };
+        let out = store.scroll(collection, &page).await?;
+        let points = with_keyword_weights(sparse_of.clone(), out.chunks).await?;
+        rewritten += points.len() as u64;
+        if !points.is_empty() {
+            store.write(collection, WriteBatch { upserts: points, ..Default::default() }).await?;
+        }
+        match out.next {
+            Some(next) => offset = Some(next),
+            None => return Ok(rewritten),
+        }
+    }
+}
 
 /// What a [`VectorStore::scroll`] asks for.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -322,14 +385,14 @@ pub trait VectorStore: Send + Sync + Debug {
         Err(IndexError::Store(format!("{collection}: this store cannot be scanned")))
     }
     /// Rebuilds the storage of a collection made before keyword search (no [`KEYWORD_VECTOR`])
-    /// with that vector, every chunk copied with `sparse_of(text)` as its keyword weights, and
-    /// returns the new spec (`sparse: true`). The caller keeps writes away meanwhile. Stores that
-    /// cannot: FAILED_PRECONDITION.
+    /// with that vector, every chunk given `sparse_of(text)` as its keyword weights, and returns
+    /// the new spec (`sparse: true`) and the chunks weighted. The caller keeps writes away
+    /// meanwhile. Stores that cannot: FAILED_PRECONDITION.
     async fn add_keyword_vector(
         &self,
         spec: &StoreSpec,
         _sparse_of: SparseOf,
-    ) -> Result<StoreSpec, IndexError> {
+    ) -> Result<(StoreSpec, u64), IndexError> {
         Err(IndexError::failed_precondition(
             "collection",
             format!(

@@ -559,7 +559,7 @@ impl VectorStore for QdrantStore {
         &self,
         spec: &StoreSpec,
         sparse_of: SparseOf,
-    ) -> Result<StoreSpec, IndexError> {
+    ) -> Result<(StoreSpec, u64), IndexError> {
         let old = self.spec(&spec.name)?;
         if !at_least(&self.server_version, 1, 18) {
             return Err(IndexError::failed_precondition(
@@ -578,21 +578,8 @@ impl VectorStore for QdrantStore {
         };
         self.client.update_collection(request).await.map_err(remote_err)?;
         self.remember(&new_spec)?;
-        let mut offset = None;
-        loop {
-            let page = ScrollPage { filter: None, limit: 256, offset, with_vectors: true };
-            let out = self.scroll(&spec.name, &page).await?;
-            let mut points = out.chunks;
-            for p in &mut points {
-                p.sparse = Some(sparse_of(&p.text));
-            }
-            self.upsert(&spec.name, &points).await?;
-            match out.next {
-                Some(next) => offset = Some(next),
-                None => break,
-            }
-        }
-        Ok(new_spec)
+        let weighted = super::rewrite_keyword_weights(self, &spec.name, sparse_of, None).await?;
+        Ok((new_spec, weighted))
     }
 
     async fn scroll(&self, collection: &str, page: &ScrollPage) -> Result<ScrollOut, IndexError> {
@@ -655,15 +642,8 @@ impl VectorStore for QdrantStore {
                         )));
                     }
                 };
-                let h = hit(qdrant::ScoredPoint { id: p.id, payload: p.payload, ..Default::default() })?;
-                Ok(ChunkPoint {
-                    doc_id: h.doc_id,
-                    chunk: h.chunk,
-                    text: h.text,
-                    metadata: h.metadata,
-                    vector,
-                    sparse: None,
-                })
+                let point = qdrant::ScoredPoint { id: p.id, payload: p.payload, ..Default::default() };
+                Ok(hit(point)?.into_point(vector))
             })
             .collect::<Result<Vec<_>, IndexError>>()?;
         let next = match response.next_page_offset.and_then(|id| id.point_id_options) {
