@@ -11,11 +11,16 @@
 //! Both modes alternate within each round, back to back for the same RPC, and the ratio is taken
 //! within a round (the VM drifts); the table gives every round and the median ratio (target ≥
 //! 0.95×). All search rounds run first, then all embed rounds, so the two cells compared are
-//! always adjacent and of the same RPC. A CPU profile (perf, one mode at a time with
-//! `RAGD_BENCH_PROFILE_MODE`) of the TLS search cells puts rustls and ring at ~2 % of the samples
-//! and the key check (hash, grant lookup, per-principal counter) below 0.2 %; the throughput
-//! medians measured on one 2-core VM were 0.89–0.94×, so part of the cost is not in those
-//! symbols (allocation and copies around the TLS records are candidates) and is not found yet.
+//! always adjacent and of the same RPC.
+//!
+//! Both pairs serve **copies of one filled storage directory**: the collection is filled once
+//! through an open pair, which is stopped, and its directory copied for the TLS pair. Earlier
+//! versions filled each pair's collection separately, and the two collections' segment layouts
+//! (how the 2 000 points fell into segments, which decides the scan's cost) differed; that
+//! difference, not TLS, was most of the 0.89–0.94× those runs measured. A CPU profile (perf, one
+//! mode at a time with `RAGD_BENCH_PROFILE_MODE`) of the TLS search cells puts rustls and ring at
+//! ~2 % of the samples and the key check (hash, grant lookup, per-principal counter) below
+//! 0.2 %, and the system calls per call (strace -c) are the same in both modes.
 //! Beside throughput, each cell reports the process's CPU time per call (user + system, from
 //! /proc/self/stat, client and server together since both run here): what the call costs
 //! the machine; time stolen from the VM does not count in it (it still varies ±10 % from cell to
@@ -171,15 +176,27 @@ impl Pair {
             .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
     }
 
-    /// Creates the collection and ingests the documents; returns query vectors (embeddings of
-    /// some of the documents).
-    async fn fill(&self, texts: &[String]) -> Vec<Vec<f32>> {
+    /// Waits until the indexer answers and the embedder has loaded its model.
+    async fn ready(&self) {
         let mut i = self.indexer_client().await;
         let until = Instant::now() + Duration::from_secs(120);
         while i.list_collections(v1::ListCollectionsRequest {}).await.is_err() {
             assert!(Instant::now() < until, "indexer not ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let mut e = self.embedder_client().await;
+        while e.embed(v1::EmbedRequest { texts: vec!["ready".into()], ..Default::default() }).await.is_err() {
+            assert!(Instant::now() < until, "embedder not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates the collection and ingests the documents; returns query vectors (embeddings of
+    /// some of the documents).
+    async fn fill(&self, texts: &[String]) -> Vec<Vec<f32>> {
+        self.ready().await;
+        let mut i = self.indexer_client().await;
+        let until = Instant::now() + Duration::from_secs(120);
         // Until the embedder has loaded its model, creating a collection answers UNAVAILABLE.
         loop {
             match i
@@ -256,6 +273,21 @@ impl Pair {
     }
 }
 
+/// Copies the directory tree `from` into `to` (which exists).
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
 fn material(dir: &Path) {
     let ca = ragd_core::pki::Ca::new("bench CA").expect("ca");
     let server = ca.leaf("ragd", &["localhost", "127.0.0.1"]).expect("cert");
@@ -300,11 +332,17 @@ fn main() {
     let cell = secs / 2;
     let search_only = std::env::var("RAGD_BENCH_SEARCH_ONLY").is_ok_and(|v| v == "1");
     let (search_rows, embed_rows) = rt.block_on(async {
+        // One collection, filled once and copied: both pairs serve byte-identical storage, so
+        // the segment layout (which decides the scan's cost) is not a difference between them.
+        let texts = sample_texts(DOCS, 12);
+        let filler = start_pair(dir.path(), d_off.path(), false).await;
+        let queries = Arc::new(filler.fill(&texts).await);
+        filler.shutdown().await;
+        copy_dir(d_off.path(), d_on.path()).expect("copy the filled storage");
         let off = start_pair(dir.path(), d_off.path(), false).await;
         let on = start_pair(dir.path(), d_on.path(), true).await;
-        let texts = sample_texts(DOCS, 12);
-        let queries = Arc::new(off.fill(&texts).await);
-        let _ = on.fill(&texts).await;
+        off.ready().await;
+        on.ready().await;
         let texts = Arc::new(texts);
         let (mut search_rows, mut embed_rows) = (Vec::new(), Vec::new());
         // Every search round first, then every embed round: the two cells compared are always
@@ -375,7 +413,8 @@ fn main() {
     let body = format!(
         "## Security: TLS + access control against plaintext and open\n\n\
          Measured by `cargo bench -p ragd-bench --bench security` in one run on: {machine}.\n\n\
-         The same embedder + indexer pair started twice in the bench process: open and plaintext \
+         The same embedder + indexer pair started twice in the bench process on copies of one \
+         filled storage directory (byte-identical collections): open and plaintext \
          (the baseline), and with TLS 1.3 (rustls, ECDSA P-256) and an API key checked on every call \
          (keys file, per-collection grant; the indexer's own hop to its embedder also TLS with its key). \
          {CLIENTS} closed-loop clients over 2 connections, {s:.0} s per cell, the two modes back to \
