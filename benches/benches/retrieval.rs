@@ -157,6 +157,7 @@ async fn build(dir: &std::path::Path) -> (Arc<Indexer>, Vec<String>, f64) {
         max_shards: 8,
         indexing_threshold_kb: None,
         status_capacity: 1000,
+        max_queue_wait: None,
     };
     let indexer = Indexer::open(store.clone(), registry, Arc::new(TableEmbedder(table)), limits, None)
         .await

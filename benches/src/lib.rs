@@ -59,6 +59,10 @@ pub struct LoadReport {
     /// Requests started (closed loop) or scheduled (open loop) in the measured window.
     pub requests_offered: u64,
     pub requests_ok: u64,
+    /// Of `requests_ok`, those answered after the window ended (open loop only: every request
+    /// scheduled in the window is waited for and counted, so a slow server cannot drop its
+    /// slowest answers from the percentiles).
+    pub requests_ok_late: u64,
     pub requests_failed: u64,
     /// Failed requests by gRPC code.
     pub errors: BTreeMap<String, u64>,
@@ -71,6 +75,7 @@ pub struct LoadReport {
 struct Tally {
     offered: u64,
     ok: u64,
+    ok_late: u64,
     items: u64,
     errors: BTreeMap<String, u64>,
 }
@@ -95,6 +100,7 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         self.offered += other.offered;
         self.ok += other.ok;
+        self.ok_late += other.ok_late;
         self.items += other.items;
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
@@ -126,8 +132,9 @@ where
         seconds,
         requests_offered: tally.offered,
         requests_ok: tally.ok,
+        requests_ok_late: tally.ok_late,
         requests_failed: tally.errors.values().sum(),
-        requests_per_sec: tally.ok as f64 / seconds,
+        requests_per_sec: (tally.ok - tally.ok_late) as f64 / seconds,
         items_per_sec: tally.items as f64 / seconds,
         errors: tally.errors,
         latency: Latency {
@@ -216,7 +223,10 @@ where
             let (mut tally, mut hist) = (Tally::default(), histogram());
             let outcome = request(i).await;
             let done = Instant::now();
-            if scheduled >= measure_from && done <= end {
+            if scheduled >= measure_from {
+                if done > end && outcome.is_ok() {
+                    tally.ok_late += 1;
+                }
                 tally.record(&mut hist, outcome, done - scheduled);
             }
             drop(permit);

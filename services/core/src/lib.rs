@@ -1,5 +1,7 @@
 //! ragd-core: the pieces every ragd service shares.
 //!
+//! - [`admission`]: latency-bounded admission (expected queue wait against a bound and the
+//!   caller's deadline);
 //! - [`client`]: gRPC channels with ragd defaults;
 //! - [`config`]: clap/env config fragments (gRPC listener limits, logging) embedded by each
 //!   service's own typed config;
@@ -19,6 +21,7 @@
 //! - [`pki`]: throwaway certificates (`ragd up --tls-generate`, tests);
 //! - [`watch`]: values loaded from files and reloaded when the files change.
 
+pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;

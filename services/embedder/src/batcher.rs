@@ -11,11 +11,11 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ragd_core::admission::{Estimate, UnitCost};
 use tokio::sync::oneshot;
 
 use crate::error::EmbedError;
@@ -67,10 +67,29 @@ struct Progress {
     first_start: Option<Instant>,
 }
 
+/// The queue's two lanes. Interactive work (queries, and calls that do not say) is batched before
+/// bulk work (passages being ingested), so an ingest does not hold up searches; within a lane the
+/// oldest text goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Interactive = 0,
+    Bulk = 1,
+}
+
+impl Lane {
+    pub fn of(kind: crate::model::InputKind) -> Self {
+        match kind {
+            crate::model::InputKind::Passage => Lane::Bulk,
+            crate::model::InputKind::Query | crate::model::InputKind::Unspecified => Lane::Interactive,
+        }
+    }
+}
+
 /// One request's texts on their way through the queue.
 #[derive(Debug)]
 pub struct Job {
     model: usize,
+    lane: Lane,
     texts: Vec<Tokenized>,
     deadline: Option<Instant>,
     enqueued: Instant,
@@ -80,9 +99,10 @@ pub struct Job {
 }
 
 impl Job {
-    /// A job for `model` (index into the worker's backends) and its receiver.
+    /// A job for `model` (index into the worker's backends) in `lane`, and its receiver.
     pub fn new(
         model: usize,
+        lane: Lane,
         texts: Vec<Tokenized>,
         deadline: Option<Instant>,
     ) -> (Arc<Self>, oneshot::Receiver<Result<JobOutput, EmbedError>>) {
@@ -90,6 +110,7 @@ impl Job {
         let n = texts.len();
         let job = Arc::new(Self {
             model,
+            lane,
             texts,
             deadline,
             enqueued: Instant::now(),
@@ -152,7 +173,9 @@ struct Pending {
 }
 
 struct State {
+    /// One queue per lane and model: `lane * models + model`.
     per_model: Vec<VecDeque<Pending>>,
+    models: usize,
     closed: bool,
 }
 
@@ -168,9 +191,9 @@ pub struct Queue {
     cond: Condvar,
     policy: BatchPolicy,
     metrics: Arc<EmbedderMetrics>,
-    /// Exponentially weighted inference cost per text, in nanoseconds (f64 bits), for retry hints.
-    ns_per_text: AtomicU64,
-    workers: usize,
+    /// Measured inference cost per text on one worker: the service rate admission divides the
+    /// work ahead by, and the retry hints.
+    cost: UnitCost,
 }
 
 impl std::fmt::Debug for Queue {
@@ -188,14 +211,14 @@ impl Queue {
     ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
-                per_model: (0..models).map(|_| VecDeque::new()).collect(),
+                per_model: (0..2 * models).map(|_| VecDeque::new()).collect(),
+                models,
                 closed: false,
             }),
             cond: Condvar::new(),
             policy,
             metrics,
-            ns_per_text: AtomicU64::new(2_000_000f64.to_bits()),
-            workers: workers.max(1),
+            cost: UnitCost::new(Duration::from_millis(2), workers),
         })
     }
 
@@ -205,8 +228,8 @@ impl Queue {
         if st.closed {
             return Err(EmbedError::ShuttingDown);
         }
-        let model = job.model;
-        st.per_model[model].push_back(Pending { job, next: 0 });
+        let index = job.lane as usize * st.models + job.model;
+        st.per_model[index].push_back(Pending { job, next: 0 });
         drop(st);
         self.cond.notify_all();
         Ok(())
@@ -214,9 +237,16 @@ impl Queue {
 
     /// How long a rejected client should wait: the estimated time to drain `queued` texts.
     pub fn retry_after(&self, queued: usize) -> Duration {
-        let per_text = f64::from_bits(self.ns_per_text.load(Ordering::Relaxed));
-        let drain = Duration::from_nanos((per_text * queued as f64 / self.workers as f64) as u64);
-        (drain + self.policy.max_wait).clamp(Duration::from_millis(10), Duration::from_secs(10))
+        (self.cost.drain_time(queued) + self.policy.max_wait)
+            .clamp(Duration::from_millis(10), Duration::from_secs(10))
+    }
+
+    /// What `texts` more texts would meet with `queued` texts admitted ahead of them: the time
+    /// the workers need for the work ahead (plus the batch wait), and their own inference time.
+    pub fn estimate(&self, queued: usize, texts: usize) -> Estimate {
+        let wait =
+            if queued == 0 { Duration::ZERO } else { self.cost.drain_time(queued) + self.policy.max_wait };
+        Estimate { wait, service: self.cost.service_time(texts) }
     }
 
     /// Stops accepting jobs; workers finish what is queued and exit.
@@ -231,13 +261,16 @@ impl Queue {
         loop {
             let now = Instant::now();
             self.purge(&mut st, now);
-            let oldest = st
-                .per_model
-                .iter()
-                .enumerate()
-                .filter_map(|(m, q)| q.front().map(|p| (m, p.job.enqueued)))
-                .min_by_key(|&(_, t)| t);
-            let Some((model, enqueued)) = oldest else {
+            // The oldest job of the interactive lane's queues, else of the bulk lane's.
+            let models = st.models;
+            let oldest = st.per_model.chunks(models.max(1)).enumerate().find_map(|(lane, queues)| {
+                queues
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(m, q)| q.front().map(|p| (lane * models + m, p.job.enqueued)))
+                    .min_by_key(|&(_, t)| t)
+            });
+            let Some((index, enqueued)) = oldest else {
                 if st.closed {
                     return None;
                 }
@@ -245,7 +278,8 @@ impl Queue {
                 continue;
             };
             let closed = st.closed;
-            let queue = &mut st.per_model[model];
+            let model = index % models;
+            let queue = &mut st.per_model[index];
             let lens = queue.iter().flat_map(|p| p.job.texts[p.next..].iter().map(|t| t.ids.len()));
             let total: usize = queue.iter().map(|p| p.job.texts.len() - p.next).sum();
             let take = plan(lens, &self.policy);
@@ -295,9 +329,7 @@ impl Queue {
     }
 
     fn record_cost(&self, texts: usize, took: Duration) {
-        let sample = took.as_nanos() as f64 / texts.max(1) as f64;
-        let old = f64::from_bits(self.ns_per_text.load(Ordering::Relaxed));
-        self.ns_per_text.store((0.8 * old + 0.2 * sample).to_bits(), Ordering::Relaxed);
+        self.cost.record(texts, took);
     }
 }
 
@@ -470,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_job_is_split_and_reassembled_in_order() {
         let (q, mut w) = start(BatchPolicy { max_tokens: 40, max_texts: 64, max_wait: Duration::ZERO });
-        let (job, rx) = Job::new(0, texts(25, 10, 1000), None);
+        let (job, rx) = Job::new(0, Lane::Bulk, texts(25, 10, 1000), None);
         q.submit(job).expect("submit");
         let out = rx.await.expect("reply").expect("ok");
         assert_eq!(out.batches, 7, "25 texts of 10 tokens with a 40-token budget: 4 per batch");
@@ -487,7 +519,7 @@ mod tests {
             start(BatchPolicy { max_tokens: 1000, max_texts: 64, max_wait: Duration::from_millis(200) });
         let mut rxs = Vec::new();
         for i in 0..5 {
-            let (job, rx) = Job::new(0, texts(1, 5, 100 * i), None);
+            let (job, rx) = Job::new(0, Lane::Bulk, texts(1, 5, 100 * i), None);
             q.submit(job).expect("submit");
             rxs.push(rx);
         }
@@ -500,12 +532,46 @@ mod tests {
         w.join();
     }
 
+    /// Test backend recording the first id of every batch it runs.
+    struct Recorder(Arc<Mutex<Vec<i64>>>);
+    impl Backend for Recorder {
+        fn embed(&mut self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>, EmbedError> {
+            lock(&self.0).push(batch.input_ids[0]);
+            Ok(batch.lens.iter().map(|_| vec![0.0]).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_interactive_lane_is_batched_before_older_bulk_work() {
+        let metrics = Arc::new(EmbedderMetrics::default());
+        // Not-full batches wait 300 ms for company: both jobs are queued before either runs.
+        let policy = BatchPolicy { max_tokens: 1000, max_texts: 64, max_wait: Duration::from_millis(300) };
+        let q = Queue::new(1, 1, policy, metrics);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let o = order.clone();
+        let mut w = Workers::start(&q, 1, vec![0], move |_| {
+            Ok(vec![Box::new(Recorder(o.clone())) as Box<dyn Backend>])
+        })
+        .expect("workers");
+        let (bulk, rx_bulk) = Job::new(0, Lane::Bulk, texts(2, 3, 500), None);
+        q.submit(bulk).expect("submit");
+        let (query, rx_query) = Job::new(0, Lane::of(crate::model::InputKind::Query), texts(1, 3, 7), None);
+        q.submit(query).expect("submit");
+        rx_query.await.expect("reply").expect("ok");
+        rx_bulk.await.expect("reply").expect("ok");
+        assert_eq!(*lock(&order), vec![7, 500], "the query ran first, alone in its batch");
+        assert_eq!(Lane::of(crate::model::InputKind::Unspecified), Lane::Interactive);
+        assert_eq!(Lane::of(crate::model::InputKind::Passage), Lane::Bulk);
+        q.close();
+        w.join();
+    }
+
     #[tokio::test]
     async fn expired_and_abandoned_jobs_are_dropped_before_inference() {
         let metrics = Arc::new(EmbedderMetrics::default());
         let q = Queue::new(1, 1, P, metrics.clone());
-        let (expired, rx_expired) = Job::new(0, texts(1, 3, 1), Some(Instant::now()));
-        let (abandoned, rx_abandoned) = Job::new(0, texts(1, 3, 2), None);
+        let (expired, rx_expired) = Job::new(0, Lane::Bulk, texts(1, 3, 1), Some(Instant::now()));
+        let (abandoned, rx_abandoned) = Job::new(0, Lane::Bulk, texts(1, 3, 2), None);
         drop(rx_abandoned);
         q.submit(expired).expect("submit");
         q.submit(abandoned).expect("submit");
@@ -526,7 +592,7 @@ mod tests {
         let (q, mut w) = start(P);
         q.close();
         w.join();
-        let (job, _rx) = Job::new(0, texts(1, 1, 1), None);
+        let (job, _rx) = Job::new(0, Lane::Bulk, texts(1, 1, 1), None);
         assert!(matches!(q.submit(job), Err(EmbedError::ShuttingDown)));
         let q2 = Queue::new(1, 1, P, Arc::new(EmbedderMetrics::default()));
         let err =

@@ -85,6 +85,12 @@ pub struct EmbedderConfig {
     /// Queue capacity in texts; beyond it requests get RESOURCE_EXHAUSTED with a retry hint.
     #[arg(long, env = "RAGD_MAX_QUEUE_TEXTS", default_value_t = 8192)]
     pub max_queue_texts: usize,
+    /// Longest expected queue wait of an Embed call, in milliseconds: a call that would wait
+    /// longer (the texts admitted ahead of it ÷ the measured inference rate) is refused at once
+    /// with RESOURCE_EXHAUSTED and a retry hint, as is one that could not finish before its
+    /// deadline. 0: off (only the queue's size bounds it). Streams wait for capacity instead.
+    #[arg(long, env = "RAGD_MAX_QUEUE_WAIT_MS", default_value_t = 250)]
+    pub max_queue_wait_ms: u64,
     /// Most texts in one request (INVALID_ARGUMENT beyond it).
     #[arg(long, env = "RAGD_MAX_TEXTS_PER_REQUEST", default_value_t = 2048)]
     pub max_texts_per_request: usize,

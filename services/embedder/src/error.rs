@@ -15,6 +15,9 @@ pub enum EmbedError {
     /// The queue is full; retry after `retry_after`.
     #[error("embedder overloaded: {queued} texts queued, limit {limit}; retry in {retry_after:?}")]
     Overloaded { queued: usize, limit: usize, retry_after: Duration },
+    /// Admitted, the request would wait longer than the queue-wait bound or its deadline allows.
+    #[error("embedder {refusal}; {queued} texts queued; retry in {retry_after:?}", retry_after = refusal.retry_after())]
+    Refused { refusal: ragd_core::admission::Refusal, queued: usize },
     #[error("deadline exceeded while {0}")]
     DeadlineExceeded(&'static str),
     /// Models are still loading.
@@ -51,6 +54,9 @@ impl From<EmbedError> for Status {
             EmbedError::ModelNotFound { .. } => Status::not_found(message),
             EmbedError::Overloaded { retry_after, .. } => {
                 ragd_core::status::resource_exhausted(message, retry_after)
+            }
+            EmbedError::Refused { refusal, .. } => {
+                ragd_core::status::resource_exhausted(message, refusal.retry_after())
             }
             EmbedError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             EmbedError::NotReady | EmbedError::ShuttingDown => Status::unavailable(message),

@@ -3,12 +3,13 @@
 //! wrappers around [`Embedder`]; benches and in-process clients call it directly.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::batcher::{BatchPolicy, Job, Queue, Workers};
+use crate::batcher::{BatchPolicy, Job, Lane, Queue, Workers};
 use crate::config::{Device, EmbedderConfig};
 use crate::error::EmbedError;
 use crate::manifest::{Manifest, ModelSpec};
@@ -82,6 +83,10 @@ struct Limits {
     max_texts_per_request: usize,
     max_text_bytes: usize,
     max_queue_texts: usize,
+    /// The queue-wait bound of unary calls (None: latency-bounded admission is off).
+    max_queue_wait: Option<Duration>,
+    /// The most texts in one batch: what a running bulk batch holds up an interactive text by.
+    max_batch_texts: usize,
 }
 
 /// Serves several named models through one queue and a pool of inference workers.
@@ -92,6 +97,8 @@ pub struct Embedder {
     device: Device,
     queue: Arc<Queue>,
     admission: Arc<Semaphore>,
+    /// Texts admitted and not yet answered, per lane.
+    lanes: Arc<[AtomicUsize; 2]>,
     limits: Limits,
     metrics: Arc<EmbedderMetrics>,
     workers: Mutex<Workers>,
@@ -171,7 +178,10 @@ impl Embedder {
                 max_texts_per_request: config.max_texts_per_request,
                 max_text_bytes: config.max_text_bytes,
                 max_queue_texts: config.max_queue_texts,
+                max_queue_wait: ragd_core::admission::bound_from_ms(config.max_queue_wait_ms),
+                max_batch_texts: config.max_batch_texts,
             },
+            lanes: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
             metrics,
             workers: Mutex::new(workers),
         })
@@ -237,14 +247,36 @@ impl Embedder {
         Ok(())
     }
 
+    /// The expected wait of `n` texts in `lane`: interactive texts wait for the interactive texts
+    /// ahead and at most one running bulk batch; bulk texts for everything ahead.
+    fn estimate(&self, n: usize, lane: Lane) -> ragd_core::admission::Estimate {
+        let [interactive, bulk] = [0, 1].map(|i| self.lanes[i].load(Ordering::Relaxed));
+        let ahead = match lane {
+            Lane::Interactive => interactive + bulk.min(self.limits.max_batch_texts),
+            Lane::Bulk => interactive + bulk,
+        };
+        self.queue.estimate(ahead, n)
+    }
+
     async fn admit(
         &self,
         n: usize,
+        lane: Lane,
         admission: Admission,
         deadline: Option<Instant>,
     ) -> Result<QueueSlot, EmbedError> {
         let permit = match admission {
             Admission::Reject => {
+                if let Some(bound) = self.limits.max_queue_wait {
+                    let estimate = self.estimate(n, lane);
+                    if let Err(refusal) =
+                        ragd_core::admission::decide(estimate, bound, deadline, Instant::now())
+                    {
+                        self.metrics.overloaded.inc();
+                        let queued = self.limits.max_queue_texts - self.admission.available_permits();
+                        return Err(EmbedError::Refused { refusal, queued });
+                    }
+                }
                 self.admission.clone().try_acquire_many_owned(n as u32).map_err(|e| match e {
                     TryAcquireError::NoPermits => {
                         self.metrics.overloaded.inc();
@@ -266,7 +298,8 @@ impl Embedder {
             }
         };
         self.metrics.queue_texts.inc_by(n as i64);
-        Ok(QueueSlot { _permit: permit, n: n as i64, metrics: self.metrics.clone() })
+        self.lanes[lane as usize].fetch_add(n, Ordering::Relaxed);
+        Ok(QueueSlot { _permit: permit, n, lane, lanes: self.lanes.clone(), metrics: self.metrics.clone() })
     }
 
     /// Embeds `input`. `deadline` is when the caller stops waiting; queued work past it is
@@ -282,7 +315,8 @@ impl Embedder {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Err(EmbedError::DeadlineExceeded("waiting to start"));
         }
-        let _slot = self.admit(input.texts.len(), admission, deadline).await?;
+        let lane = Lane::of(input.kind);
+        let _slot = self.admit(input.texts.len(), lane, admission, deadline).await?;
         let model = self.models[index].clone();
         let normalize_out = input.normalize.unwrap_or(model.spec.normalize);
         let (kind, texts) = (input.kind, input.texts);
@@ -291,7 +325,7 @@ impl Embedder {
             .await
             .map_err(|e| EmbedError::Tokenizer(format!("tokenizer task failed: {e}")))??;
         let meta: Vec<(usize, bool)> = tokenized.iter().map(|t| (t.ids.len(), t.truncated)).collect();
-        let (job, rx) = Job::new(index, tokenized, deadline);
+        let (job, rx) = Job::new(index, lane, tokenized, deadline);
         self.queue.submit(job)?;
         let out = until(deadline, rx, "waiting for inference")
             .await?
@@ -354,13 +388,16 @@ impl Embedder {
 /// Admission capacity held until the answer is built; keeps the queue gauge true.
 struct QueueSlot {
     _permit: OwnedSemaphorePermit,
-    n: i64,
+    n: usize,
+    lane: Lane,
+    lanes: Arc<[AtomicUsize; 2]>,
     metrics: Arc<EmbedderMetrics>,
 }
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
-        self.metrics.queue_texts.dec_by(self.n);
+        self.lanes[self.lane as usize].fetch_sub(self.n, Ordering::Relaxed);
+        self.metrics.queue_texts.dec_by(self.n as i64);
     }
 }
 

@@ -75,6 +75,12 @@ pub struct GeneratorConfig {
     /// Requests waiting for a generation slot, per backend, before RESOURCE_EXHAUSTED.
     #[arg(long, env = "RAGD_GENERATION_QUEUE", default_value_t = 16)]
     pub generation_queue: usize,
+    /// Longest expected wait for a generation slot, in milliseconds: a request that would wait
+    /// longer (the completion tokens ahead of it ÷ the measured token rate of the backend's
+    /// slots) is refused at once with RESOURCE_EXHAUSTED and a retry hint, as is one that could
+    /// not finish before its deadline. 0: off (only the queue's size bounds it).
+    #[arg(long, env = "RAGD_MAX_QUEUE_WAIT_MS", default_value_t = 30_000)]
+    pub max_queue_wait_ms: u64,
     /// Chunks retrieved when a request does not say.
     #[arg(long, env = "RAGD_DEFAULT_K", default_value_t = 4)]
     pub default_k: usize,

@@ -95,6 +95,7 @@ async fn open(
         default_max_tokens: config.default_max_tokens,
         max_tokens_limit: config.max_tokens_limit,
         queue: config.generation_queue,
+        max_queue_wait: ragd_core::admission::bound_from_ms(config.max_queue_wait_ms),
         no_context: config.no_context,
         no_context_answer: config.no_context_answer.clone(),
     };

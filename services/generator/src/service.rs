@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ragd_core::admission::{self, Estimate, RunningMean, UnitCost};
 use ragd_proto::v1;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::Instrument;
@@ -29,6 +30,9 @@ pub struct GeneratorLimits {
     pub default_max_tokens: usize,
     pub max_tokens_limit: usize,
     pub queue: usize,
+    /// The expected-wait bound of a request queued for a slot (None: latency-bounded admission is
+    /// off); see `ragd_core::admission`.
+    pub max_queue_wait: Option<Duration>,
     pub no_context: NoContextPolicy,
     pub no_context_answer: String,
 }
@@ -117,6 +121,53 @@ struct Admission {
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
+    book: Arc<TokenBook>,
+}
+
+/// The completion tokens a backend's slots still owe, and what one costs: the generator's
+/// latency-bounded admission weighs a queued request by the tokens ahead of it.
+#[derive(Debug)]
+struct TokenBook {
+    /// Expected completion tokens of every admitted request, running or waiting.
+    ahead: AtomicUsize,
+    /// A slot's time per completion token (its prompt, retrieval and prefill included), measured
+    /// on finished requests; the backend's slots work in parallel.
+    cost: UnitCost,
+    /// Completion tokens of an answer, on average: most stop before `max_tokens`.
+    answer_tokens: RunningMean,
+}
+
+impl TokenBook {
+    fn new(slots: usize, default_max_tokens: usize) -> Self {
+        Self {
+            ahead: AtomicUsize::new(0),
+            // 20 tokens/s per slot until measured: a small model on a few CPU cores.
+            cost: UnitCost::new(Duration::from_millis(50), slots),
+            answer_tokens: RunningMean::new(default_max_tokens as f64),
+        }
+    }
+
+    /// The tokens a request allowed `max_tokens` is expected to produce.
+    fn expected(&self, max_tokens: usize) -> usize {
+        (self.answer_tokens.get().ceil() as usize).clamp(1, max_tokens.max(1))
+    }
+
+    fn owe(self: &Arc<Self>, tokens: usize) -> Owed {
+        self.ahead.fetch_add(tokens, Ordering::Relaxed);
+        Owed { book: self.clone(), tokens }
+    }
+}
+
+/// Tokens counted ahead in a [`TokenBook`] until the request ends, however it ends.
+struct Owed {
+    book: Arc<TokenBook>,
+    tokens: usize,
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        self.book.ahead.fetch_sub(self.tokens, Ordering::Relaxed);
+    }
 }
 
 /// Drops the waiting count however the wait ends (admitted, deadline, client gone).
@@ -140,6 +191,17 @@ struct Slot {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<GeneratorMetrics>,
     backend: String,
+    owed: Owed,
+    started: Instant,
+}
+
+impl Slot {
+    /// Records a finished generation's cost for admission.
+    fn finished(&self, completion_tokens: usize) {
+        let book = &self.owed.book;
+        book.cost.record(completion_tokens, self.started.elapsed());
+        book.answer_tokens.record(completion_tokens as f64);
+    }
 }
 
 impl Drop for Slot {
@@ -193,6 +255,7 @@ impl Generator {
                         slots: Arc::new(Semaphore::new(n)),
                         waiting: AtomicUsize::new(0),
                         max_waiting: limits.queue,
+                        book: Arc::new(TokenBook::new(n, limits.default_max_tokens)),
                     },
                 }
             })
@@ -245,15 +308,40 @@ impl Generator {
         })
     }
 
-    /// Waits for a generation slot of `backend`: RESOURCE_EXHAUSTED when the queue is full,
-    /// DEADLINE_EXCEEDED when the deadline passes first.
-    async fn admit(&self, backend: &Backend, deadline: Option<Instant>) -> Result<Slot, GenError> {
+    /// Waits for a generation slot of `backend` for a request allowed `max_tokens`:
+    /// RESOURCE_EXHAUSTED when the queue is full or the tokens ahead would keep it waiting longer
+    /// than the bound or its deadline allows, DEADLINE_EXCEEDED when the deadline passes first.
+    async fn admit(
+        &self,
+        backend: &Backend,
+        max_tokens: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Slot, GenError> {
         let name = &backend.model.info().name;
         let labels = GeneratorMetrics::backend(name);
         let a = &backend.admission;
+        let expected = a.book.expected(max_tokens);
+        let ahead = a.book.ahead.load(Ordering::Relaxed);
+        // Counted ahead of later requests from now on, waiting or running.
+        let owed = a.book.owe(expected);
         let permit = match a.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
+                let estimate = Estimate {
+                    wait: a.book.cost.drain_time(ahead),
+                    service: a.book.cost.service_time(expected),
+                };
+                let decided = match self.limits.max_queue_wait {
+                    Some(bound) => admission::decide(estimate, bound, deadline, Instant::now()),
+                    None => Ok(()),
+                };
+                if let Err(refusal) = decided {
+                    self.metrics.overloaded.get_or_create(&labels).inc();
+                    return Err(GenError::Overloaded(
+                        format!("backend {name}: {refusal}"),
+                        refusal.retry_after(),
+                    ));
+                }
                 if a.waiting.fetch_add(1, Ordering::SeqCst) >= a.max_waiting {
                     a.waiting.fetch_sub(1, Ordering::SeqCst);
                     self.metrics.overloaded.get_or_create(&labels).inc();
@@ -279,7 +367,13 @@ impl Generator {
             }
         };
         self.metrics.active.get_or_create(&labels).inc();
-        Ok(Slot { _permit: permit, metrics: self.metrics.clone(), backend: name.clone() })
+        Ok(Slot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+            backend: name.clone(),
+            owed,
+            started: Instant::now(),
+        })
     }
 
     /// Retrieval-augmented answer; see `ragd.v1.Generator.Ask`. Errors before the first event
@@ -301,7 +395,10 @@ impl Generator {
         let sampling = self.sampling(req.sampling)?;
         let backend = self.backend(&req.backend)?;
         let info = backend.model.info().clone();
-        let slot = self.admit(backend, deadline).instrument(tracing::info_span!("queue_wait")).await?;
+        let slot = self
+            .admit(backend, sampling.max_tokens, deadline)
+            .instrument(tracing::info_span!("queue_wait"))
+            .await?;
         let queue = arrived.elapsed();
 
         // Retrieval through the indexer (it embeds the question with the collection's model).
@@ -426,7 +523,10 @@ impl Generator {
         let sampling = self.sampling(sampling)?;
         let backend = self.backend(backend)?;
         let info = backend.model.info().clone();
-        let slot = self.admit(backend, deadline).instrument(tracing::info_span!("queue_wait")).await?;
+        let slot = self
+            .admit(backend, sampling.max_tokens, deadline)
+            .instrument(tracing::info_span!("queue_wait"))
+            .await?;
         let timings = Timings { queue: arrived.elapsed(), ..Timings::default() };
         let events = backend.model.generate(GenerationRequest { input, sampling, deadline })?;
         let (tx, rx) = mpsc::channel(64);
@@ -487,6 +587,7 @@ impl Forward {
     }
 
     fn done(&mut self, f: Finish, answer: &str) -> DoneOut {
+        self.slot.finished(f.completion_tokens);
         let labels = GeneratorMetrics::backend(&self.info.name);
         let mut t = self.timings;
         if let (Some(first), Some(last)) = (f.first_token_at, f.last_token_at) {
@@ -672,6 +773,7 @@ mod tests {
             default_max_tokens: 16,
             max_tokens_limit: 64,
             queue,
+            max_queue_wait: None,
             no_context: NoContextPolicy::Refuse,
             no_context_answer: "Nothing relevant was found.".into(),
         };
@@ -783,6 +885,46 @@ mod tests {
         let unknown = AskIn { backend: "nope".into(), ..ask("q") };
         let err = g.ask(unknown, None).await.expect_err("unknown backend");
         assert_eq!(tonic::Status::from(err).code(), Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_could_not_get_a_slot_in_time_is_refused_at_once() {
+        let retriever = FakeRetriever { hits: vec![hit("a", 0.9, 3)], ..Default::default() };
+        // One slot, a queue of 4. Until measured a token costs a slot 50 ms, and an answer is
+        // expected to be max_tokens (16) long: 800 ms per request.
+        let mut g = generator(retriever, Arc::new(model(4096, "", true)), 4);
+        g.limits.max_queue_wait = Some(Duration::from_secs(60));
+        let mut first = g.ask(ask("q"), None).await.expect("first");
+        assert!(matches!(first.recv().await, Some(Ok(AskEvent::Retrieval { .. }))));
+        let code = |r: Result<AskStream, GenError>| r.map(|_| ()).map_err(|e| tonic::Status::from(e).code());
+        // 800 ms ahead + 800 ms of its own > 1 s left: refused now, not at its deadline.
+        let started = Instant::now();
+        let soon = Some(Instant::now() + Duration::from_secs(1));
+        let refused = g.ask(ask("q"), soon).await.expect_err("refused");
+        assert!(started.elapsed() < Duration::from_millis(500), "refused at once");
+        let status = tonic::Status::from(refused);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("deadline"), "{status:?}");
+        assert!(ragd_core::status::retry_after(&status).is_some(), "with a retry hint");
+        // A deadline shorter than its own 800 ms could never be met, load or not: it waits and
+        // ends DEADLINE_EXCEEDED, the truth about it.
+        let hopeless = Some(Instant::now() + Duration::from_millis(100));
+        assert_eq!(code(g.ask(ask("q"), hopeless).await), Err(Code::DeadlineExceeded));
+        // The server's bound: 800 ms expected wait > 100 ms.
+        g.limits.max_queue_wait = Some(Duration::from_millis(100));
+        let status = tonic::Status::from(g.ask(ask("q"), None).await.expect_err("bound"));
+        assert!(status.message().contains("above the bound"), "{status:?}");
+        // Within both: it queues (and is admitted once the first leaves).
+        g.limits.max_queue_wait = Some(Duration::from_secs(1));
+        let waiting = {
+            let g = &g;
+            async move { g.ask(ask("q"), Some(Instant::now() + Duration::from_secs(10))).await }
+        };
+        let (admitted, ()) = tokio::join!(waiting, async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(first);
+        });
+        admitted.expect("admitted after the first left");
     }
 
     #[tokio::test]

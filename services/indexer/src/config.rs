@@ -45,6 +45,12 @@ pub struct IndexerConfig {
     /// Largest k a search may ask for.
     #[arg(long, env = "RAGD_MAX_K", default_value_t = 1000)]
     pub max_k: usize,
+    /// Longest expected wait of a Search, in milliseconds: a search that would wait longer (the
+    /// queries in flight ÷ the measured search throughput) is refused at once with
+    /// RESOURCE_EXHAUSTED and a retry hint, as is one that could not finish before its deadline.
+    /// 0: off (no search is refused for load).
+    #[arg(long, env = "RAGD_MAX_QUEUE_WAIT_MS", default_value_t = 250)]
+    pub max_queue_wait_ms: u64,
     /// Most queries in one search request.
     #[arg(long, env = "RAGD_MAX_QUERIES", default_value_t = 64)]
     pub max_queries: usize,

@@ -33,6 +33,9 @@ pub enum IndexError {
     /// A Qdrant server refused or failed; its status code is kept.
     #[error("qdrant: {0}")]
     Remote(Status),
+    /// Refused at admission: the search would wait longer than the bound or its deadline allows.
+    #[error("indexer {0}")]
+    Overloaded(ragd_core::admission::Refusal),
     /// The reranker of a `rerank` search failed.
     #[error("{0}")]
     Reranker(#[from] crate::rerank::RerankError),
@@ -66,6 +69,7 @@ impl From<IndexError> for Status {
             IndexError::Remote(s) => ragd_core::status::with_context("qdrant", &s),
             IndexError::ShuttingDown | IndexError::StoreUnavailable(_) => Status::unavailable(message),
             IndexError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
+            IndexError::Overloaded(r) => ragd_core::status::resource_exhausted(message, r.retry_after()),
             IndexError::Store(_) => Status::internal(message),
             IndexError::Reranker(r) => {
                 use crate::rerank::RerankError;

@@ -155,6 +155,7 @@ async fn open(
         max_shards: config.max_shards,
         indexing_threshold_kb: config.indexing_threshold_kb,
         status_capacity: config.status_capacity,
+        max_queue_wait: ragd_core::admission::bound_from_ms(config.max_queue_wait_ms),
     };
     // The resident exact engine mirrors the embedded store (a Qdrant cluster has its own).
     let exact = (config.exact_engine && config.store == StoreKind::Embedded).then_some(ExactSettings {

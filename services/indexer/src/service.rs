@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ragd_core::admission::{self, Throughput};
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
@@ -26,6 +27,9 @@ use crate::store::{
 
 /// Texts per Embed call while ingesting (the embedder splits and batches them further).
 const EMBED_CHUNK_TEXTS: usize = 256;
+/// How long passages refused by an overloaded embedder are retried when the caller set no
+/// deadline.
+const BULK_RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// A document to ingest.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -143,6 +147,9 @@ pub struct IndexerLimits {
     pub indexing_threshold_kb: Option<usize>,
     /// Document statuses remembered for DocumentStatus (oldest forgotten first).
     pub status_capacity: usize,
+    /// The expected-wait bound of searches (None: off); see
+    /// `ragd_core::admission`.
+    pub max_queue_wait: Option<Duration>,
 }
 
 /// Recent ingest states, bounded; older documents are answered from the store.
@@ -181,6 +188,9 @@ pub struct Indexer {
     /// Each collection's write gate: upserts and deletes hold it shared, a keyword re-index
     /// alone (so no write lands between its read of a chunk and its rewrite).
     gates: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Queries being searched and the rate they complete at: searches share the cores, so their
+    /// admission divides the queries in flight by the measured throughput.
+    searches: Throughput,
 }
 
 fn embedder_err(s: tonic::Status) -> IndexError {
@@ -229,6 +239,7 @@ impl Indexer {
             recovery,
             reranker: None,
             gates: Mutex::default(),
+            searches: Throughput::new(1000.0),
         })
     }
 
@@ -584,8 +595,7 @@ impl Indexer {
     ) -> Result<Vec<Vec<f32>>, IndexError> {
         let mut out = Vec::with_capacity(texts.len());
         for part in texts.chunks(EMBED_CHUNK_TEXTS) {
-            let vectors =
-                self.embedder.embed(model, part.to_vec(), kind, deadline).await.map_err(embedder_err)?;
+            let vectors = self.embed_part(model, part, kind, deadline).await.map_err(embedder_err)?;
             // The trait promises one vector per text; a peer that breaks it fails the call.
             if vectors.len() != part.len() {
                 return Err(embedder_err(tonic::Status::internal(format!(
@@ -597,6 +607,35 @@ impl Indexer {
             out.extend(vectors);
         }
         Ok(out)
+    }
+
+    /// One Embed call. Passages being ingested are bulk work: when the embedder refuses them for
+    /// load (RESOURCE_EXHAUSTED) they are retried after its retry hint, for as long as the
+    /// caller's deadline allows (without one, up to [`BULK_RETRY_FOR`]). A query is not retried:
+    /// its caller is waiting and learns of the overload at once.
+    async fn embed_part(
+        &self,
+        model: &str,
+        part: &[String],
+        kind: InputKind,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<f32>>, tonic::Status> {
+        let give_up = deadline.unwrap_or_else(|| Instant::now() + BULK_RETRY_FOR);
+        loop {
+            let status = match self.embedder.embed(model, part.to_vec(), kind, deadline).await {
+                Ok(v) => return Ok(v),
+                Err(s) => s,
+            };
+            let hint = ragd_core::status::retry_after(&status);
+            let retry = kind == InputKind::Passage && status.code() == tonic::Code::ResourceExhausted;
+            match hint {
+                Some(after) if retry && Instant::now() + after < give_up => {
+                    tracing::debug!(texts = part.len(), ?after, "embedder overloaded; retrying the passages");
+                    tokio::time::sleep(after).await;
+                }
+                _ => return Err(status),
+            }
+        }
     }
 
     pub async fn delete(&self, collection: &str, ids: &[String]) -> Result<u32, IndexError> {
@@ -753,12 +792,35 @@ impl Indexer {
         &self,
         collection: &str,
         queries: Vec<QueryIn>,
-        mut options: SearchOptions,
+        options: SearchOptions,
         retrieval: Retrieval,
         deadline: Option<Instant>,
     ) -> Result<(Vec<Vec<Hit>>, SearchTimings), IndexError> {
         let meta = self.registry.get(collection)?;
         let texts = self.check_search(&meta, &queries, &options, &retrieval)?;
+        if let Some(bound) = self.limits.max_queue_wait {
+            let estimate = self.searches.estimate(queries.len());
+            admission::decide(estimate, bound, deadline, Instant::now()).map_err(IndexError::Overloaded)?;
+        }
+        let in_flight = self.searches.enter(queries.len());
+        let result = self.search_admitted(meta, queries, texts, options, retrieval, deadline).await;
+        if result.is_ok() {
+            in_flight.complete();
+        }
+        result
+    }
+
+    /// A search past admission.
+    async fn search_admitted(
+        &self,
+        meta: CollectionMeta,
+        queries: Vec<QueryIn>,
+        texts: Vec<String>,
+        mut options: SearchOptions,
+        retrieval: Retrieval,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<Vec<Hit>>, SearchTimings), IndexError> {
+        let collection = meta.store.name.as_str();
         if options.filter.as_ref().is_some_and(Filter::is_empty) {
             options.filter = None;
         }
@@ -1001,10 +1063,12 @@ mod tests {
 
     /// **Test double of the embedder.** A text's vector is one-hot on `hash(first word) % 8`
     /// (so texts starting with the same word have cosine 1, others 0); tokens are the
-    /// whitespace-separated words. It can be told to fail or to answer short.
+    /// whitespace-separated words. It can be told to fail, to answer short, or to refuse the next
+    /// calls for load (RESOURCE_EXHAUSTED with a 5 ms retry hint).
     #[derive(Debug, Default)]
     struct FakeEmbedder {
         fail_with: Mutex<Option<Code>>,
+        overloaded_for: AtomicUsize,
         answer_short: std::sync::atomic::AtomicBool,
         embed_calls: AtomicUsize,
     }
@@ -1052,6 +1116,14 @@ mod tests {
             _: Option<Instant>,
         ) -> Result<Vec<Vec<f32>>, tonic::Status> {
             self.embed_calls.fetch_add(1, Ordering::Relaxed);
+            let refuse =
+                self.overloaded_for.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if refuse.is_ok() {
+                return Err(ragd_core::status::resource_exhausted(
+                    "the fake embedder is overloaded",
+                    Duration::from_millis(5),
+                ));
+            }
             if let Some(code) = *self.fail_with.lock().expect("lock") {
                 return Err(tonic::Status::new(code, "the fake embedder was told to fail"));
             }
@@ -1085,6 +1157,7 @@ mod tests {
             max_shards: 4,
             indexing_threshold_kb: None,
             status_capacity: 1000,
+            max_queue_wait: None,
         }
     }
 
@@ -1235,6 +1308,35 @@ mod tests {
             .await
             .expect_err("short");
         assert_eq!(tonic::Status::from(err).code(), Code::Internal, "never an empty query vector");
+    }
+
+    #[tokio::test]
+    async fn passages_refused_for_load_are_retried_after_the_hint_and_queries_are_not() {
+        let f = fixture(false).await;
+        f.indexer.create_collection(create("c", Chunking::default()), None).await.expect("create");
+        let calls = f.fake.embed_calls.load(Ordering::Relaxed);
+        f.fake.overloaded_for.store(2, Ordering::Relaxed);
+        let out = f.indexer.upsert("c", vec![doc("d", "alpha text.")], None).await.expect("retried");
+        assert_eq!(out.chunks, 1);
+        assert_eq!(f.fake.embed_calls.load(Ordering::Relaxed) - calls, 3, "two refusals, one answer");
+        f.fake.overloaded_for.store(1, Ordering::Relaxed);
+        let err = f
+            .indexer
+            .search("c", vec![text("alpha")], options(1, false), Retrieval::default(), None)
+            .await
+            .expect_err("a query is not retried");
+        assert_eq!(tonic::Status::from(err).code(), Code::ResourceExhausted);
+        // A deadline too close for the hint: the refusal is the answer.
+        f.fake.overloaded_for.store(1, Ordering::Relaxed);
+        let soon = Some(Instant::now() + Duration::from_millis(2));
+        let err = f.indexer.upsert("c", vec![doc("e", "beta text.")], soon).await.expect_err("no time");
+        assert_eq!(tonic::Status::from(err).code(), Code::ResourceExhausted);
+        let (hits, _) = f
+            .indexer
+            .search("c", vec![text("alpha")], options(1, false), Retrieval::default(), None)
+            .await
+            .expect("search");
+        assert_eq!(hits[0][0].doc_id, "d");
     }
 
     #[tokio::test]

@@ -225,6 +225,43 @@ async fn full_queue_returns_resource_exhausted_with_retry_hint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_would_wait_past_the_bound_is_refused_at_once() {
+    // Texts that arrive alone wait up to 3 s for company (max batch wait), so 8 parked texts
+    // make the expected wait of the next call ≥ 3 s: above a 1 s bound.
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let server = TestEmbedder::start(EmbedderConfig {
+        metrics_addr: Some(metrics_addr),
+        max_batch_wait_us: 3_000_000,
+        max_queue_wait_ms: 1000,
+        ..config()
+    })
+    .await;
+    let client = server.client().await;
+    let mut c = client.clone();
+    let parked = tokio::spawn(async move {
+        c.embed(req(&["one", "two", "three", "four", "five", "six", "seven", "eight"])).await
+    });
+    while metric(&scrape(metrics_addr).await, "ragd_embedder_queue_texts") < 8.0 {
+        assert!(!parked.is_finished(), "the parked call finished before it was seen queued");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let started = std::time::Instant::now();
+    let status = client.clone().embed(req(&["next"])).await.expect_err("refused");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("above the bound of 1000 ms"), "{status:?}");
+    let hint = ragd_core::status::retry_after(&status).expect("RetryInfo detail");
+    assert!(hint >= Duration::from_millis(10), "retry hint {hint:?}");
+    // Refused without waiting: well before the parked batch (3 s) could have run.
+    assert!(!parked.is_finished() || took < Duration::from_secs(3), "refused after {took:?}");
+    parked.await.expect("task").expect("the parked call is answered");
+    client.clone().embed(req(&["after"])).await.expect("nothing ahead: admitted");
+    let body = scrape(metrics_addr).await;
+    assert_eq!(metric(&body, "ragd_embedder_overloaded_total"), 1.0, "{body}");
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_deadline_is_deadline_exceeded_and_costs_no_inference() {
     // A batch that is not full waits up to max_batch_wait (here 10 s) for more texts, so a lone
     // one-text request with a 4 s deadline is certain to expire in the queue (4 s gives the
