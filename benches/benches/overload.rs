@@ -1,20 +1,21 @@
 //! Goodput under overload: one embedder (real all-MiniLM-L6-v2 on ONNX Runtime, gRPC over
-//! loopback) offered 4× the load it can serve, with latency-bounded admission on (the default
-//! `--max-queue-wait-ms`) and off (`0`: only the queue's size bounds it, the baseline), each
-//! with callers that set no deadline and callers with a 2 s deadline. Written to
-//! docs/benchmarks.md, section "overload".
+//! loopback) offered 4× the load it can serve, in three settings — latency-bounded admission
+//! off (`--max-queue-wait-ms 0`: only the queue's size bounds it, the baseline), on with the
+//! default bound, and on with a tight bound and small batches — each with callers that set no
+//! deadline and callers with a 2 s deadline. Written to docs/benchmarks.md, section "overload".
 //!
-//! 1. **Unloaded**: one client in a closed loop, `Embed` of 8 twelve-word texts per call: the
-//!    unloaded latency (p99) the admitted calls are compared with.
-//! 2. **Saturated**: 32 clients in a closed loop: the calls/s the embedder serves flat out.
-//! 3. **Overload**: an open loop at 4× that rate, up to 256 calls outstanding (calls scheduled
-//!    while 256 are outstanding are counted as `ClientSaturated`, not sent), latency measured
-//!    from each call's scheduled time (no coordinated omission), and every call scheduled in
-//!    the window waited for. Goodput counts the calls answered OK within the window.
+//! 1. **Unloaded**: one client in a closed loop, `Embed` of 8 twelve-word texts per call, on a
+//!    server that refuses nothing for load: the latency (p99) admitted calls are compared with.
+//! 2. **Saturated**: 32 clients in a closed loop on that server: the calls/s it serves flat out.
+//! 3. **Overload**, per setting on a fresh server: an open loop at 4× that rate, up to 256 calls
+//!    outstanding (calls scheduled while 256 are outstanding are counted as `ClientSaturated`,
+//!    not sent), latency measured from each call's scheduled time (no coordinated omission), and
+//!    every call scheduled in the window waited for. Goodput counts the calls answered OK within
+//!    the window.
 //!
 //! The goal (issue 19): 0 errors other than RESOURCE_EXHAUSTED, admitted p99 ≤ 3× the unloaded
 //! p99, goodput ≥ 90 % of the saturated rate, resident memory flat. `RAGD_BENCH_SECS` sets the
-//! overload cells (default 60 s) and, scaled down, the other phases.
+//! overload cells (default 60 s) and, scaled down, the baseline phases.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,9 @@ const OUTSTANDING: usize = 256;
 const CONNECTIONS: usize = 16;
 const OVERLOAD: f64 = 4.0;
 const DEADLINE: Duration = Duration::from_secs(2);
+/// The tight setting: a short bound and small batches, for latency over throughput.
+const TIGHT_WAIT_MS: u64 = 50;
+const TIGHT_BATCH: usize = 16;
 
 /// Resident set size of this process (VmRSS), in MiB.
 fn rss_mib() -> f64 {
@@ -48,7 +52,7 @@ struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start(max_queue_wait_ms: u64) -> Server {
+async fn start(max_queue_wait_ms: u64, max_batch_texts: Option<usize>) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let home = ragd_bench::ragd_home();
@@ -59,6 +63,8 @@ async fn start(max_queue_wait_ms: u64) -> Server {
         max_queue_wait_ms,
         ..EmbedderConfig::default()
     };
+    let config =
+        EmbedderConfig { max_batch_texts: max_batch_texts.unwrap_or(config.max_batch_texts), ..config };
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         ragd_embedder::serve(config, listener, async {
@@ -125,141 +131,177 @@ async fn load(
 }
 
 struct Cell {
-    admission: &'static str,
+    admission: String,
     deadline: Option<Duration>,
     rate: f64,
     report: LoadReport,
     rss: (f64, f64),
 }
 
-struct Measured {
-    unloaded: LoadReport,
-    saturated: LoadReport,
-    cells: Vec<Cell>,
+/// One server setting under test.
+struct Setting {
+    name: String,
+    max_queue_wait_ms: u64,
+    max_batch_texts: Option<usize>,
 }
 
-async fn measure(
-    admission: &'static str,
-    max_queue_wait_ms: u64,
-    phase: Duration,
-    overload: Duration,
-) -> Measured {
-    let server = start(max_queue_wait_ms).await;
+async fn start_setting(s: &Setting) -> (Server, Vec<EmbedderClient<Channel>>) {
+    let server = start(s.max_queue_wait_ms, s.max_batch_texts).await;
     let c = clients(&server.url).await;
-    let texts = Arc::new(sample_texts(4096, 12));
+    (server, c)
+}
+
+/// The unloaded p99 and the saturated calls/s, on a server that refuses nothing for load.
+async fn baseline(phase: Duration, texts: &Arc<Vec<String>>) -> (LoadReport, LoadReport) {
+    let (server, c) =
+        start_setting(&Setting { name: String::new(), max_queue_wait_ms: 0, max_batch_texts: None }).await;
     let closed =
         |clients| LoadConfig { clients, mode: Mode::Closed, duration: phase, warmup: Duration::from_secs(2) };
-    let unloaded = load(&c, &texts, closed(1), None).await;
-    let saturated = load(&c, &texts, closed(SATURATING_CLIENTS), None).await;
+    let unloaded = load(&c, texts, closed(1), None).await;
+    let saturated = load(&c, texts, closed(SATURATING_CLIENTS), None).await;
     eprintln!(
-        "{admission}: unloaded p99 {:.0} ms, saturated {:.1} calls/s",
+        "unloaded p99 {:.0} ms, saturated {:.1} calls/s",
         unloaded.latency.p99_ms, saturated.requests_per_sec
     );
-    let rate = OVERLOAD * saturated.requests_per_sec;
+    let _ = server.stop.send(());
+    let _ = server.task.await;
+    (unloaded, saturated)
+}
+
+/// The overload cells of one setting, at `rate` calls/s, after a saturating warm-up (so the
+/// runtime's buffers have grown to full batches before resident memory is compared).
+async fn overload(s: &Setting, rate: f64, duration: Duration, texts: &Arc<Vec<String>>) -> Vec<Cell> {
+    let (server, c) = start_setting(s).await;
+    let warm = LoadConfig {
+        clients: 8,
+        mode: Mode::Closed,
+        duration: Duration::from_secs(5),
+        warmup: Duration::ZERO,
+    };
+    let _ = load(&c, texts, warm, None).await;
     let mut cells = Vec::new();
     for deadline in [None, Some(DEADLINE)] {
         let before = rss_mib();
         let config = LoadConfig {
             clients: OUTSTANDING,
             mode: Mode::Open { rate },
-            duration: overload,
+            duration,
             warmup: Duration::from_secs(2),
         };
-        let report = load(&c, &texts, config, deadline).await;
+        let report = load(&c, texts, config, deadline).await;
         let after = rss_mib();
         eprintln!(
-            "{admission}, deadline {deadline:?}: goodput {:.1}/s, p99 {:.0} ms, errors {:?}, RSS {before:.0} → {after:.0} MiB",
-            report.requests_per_sec, report.latency.p99_ms, report.errors
+            "{}, deadline {deadline:?}: goodput {:.1}/s, p99 {:.0} ms, errors {:?}, RSS {before:.0} → {after:.0} MiB",
+            s.name, report.requests_per_sec, report.latency.p99_ms, report.errors
         );
-        cells.push(Cell { admission, deadline, rate, report, rss: (before, after) });
+        cells.push(Cell { admission: s.name.clone(), deadline, rate, report, rss: (before, after) });
         // Let the queue drain before the next cell.
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let _ = server.stop.send(());
     let _ = server.task.await;
-    Measured { unloaded, saturated, cells }
+    cells
 }
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let secs = std::env::var("RAGD_BENCH_SECS").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(60.0);
-    let overload = Duration::from_secs_f64(secs);
+    let duration = Duration::from_secs_f64(secs);
     let phase = Duration::from_secs_f64((secs / 4.0).max(5.0));
     let default_wait = EmbedderConfig::default().max_queue_wait_ms;
-    let (on, off) = rt.block_on(async {
-        let on = measure("latency-bounded", default_wait, phase, overload).await;
-        let off = measure("queue size only", 0, phase, overload).await;
-        (on, off)
+    let settings = [
+        Setting { name: "queue size only (`0`)".into(), max_queue_wait_ms: 0, max_batch_texts: None },
+        Setting {
+            name: format!("latency-bounded, default (`{default_wait}`)"),
+            max_queue_wait_ms: default_wait,
+            max_batch_texts: None,
+        },
+        Setting {
+            name: format!("latency-bounded, tight (`{TIGHT_WAIT_MS}`, batches ≤ {TIGHT_BATCH})"),
+            max_queue_wait_ms: TIGHT_WAIT_MS,
+            max_batch_texts: Some(TIGHT_BATCH),
+        },
+    ];
+    let texts = Arc::new(sample_texts(4096, 12));
+    let (unloaded, saturated, cells) = rt.block_on(async {
+        let (unloaded, saturated) = baseline(phase, &texts).await;
+        let rate = OVERLOAD * saturated.requests_per_sec;
+        let mut cells = Vec::new();
+        for s in &settings {
+            cells.extend(overload(s, rate, duration, &texts).await);
+        }
+        (unloaded, saturated, cells)
     });
     let mut rows = String::from(
-        "| admission | caller deadline | offered calls/s | goodput calls/s | goodput ÷ saturated | \
+        "| admission (`--max-queue-wait-ms`) | caller deadline | goodput calls/s | goodput ÷ saturated | \
          RESOURCE_EXHAUSTED | DEADLINE_EXCEEDED | other errors | admitted p50 ms | admitted p99 ms | \
-         p99 ÷ unloaded p99 | RSS MiB start → end |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         p99 ÷ unloaded p99 | RSS MiB start → end |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     let mut checks = Vec::new();
-    for m in [&on, &off] {
-        for cell in &m.cells {
-            let r = &cell.report;
-            let count = |code: &str| r.errors.get(code).copied().unwrap_or(0);
-            let exhausted = count("ResourceExhausted");
-            let deadline = count("DeadlineExceeded");
-            let other = r.requests_failed - exhausted - deadline;
-            let goodput = r.requests_per_sec / m.saturated.requests_per_sec;
-            let p99 = r.latency.p99_ms / m.unloaded.latency.p99_ms;
-            let others: Vec<String> = r
-                .errors
-                .iter()
-                .filter(|(k, _)| *k != "ResourceExhausted" && *k != "DeadlineExceeded")
-                .map(|(k, v)| format!("{v} {k}"))
-                .collect();
-            rows += &format!(
-                "| {} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {:.0} | {:.0} | {:.1}× | {:.0} → {:.0} |\n",
+    for cell in &cells {
+        let r = &cell.report;
+        let count = |code: &str| r.errors.get(code).copied().unwrap_or(0);
+        let exhausted = count("ResourceExhausted");
+        let deadline = count("DeadlineExceeded");
+        let other = r.requests_failed - exhausted - deadline;
+        let goodput = r.requests_per_sec / saturated.requests_per_sec;
+        let p99 = r.latency.p99_ms / unloaded.latency.p99_ms;
+        let others: Vec<String> = r
+            .errors
+            .iter()
+            .filter(|(k, _)| *k != "ResourceExhausted" && *k != "DeadlineExceeded")
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        let answered = r.requests_ok > 0;
+        let ms = |v: f64| if answered { format!("{v:.0}") } else { "–".into() };
+        rows += &format!(
+            "| {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {:.0} → {:.0} |\n",
+            cell.admission,
+            cell.deadline.map_or("none".to_string(), |d| format!("{} s", d.as_secs())),
+            r.requests_per_sec,
+            goodput,
+            exhausted,
+            deadline,
+            if others.is_empty() { "0".to_string() } else { others.join(", ") },
+            ms(r.latency.p50_ms),
+            ms(r.latency.p99_ms),
+            if answered { format!("{p99:.1}×") } else { "–".into() },
+            cell.rss.0,
+            cell.rss.1,
+        );
+        if cell.admission.starts_with("latency-bounded") {
+            checks.push(format!(
+                "{}, {} deadline: errors other than RESOURCE_EXHAUSTED {} (goal 0), admitted p99 {p99:.1}× \
+                 unloaded (goal ≤ 3×), goodput {:.0} % of saturated (goal ≥ 90 %), RSS {:+.0} MiB",
                 cell.admission,
-                cell.deadline.map_or("none".to_string(), |d| format!("{} s", d.as_secs())),
-                cell.rate,
-                r.requests_per_sec,
-                goodput,
-                exhausted,
-                deadline,
-                if others.is_empty() { "0".to_string() } else { others.join(", ") },
-                r.latency.p50_ms,
-                r.latency.p99_ms,
-                p99,
-                cell.rss.0,
-                cell.rss.1,
-            );
-            if cell.admission == "latency-bounded" {
-                checks.push(format!(
-                    "{} deadline: other errors {other} (goal 0), DEADLINE_EXCEEDED {deadline}, admitted p99 \
-                     {p99:.1}× unloaded (goal ≤ 3×), goodput {:.0} % of saturated (goal ≥ 90 %)",
-                    cell.deadline.map_or("no".to_string(), |d| format!("{} s", d.as_secs())),
-                    goodput * 100.0
-                ));
-            }
+                cell.deadline.map_or("no".to_string(), |d| format!("{} s", d.as_secs())),
+                other + deadline,
+                goodput * 100.0,
+                cell.rss.1 - cell.rss.0,
+            ));
         }
     }
+    let rate = cells.first().map_or(0.0, |c| c.rate);
     let body = format!(
         "## Overload: latency-bounded admission against a queue bounded by size\n\n\
          Measured by `cargo bench -p ragd-bench --bench overload` in one run on: {machine}.\n\n\
-         One embedder (all-MiniLM-L6-v2, ONNX Runtime, default batching) over gRPC on loopback, \
-         `Embed` of {TEXTS_PER_CALL} twelve-word texts per call. Unloaded (1 client, closed loop): \
-         p99 **{u_on:.0} ms** / {u_off:.0} ms (the two servers). Saturated ({SATURATING_CLIENTS} \
-         clients, closed loop): **{s_on:.1}** / {s_off:.1} calls/s. Overload: an open loop at \
-         {OVERLOAD}× the saturated rate for {secs:.0} s, at most {OUTSTANDING} calls outstanding over \
-         {CONNECTIONS} connections, latency from each call's scheduled time, every call scheduled \
-         in the window waited for; goodput counts the calls answered OK within the window. \
-         `latency-bounded` is the default `--max-queue-wait-ms {default_wait}`: a call whose \
-         expected queue wait (texts ahead ÷ measured inference rate) is above it, or which could \
-         not finish before its deadline, is refused at once with RESOURCE_EXHAUSTED and a retry \
-         hint. `queue size only` is `--max-queue-wait-ms 0` (the behaviour before): the queue \
-         admits up to `--max-queue-texts` (8192) texts. `ClientSaturated`: calls not sent because \
-         {OUTSTANDING} were outstanding.\n\n{rows}\n\
-         Against the goals (latency-bounded rows):\n\n{checks}\n",
+         One embedder (all-MiniLM-L6-v2, ONNX Runtime, one worker) over gRPC on loopback, `Embed` of \
+         {TEXTS_PER_CALL} twelve-word texts per call. Baseline, on a server that refuses nothing for \
+         load: unloaded (1 client, closed loop) p99 **{u:.0} ms**; saturated ({SATURATING_CLIENTS} \
+         clients, closed loop) **{sat:.1} calls/s**. Overload: each setting on a fresh server (after \
+         a 5 s saturating warm-up), an open loop at {OVERLOAD}× the saturated rate ({rate:.1} calls/s) \
+         for {secs:.0} s, at most {OUTSTANDING} calls outstanding over {CONNECTIONS} connections, \
+         latency from each call's scheduled time, every call scheduled in the window waited for; \
+         goodput counts the calls answered OK within the window. Latency-bounded admission refuses \
+         at once, with RESOURCE_EXHAUSTED and a retry hint, a call whose expected queue wait (the tokens ahead of \
+         it ÷ the measured inference rate) is above `--max-queue-wait-ms` or which could not finish \
+         before its deadline; `0` turns it off (the behaviour before: the queue admits up to \
+         `--max-queue-texts`, 8192 texts). `ClientSaturated`: calls not sent because {OUTSTANDING} \
+         were outstanding. RSS: the bench process (clients and server) before and after the cell.\n\n\
+         {rows}\nAgainst the goals of issue 19:\n\n{checks}\n",
         machine = report::machine(),
-        u_on = on.unloaded.latency.p99_ms,
-        u_off = off.unloaded.latency.p99_ms,
-        s_on = on.saturated.requests_per_sec,
-        s_off = off.saturated.requests_per_sec,
+        u = unloaded.latency.p99_ms,
+        sat = saturated.requests_per_sec,
         checks = checks.iter().map(|c| format!("- {c}")).collect::<Vec<_>>().join("\n"),
     );
     report::update_section(&report::benchmarks_md(), "overload", &body).expect("write docs/benchmarks.md");

@@ -219,22 +219,28 @@ where
             continue;
         };
         let request = request.clone();
+        // Each call returns its outcome, not a histogram of its own: an open loop can start
+        // thousands of calls, and a histogram per call would hold megabytes until the end.
         tasks.push(tokio::spawn(async move {
-            let (mut tally, mut hist) = (Tally::default(), histogram());
             let outcome = request(i).await;
             let done = Instant::now();
-            if scheduled >= measure_from {
-                if done > end && outcome.is_ok() {
-                    tally.ok_late += 1;
-                }
-                tally.record(&mut hist, outcome, done - scheduled);
-            }
             drop(permit);
-            (tally, hist)
+            (scheduled >= measure_from).then(|| (outcome, done - scheduled, done > end))
         }));
     }
-    let (mut tally, hist) = gather(tasks).await;
-    tally.merge(dropped);
+    let (mut tally, mut hist) = (dropped, histogram());
+    for t in tasks {
+        match t.await {
+            Ok(Some((outcome, latency, late))) => {
+                if late && outcome.is_ok() {
+                    tally.ok_late += 1;
+                }
+                tally.record(&mut hist, outcome, latency);
+            }
+            Ok(None) => {}
+            Err(e) => *tally.errors.entry(format!("task failed: {e}")).or_default() += 1,
+        }
+    }
     (tally, hist)
 }
 

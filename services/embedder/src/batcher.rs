@@ -191,8 +191,9 @@ pub struct Queue {
     cond: Condvar,
     policy: BatchPolicy,
     metrics: Arc<EmbedderMetrics>,
-    /// Measured inference cost per text on one worker: the service rate admission divides the
-    /// work ahead by, and the retry hints.
+    /// Measured inference cost per padded token on one worker: the service rate admission
+    /// divides the work ahead by, and the retry hints. Tokens, not texts: a batch's cost follows
+    /// its padded tokens (texts × longest), whatever mix of short queries and long passages.
     cost: UnitCost,
 }
 
@@ -218,7 +219,8 @@ impl Queue {
             cond: Condvar::new(),
             policy,
             metrics,
-            cost: UnitCost::new(Duration::from_millis(2), workers),
+            // 100 µs per token until measured (MiniLM runs ≈ 20–60 µs per token on one core).
+            cost: UnitCost::new(Duration::from_micros(100), workers),
         })
     }
 
@@ -235,18 +237,23 @@ impl Queue {
         Ok(())
     }
 
-    /// How long a rejected client should wait: the estimated time to drain `queued` texts.
-    pub fn retry_after(&self, queued: usize) -> Duration {
-        (self.cost.drain_time(queued) + self.policy.max_wait)
+    /// How long a rejected client should wait: the estimated time to drain `tokens` queued.
+    pub fn retry_after(&self, tokens: usize) -> Duration {
+        (self.cost.drain_time(tokens) + self.policy.max_wait)
             .clamp(Duration::from_millis(10), Duration::from_secs(10))
     }
 
-    /// What `texts` more texts would meet with `queued` texts admitted ahead of them: the time
+    /// What `tokens` more tokens would meet with `ahead` tokens admitted before them: the time
     /// the workers need for the work ahead (plus the batch wait), and their own inference time.
-    pub fn estimate(&self, queued: usize, texts: usize) -> Estimate {
+    pub fn estimate(&self, ahead: usize, tokens: usize) -> Estimate {
         let wait =
-            if queued == 0 { Duration::ZERO } else { self.cost.drain_time(queued) + self.policy.max_wait };
-        Estimate { wait, service: self.cost.service_time(texts) }
+            if ahead == 0 { Duration::ZERO } else { self.cost.drain_time(ahead) + self.policy.max_wait };
+        Estimate { wait, service: self.cost.service_time(tokens) }
+    }
+
+    /// The most padded tokens one batch holds.
+    pub fn batch_tokens(&self) -> usize {
+        self.policy.max_tokens
     }
 
     /// Stops accepting jobs; workers finish what is queued and exit.
@@ -328,8 +335,8 @@ impl Queue {
         }
     }
 
-    fn record_cost(&self, texts: usize, took: Duration) {
-        self.cost.record(texts, took);
+    fn record_cost(&self, padded_tokens: usize, took: Duration) {
+        self.cost.record(padded_tokens, took);
     }
 }
 
@@ -356,7 +363,7 @@ pub fn run_worker(queue: &Queue, mut backends: Vec<Box<dyn Backend>>, pad_ids: &
         let result = backends[batch.model].embed(&padded);
         let took = start.elapsed();
         queue.metrics.observe_batch(texts, padded.padded_tokens(), took);
-        queue.record_cost(texts, took);
+        queue.record_cost(padded.padded_tokens(), took);
         match result {
             Ok(mut vectors) => {
                 for (job, range) in batch.parts.into_iter().rev() {

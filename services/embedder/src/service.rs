@@ -85,8 +85,12 @@ struct Limits {
     max_queue_texts: usize,
     /// The queue-wait bound of unary calls (None: latency-bounded admission is off).
     max_queue_wait: Option<Duration>,
-    /// The most texts in one batch: what a running bulk batch holds up an interactive text by.
-    max_batch_texts: usize,
+}
+
+/// The tokens of `texts` as admission guesses them before tokenising: ≈ 4 bytes per WordPiece
+/// token of English, plus the special tokens, at most the model's `max_seq_len` each.
+fn guess_tokens(texts: &[String], max_seq_len: usize) -> usize {
+    texts.iter().map(|t| (t.len() / 4 + 3).min(max_seq_len.max(1))).sum()
 }
 
 /// Serves several named models through one queue and a pool of inference workers.
@@ -97,7 +101,7 @@ pub struct Embedder {
     device: Device,
     queue: Arc<Queue>,
     admission: Arc<Semaphore>,
-    /// Texts admitted and not yet answered, per lane.
+    /// Tokens (guessed from the texts' bytes) admitted and not yet answered, per lane.
     lanes: Arc<[AtomicUsize; 2]>,
     limits: Limits,
     metrics: Arc<EmbedderMetrics>,
@@ -179,7 +183,6 @@ impl Embedder {
                 max_text_bytes: config.max_text_bytes,
                 max_queue_texts: config.max_queue_texts,
                 max_queue_wait: ragd_core::admission::bound_from_ms(config.max_queue_wait_ms),
-                max_batch_texts: config.max_batch_texts,
             },
             lanes: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
             metrics,
@@ -247,20 +250,22 @@ impl Embedder {
         Ok(())
     }
 
-    /// The expected wait of `n` texts in `lane`: interactive texts wait for the interactive texts
-    /// ahead and at most one running bulk batch; bulk texts for everything ahead.
-    fn estimate(&self, n: usize, lane: Lane) -> ragd_core::admission::Estimate {
+    /// The expected wait of `tokens` in `lane`: interactive work waits for the interactive
+    /// tokens ahead and at most one running bulk batch; bulk work for everything ahead.
+    fn estimate(&self, tokens: usize, lane: Lane) -> ragd_core::admission::Estimate {
         let [interactive, bulk] = [0, 1].map(|i| self.lanes[i].load(Ordering::Relaxed));
         let ahead = match lane {
-            Lane::Interactive => interactive + bulk.min(self.limits.max_batch_texts),
+            Lane::Interactive => interactive + bulk.min(self.queue.batch_tokens()),
             Lane::Bulk => interactive + bulk,
         };
-        self.queue.estimate(ahead, n)
+        self.queue.estimate(ahead, tokens)
     }
 
+    /// Admits `n` texts of about `tokens` tokens into `lane`.
     async fn admit(
         &self,
         n: usize,
+        tokens: usize,
         lane: Lane,
         admission: Admission,
         deadline: Option<Instant>,
@@ -268,7 +273,7 @@ impl Embedder {
         let permit = match admission {
             Admission::Reject => {
                 if let Some(bound) = self.limits.max_queue_wait {
-                    let estimate = self.estimate(n, lane);
+                    let estimate = self.estimate(tokens, lane);
                     if let Err(refusal) =
                         ragd_core::admission::decide(estimate, bound, deadline, Instant::now())
                     {
@@ -284,7 +289,9 @@ impl Embedder {
                         EmbedError::Overloaded {
                             queued,
                             limit: self.limits.max_queue_texts,
-                            retry_after: self.queue.retry_after(queued + n),
+                            retry_after: self.queue.retry_after(
+                                self.lanes.iter().map(|l| l.load(Ordering::Relaxed)).sum::<usize>() + tokens,
+                            ),
                         }
                     }
                     TryAcquireError::Closed => EmbedError::ShuttingDown,
@@ -298,8 +305,15 @@ impl Embedder {
             }
         };
         self.metrics.queue_texts.inc_by(n as i64);
-        self.lanes[lane as usize].fetch_add(n, Ordering::Relaxed);
-        Ok(QueueSlot { _permit: permit, n, lane, lanes: self.lanes.clone(), metrics: self.metrics.clone() })
+        self.lanes[lane as usize].fetch_add(tokens, Ordering::Relaxed);
+        Ok(QueueSlot {
+            _permit: permit,
+            n,
+            tokens,
+            lane,
+            lanes: self.lanes.clone(),
+            metrics: self.metrics.clone(),
+        })
     }
 
     /// Embeds `input`. `deadline` is when the caller stops waiting; queued work past it is
@@ -316,7 +330,8 @@ impl Embedder {
             return Err(EmbedError::DeadlineExceeded("waiting to start"));
         }
         let lane = Lane::of(input.kind);
-        let _slot = self.admit(input.texts.len(), lane, admission, deadline).await?;
+        let tokens = guess_tokens(&input.texts, self.models[index].spec.max_seq_len);
+        let _slot = self.admit(input.texts.len(), tokens, lane, admission, deadline).await?;
         let model = self.models[index].clone();
         let normalize_out = input.normalize.unwrap_or(model.spec.normalize);
         let (kind, texts) = (input.kind, input.texts);
@@ -389,6 +404,7 @@ impl Embedder {
 struct QueueSlot {
     _permit: OwnedSemaphorePermit,
     n: usize,
+    tokens: usize,
     lane: Lane,
     lanes: Arc<[AtomicUsize; 2]>,
     metrics: Arc<EmbedderMetrics>,
@@ -396,7 +412,7 @@ struct QueueSlot {
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
-        self.lanes[self.lane as usize].fetch_sub(self.n, Ordering::Relaxed);
+        self.lanes[self.lane as usize].fetch_sub(self.tokens, Ordering::Relaxed);
         self.metrics.queue_texts.dec_by(self.n as i64);
     }
 }

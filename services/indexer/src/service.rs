@@ -1340,6 +1340,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_search_behind_more_work_than_the_bound_is_refused_at_once() {
+        let mut f = fixture(false).await;
+        f.indexer.create_collection(create("c", Chunking::default()), None).await.expect("create");
+        f.indexer.upsert("c", vec![doc("d", "alpha text.")], None).await.expect("upsert");
+        async fn search(
+            i: &Indexer,
+            deadline: Option<Instant>,
+        ) -> Result<(Vec<Vec<Hit>>, SearchTimings), IndexError> {
+            i.search("c", vec![text("alpha")], options(1, false), Retrieval::default(), deadline).await
+        }
+        f.indexer.limits.max_queue_wait = Some(Duration::from_millis(250));
+        {
+            // 1000 queries in flight at the starting estimate of 1000 queries/s: 1 s ahead.
+            let _busy = f.indexer.searches.enter(1000);
+            let status = tonic::Status::from(search(&f.indexer, None).await.expect_err("refused"));
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().contains("above the bound of 250 ms"), "{status:?}");
+            assert!(ragd_core::status::retry_after(&status).is_some(), "with a retry hint");
+            // Within a 5 s bound, but not within a 500 ms deadline.
+            f.indexer.limits.max_queue_wait = Some(Duration::from_secs(5));
+            let soon = Some(Instant::now() + Duration::from_millis(500));
+            let status = tonic::Status::from(search(&f.indexer, soon).await.expect_err("refused"));
+            assert!(status.message().contains("deadline"), "{status:?}");
+            // Off: the same search waits its turn.
+            f.indexer.limits.max_queue_wait = None;
+            search(&f.indexer, soon).await.expect("admitted with admission off");
+        }
+        // Nothing ahead: admitted.
+        let (hits, _) = search(&f.indexer, None).await.expect("admitted");
+        assert_eq!(hits[0][0].doc_id, "d");
+        assert_eq!(f.indexer.searches.in_flight(), 0);
+    }
+
+    #[tokio::test]
     async fn bad_searches_are_invalid_argument_before_any_embedding() {
         let f = fixture(false).await;
         f.indexer.create_collection(create("c", Chunking::default()), None).await.expect("create");
