@@ -7,7 +7,8 @@
 //!   Both files are re-read when they change.
 //! - **Grants** say what a principal may do: `{collection = "<name>" | "<prefix>*" | "*", role =
 //!   "read" | "write" | "manage"}` (read: Search, Scroll, DocumentStatus, DescribeCollection; write: +
-//!   Upsert, Delete; manage: + CreateCollection, DropCollection, ReindexKeywords), and the service grants
+//!   Upsert, Delete; manage: + CreateCollection, DropCollection, ReindexKeywords, Create-, Restore-
+//!   and DeleteSnapshot; ListSnapshots lists what the caller may read), and the service grants
 //!   `{service = "embed" | "generate" | "metrics"}`.
 //! - **One table** ([`RPCS`]) maps every RPC of every service to what it needs; an RPC missing
 //!   from it is refused (a test checks the table against the protos). The
@@ -227,6 +228,11 @@ pub const RPCS: &[(&str, Need)] = &[
     ("/ragd.v1.Indexer/CreateCollection", Need::Collection(Role::Manage)),
     ("/ragd.v1.Indexer/DropCollection", Need::Collection(Role::Manage)),
     ("/ragd.v1.Indexer/ReindexKeywords", Need::Collection(Role::Manage)),
+    ("/ragd.v1.Indexer/CreateSnapshot", Need::Collection(Role::Manage)),
+    ("/ragd.v1.Indexer/DeleteSnapshot", Need::Collection(Role::Manage)),
+    // Manage on the target and read on the snapshot's collection (both checked by the handler).
+    ("/ragd.v1.Indexer/RestoreSnapshot", Need::Collection(Role::Manage)),
+    ("/ragd.v1.Indexer/ListSnapshots", Need::Listing),
     ("/ragd.v1.Indexer/ListCollections", Need::Listing),
     ("/ragd.v1.Indexer/DescribeCollection", Need::Collection(Role::Read)),
     ("/ragd.v1.Indexer/Upsert", Need::Collection(Role::Write)),

@@ -3,6 +3,7 @@
 //! - [`admission`]: latency-bounded admission (expected queue wait against a bound and the
 //!   caller's deadline);
 //! - [`client`]: gRPC channels with ragd defaults;
+//! - [`clock`]: wall-clock stamps (snapshot names);
 //! - [`config`]: clap/env config fragments (gRPC listener limits, logging) embedded by each
 //!   service's own typed config;
 //! - [`telemetry`]: one-time `tracing` initialisation;
@@ -24,6 +25,7 @@
 pub mod admission;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod grpc;

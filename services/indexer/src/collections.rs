@@ -63,6 +63,11 @@ impl Registry {
         Ok(Self { path, collections: RwLock::new(collections) })
     }
 
+    /// The data directory the registry lives in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     pub fn get(&self, name: &str) -> Result<CollectionMeta, IndexError> {
         self.read()?.get(name).cloned().ok_or_else(|| IndexError::CollectionNotFound(name.to_string()))
     }

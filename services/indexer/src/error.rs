@@ -15,6 +15,10 @@ pub enum IndexError {
     CollectionNotFound(String),
     #[error("collection {0:?} already exists")]
     CollectionExists(String),
+    #[error("snapshot {name:?} of collection {collection:?} not found")]
+    SnapshotNotFound { collection: String, name: String },
+    #[error("snapshot {name:?} of collection {collection:?} already exists")]
+    SnapshotExists { collection: String, name: String },
     #[error("document {doc_id:?} not found in collection {collection:?}")]
     DocumentNotFound { collection: String, doc_id: String },
     /// The embedder refused or failed; its status code is kept.
@@ -59,10 +63,12 @@ impl From<IndexError> for Status {
                 ragd_core::status::invalid_argument(field, reason)
             }
             IndexError::FailedPrecondition { .. } => Status::failed_precondition(message),
-            IndexError::CollectionNotFound(_) | IndexError::DocumentNotFound { .. } => {
-                Status::not_found(message)
+            IndexError::CollectionNotFound(_)
+            | IndexError::DocumentNotFound { .. }
+            | IndexError::SnapshotNotFound { .. } => Status::not_found(message),
+            IndexError::CollectionExists(_) | IndexError::SnapshotExists { .. } => {
+                Status::already_exists(message)
             }
-            IndexError::CollectionExists(_) => Status::already_exists(message),
             // Keep the embedder's code (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE, ...),
             // its details and metadata (retry hints), and say where it came from.
             IndexError::Embedder(s) => ragd_core::status::with_context("embedder", &s),
@@ -94,6 +100,31 @@ mod tests {
 
     use super::*;
     use crate::rerank::RerankError;
+
+    /// What a client sees of an admission refusal: RESOURCE_EXHAUSTED with the hint in both
+    /// forms (RetryInfo details and `retry-after-ms`): 900 ms expected, bound 250 ms → retry
+    /// in 900 − 125 = 775 ms.
+    #[test]
+    fn an_admission_refusal_is_resource_exhausted_with_its_retry_hint() {
+        let refusal = ragd_core::admission::Refusal::QueueWait {
+            expected: Duration::from_millis(900),
+            bound: Duration::from_millis(250),
+        };
+        let status = Status::from(IndexError::Overloaded(refusal));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(ragd_core::status::retry_after(&status), Some(Duration::from_millis(775)));
+        assert_eq!(status.metadata().get("retry-after-ms").and_then(|v| v.to_str().ok()), Some("775"));
+    }
+
+    #[test]
+    fn snapshot_errors_are_not_found_and_already_exists() {
+        let (c, n) = (String::from("c"), String::from("s"));
+        let missing = Status::from(IndexError::SnapshotNotFound { collection: c.clone(), name: n.clone() });
+        assert_eq!(missing.code(), Code::NotFound);
+        assert!(missing.message().contains("\"s\"") && missing.message().contains("\"c\""));
+        let taken = Status::from(IndexError::SnapshotExists { collection: c, name: n });
+        assert_eq!(taken.code(), Code::AlreadyExists);
+    }
 
     #[test]
     fn reranker_failures_keep_their_meaning() {

@@ -20,6 +20,7 @@ use crate::service::{
     CreateCollection, DocumentIn, Indexer, IngestState, Mmr, QueryIn, Rerank, Retrieval, SearchMode,
     UpsertOutcome,
 };
+use crate::snapshot::Manifest;
 use crate::store::{Distance, Hit, ScrollPage, SearchOptions, StoreStats};
 
 /// The `ragd.v1.Indexer` service; UNAVAILABLE until the store is open.
@@ -117,6 +118,19 @@ fn info(meta: CollectionMeta, stats: StoreStats) -> v1::CollectionInfo {
         on_disk: meta.store.on_disk.unwrap_or(false),
         keyword: meta.keyword.map(keyword_to),
         max_chunks: meta.max_chunks.unwrap_or(0),
+    }
+}
+
+fn snapshot_info(m: Manifest) -> v1::SnapshotInfo {
+    v1::SnapshotInfo {
+        collection: m.collection().to_string(),
+        name: m.name,
+        created_unix: m.created_unix,
+        points: m.points,
+        size_bytes: m.size_bytes,
+        model: m.meta.model,
+        dim: m.meta.store.dim as u32,
+        shards: m.meta.store.shards,
     }
 }
 
@@ -362,6 +376,65 @@ impl indexer_server::Indexer for IndexerGrpc {
         let (meta, chunks) = indexer.reindex_keywords(&r.collection, settings, deadline).await?;
         let stats = indexer.stats(&meta.store.name).await?;
         Ok(Response::new(v1::ReindexKeywordsResponse { collection: Some(info(meta, stats)), chunks }))
+    }
+
+    #[instrument(skip_all, fields(collection = %request.get_ref().collection))]
+    async fn create_snapshot(
+        &self,
+        request: Request<v1::CreateSnapshotRequest>,
+    ) -> Result<Response<v1::SnapshotInfo>, Status> {
+        allow(&request, &request.get_ref().collection, Role::Manage)?;
+        let indexer = self.ready()?;
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let name = (!r.name.is_empty()).then_some(r.name);
+        let manifest = indexer.create_snapshot(&r.collection, name, deadline).await?;
+        Ok(Response::new(snapshot_info(manifest)))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<v1::ListSnapshotsRequest>,
+    ) -> Result<Response<v1::ListSnapshotsResponse>, Status> {
+        // One collection: read on it; all: only the snapshots of collections the caller may read.
+        let access = ragd_core::auth::access(&request)?;
+        let collection = &request.get_ref().collection;
+        if !collection.is_empty() {
+            ragd_core::auth::require_collection(&access, collection, Role::Read)?;
+        }
+        let snapshots = self.ready()?.list_snapshots((!collection.is_empty()).then_some(collection)).await?;
+        let snapshots = snapshots
+            .into_iter()
+            .filter(|m| access.may(m.collection(), Role::Read))
+            .map(snapshot_info)
+            .collect();
+        Ok(Response::new(v1::ListSnapshotsResponse { snapshots }))
+    }
+
+    #[instrument(skip_all, fields(collection = %request.get_ref().collection, snapshot = %request.get_ref().snapshot))]
+    async fn restore_snapshot(
+        &self,
+        request: Request<v1::RestoreSnapshotRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let r = request.get_ref();
+        let target = if r.target.is_empty() { &r.collection } else { &r.target };
+        // Manage on the collection it creates, read on the one whose data it copies.
+        allow(&request, target, Role::Manage)?;
+        allow(&request, &r.collection, Role::Read)?;
+        let indexer = self.ready()?;
+        let meta = indexer.restore_snapshot(&r.collection, &r.snapshot, Some(target)).await?;
+        let stats = indexer.stats(&meta.store.name).await?;
+        Ok(Response::new(info(meta, stats)))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<v1::DeleteSnapshotRequest>,
+    ) -> Result<Response<v1::DeleteSnapshotResponse>, Status> {
+        allow(&request, &request.get_ref().collection, Role::Manage)?;
+        let r = request.get_ref();
+        self.ready()?.delete_snapshot(&r.collection, &r.snapshot).await?;
+        Ok(Response::new(v1::DeleteSnapshotResponse {}))
     }
 
     async fn drop_collection(

@@ -19,6 +19,7 @@ pub mod mmr;
 pub mod peers;
 pub mod rerank;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 
 use std::future::Future;

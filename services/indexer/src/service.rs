@@ -2,7 +2,7 @@
 //! embed through the embedder → store) with per-document status, and search (embed the query
 //! text or take a vector → store search). gRPC handlers are thin wrappers around [`Indexer`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use crate::fusion::{self, Fusion};
 use crate::keyword::{Analyzer, KeywordConfig, KeywordRequest};
 use crate::peers::{EmbedderApi, InputKind};
 use crate::rerank::Reranker;
+use crate::snapshot::{self, Manifest, Snapshots};
 use crate::store::{
     ChunkPoint, Distance, Hit, Recovery, ScrollOut, ScrollPage, SearchOptions, Source, SourceRank,
     SparseVector, StoreSpec, StoreStats, VectorStore, WriteBatch, rewrite_keyword_weights,
@@ -191,6 +192,30 @@ pub struct Indexer {
     /// Queries being searched and the rate they complete at: searches share the cores, so their
     /// admission divides the queries in flight by the measured throughput.
     searches: Throughput,
+    /// Snapshots of collections, under `<data>/snapshots`.
+    snapshots: Snapshots,
+    /// Names of collections being created or restored (a second call for one is ALREADY_EXISTS
+    /// at once instead of racing it for the storage directory).
+    creating: Mutex<HashSet<String>>,
+}
+
+/// Holds a name in [`Indexer::creating`] until dropped.
+struct Creating<'a> {
+    names: &'a Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.name);
+    }
+}
+
+/// Runs file-system work on the blocking pool.
+async fn on_disk<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| IndexError::Store(format!("snapshot task: {e}")))?
 }
 
 fn embedder_err(s: tonic::Status) -> IndexError {
@@ -229,6 +254,9 @@ impl Indexer {
                 tracing::info!(collection = %s.name, points = n, "exact engine loaded");
             }
         }
+        let snapshots = Snapshots::new(&registry.dir().join("snapshots"));
+        let cleaning = snapshots.clone();
+        on_disk(move || cleaning.clean()).await?;
         Ok(Self {
             store,
             registry,
@@ -240,6 +268,8 @@ impl Indexer {
             reranker: None,
             gates: Mutex::default(),
             searches: Throughput::new(1000.0),
+            snapshots,
+            creating: Mutex::default(),
         })
     }
 
@@ -287,9 +317,7 @@ impl Indexer {
                 format!("{w} is more than the replication factor {r}"),
             ));
         }
-        if self.registry.get(&req.name).is_ok() {
-            return Err(IndexError::CollectionExists(req.name));
-        }
+        let _creating = self.reserve(&req.name)?;
         let info = self.embedder.model_info(&req.model, deadline).await.map_err(embedder_err)?;
         let tok =
             self.embedder.tokenize(&info.name, vec![String::new()], deadline).await.map_err(embedder_err)?;
@@ -321,6 +349,142 @@ impl Indexer {
             exact.create(&meta.store.name, meta.store.dim, meta.store.distance)?;
         }
         tracing::info!(collection = %meta.store.name, model = %meta.model, dim = meta.store.dim, "collection created");
+        Ok(meta)
+    }
+
+    /// Reserves a collection name for a create or restore: ALREADY_EXISTS when a collection of
+    /// that name exists or another call is making one.
+    fn reserve(&self, name: &str) -> Result<Creating<'_>, IndexError> {
+        let mut names = self.creating.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.registry.get(name).is_ok() || !names.insert(name.to_string()) {
+            return Err(IndexError::CollectionExists(name.to_string()));
+        }
+        Ok(Creating { names: &self.creating, name: name.to_string() })
+    }
+
+    /// Takes a snapshot of a collection (see [`crate::snapshot`]): its writes wait (until the
+    /// caller's deadline) for the ones in flight to finish, then while the store copies its
+    /// shards; searches go on. `name` None: `<collection>-<UTC time>`.
+    pub async fn create_snapshot(
+        &self,
+        collection: &str,
+        name: Option<String>,
+        deadline: Option<Instant>,
+    ) -> Result<Manifest, IndexError> {
+        validate_name(collection)?;
+        self.registry.get(collection)?;
+        let name = match name {
+            Some(n) => {
+                snapshot::validate_name(&n)?;
+                n
+            }
+            None => snapshot::default_name(collection),
+        };
+        let (snapshots, c, n) = (self.snapshots.clone(), collection.to_string(), name.clone());
+        let dir = on_disk(move || snapshots.begin(&c, &n)).await?;
+        let started = Instant::now();
+        let taken = async {
+            let gate = self.gate(collection);
+            let _writes =
+                Self::before_deadline(gate.write(), deadline, "the collection's writes to finish").await?;
+            // Read under the gate: a keyword re-index holds it too, so these are the settings of
+            // the chunks copied.
+            let meta = self.registry.get(collection)?;
+            self.store.snapshot(collection, &dir).await?;
+            let points = self.store.stats(collection).await?.points;
+            Ok::<_, IndexError>((meta, points))
+        }
+        .await;
+        let snapshots = self.snapshots.clone();
+        let manifest = match taken {
+            Ok((meta, points)) => {
+                let manifest = Manifest {
+                    format: snapshot::FORMAT,
+                    name,
+                    created_unix: ragd_core::clock::unix_now(),
+                    points,
+                    size_bytes: 0,
+                    meta,
+                };
+                on_disk(move || snapshots.commit(manifest)).await?
+            }
+            Err(e) => {
+                let c = collection.to_string();
+                on_disk(move || {
+                    snapshots.abort(&c, &name);
+                    Ok(())
+                })
+                .await?;
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            collection, snapshot = %manifest.name, points = manifest.points, bytes = manifest.size_bytes,
+            ms = started.elapsed().as_millis() as u64, "snapshot taken"
+        );
+        Ok(manifest)
+    }
+
+    /// The snapshots of `collection` (None: of every collection), by collection, oldest first.
+    pub async fn list_snapshots(&self, collection: Option<&str>) -> Result<Vec<Manifest>, IndexError> {
+        if let Some(c) = collection {
+            validate_name(c)?;
+        }
+        let (snapshots, c) = (self.snapshots.clone(), collection.map(str::to_string));
+        on_disk(move || snapshots.list(c.as_deref())).await
+    }
+
+    /// A snapshot's manifest: NOT_FOUND when there is none.
+    pub async fn snapshot(&self, collection: &str, name: &str) -> Result<Manifest, IndexError> {
+        validate_name(collection)?;
+        let (snapshots, c, n) = (self.snapshots.clone(), collection.to_string(), name.to_string());
+        Ok(on_disk(move || snapshots.get(&c, &n)).await?.0)
+    }
+
+    pub async fn delete_snapshot(&self, collection: &str, name: &str) -> Result<(), IndexError> {
+        validate_name(collection)?;
+        let (snapshots, c, n) = (self.snapshots.clone(), collection.to_string(), name.to_string());
+        on_disk(move || snapshots.delete(&c, &n)).await?;
+        tracing::info!(collection, snapshot = name, "snapshot deleted");
+        Ok(())
+    }
+
+    /// Creates collection `target` (None: the snapshot's own collection) from a snapshot: its
+    /// shards, its settings (model, chunking, keyword index) and so its search results.
+    pub async fn restore_snapshot(
+        &self,
+        collection: &str,
+        name: &str,
+        target: Option<&str>,
+    ) -> Result<CollectionMeta, IndexError> {
+        validate_name(collection)?;
+        let (snapshots, c, n) = (self.snapshots.clone(), collection.to_string(), name.to_string());
+        let (manifest, dir) = on_disk(move || snapshots.get(&c, &n)).await?;
+        let target = target.unwrap_or(collection);
+        validate_name(target)?;
+        let _creating = self.reserve(target)?;
+        let mut meta = manifest.meta;
+        meta.store.name = target.to_string();
+        self.store.restore(&meta.store, &dir).await?;
+        if let Err(e) = self.registry.insert(meta.clone()) {
+            let _ = self.store.drop_collection(target).await;
+            return Err(e);
+        }
+        if let Some(exact) = &self.exact {
+            let loaded = exact.load(self.store.as_ref(), target, meta.store.dim, meta.store.distance).await;
+            if let Err(e) = loaded {
+                // Without its exact engine the collection would answer exact searches wrongly.
+                let _ = self.drop_collection(target).await;
+                return Err(e);
+            }
+        }
+        tracing::info!(
+            collection = target,
+            snapshot = name,
+            from = collection,
+            points = manifest.points,
+            "snapshot restored"
+        );
         Ok(meta)
     }
 
@@ -1484,6 +1648,188 @@ mod tests {
         let err =
             f.indexer.reindex_keywords("nope", KeywordRequest::default(), None).await.expect_err("unknown");
         assert_eq!(tonic::Status::from(err).code(), Code::NotFound);
+    }
+
+    /// Sorted `(doc_id, chunk, score)` of every query's hits: the answers of a collection,
+    /// compared across collections without depending on how ties are ordered.
+    async fn answers(indexer: &Indexer, collection: &str, exact: bool) -> Vec<Vec<(String, u32, i64)>> {
+        let mut out = Vec::new();
+        for q in ["alpha x", "omega x", "delta x", "kappa x"] {
+            for mode in [SearchMode::Dense, SearchMode::Keyword] {
+                let retrieval = Retrieval { mode, ..Retrieval::default() };
+                let (hits, _) = indexer
+                    .search(collection, vec![text(q)], options(10, exact), retrieval, None)
+                    .await
+                    .expect("search");
+                let mut v: Vec<_> = hits[0]
+                    .iter()
+                    .map(|h| (h.doc_id.clone(), h.chunk, (h.score * 1e4).round() as i64))
+                    .collect();
+                v.sort();
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// A snapshot restored under a new name has the original's settings and answers every
+    /// search (dense, keyword; HNSW and the exact engine) as the original does, also after a
+    /// restart; the snapshot outlives the collection it was taken of.
+    #[tokio::test]
+    async fn a_restored_snapshot_answers_as_the_original() {
+        for exact in [false, true] {
+            let f = fixture(exact).await;
+            let mut req = create("c", Chunking::Sentences { size: 1, overlap: 0 });
+            req.keyword = Some(KeywordRequest::default());
+            let original = f.indexer.create_collection(req, None).await.expect("create");
+            let docs = vec![
+                doc("d1", "alpha pumps need care. omega valves leak."),
+                doc("d2", "omega order shipped."),
+                doc("d3", "delta invoices are paid. alpha again."),
+                doc("d4", "kappa kappa kappa."),
+            ];
+            f.indexer.upsert("c", docs, None).await.expect("upsert");
+            let before = answers(&f.indexer, "c", exact).await;
+            // The fake's rule: the two chunks starting with "alpha" have cosine 1 with the query.
+            let ones: Vec<_> =
+                before[0].iter().filter(|h| h.2 == 10_000).map(|h| (h.0.as_str(), h.1)).collect();
+            assert_eq!(ones, [("d1", 0), ("d3", 1)], "{:?}", before[0]);
+
+            let taken = f.indexer.create_snapshot("c", Some("s1".into()), None).await.expect("snapshot");
+            assert_eq!((taken.name.as_str(), taken.collection(), taken.points), ("s1", "c", 6));
+            assert!(taken.size_bytes > 0);
+            let restored = f.indexer.restore_snapshot("c", "s1", Some("r")).await.expect("restore");
+            let mut expected = original.clone();
+            expected.store.name = "r".into();
+            assert_eq!(restored, expected, "the same settings under the new name");
+            assert_eq!(answers(&f.indexer, "r", exact).await, before, "exact={exact}");
+            assert_eq!(f.indexer.stats("r").await.expect("stats").points, 6);
+
+            // The two are independent: writes to the copy do not reach the original.
+            f.indexer.upsert("r", vec![doc("d5", "alpha more.")], None).await.expect("upsert copy");
+            assert_eq!(answers(&f.indexer, "c", exact).await, before);
+
+            // Dropped, the original comes back from its snapshot under its own name.
+            f.indexer.drop_collection("c").await.expect("drop");
+            assert_eq!(f.indexer.list_snapshots(Some("c")).await.expect("list").len(), 1);
+            f.indexer.restore_snapshot("c", "s1", None).await.expect("restore under its own name");
+            assert_eq!(answers(&f.indexer, "c", exact).await, before);
+
+            // After a restart (the journal and registry of both restores read back).
+            let Fixture { indexer, _dir: dir, .. } = f;
+            drop(indexer);
+            let store: Arc<dyn VectorStore> =
+                Arc::new(EdgeStore::new(&dir.path().join("shards")).expect("store"));
+            let registry = Registry::load(dir.path()).expect("registry");
+            let settings = exact.then_some(ExactSettings {
+                precision: ragd_exact::Precision::F32,
+                max_batch: 16,
+                max_wait: Duration::ZERO,
+            });
+            let fake = Arc::new(FakeEmbedder::default());
+            let indexer = Indexer::open(store, registry, fake, limits(), settings).await.expect("reopen");
+            assert_eq!(answers(&indexer, "c", exact).await, before, "after a restart");
+            assert_eq!(indexer.stats("r").await.expect("stats").points, 7, "the copy kept its own write");
+        }
+    }
+
+    /// Documents keep arriving (one at a time, each three chunks) while a snapshot is taken:
+    /// the snapshot holds whole documents of one moment — exactly the first m, where m is at
+    /// least what was acknowledged before the snapshot began and at most what was sent before it
+    /// ended — and no write failed.
+    #[tokio::test]
+    async fn a_snapshot_taken_during_ingest_holds_whole_documents_of_one_moment() {
+        let f = fixture(false).await;
+        f.indexer
+            .create_collection(create("c", Chunking::Sentences { size: 1, overlap: 0 }), None)
+            .await
+            .expect("create");
+        let acked = AtomicUsize::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let writer = async {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let d = doc(&format!("w{i}"), "alpha one. omega two. delta three.");
+                let out = f.indexer.upsert("c", vec![d], None).await.expect("every write succeeds");
+                assert_eq!(out.chunks, 3);
+                i += 1;
+                acked.store(i, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+            i
+        };
+        let snapshots = async {
+            // Let some documents in first.
+            while acked.load(Ordering::Relaxed) < 5 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mut taken = Vec::new();
+            for s in 0..3 {
+                let low = acked.load(Ordering::Relaxed);
+                let m = f.indexer.create_snapshot("c", Some(format!("s{s}")), None).await.expect("snapshot");
+                // One document may have been sent (not yet acknowledged) when the snapshot ended.
+                let high = acked.load(Ordering::Relaxed) + 1;
+                taken.push((m, low, high));
+            }
+            stop.store(true, Ordering::Relaxed);
+            taken
+        };
+        let (sent, taken) = tokio::join!(writer, snapshots);
+        assert!(sent >= 5);
+        for (m, low, high) in taken {
+            let target = format!("r-{}", m.name);
+            f.indexer.restore_snapshot("c", &m.name, Some(&target)).await.expect("restore");
+            let mut present = Vec::new();
+            for i in 0..sent {
+                let chunks = f.indexer.store().count_chunks(&target, &format!("w{i}")).await.expect("count");
+                assert!(chunks == 0 || chunks == 3, "w{i} has {chunks} of its 3 chunks in {}", m.name);
+                present.push(chunks == 3);
+            }
+            let count = present.iter().take_while(|p| **p).count();
+            assert!(present[count..].iter().all(|p| !p), "{}: not a prefix: {present:?}", m.name);
+            assert!((low..=high).contains(&count), "{}: {count} documents, outside {low}..={high}", m.name);
+            assert_eq!(m.points, 3 * count as u64, "the manifest counts the same moment");
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshot_mistakes_get_their_codes() {
+        let f = fixture(false).await;
+        f.indexer.create_collection(create("c", Chunking::default()), None).await.expect("create");
+        let code = |e: IndexError| tonic::Status::from(e).code();
+        let err = f.indexer.create_snapshot("nope", None, None).await.expect_err("unknown collection");
+        assert_eq!(code(err), Code::NotFound);
+        let err = f.indexer.create_snapshot("c", Some("../x".into()), None).await.expect_err("bad name");
+        assert!(matches!(err, IndexError::InvalidArgument { field: "name", .. }), "{err:?}");
+        let err = f.indexer.create_snapshot("../c", None, None).await.expect_err("bad collection");
+        assert!(matches!(err, IndexError::InvalidArgument { field: "name", .. }), "{err:?}");
+        let first = f.indexer.create_snapshot("c", None, None).await.expect("default name");
+        assert!(first.name.starts_with("c-20"), "{}", first.name);
+        let err = f.indexer.create_snapshot("c", Some(first.name.clone()), None).await.expect_err("taken");
+        assert_eq!(code(err), Code::AlreadyExists);
+        let err = f.indexer.restore_snapshot("c", &first.name, None).await.expect_err("c exists");
+        assert_eq!(code(err), Code::AlreadyExists);
+        let err = f.indexer.restore_snapshot("c", "none", Some("new")).await.expect_err("no snapshot");
+        assert_eq!(code(err), Code::NotFound);
+        let err = f.indexer.restore_snapshot("c", &first.name, Some("bad name")).await.expect_err("bad");
+        assert!(matches!(err, IndexError::InvalidArgument { field: "name", .. }), "{err:?}");
+        assert!(f.indexer.collection("new").is_err(), "nothing was created");
+        // A write in flight past the caller's deadline: DEADLINE_EXCEEDED, nothing left behind.
+        let gate = f.indexer.gate("c");
+        let write_in_flight = gate.read().await;
+        let soon = Some(Instant::now() + Duration::from_millis(20));
+        let err = f.indexer.create_snapshot("c", Some("late".into()), soon).await.expect_err("deadline");
+        assert_eq!(code(err), Code::DeadlineExceeded);
+        drop(write_in_flight);
+        let err = f.indexer.snapshot("c", "late").await.expect_err("no half snapshot");
+        assert_eq!(code(err), Code::NotFound);
+        f.indexer.create_snapshot("c", Some("late".into()), None).await.expect("the name is free");
+        f.indexer.delete_snapshot("c", &first.name).await.expect("delete");
+        let err = f.indexer.delete_snapshot("c", &first.name).await.expect_err("gone");
+        assert_eq!(code(err), Code::NotFound);
+        let names: Vec<String> =
+            f.indexer.list_snapshots(None).await.expect("list").into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["late"]);
     }
 
     /// A collection whose storage predates keyword search (registry `sparse: false`, storage

@@ -1,5 +1,5 @@
-//! Indexer client verbs: `ragd collections create|list|describe|drop`, `ragd ingest`,
-//! `ragd search`. Human-readable output by default, `--json` for scripts.
+//! Indexer client verbs: `ragd collections create|list|describe|drop`, `ragd snapshot
+//! create|list|restore|delete`, `ragd ingest`, `ragd search`. Human-readable output by default, `--json` for scripts.
 
 use std::path::PathBuf;
 
@@ -85,6 +85,94 @@ pub enum CollectionsCommand {
         #[command(flatten)]
         keyword: KeywordArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a consistent snapshot of a collection (its writes wait meanwhile; searches go on).
+    Create {
+        collection: String,
+        /// Snapshot name (default: `<collection>-<UTC time>`).
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List the snapshots of a collection, or of every collection.
+    List {
+        collection: Option<String>,
+    },
+    /// Create a collection from a snapshot.
+    Restore {
+        collection: String,
+        snapshot: String,
+        /// Name of the new collection (default: the snapshot's own, once dropped).
+        #[arg(long, default_value = "")]
+        to: String,
+    },
+    Delete {
+        collection: String,
+        snapshot: String,
+    },
+}
+
+fn snapshot_json(s: &v1::SnapshotInfo) -> Value {
+    json!({
+        "name": s.name, "collection": s.collection, "created_unix": s.created_unix,
+        "points": s.points, "size_bytes": s.size_bytes, "model": s.model, "dim": s.dim,
+        "shards": s.shards,
+    })
+}
+
+fn print_snapshot(s: &v1::SnapshotInfo, json: bool) {
+    if json {
+        println!("{}", snapshot_json(s));
+    } else {
+        println!(
+            "{}/{}: {} points, {} KiB, {} ({}-d), {} shard(s), taken at {} (unix)",
+            s.collection,
+            s.name,
+            s.points,
+            s.size_bytes / 1024,
+            s.model,
+            s.dim,
+            s.shards,
+            s.created_unix
+        );
+    }
+}
+
+pub async fn snapshots(endpoint: IndexerEndpoint, command: SnapshotCommand) -> anyhow::Result<()> {
+    let mut c = client(&endpoint).await?;
+    match command {
+        SnapshotCommand::Create { collection, name } => {
+            let r =
+                c.create_snapshot(v1::CreateSnapshotRequest { collection, name }).await.map_err(status)?;
+            print_snapshot(&r.into_inner(), endpoint.json);
+        }
+        SnapshotCommand::List { collection } => {
+            let request = v1::ListSnapshotsRequest { collection: collection.unwrap_or_default() };
+            let r = c.list_snapshots(request).await.map_err(status)?.into_inner();
+            if endpoint.json {
+                println!("{}", Value::Array(r.snapshots.iter().map(snapshot_json).collect()));
+            } else {
+                r.snapshots.iter().for_each(|s| print_snapshot(s, false));
+            }
+        }
+        SnapshotCommand::Restore { collection, snapshot, to } => {
+            let request = v1::RestoreSnapshotRequest { collection, snapshot, target: to };
+            print_info(&c.restore_snapshot(request).await.map_err(status)?.into_inner(), endpoint.json);
+        }
+        SnapshotCommand::Delete { collection, snapshot } => {
+            let request =
+                v1::DeleteSnapshotRequest { collection: collection.clone(), snapshot: snapshot.clone() };
+            c.delete_snapshot(request).await.map_err(status)?;
+            if endpoint.json {
+                println!("{}", json!({ "deleted": { "collection": collection, "snapshot": snapshot } }));
+            } else {
+                println!("deleted {collection}/{snapshot}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The keyword (BM25) index of a new collection.

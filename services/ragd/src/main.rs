@@ -70,6 +70,13 @@ enum Command {
         #[command(subcommand)]
         command: indexer_cli::CollectionsCommand,
     },
+    /// Snapshots of collections: create, list, restore (into a new name), delete.
+    Snapshot {
+        #[command(flatten)]
+        endpoint: indexer_cli::IndexerEndpoint,
+        #[command(subcommand)]
+        command: indexer_cli::SnapshotCommand,
+    },
     /// Load CSV, JSONL, text or markdown files into a collection.
     Ingest(indexer_cli::IngestArgs),
     /// Search a collection with text queries.
@@ -198,6 +205,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Models(args) => client::models(args).await,
         Command::Health(args) => client::health(args).await,
         Command::Collections { endpoint, command } => indexer_cli::collections(endpoint, command).await,
+        Command::Snapshot { endpoint, command } => indexer_cli::snapshots(endpoint, command).await,
         Command::Ingest(args) => indexer_cli::ingest(args).await,
         Command::Search(args) => indexer_cli::search(args).await,
         Command::Eval { command } => eval_cli::eval(command).await,

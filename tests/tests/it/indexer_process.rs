@@ -1,6 +1,6 @@
 //! The real binaries as separate processes: `ragd serve embedder`, `ragd serve indexer`, and the
-//! CLI verbs `collections`, `ingest` (CSV, JSONL, markdown and a corrupt file that fails alone)
-//! and `search`, talking gRPC over loopback.
+//! CLI verbs `collections`, `ingest` (CSV, JSONL, markdown and a corrupt file that fails alone),
+//! `search` and `snapshot`, talking gRPC over loopback.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use ragd_tests::wait_serving;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_ingests_files_and_searches_through_real_processes() {
+async fn cli_ingests_searches_and_snapshots_through_real_processes() {
     let env = model_env();
     let embedder = RagdProcess::serve("embedder", &[], &env);
     let data = tempfile::tempdir().expect("tempdir");
@@ -59,25 +59,52 @@ async fn cli_ingests_files_and_searches_through_real_processes() {
     assert!(failed[0]["file"].as_str().unwrap_or("").ends_with("broken.jsonl"));
     assert!(failed[0]["reason"].as_str().unwrap_or("").starts_with("line 2"), "{summary}");
 
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        ragd_cli(&[
+    let cli = |args: Vec<String>| async move {
+        let (ok, out, err) = tokio::task::spawn_blocking(move || {
+            ragd_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .expect("cli task");
+        assert!(ok, "ragd {args:?}: {err}");
+        serde_json::from_str::<Value>(out.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let search = |collection: &str| {
+        args(&[
             "search",
             "--indexer",
             &url,
             "--json",
             "--collection",
-            "docs",
+            collection,
             "--k",
-            "2",
+            "4",
             "Which city is Japan's capital?",
         ])
-    })
-    .await
-    .expect("search");
-    assert!(ok, "{err}");
-    let r: Value = serde_json::from_str(out.trim()).expect("json");
+    };
+    let r = cli(search("docs")).await;
     assert_eq!(r["hits"][0]["doc_id"], "jp", "{r}");
     assert_eq!(r["hits"][0]["metadata"]["continent"], "Asia");
+
+    // A snapshot, restored under a new name, answers the same search with the same hits.
+    let snap =
+        cli(args(&["snapshot", "--indexer", &url, "--json", "create", "docs", "--name", "first"])).await;
+    assert_eq!((snap["name"].as_str(), snap["points"].as_u64()), (Some("first"), Some(4)), "{snap}");
+    let listed = cli(args(&["snapshot", "--indexer", &url, "--json", "list"])).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let restored =
+        cli(args(&["snapshot", "--indexer", &url, "--json", "restore", "docs", "first", "--to", "copy"]))
+            .await;
+    assert_eq!(
+        (restored["name"].as_str(), restored["points"].as_u64()),
+        (Some("copy"), Some(4)),
+        "{restored}"
+    );
+    let again = cli(search("copy")).await;
+    assert_eq!(again["hits"], r["hits"], "the restored collection answers as the original");
+    cli(args(&["snapshot", "--indexer", &url, "--json", "delete", "docs", "first"])).await;
+    let listed = cli(args(&["snapshot", "--indexer", &url, "--json", "list", "docs"])).await;
+    assert_eq!(listed, Value::Array(vec![]));
     drop(indexer);
     drop(embedder);
 }

@@ -75,6 +75,10 @@ const MATRIX: &[(&str, Spec)] = &[
     ("/ragd.v1.Indexer/CreateCollection", Spec::Coll(3)),
     ("/ragd.v1.Indexer/DropCollection", Spec::Coll(3)),
     ("/ragd.v1.Indexer/ReindexKeywords", Spec::Coll(3)),
+    ("/ragd.v1.Indexer/CreateSnapshot", Spec::Coll(3)),
+    ("/ragd.v1.Indexer/RestoreSnapshot", Spec::Coll(3)),
+    ("/ragd.v1.Indexer/DeleteSnapshot", Spec::Coll(3)),
+    ("/ragd.v1.Indexer/ListSnapshots", Spec::Listing),
     ("/ragd.v1.Generator/Generate", Spec::Generate),
     ("/ragd.v1.Generator/ListBackends", Spec::Generate),
     ("/ragd.v1.Generator/Ask", Spec::Ask),
@@ -382,6 +386,28 @@ async fn call(rpc: &str, ch: &Channels, cred: Option<&str>) -> (Code, String) {
             i.reindex_keywords(req(v1::ReindexKeywordsRequest { collection: a(), keyword: None }, cred))
                 .await,
         ),
+        "/ragd.v1.Indexer/CreateSnapshot" => code(
+            i.create_snapshot(req(v1::CreateSnapshotRequest { collection: a(), name: String::new() }, cred))
+                .await,
+        ),
+        // Into "a" itself, which exists: ALREADY_EXISTS once the grants let it through.
+        "/ragd.v1.Indexer/RestoreSnapshot" => code(
+            i.restore_snapshot(req(
+                v1::RestoreSnapshotRequest { collection: a(), snapshot: "none".into(), target: a() },
+                cred,
+            ))
+            .await,
+        ),
+        "/ragd.v1.Indexer/DeleteSnapshot" => code(
+            i.delete_snapshot(req(
+                v1::DeleteSnapshotRequest { collection: a(), snapshot: "none".into() },
+                cred,
+            ))
+            .await,
+        ),
+        "/ragd.v1.Indexer/ListSnapshots" => {
+            code(i.list_snapshots(req(v1::ListSnapshotsRequest { collection: String::new() }, cred)).await)
+        }
         "/ragd.v1.Indexer/Scroll" => code(
             i.scroll(req(v1::ScrollRequest { collection: a(), limit: 2, ..Default::default() }, cred)).await,
         ),

@@ -145,3 +145,22 @@ fn version_compatibility_follows_qdrants_rule() {
     assert!(compatible("1.20.0") && compatible("1.19.3") && compatible("1.21.0") && compatible("v1.20.1"));
     assert!(!compatible("1.18.0") && !compatible("2.20.0") && !compatible("dev") && !compatible(""));
 }
+
+/// ragd's snapshots are the embedded store's: on a Qdrant cluster both calls are
+/// FAILED_PRECONDITION naming Qdrant's own snapshot API, and the collection is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_refused_with_a_pointer_to_qdrants_own() {
+    let (_server, store, _) = store().await;
+    store.create(&spec("snap", 1)).await.expect("create");
+    store.upsert("snap", &points(&vectors(2, 1))).await.expect("upsert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for err in [
+        store.snapshot("snap", dir.path()).await.expect_err("snapshot"),
+        store.restore(&spec("snap-copy", 1), dir.path()).await.expect_err("restore"),
+    ] {
+        assert!(matches!(err, IndexError::FailedPrecondition { .. }), "{err:?}");
+        assert!(err.to_string().contains("snapshots"), "{err}");
+    }
+    assert_eq!(store.stats("snap").await.expect("stats").points, 2);
+    store.drop_collection("snap").await.expect("drop");
+}

@@ -239,6 +239,19 @@ fn make_shards(dir: &Path, config: &EdgeConfig, n: u32) -> Result<Vec<EdgeShard>
         .collect()
 }
 
+/// Loads the `n` shards under `dir` (blocking).
+fn load_shards(dir: &Path, n: u32) -> Result<Vec<EdgeShard>, IndexError> {
+    (0..n)
+        .map(|i| {
+            let path = dir.join(format!("shard-{i}"));
+            let shard =
+                EdgeShard::load(&path, None).map_err(|e| store_err(format!("{}: {e}", path.display())))?;
+            ensure_payload_indexes(&shard)?;
+            Ok(shard)
+        })
+        .collect()
+}
+
 /// The incarnation file of a collection directory.
 const INCARNATION: &str = "incarnation";
 /// The journal's directory under the root (collection names cannot start with a dot).
@@ -976,16 +989,7 @@ impl VectorStore for EdgeStore {
                 std::fs::rename(&retired, &dir).map_err(|e| store_err(format!("{}: {e}", retired.display())))?;
             }
             let incarnation = read_incarnation(&dir)?;
-            let shards = (0..n)
-                .map(|i| {
-                    let path = dir.join(format!("shard-{i}"));
-                    let shard = EdgeShard::load(&path, None)
-                        .map_err(|e| store_err(format!("{}: {e}", path.display())))?;
-                    ensure_payload_indexes(&shard)?;
-                    Ok(shard)
-                })
-                .collect::<Result<Vec<_>, IndexError>>()?;
-            Ok((incarnation, shards))
+            Ok((incarnation, load_shards(&dir, n)?))
         })
         .await?;
         self.register(spec, incarnation, shards)?;
@@ -1035,6 +1039,62 @@ impl VectorStore for EdgeStore {
             );
         }
         Ok(recovery)
+    }
+
+    /// Each shard is flushed and its directory copied while its write and maintenance locks are
+    /// held (no write, flush or optimizer run changes its files meanwhile); the caller's write
+    /// gate keeps the collection's writes out between shards, so all shards are of one moment.
+    async fn snapshot(&self, collection: &str, dir: &Path) -> Result<(), IndexError> {
+        let c = self.get(collection)?;
+        let dir = dir.to_path_buf();
+        blocking(move || {
+            for (i, shard) in c.shards.iter().enumerate() {
+                let _maintenance =
+                    shard.maintenance.lock().map_err(|_| store_err("shard maintenance lock poisoned"))?;
+                let _writes = shard.writes.lock().map_err(|_| store_err("shard write lock poisoned"))?;
+                shard.engine.flush();
+                let (from, to) = (c.dir.join(format!("shard-{i}")), dir.join(format!("shard-{i}")));
+                crate::snapshot::copy_tree(&from, &to)
+                    .map_err(|e| store_err(format!("copying {} to {}: {e}", from.display(), to.display())))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The snapshot's shards are copied into the new collection's directory, which gets a new
+    /// incarnation (the journal holds nothing of it); like a create, a crash before the registry
+    /// knows the name leaves a directory the next start removes.
+    async fn restore(&self, spec: &StoreSpec, from: &Path) -> Result<(), IndexError> {
+        if self.get(&spec.name).is_ok() {
+            return Err(IndexError::CollectionExists(spec.name.clone()));
+        }
+        let (dir, root, from, n) =
+            (self.root.join(&spec.name), self.root.clone(), from.to_path_buf(), spec.shards);
+        let (incarnation, shards) = blocking(move || {
+            if let Some(i) = (0..n).find(|i| !from.join(format!("shard-{i}")).is_dir()) {
+                return Err(IndexError::failed_precondition(
+                    "snapshot",
+                    format!("the snapshot has no shard-{i} of its {n} shards"),
+                ));
+            }
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| store_err(format!("{}: {e}", dir.display())))?;
+            }
+            std::fs::create_dir(&dir).map_err(|e| store_err(format!("{}: {e}", dir.display())))?;
+            for i in 0..n {
+                let (src, dst) = (from.join(format!("shard-{i}")), dir.join(format!("shard-{i}")));
+                crate::snapshot::copy_tree(&src, &dst)
+                    .map_err(|e| store_err(format!("copying {} to {}: {e}", src.display(), dst.display())))?;
+            }
+            crate::snapshot::sync_tree(&dir).map_err(|e| store_err(format!("{}: {e}", dir.display())))?;
+            let shards = load_shards(&dir, n)?;
+            let incarnation = write_incarnation(&dir)?;
+            journal::sync_dir(&root).map_err(|e| store_err(format!("{}: {e}", root.display())))?;
+            Ok((incarnation, shards))
+        })
+        .await?;
+        self.register(spec, incarnation, shards)
     }
 
     async fn drop_collection(&self, name: &str) -> Result<(), IndexError> {

@@ -9,6 +9,7 @@ pub mod merge;
 pub mod remote;
 
 use std::fmt::Debug;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -301,6 +302,15 @@ pub struct ShardStats {
     pub segments: u64,
 }
 
+fn no_snapshots(collection: &str) -> IndexError {
+    IndexError::failed_precondition(
+        "collection",
+        format!(
+            "collection {collection:?}: this store keeps no ragd snapshots; a Qdrant cluster has its own (POST /collections/{collection}/snapshots)"
+        ),
+    )
+}
+
 /// A vector store. Implementations are cheap to share (`Arc`) and safe to call concurrently.
 #[tonic::async_trait]
 pub trait VectorStore: Send + Sync + Debug {
@@ -406,6 +416,16 @@ pub trait VectorStore: Send + Sync + Debug {
     /// malformed one is INVALID_ARGUMENT `offset`.
     async fn scroll(&self, collection: &str, _page: &ScrollPage) -> Result<ScrollOut, IndexError> {
         Err(IndexError::Store(format!("{collection}: this store cannot be scrolled")))
+    }
+    /// Copies the collection's data into `dir` (new and empty) as of the call: a snapshot. The
+    /// caller keeps the collection's writes away meanwhile. Stores without: FAILED_PRECONDITION.
+    async fn snapshot(&self, collection: &str, _dir: &Path) -> Result<(), IndexError> {
+        Err(no_snapshots(collection))
+    }
+    /// Creates collection `spec.name` from the data [`Self::snapshot`] wrote into `dir` (left
+    /// as it is). Stores without snapshots: FAILED_PRECONDITION.
+    async fn restore(&self, spec: &StoreSpec, _dir: &Path) -> Result<(), IndexError> {
+        Err(no_snapshots(&spec.name))
     }
     /// Payloads of the given chunks (score 0), None for chunks not found.
     async fn retrieve(
