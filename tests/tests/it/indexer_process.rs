@@ -60,8 +60,9 @@ async fn cli_ingests_searches_and_snapshots_through_real_processes() {
     assert!(failed[0]["reason"].as_str().unwrap_or("").starts_with("line 2"), "{summary}");
 
     let cli = |args: Vec<String>| async move {
+        let argv = args.clone();
         let (ok, out, err) = tokio::task::spawn_blocking(move || {
-            ragd_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            ragd_cli(&argv.iter().map(String::as_str).collect::<Vec<_>>())
         })
         .await
         .expect("cli task");
