@@ -1,8 +1,9 @@
 //! ragd-bench: the load generator behind the `loadgen` binary and the benches, reusable for every
 //! ragd service: N concurrent clients in a closed loop (each sends its next request when the
 //! previous answer arrives) or an open loop (requests scheduled at a fixed rate, latency measured
-//! from the scheduled time so a slow server cannot hide queueing: no coordinated omission).
-//! Latencies go into HDR histograms; the report serialises to JSON.
+//! from the scheduled time so a slow server cannot hide queueing: no coordinated omission), at a
+//! fixed rate or in a stepped ramp. Latencies go into HDR histograms; the report serialises to
+//! JSON, with a second-by-second series (throughput, error codes, latency percentiles) for plots.
 
 pub mod report;
 
@@ -26,6 +27,36 @@ pub enum Mode {
     Closed,
     /// Requests started at `rate` per second in total, at most `clients` outstanding.
     Open { rate: f64 },
+    /// An open loop whose rate starts at `start` (also during the warm-up) and moves by `step`
+    /// every `step_secs` of the measured window, up to (or down to) `end`.
+    Ramp { start: f64, end: f64, step: f64, step_secs: f64 },
+}
+
+impl Mode {
+    /// The offered rate `t` seconds into the measured window (warm-up: `t` < 0); None for a
+    /// closed loop.
+    pub fn rate_at(&self, t: f64) -> Option<f64> {
+        match *self {
+            Mode::Closed => None,
+            Mode::Open { rate } => Some(rate),
+            Mode::Ramp { start, end, step, step_secs } => {
+                let steps = (t.max(0.0) / step_secs.max(1e-3)).floor();
+                let rate = start + step * steps;
+                Some(if step >= 0.0 { rate.min(end) } else { rate.max(end) })
+            }
+        }
+    }
+
+    /// How long a ramp takes to reach its end rate and hold it for one step (None: not a ramp).
+    pub fn ramp_duration(&self) -> Option<Duration> {
+        match *self {
+            Mode::Ramp { start, end, step, step_secs } if step != 0.0 => {
+                let steps = ((end - start) / step).floor().max(0.0) + 1.0;
+                Some(Duration::from_secs_f64(steps * step_secs))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +100,34 @@ pub struct LoadReport {
     pub requests_per_sec: f64,
     pub items_per_sec: f64,
     pub latency: Latency,
+    /// Second by second, by when each request was started (closed loop) or scheduled (open):
+    /// what was offered, answered, refused, and how fast.
+    pub series: Vec<Second>,
+}
+
+/// One second of the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    /// Seconds since the measured window began.
+    pub t: u32,
+    /// The schedule's rate in this second (None: closed loop).
+    pub offered_rate: Option<f64>,
+    pub ok: u64,
+    /// Failed requests by gRPC code (and `ClientSaturated`).
+    pub errors: BTreeMap<String, u64>,
+    /// Latency of the successful requests (0 when there were none).
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One finished (or refused) request of the measured window: its second, latency, error.
+#[derive(Debug, Clone)]
+struct Event {
+    second: u32,
+    latency_us: u64,
+    error: Option<String>,
 }
 
 #[derive(Default)]
@@ -78,6 +137,7 @@ struct Tally {
     ok_late: u64,
     items: u64,
     errors: BTreeMap<String, u64>,
+    events: Vec<Event>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -86,15 +146,33 @@ fn histogram() -> Histogram<u64> {
 }
 
 impl Tally {
-    fn record(&mut self, hist: &mut Histogram<u64>, outcome: Outcome, latency: Duration) {
-        match outcome {
+    /// Records a request started (or scheduled) `since` after the measured window began.
+    fn record(&mut self, hist: &mut Histogram<u64>, outcome: Outcome, latency: Duration, since: Duration) {
+        let latency_us = latency.as_micros().max(1) as u64;
+        let error = match outcome {
             Ok(items) => {
                 self.ok += 1;
                 self.items += items;
-                hist.saturating_record(latency.as_micros().max(1) as u64);
+                hist.saturating_record(latency_us);
+                None
             }
-            Err(s) => *self.errors.entry(format!("{:?}", s.code())).or_default() += 1,
-        }
+            Err(s) => {
+                let code = format!("{:?}", s.code());
+                *self.errors.entry(code.clone()).or_default() += 1;
+                Some(code)
+            }
+        };
+        self.events.push(Event { second: since.as_secs() as u32, latency_us, error });
+    }
+
+    /// A request the open loop could not send (every client busy).
+    fn saturated(&mut self, since: Duration) {
+        *self.errors.entry(SATURATED.into()).or_default() += 1;
+        self.events.push(Event {
+            second: since.as_secs() as u32,
+            latency_us: 0,
+            error: Some(SATURATED.into()),
+        });
     }
 
     fn merge(&mut self, other: Tally) {
@@ -105,7 +183,48 @@ impl Tally {
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
         }
+        self.events.extend(other.events);
     }
+}
+
+/// The error key of a request an open loop did not send because every client was busy.
+const SATURATED: &str = "ClientSaturated";
+
+/// The second-by-second series of a window of `seconds` (every second listed, empty ones too).
+fn series(events: &[Event], seconds: f64, mode: Mode) -> Vec<Second> {
+    let n = seconds.ceil().max(1.0) as usize;
+    // Two significant digits: 1 % resolution is plenty for a plot, and 1/10 of the memory.
+    let hist = || {
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 2)
+            .unwrap_or_else(|_| unreachable!("constant bounds"))
+    };
+    let mut buckets: Vec<(u64, BTreeMap<String, u64>, Histogram<u64>)> =
+        (0..n).map(|_| (0, BTreeMap::new(), hist())).collect();
+    for e in events {
+        let Some((ok, errors, h)) = buckets.get_mut(e.second as usize) else { continue };
+        match &e.error {
+            None => {
+                *ok += 1;
+                h.saturating_record(e.latency_us);
+            }
+            Some(code) => *errors.entry(code.clone()).or_default() += 1,
+        }
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    buckets
+        .into_iter()
+        .enumerate()
+        .map(|(t, (ok, errors, h))| Second {
+            t: t as u32,
+            offered_rate: mode.rate_at(t as f64),
+            ok,
+            errors,
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        })
+        .collect()
 }
 
 /// Runs `request(i)` under `config` and reports what was measured after the warm-up.
@@ -117,17 +236,23 @@ where
     let start = Instant::now();
     let measure_from = start + config.warmup;
     let end = measure_from + config.duration;
-    let (tally, hist) = match config.mode {
+    let (mut tally, hist) = match config.mode {
         Mode::Closed => closed(config.clients, measure_from, end, request).await,
-        Mode::Open { rate } => open(config.clients, rate, measure_from, end, request).await,
+        Mode::Open { .. } | Mode::Ramp { .. } => {
+            open(config.clients, config.mode, measure_from, end, request).await
+        }
     };
     let seconds = config.duration.as_secs_f64();
+    let series = series(&std::mem::take(&mut tally.events), seconds, config.mode);
     let ms = |us: u64| us as f64 / 1000.0;
     LoadReport {
         clients: config.clients,
         mode: match config.mode {
             Mode::Closed => "closed".into(),
             Mode::Open { rate } => format!("open@{rate}/s"),
+            Mode::Ramp { start, end, step, step_secs } => {
+                format!("ramp {start}→{end}/s by {step} every {step_secs} s")
+            }
         },
         seconds,
         requests_offered: tally.offered,
@@ -144,6 +269,7 @@ where
             p99_ms: ms(hist.value_at_quantile(0.99)),
             max_ms: ms(hist.max()),
         },
+        series,
     }
 }
 
@@ -175,7 +301,7 @@ where
                     let t1 = Instant::now();
                     // Count requests that started in the measured window and finished within it.
                     if t0 >= measure_from && t1 <= end {
-                        tally.record(&mut hist, outcome, t1 - t0);
+                        tally.record(&mut hist, outcome, t1 - t0, t0 - measure_from);
                     }
                     i += clients as u64;
                 }
@@ -186,9 +312,54 @@ where
     gather(tasks).await
 }
 
+/// An open loop's schedule: request times in seconds from the start of the measured window
+/// (negative in the warm-up). The run is cut into segments — the warm-up, then each step of a
+/// ramp (a fixed rate is one step without end) — and within a segment the requests are 1/rate
+/// apart from its start, so each segment holds exactly rate × length requests, with no drift
+/// from summing intervals.
+struct Schedule {
+    mode: Mode,
+    warmup: f64,
+    /// The segment: -1 the warm-up, then the steps 0, 1, ...
+    segment: i64,
+    /// The next request's index within its segment.
+    j: u64,
+}
+
+impl Schedule {
+    fn new(mode: Mode, warmup: Duration) -> Self {
+        let warmup = warmup.as_secs_f64();
+        Self { mode, warmup, segment: if warmup > 0.0 { -1 } else { 0 }, j: 0 }
+    }
+
+    /// Start and end of the current segment.
+    fn bounds(&self) -> (f64, f64) {
+        match (self.segment, self.mode) {
+            (k, _) if k < 0 => (-self.warmup, 0.0),
+            (k, Mode::Ramp { step_secs, .. }) => (k as f64 * step_secs, (k + 1) as f64 * step_secs),
+            _ => (0.0, f64::INFINITY),
+        }
+    }
+
+    fn next_at(&mut self) -> f64 {
+        loop {
+            let (start, end) = self.bounds();
+            let rate =
+                self.mode.rate_at(if self.segment < 0 { -1.0 } else { start }).unwrap_or(1.0).max(1e-3);
+            let at = start + self.j as f64 / rate;
+            if at < end {
+                self.j += 1;
+                return at;
+            }
+            self.segment += 1;
+            self.j = 0;
+        }
+    }
+}
+
 async fn open<F, Fut>(
     clients: usize,
-    rate: f64,
+    mode: Mode,
     measure_from: Instant,
     end: Instant,
     request: F,
@@ -197,24 +368,31 @@ where
     F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
     let slots = Arc::new(Semaphore::new(clients.max(1)));
     let mut tasks = Vec::new();
     let mut dropped = Tally::default();
-    let begin = Instant::now();
+    let mut schedule = Schedule::new(mode, measure_from.saturating_duration_since(Instant::now()));
+    let offset = |secs: f64| {
+        if secs >= 0.0 {
+            measure_from + Duration::from_secs_f64(secs)
+        } else {
+            measure_from.checked_sub(Duration::from_secs_f64(-secs)).unwrap_or(measure_from)
+        }
+    };
     for i in 0u64.. {
-        let scheduled = begin + interval.mul_f64(i as f64);
+        let scheduled = offset(schedule.next_at());
         if scheduled >= end {
             break;
         }
         tokio::time::sleep_until(scheduled.into()).await;
+        let since = scheduled.saturating_duration_since(measure_from);
         if scheduled >= measure_from {
             dropped.offered += 1;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Every client busy: the request is not sent; report it, do not wait.
             if scheduled >= measure_from {
-                *dropped.errors.entry("ClientSaturated".into()).or_default() += 1;
+                dropped.saturated(since);
             }
             continue;
         };
@@ -225,17 +403,17 @@ where
             let outcome = request(i).await;
             let done = Instant::now();
             drop(permit);
-            (scheduled >= measure_from).then(|| (outcome, done - scheduled, done > end))
+            (scheduled >= measure_from).then(|| (outcome, done - scheduled, done > end, since))
         }));
     }
     let (mut tally, mut hist) = (dropped, histogram());
     for t in tasks {
         match t.await {
-            Ok(Some((outcome, latency, late))) => {
+            Ok(Some((outcome, latency, late, since))) => {
                 if late && outcome.is_ok() {
                     tally.ok_late += 1;
                 }
-                tally.record(&mut hist, outcome, latency);
+                tally.record(&mut hist, outcome, latency, since);
             }
             Ok(None) => {}
             Err(e) => *tally.errors.entry(format!("task failed: {e}")).or_default() += 1,
@@ -512,6 +690,46 @@ mod tests {
         // 200/s for 0.5 s: exactly 100 requests scheduled, however slow the machine.
         assert_eq!(r.requests_offered, 100);
         assert!(r.requests_ok + r.requests_failed <= 100 && r.requests_ok > 0);
+    }
+
+    /// A ramp 20 → 60/s by 20 every second: exactly 20, 40 and 60 requests scheduled in its
+    /// three seconds (by schedule, however slow the machine), the series says so second by
+    /// second, and errors land in the second of their request.
+    #[tokio::test]
+    async fn a_stepped_ramp_offers_each_steps_rate_and_the_series_shows_it() {
+        let mode = Mode::Ramp { start: 20.0, end: 60.0, step: 20.0, step_secs: 1.0 };
+        assert_eq!(mode.ramp_duration(), Some(Duration::from_secs(3)));
+        let cfg =
+            LoadConfig { clients: 1000, mode, duration: Duration::from_secs(3), warmup: Duration::ZERO };
+        let r = run(&cfg, |i| async move {
+            if i % 4 == 0 { Err(tonic::Status::resource_exhausted("x")) } else { Ok(1) }
+        })
+        .await;
+        assert_eq!(r.requests_offered, 120);
+        let per_second: Vec<u64> = r.series.iter().map(|s| s.ok + s.errors.values().sum::<u64>()).collect();
+        assert_eq!(per_second, [20, 40, 60]);
+        let rates: Vec<Option<f64>> = r.series.iter().map(|s| s.offered_rate).collect();
+        assert_eq!(rates, [Some(20.0), Some(40.0), Some(60.0)]);
+        // Request i fails when i % 4 == 0: 5 of the first 20, 10 of the next 40, 15 of 60.
+        let refused: Vec<u64> =
+            r.series.iter().map(|s| s.errors.get("ResourceExhausted").copied().unwrap_or(0)).collect();
+        assert_eq!(refused, [5, 10, 15]);
+        assert!(r.series.iter().all(|s| s.p99_ms >= s.p50_ms));
+    }
+
+    #[test]
+    fn ramp_rates_step_and_stop_at_the_end_rate() {
+        let up = Mode::Ramp { start: 50.0, end: 120.0, step: 50.0, step_secs: 10.0 };
+        let at = |t: f64| up.rate_at(t).expect("open");
+        assert_eq!(
+            (at(-3.0), at(0.0), at(9.9), at(10.0), at(25.0), at(99.0)),
+            (50.0, 50.0, 50.0, 100.0, 120.0, 120.0)
+        );
+        assert_eq!(up.ramp_duration(), Some(Duration::from_secs(20)));
+        let down = Mode::Ramp { start: 100.0, end: 40.0, step: -30.0, step_secs: 1.0 };
+        assert_eq!((down.rate_at(1.0), down.rate_at(5.0)), (Some(70.0), Some(40.0)));
+        assert_eq!(down.ramp_duration(), Some(Duration::from_secs(3)));
+        assert_eq!(Mode::Closed.rate_at(1.0), None);
     }
 
     #[test]

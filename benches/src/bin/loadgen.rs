@@ -3,6 +3,7 @@
 //!
 //!   loadgen embed --endpoint http://127.0.0.1:50051 --clients 32 --duration-secs 20
 //!   loadgen embed --mode open --rate 200 --clients 64 --texts-per-request 4
+//!   loadgen embed --ramp 20:200:20 --step-secs 10 --clients 256   # stepped open-loop ramp
 //!   loadgen search --endpoint http://127.0.0.1:50052 --collection docs --k 5 --clients 8
 
 use std::time::Duration;
@@ -45,6 +46,14 @@ struct Common {
     /// Requests per second in total (open loop).
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
+    /// A stepped open-loop ramp `START:END:STEP` (requests per second): the rate starts at START
+    /// and moves by STEP every `--step-secs` until END, held for one step; the measured window
+    /// is the ramp's length (`--duration-secs` is ignored). The report's `series` shows each
+    /// second: offered rate, answers, error codes, latency percentiles.
+    #[arg(long, value_parser = parse_ramp)]
+    ramp: Option<(f64, f64, f64)>,
+    #[arg(long, default_value_t = 10.0)]
+    step_secs: f64,
     #[arg(long, default_value_t = 20.0)]
     duration_secs: f64,
     #[arg(long, default_value_t = 3.0)]
@@ -92,15 +101,31 @@ struct SearchArgs {
     exact: bool,
 }
 
+/// `START:END:STEP`, each a positive number of requests per second (STEP non-zero).
+fn parse_ramp(s: &str) -> Result<(f64, f64, f64), String> {
+    let parts: Vec<f64> = s
+        .split(':')
+        .map(|p| p.trim().parse::<f64>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match parts[..] {
+        [start, end, step] if start > 0.0 && end > 0.0 && step != 0.0 && (end - start) * step >= 0.0 => {
+            Ok((start, end, step))
+        }
+        _ => Err(format!("{s:?}: want START:END:STEP, rates > 0, STEP non-zero and towards END")),
+    }
+}
+
 impl Common {
     fn load_config(&self) -> LoadConfig {
+        let mode = match (self.ramp, self.mode) {
+            (Some((start, end, step)), _) => Mode::Ramp { start, end, step, step_secs: self.step_secs },
+            (None, LoopKind::Closed) => Mode::Closed,
+            (None, LoopKind::Open) => Mode::Open { rate: self.rate },
+        };
         LoadConfig {
             clients: self.clients,
-            mode: match self.mode {
-                LoopKind::Closed => Mode::Closed,
-                LoopKind::Open => Mode::Open { rate: self.rate },
-            },
-            duration: Duration::from_secs_f64(self.duration_secs),
+            mode,
+            duration: mode.ramp_duration().unwrap_or(Duration::from_secs_f64(self.duration_secs)),
             warmup: Duration::from_secs_f64(self.warmup_secs),
         }
     }
@@ -212,4 +237,18 @@ where
         rpc(request)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ramp;
+
+    #[test]
+    fn ramps_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_ramp("20:200:20"), Ok((20.0, 200.0, 20.0)));
+        assert_eq!(parse_ramp("200:50:-50"), Ok((200.0, 50.0, -50.0)));
+        for bad in ["20:200", "20:200:0", "0:10:1", "20:200:-5", "a:1:1"] {
+            assert!(parse_ramp(bad).is_err(), "{bad}");
+        }
+    }
 }
