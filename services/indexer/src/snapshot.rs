@@ -241,12 +241,17 @@ impl Snapshots {
 
 /// Bytes of the files under `dir` (lengths, not blocks).
 fn disk_bytes(dir: &Path) -> u64 {
+    sum_files(dir, &std::fs::Metadata::len)
+}
+
+/// `per_file` summed over every file under `dir` (unreadable entries count 0).
+pub fn sum_files(dir: &Path, per_file: &dyn Fn(&std::fs::Metadata) -> u64) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
         .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
-            Ok(m) => m.len(),
+            Ok(m) if m.is_dir() => sum_files(&e.path(), per_file),
+            Ok(m) => per_file(&m),
             Err(_) => 0,
         })
         .sum()

@@ -931,15 +931,7 @@ fn ensure_payload_indexes(shard: &EdgeShard) -> Result<(), IndexError> {
 /// Real disk usage (allocated blocks: the WAL preallocates sparse 32 MiB segments).
 fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_usage(&e.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
+    crate::snapshot::sum_files(dir, &|m| m.blocks() * 512)
 }
 
 #[tonic::async_trait]
