@@ -211,25 +211,25 @@ impl Drop for Creating<'_> {
     }
 }
 
-/// Runs file-system work on the blocking pool.
+/// Runs blocking work on the blocking pool: file-system work (snapshots), and updates of the
+/// exact mirror (they take the mirror's write lock, which waits for a running batch search).
+/// `what` names it if the task dies.
+async fn on_blocking_pool<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| IndexError::Store(format!("{what}: {e}")))?
+}
+
+/// Snapshot file-system work on the blocking pool.
 async fn on_disk<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, IndexError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| IndexError::Store(format!("snapshot task: {e}")))?
+    on_blocking_pool("snapshot task", f).await
 }
 
 fn embedder_err(s: tonic::Status) -> IndexError {
     IndexError::Embedder(s)
-}
-
-/// Runs an update of the exact mirror on the blocking pool (it takes the mirror's write lock,
-/// which waits for a running batch search to finish).
-async fn mirror_update(
-    f: impl FnOnce() -> Result<(), IndexError> + Send + 'static,
-) -> Result<(), IndexError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| IndexError::Store(format!("exact mirror update: {e}")))?
 }
 
 impl Indexer {
@@ -711,7 +711,7 @@ impl Indexer {
             self.store.write(collection, batch.clone()).await?;
             // The mirror's write lock waits out a running search batch: off the async workers.
             let (exact, name) = (exact.clone(), collection.to_string());
-            mirror_update(move || {
+            on_blocking_pool("exact mirror update", move || {
                 exact.add(&name, &batch.upserts)?;
                 exact.remove_from(&name, &batch.delete_chunks_from)
             })
@@ -815,7 +815,7 @@ impl Indexer {
         self.store.write(collection, batch).await?;
         if let Some(exact) = &self.exact {
             let (exact, name, ids) = (exact.clone(), collection.to_string(), ids.to_vec());
-            mirror_update(move || exact.remove_documents(&name, &ids)).await?;
+            on_blocking_pool("exact mirror update", move || exact.remove_documents(&name, &ids)).await?;
         }
         if let Ok(mut s) = self.statuses.lock() {
             for id in ids {
