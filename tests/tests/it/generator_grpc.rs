@@ -333,3 +333,44 @@ async fn cancellation_frees_the_slot_overload_and_deadlines() {
     }
     generator.stop().await.expect("stop generator");
 }
+
+/// Dropping the embedded backend stops its engine thread before the drop returns: a generation
+/// still running ends with UNAVAILABLE (shutting down) and its stream is closed, instead of
+/// decoding on. (A process that exited while the engine was inside `llama_decode` ran ggml's and
+/// ONNX Runtime's C++ static destructors under it: `ragd up` ended with SIGSEGV now and then.)
+#[test]
+fn dropping_the_embedded_backend_joins_its_engine() {
+    use ragd_generator::backend::{Event, GenerationRequest, Input, Sampling};
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    let config =
+        GeneratorConfig { llm_parallel: 1, llm_context: 1536, ..generator_config("http://127.0.0.1:9") };
+    let mut backends = ragd_generator::load_backends(&config).expect("load the GGUF");
+    assert_eq!(backends.len(), 1, "only the embedded backend is configured");
+    let llama = backends.remove(0);
+    let mut events = llama
+        .generate(GenerationRequest {
+            input: Input::Text("1, 2, 3, 4, 5, 6, 7, 8, 9, 10,".into()),
+            sampling: Sampling { max_tokens: 1000, ..Default::default() },
+            deadline: None,
+        })
+        .expect("generate");
+    match events.blocking_recv() {
+        Some(Ok(Event::Delta(_))) => {} // the engine is decoding now
+        other => panic!("expected a first delta, got {other:?}"),
+    }
+    drop(llama);
+    // The engine thread has returned: everything it sent is queued and the channel is closed.
+    let mut last = None;
+    loop {
+        match events.try_recv() {
+            Ok(event) => last = Some(event),
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => panic!("the engine still runs after its backend was dropped"),
+        }
+    }
+    match last {
+        Some(Err(e)) => assert_eq!(tonic::Status::from(e).code(), Code::Unavailable),
+        other => panic!("expected the generation to end with UNAVAILABLE, got {other:?}"),
+    }
+}

@@ -7,10 +7,16 @@
 //! weights. A sequence ends on an end-of-generation token, a stop sequence, `max_tokens`, its
 //! context window, its deadline, or when its receiver is dropped (the client went away); its KV
 //! cells are freed at once and the next queued request takes the slot.
+//!
+//! Dropping the backend stops the engine and joins its thread: the running sequences end with
+//! UNAVAILABLE (shutting down) after at most the decode step in progress. The join is what makes
+//! a stop safe: a process that exits while the engine thread is inside `llama_decode` has its C++
+//! static destructors (ggml's, ONNX Runtime's) run under that thread, which crashed `ragd up`'s
+//! exit now and then with SIGSEGV.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
 use std::time::Instant;
 
@@ -70,8 +76,13 @@ pub struct LlamaBackend {
     info: BackendInfo,
     model: Arc<LlamaModel>,
     template: Option<String>,
-    jobs: std_mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    jobs: Option<std_mpsc::Sender<Job>>,
     stats: Arc<BackendStats>,
+    /// Set when the backend is dropped: the engine ends its sequences and returns.
+    stop: Arc<AtomicBool>,
+    /// The engine thread, joined on drop (`None` once joined).
+    engine: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LlamaBackend {
@@ -100,8 +111,9 @@ impl LlamaBackend {
         };
         let (jobs, rx) = std_mpsc::channel();
         let stats = Arc::new(BackendStats::default());
-        let engine = Engine::new(model.clone(), settings, context, stats.clone());
-        std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = Engine::new(model.clone(), settings, context, stats.clone(), stop.clone());
+        let engine = std::thread::Builder::new()
             .name("llama-engine".into())
             .spawn(move || engine.run(rx))
             .map_err(|e| GenError::Model(format!("engine thread: {e}")))?;
@@ -109,7 +121,7 @@ impl LlamaBackend {
             model = %info.model, context, parallel = settings.parallel, threads = settings.threads,
             chat_template = template.is_some(), "embedded language model loaded"
         );
-        Ok(Self { info, model, template, jobs, stats })
+        Ok(Self { info, model, template, jobs: Some(jobs), stats, stop, engine: Some(engine) })
     }
 
     fn render(&self, input: &Input) -> Result<String, GenError> {
@@ -169,10 +181,27 @@ impl LanguageModel for LlamaBackend {
         }
         super::check_fits(tokens.len(), request.sampling.max_tokens, self.info.context_window)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.jobs
-            .send(Job { tokens, request, events: tx })
+        let jobs = self.jobs.as_ref().ok_or(GenError::ShuttingDown)?;
+        jobs.send(Job { tokens, request, events: tx })
             .map_err(|_| GenError::Model("the engine thread stopped".into()))?;
         Ok(rx)
+    }
+}
+
+impl Drop for LlamaBackend {
+    /// Stops the engine and waits for its thread: at most the decode step in progress (tens of
+    /// milliseconds for the models this runs). Blocking here is deliberate: a process must not
+    /// exit while llama.cpp is still computing on another thread.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Closing the channel wakes an engine that waits for work with nothing running.
+        drop(self.jobs.take());
+        if let Some(engine) = self.engine.take()
+            && engine.join().is_err()
+        {
+            tracing::error!("the llama.cpp engine thread panicked");
+        }
+        tracing::debug!(backend = %self.info.name, "embedded language model stopped");
     }
 }
 
@@ -253,10 +282,17 @@ struct Engine {
     batch: usize,
     context: usize,
     stats: Arc<BackendStats>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Engine {
-    fn new(model: Arc<LlamaModel>, s: &LlamaSettings, context: usize, stats: Arc<BackendStats>) -> Self {
+    fn new(
+        model: Arc<LlamaModel>,
+        s: &LlamaSettings,
+        context: usize,
+        stats: Arc<BackendStats>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             model,
             parallel: s.parallel,
@@ -264,11 +300,13 @@ impl Engine {
             batch: s.batch.max(s.parallel),
             context,
             stats,
+            stop,
         }
     }
 
     /// The engine thread: admit jobs into free sequences, drop the abandoned ones, decode one
-    /// step for all of them, sample, retire the finished ones; until the backend is dropped.
+    /// step for all of them, sample, retire the finished ones; until the backend is dropped
+    /// (then the running sequences end with UNAVAILABLE, shutting down).
     fn run(self, jobs: std_mpsc::Receiver<Job>) {
         let Ok(rt) = runtime() else { return };
         let total = (self.context * self.parallel) as u32;
@@ -293,6 +331,14 @@ impl Engine {
         let mut batch = LlamaBatch::new(self.batch, self.parallel as i32);
         let mut slots: Vec<Slot> = Vec::new();
         while self.admit(&jobs, &mut slots) {
+            if self.stop.load(Ordering::SeqCst) {
+                for s in slots.drain(..) {
+                    s.send(Err(GenError::ShuttingDown));
+                    free(&mut ctx, s.seq);
+                }
+                self.stats.active.store(0, Ordering::SeqCst);
+                break;
+            }
             self.drop_abandoned(&mut ctx, &mut slots);
             if slots.is_empty() {
                 continue;
