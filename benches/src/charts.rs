@@ -37,10 +37,7 @@ pub fn report_charts(dir: &Path, name: &str, report: &LoadReport) -> Result<Vec<
         written.extend(lines(
             &dir.join(format!("{name}-latency")),
             &Lines {
-                title: &format!(
-                    "{name}: latency of the answered requests, second by second ({})",
-                    report.mode
-                ),
+                title: &format!("{name}: latency of the answered requests ({})", report.mode),
                 x_label: "seconds into the measured window (by scheduled start)",
                 y_label: "latency (ms)",
                 lines: &latency,
@@ -65,7 +62,7 @@ pub fn report_charts(dir: &Path, name: &str, report: &LoadReport) -> Result<Vec<
     written.extend(lines(
         &dir.join(format!("{name}-throughput")),
         &Lines {
-            title: &format!("{name}: requests per second, by outcome ({})", report.mode),
+            title: &format!("{name}: requests/s by outcome ({})", report.mode),
             x_label: "seconds into the measured window (by scheduled start)",
             y_label: "requests / s",
             lines: &flows,

@@ -117,6 +117,13 @@ pub struct Percentile {
     pub ms: f64,
 }
 
+/// A rate or a length for people: at most two decimals, trailing zeros dropped (56.4, not
+/// 56.400000000000006).
+fn short(x: f64) -> String {
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// The HDR percentile distribution of `hist` (milliseconds): 1 − 10^(−k/5) for k = 0..=20, i.e.
 /// p0, p36.9, p60.2, … p90, … p99, … p99.99.
 fn percentiles(hist: &Histogram<u64>) -> Vec<Percentile> {
@@ -275,10 +282,14 @@ where
         clients: config.clients,
         mode: match config.mode {
             Mode::Closed => "closed".into(),
-            Mode::Open { rate } => format!("open@{rate}/s"),
-            Mode::Ramp { start, end, step, step_secs } => {
-                format!("ramp {start}→{end}/s by {step} every {step_secs} s")
-            }
+            Mode::Open { rate } => format!("open@{}/s", short(rate)),
+            Mode::Ramp { start, end, step, step_secs } => format!(
+                "ramp {}→{}/s by {} every {} s",
+                short(start),
+                short(end),
+                short(step),
+                short(step_secs)
+            ),
         },
         seconds,
         requests_offered: tally.offered,

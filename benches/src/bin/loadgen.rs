@@ -122,8 +122,14 @@ struct SearchArgs {
     /// queries/s against recall (`<plot>/search-recall-qps`).
     #[arg(long, value_delimiter = ',')]
     sweep_ef: Vec<u32>,
+    /// Queries of the recall measurement (the first of the load's 1024).
     #[arg(long, default_value_t = 100)]
     recall_queries: usize,
+    /// Embed the query texts once with this embedder (its default model: the collection's when
+    /// it was created with the default) and search with the vectors, so that the load measures
+    /// the index rather than the indexer's query embedding.
+    #[arg(long)]
+    query_embedder: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -224,7 +230,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Target::Search(args) if !args.sweep_ef.is_empty() => sweep(&args).await?,
         Target::Search(args) => {
-            let report = search(&args, args.hnsw_ef, args.exact, args.common.load_config()).await?;
+            let queries = Arc::new(queries(&args, 1024).await?);
+            let report = search(&args, args.hnsw_ef, args.exact, args.common.load_config(), queries).await?;
             plot(args.common.plot.as_deref(), "search", &report)?;
             serde_json::to_value(report)?
         }
@@ -255,10 +262,16 @@ fn indexer_clients(channels: Vec<Upstream>) -> Vec<v1::indexer_client::IndexerCl
         .collect()
 }
 
-fn search_request(collection: &str, query: String, k: u32, hnsw_ef: u32, exact: bool) -> v1::SearchRequest {
+fn search_request(
+    collection: &str,
+    query: v1::Query,
+    k: u32,
+    hnsw_ef: u32,
+    exact: bool,
+) -> v1::SearchRequest {
     v1::SearchRequest {
         collection: collection.to_string(),
-        queries: vec![v1::Query { query: Some(v1::query::Query::Text(query)) }],
+        queries: vec![query],
         k,
         exact,
         hnsw_ef,
@@ -266,15 +279,35 @@ fn search_request(collection: &str, query: String, k: u32, hnsw_ef: u32, exact: 
     }
 }
 
+/// `n` of loadgen's query texts: as text, or as vectors embedded once by `--query-embedder`.
+async fn queries(args: &SearchArgs, n: usize) -> anyhow::Result<Vec<v1::Query>> {
+    let texts = sample_texts(n, args.words);
+    let Some(url) = &args.query_embedder else {
+        return Ok(texts.into_iter().map(|t| v1::Query { query: Some(v1::query::Query::Text(t)) }).collect());
+    };
+    let channel = channels(url, &args.common.caller, 1).await?.remove(0);
+    let mut embedder = EmbedderClient::new(channel).max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
+    let mut out = Vec::with_capacity(n);
+    for batch in texts.chunks(64) {
+        let r = embedder.embed(v1::EmbedRequest { texts: batch.to_vec(), ..Default::default() }).await?;
+        out.extend(
+            r.into_inner().embeddings.into_iter().map(|e| v1::Query {
+                query: Some(v1::query::Query::Vector(v1::Vector { values: e.values })),
+            }),
+        );
+    }
+    Ok(out)
+}
+
 async fn search(
     args: &SearchArgs,
     hnsw_ef: u32,
     exact: bool,
     config: LoadConfig,
+    queries: Arc<Vec<v1::Query>>,
 ) -> anyhow::Result<LoadReport> {
     let c = &args.common;
     let clients = indexer_clients(c.channels().await?);
-    let queries = Arc::new(sample_texts(1024, args.words));
     let (collection, k, timeout, tries) =
         (args.collection.clone(), args.k, Duration::from_millis(c.timeout_ms), c.tries);
     Ok(run(&config, move |i| {
@@ -307,7 +340,8 @@ async fn hit_ids(
 async fn sweep(args: &SearchArgs) -> anyhow::Result<serde_json::Value> {
     let c = &args.common;
     let mut client = indexer_clients(c.channels().await?).remove(0);
-    let queries = sample_texts(args.recall_queries.max(1), args.words);
+    let load_queries = Arc::new(queries(args, 1024).await?);
+    let queries = load_queries[..args.recall_queries.clamp(1, 1024)].to_vec();
     let mut truth = Vec::new();
     for q in &queries {
         truth.push(hit_ids(&mut client, search_request(&args.collection, q.clone(), args.k, 0, true)).await?);
@@ -324,7 +358,7 @@ async fn sweep(args: &SearchArgs) -> anyhow::Result<serde_json::Value> {
             wanted += t.len();
         }
         let recall = if wanted == 0 { 1.0 } else { found as f64 / wanted as f64 };
-        let report = search(args, ef, exact, c.load_config()).await?;
+        let report = search(args, ef, exact, c.load_config(), load_queries.clone()).await?;
         eprintln!(
             "loadgen: hnsw_ef {ef}: recall@{} {recall:.4}, {:.1} queries/s",
             args.k, report.requests_per_sec
@@ -426,7 +460,9 @@ async fn mixed(args: &MixedArgs) -> anyhow::Result<serde_json::Value> {
             let mut client = clients[i as usize % clients.len()].clone();
             let mut request = tonic::Request::new(search_request(
                 &collection,
-                questions[i as usize % questions.len()].clone(),
+                v1::Query {
+                    query: Some(v1::query::Query::Text(questions[i as usize % questions.len()].clone())),
+                },
                 5,
                 0,
                 false,

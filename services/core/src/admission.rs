@@ -18,13 +18,17 @@
 //! (Nichols & Jacobson, 2012) and as gRPC's own advice to bound queue delay rather than queue
 //! length, applied at admission, where refusing is still cheap.
 //!
-//! Two estimators of the service rate:
+//! Three estimators of the service rate:
 //! - [`UnitCost`]: the cost of one unit of work on one server, measured where the work runs
-//!   exclusively (an inference batch on a worker, a token step of a generation slot);
+//!   exclusively (a token step of a generation slot);
+//! - [`BatchCost`]: the cost of a batch on one server as a fixed part per batch plus a part per
+//!   unit, fitted to the batches run (an inference batch on an embedder worker, whose one-text
+//!   query batches cost far more per token than full ingest batches);
 //! - [`Throughput`]: completions per second of a pool whose requests share the cores (processor
 //!   sharing, like the indexer's searches), by Little's law from each request's latency and the
 //!   requests it shared the cores with.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -97,6 +101,116 @@ impl UnitCost {
     pub fn service_time(&self, units: usize) -> Duration {
         let per = f64::from_bits(self.ns_per_unit.load(Ordering::Relaxed));
         duration_ns(per * units as f64)
+    }
+}
+
+/// How much each earlier batch's weight in the [`BatchCost`] fit keeps per newer batch (a memory
+/// of about 50 batches).
+const FORGET: f64 = 0.98;
+
+/// The measured cost of a batch on one of `servers` servers that each run one batch at a time:
+/// `per_batch + units × per_unit`, a least-squares line through the recent batches (exponential
+/// forgetting), so that one-text query batches (mostly the fixed part) and full ingest batches
+/// (mostly the per-unit part) are both estimated right. A single per-unit mean over both mixes
+/// them: after a run of queries it priced an 8-text ingest batch ahead at 255 ms instead of
+/// ≈ 80 ms, and refused searches on an embedder with room to spare.
+///
+/// Until batches of different sizes have been seen, the fit cannot tell the two parts apart and
+/// the cost is proportional (`per_batch` 0), which is exact for the sizes seen.
+#[derive(Debug)]
+pub struct BatchCost {
+    fit: Mutex<AffineFit>,
+    servers: usize,
+    /// Units one batch holds at most: the work ahead runs as this many units per batch.
+    batch_units: usize,
+}
+
+/// Exponentially weighted sums of (units, ns) and the line fitted to them.
+#[derive(Debug, Clone, Copy)]
+struct AffineFit {
+    w: f64,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+    per_batch_ns: f64,
+    per_unit_ns: f64,
+}
+
+impl AffineFit {
+    fn add(&mut self, x: f64, y: f64) {
+        self.w = self.w * FORGET + 1.0;
+        self.x = self.x * FORGET + x;
+        self.y = self.y * FORGET + y;
+        self.xx = self.xx * FORGET + x * x;
+        self.xy = self.xy * FORGET + x * y;
+        let (mx, my) = (self.x / self.w, self.y / self.w);
+        let var = self.xx / self.w - mx * mx;
+        // Sizes that vary by less than ~5 % cannot separate the two parts.
+        if var > (0.05 * mx).powi(2) {
+            let slope = (self.xy / self.w - mx * my) / var;
+            let intercept = my - slope * mx;
+            if slope > 0.0 && intercept >= 0.0 {
+                (self.per_batch_ns, self.per_unit_ns) = (intercept, slope);
+                return;
+            }
+        }
+        (self.per_batch_ns, self.per_unit_ns) = (0.0, self.y / self.x.max(f64::MIN_POSITIVE));
+    }
+}
+
+impl BatchCost {
+    /// Starts from `initial` per unit (no fixed part) until batches have been measured;
+    /// `batch_units` is the most units one batch holds.
+    pub fn new(initial: Duration, servers: usize, batch_units: usize) -> Self {
+        let fit = AffineFit {
+            w: 0.0,
+            x: 0.0,
+            y: 0.0,
+            xx: 0.0,
+            xy: 0.0,
+            per_batch_ns: 0.0,
+            per_unit_ns: initial.as_nanos() as f64,
+        };
+        Self { fit: Mutex::new(fit), servers: servers.max(1), batch_units: batch_units.max(1) }
+    }
+
+    fn current(&self) -> AffineFit {
+        // A poisoned lock only means a panic elsewhere mid-update of plain numbers.
+        *self.fit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that a batch of `units` took `took` on one server.
+    pub fn record(&self, units: usize, took: Duration) {
+        if units > 0 {
+            self.fit.lock().unwrap_or_else(|e| e.into_inner()).add(units as f64, took.as_nanos() as f64);
+        }
+    }
+
+    /// The fitted fixed cost of one batch.
+    pub fn per_batch(&self) -> Duration {
+        duration_ns(self.current().per_batch_ns)
+    }
+
+    /// The fitted cost of one more unit in a batch.
+    pub fn per_unit(&self) -> Duration {
+        duration_ns(self.current().per_unit_ns)
+    }
+
+    /// How long `units` of queued work take with every server on them: as full batches.
+    pub fn drain_time(&self, units: usize) -> Duration {
+        if units == 0 {
+            return Duration::ZERO;
+        }
+        let f = self.current();
+        let batches = units.div_ceil(self.batch_units) as f64;
+        duration_ns((batches * f.per_batch_ns + units as f64 * f.per_unit_ns) / self.servers as f64)
+    }
+
+    /// How long `units` of work take as one batch on one server (a request's own service time).
+    pub fn service_time(&self, units: usize) -> Duration {
+        let f = self.current();
+        duration_ns(f.per_batch_ns + units as f64 * f.per_unit_ns)
     }
 }
 
@@ -321,6 +435,50 @@ mod tests {
         assert!((c.drain_time(100).as_secs_f64() - 0.2).abs() < 1e-3);
         c.record(0, Duration::from_secs(1)); // no units: ignored
         assert!((c.per_unit().as_secs_f64() * 1e3 - 4.0).abs() < 0.01);
+    }
+
+    /// Batches from a known line (2 ms + 50 µs per token): 20 one-query batches of 12 tokens for
+    /// every 2 ingest batches of 512, the mix of a search + ingest load.
+    #[test]
+    fn batch_cost_separates_the_fixed_part_from_the_per_unit_part() {
+        let truth = |units: usize| 2 * MS + Duration::from_micros(50) * units as u32;
+        let c = BatchCost::new(Duration::from_micros(100), 1, 1024);
+        assert_eq!(c.service_time(10), Duration::from_millis(1), "the initial per-unit guess");
+        for _ in 0..20 {
+            for _ in 0..10 {
+                c.record(12, truth(12));
+            }
+            c.record(512, truth(512));
+        }
+        let close = |got: Duration, want: Duration| {
+            let (g, w) = (got.as_secs_f64(), want.as_secs_f64());
+            assert!((g - w).abs() <= 0.01 * w, "{got:?} vs {want:?}");
+        };
+        close(c.per_batch(), 2 * MS);
+        close(c.per_unit(), Duration::from_micros(50));
+        close(c.service_time(512), truth(512));
+        close(c.service_time(12), truth(12));
+        // An 8 × 64-token ingest batch ahead drains in one batch's time, not at the small
+        // batches' price per token (2 ms / 12 tokens + 50 µs ≈ 217 µs per token: 111 ms).
+        close(c.drain_time(512), truth(512));
+        // 3000 tokens ahead run as three batches of at most 1024.
+        close(c.drain_time(3000), 3 * 2 * MS + Duration::from_micros(50) * 3000);
+        assert_eq!(c.drain_time(0), Duration::ZERO);
+        c.record(0, Duration::from_secs(1)); // no units: ignored
+        close(c.per_unit(), Duration::from_micros(50));
+    }
+
+    #[test]
+    fn batch_cost_is_proportional_while_every_batch_has_one_size() {
+        let c = BatchCost::new(Duration::from_micros(100), 2, 1000);
+        for _ in 0..30 {
+            c.record(100, 10 * MS);
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        assert_eq!(c.per_batch(), Duration::ZERO);
+        assert!((ms(c.service_time(100)) - 10.0).abs() < 1e-3, "{:?}", c.service_time(100));
+        // Two servers share the work ahead.
+        assert!((ms(c.drain_time(200)) - 10.0).abs() < 1e-3, "{:?}", c.drain_time(200));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ragd_core::admission::{Estimate, UnitCost};
+use ragd_core::admission::{BatchCost, Estimate};
 use tokio::sync::oneshot;
 
 use crate::error::EmbedError;
@@ -191,10 +191,12 @@ pub struct Queue {
     cond: Condvar,
     policy: BatchPolicy,
     metrics: Arc<EmbedderMetrics>,
-    /// Measured inference cost per padded token on one worker: the service rate admission
-    /// divides the work ahead by, and the retry hints. Tokens, not texts: a batch's cost follows
-    /// its padded tokens (texts × longest), whatever mix of short queries and long passages.
-    cost: UnitCost,
+    /// Measured inference cost of a batch on one worker, a fixed part plus a part per padded
+    /// token: the service rate admission divides the work ahead by, and the retry hints. Tokens,
+    /// not texts: a batch's cost follows its padded tokens (texts × longest), whatever mix of
+    /// short queries and long passages; the fixed part keeps one-query batches from pricing a
+    /// full batch ahead at their own (high) cost per token.
+    cost: BatchCost,
 }
 
 impl std::fmt::Debug for Queue {
@@ -210,6 +212,7 @@ impl Queue {
         policy: BatchPolicy,
         metrics: Arc<EmbedderMetrics>,
     ) -> Arc<Self> {
+        let batch_tokens = policy.max_tokens;
         Arc::new(Self {
             state: Mutex::new(State {
                 per_model: (0..2 * models).map(|_| VecDeque::new()).collect(),
@@ -220,7 +223,7 @@ impl Queue {
             policy,
             metrics,
             // 100 µs per token until measured (MiniLM runs ≈ 20–60 µs per token on one core).
-            cost: UnitCost::new(Duration::from_micros(100), workers),
+            cost: BatchCost::new(Duration::from_micros(100), workers, batch_tokens),
         })
     }
 

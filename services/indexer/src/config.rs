@@ -60,8 +60,9 @@ pub struct IndexerConfig {
     /// Most shards per collection.
     #[arg(long, env = "RAGD_MAX_SHARDS", default_value_t = 64)]
     pub max_shards: u32,
-    /// KiB of vectors a segment holds before the optimizer builds its HNSW index (Qdrant's
-    /// default when unset); search is exact until then.
+    /// KiB of vectors a segment holds before the optimizer builds its HNSW index, and below which
+    /// a search scans the segment in full (Qdrant's defaults when unset: 10,000 KiB for
+    /// both); search is exact until then.
     #[arg(long, env = "RAGD_INDEXING_THRESHOLD_KB")]
     pub indexing_threshold_kb: Option<usize>,
     /// How often the background optimizer looks for segments to index, in seconds.

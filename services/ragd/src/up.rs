@@ -39,6 +39,10 @@ pub struct UpArgs {
     /// (survives a crash of the process) or none (see `ragd serve indexer --help`).
     #[arg(long, env = "RAGD_DURABILITY", value_enum, default_value_t = Durability::Fsync)]
     durability: Durability,
+    /// KiB of vectors a segment holds before its HNSW index is built (Qdrant's default when
+    /// unset); search is exact until then (see `ragd serve indexer --help`).
+    #[arg(long, env = "RAGD_INDEXING_THRESHOLD_KB")]
+    indexing_threshold_kb: Option<usize>,
     /// Embedding models: manifest.json and the exported models (scripts/setup).
     #[arg(long, env = "RAGD_MODELS_DIR", default_value = ragd_embedder::config::DEFAULT_MODELS_DIR)]
     models_dir: PathBuf,
@@ -206,6 +210,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let indexer = IndexerConfig {
         data_dir: args.data_dir,
         durability: args.durability,
+        indexing_threshold_kb: args.indexing_threshold_kb,
         embedder_url: embedder_url.clone(),
         security: security.clone(),
         ..IndexerConfig::default()

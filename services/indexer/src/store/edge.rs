@@ -528,7 +528,7 @@ impl EdgeStore {
             multivector_config: None,
             datatype: None,
             quantization_config: None,
-            hnsw_config: None,
+            hnsw_config: hnsw_config(spec),
         };
         let mut config =
             EdgeConfig::builder().vector(DEFAULT_VECTOR_NAME, params).optimizers(EdgeOptimizersConfig {
@@ -1429,4 +1429,13 @@ impl VectorStore for EdgeStore {
     async fn flush(&self) -> Result<(), IndexError> {
         self.submit(|reply| Job::Checkpoint { reply }).await
     }
+}
+
+/// Qdrant's HNSW defaults, except that a set indexing threshold is also the full-scan threshold:
+/// Qdrant full-scans any segment under `full_scan_threshold` (10 MB of vectors by default, ≈ 6,700
+/// MiniLM vectors) even when its index is built, so a smaller `--indexing-threshold-kb` alone
+/// would build indexes that searches never use.
+fn hnsw_config(spec: &StoreSpec) -> Option<qdrant_edge::HnswIndexConfig> {
+    spec.indexing_threshold_kb
+        .map(|kb| qdrant_edge::HnswIndexConfig { full_scan_threshold: kb, ..Default::default() })
 }

@@ -353,6 +353,12 @@ impl VectorStore for QdrantStore {
                     distance: distance(spec.distance) as i32,
                     memory: cold,
                     on_disk: cold.map(|_| true),
+                    // A set indexing threshold is also the full-scan threshold (see the embedded
+                    // store's `hnsw_config`): indexed segments are searched through their index.
+                    hnsw_config: spec.indexing_threshold_kb.map(|kb| qdrant::HnswConfigDiff {
+                        full_scan_threshold: Some(kb as u64),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 })),
             }),
