@@ -425,7 +425,7 @@ impl Collections for Service {
                     multivector_config: None,
                     datatype: None,
                     quantization_config: None,
-                    hnsw_config: None,
+                    hnsw_config: hnsw(&[r.hnsw_config.as_ref(), vp.hnsw_config.as_ref()]),
                 },
             )
             .optimizers(EdgeOptimizersConfig {
@@ -1095,4 +1095,31 @@ pub async fn qdrant_url_or_test_server() -> (String, Option<QdrantProtocolTestSe
             (server.url.clone(), Some(server))
         }
     }
+}
+
+/// Qdrant's HNSW defaults with a CreateCollection's diffs applied the way Qdrant applies them: the
+/// collection's, then the vector's on top; `None` (the engine's defaults) when neither is given.
+fn hnsw(diffs: &[Option<&qdrant::HnswConfigDiff>]) -> Option<qdrant_edge::HnswIndexConfig> {
+    if diffs.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut c = qdrant_edge::HnswIndexConfig::default();
+    for d in diffs.iter().flatten() {
+        if let Some(m) = d.m {
+            c.m = m as usize;
+        }
+        if let Some(e) = d.ef_construct {
+            c.ef_construct = e as usize;
+        }
+        if let Some(f) = d.full_scan_threshold {
+            c.full_scan_threshold = f as usize;
+        }
+        if let Some(t) = d.max_indexing_threads {
+            c.max_indexing_threads = t as usize;
+        }
+        if let Some(p) = d.payload_m {
+            c.payload_m = Some(p as usize);
+        }
+    }
+    Some(c)
 }
