@@ -93,6 +93,11 @@ impl RagdProcess {
         Self { child, addr }
     }
 
+    /// The process id (for sampling its resources in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The `host:port` the service listens on.
     pub fn addr(&self) -> &str {
         &self.addr
