@@ -123,6 +123,18 @@ fn loadgen(args: &[&str]) -> Value {
     serde_json::from_slice(&run.stdout).expect("loadgen JSON")
 }
 
+/// `loadgen mixed` on the bench's collection: `[ingest rate, docs per upsert, search rate, ask
+/// rate]` for `secs`, then `extra` flags (later flags win).
+fn mixed(indexer: &str, generator: &str, rates: [f64; 4], secs: f64, extra: &[&str]) -> Value {
+    let [ingest, docs, search, ask] = rates.map(|r| r.to_string());
+    let secs = secs.to_string();
+    let mut args = vec!["mixed", "--indexer", indexer, "--generator", generator, "--collection", COLLECTION];
+    args.extend(["--ingest-rate", &ingest, "--docs-per-upsert", &docs, "--search-rate", &search]);
+    args.extend(["--ask-rate", &ask, "--duration-secs", &secs, "--warmup-secs", "0"]);
+    args.extend_from_slice(extra);
+    loadgen(&args)
+}
+
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
@@ -247,27 +259,7 @@ fn main() {
 
     // 2. Ingest a collection, wait for its HNSW index, sweep ef.
     let ingest_secs = (secs * 2.5).max(10.0);
-    let ingest = loadgen(&[
-        "mixed",
-        "--indexer",
-        &indexer,
-        "--generator",
-        &generator,
-        "--collection",
-        COLLECTION,
-        "--ingest-rate",
-        "6",
-        "--docs-per-upsert",
-        "16",
-        "--search-rate",
-        "0",
-        "--ask-rate",
-        "0",
-        "--duration-secs",
-        &s(ingest_secs),
-        "--warmup-secs",
-        "0",
-    ]);
+    let ingest = mixed(&indexer, &generator, [6.0, 16.0, 0.0, 0.0], ingest_secs, &[]);
     let info = rt.block_on(wait_indexed(&indexer));
     let sweep = loadgen(&[
         "search",
@@ -313,31 +305,13 @@ fn main() {
         "1",
     ]);
     let mixed_secs = (secs * 3.0).max(10.0);
-    let mixed = loadgen(&[
-        "mixed",
-        "--indexer",
+    let mixed = mixed(
         &indexer,
-        "--generator",
         &generator,
-        "--collection",
-        COLLECTION,
-        "--ingest-rate",
-        "2",
-        "--docs-per-upsert",
-        "8",
-        "--search-rate",
-        search_rate,
-        "--ask-rate",
-        "0.2",
-        "--ask-max-tokens",
-        "32",
-        "--duration-secs",
-        &s(mixed_secs),
-        "--warmup-secs",
-        "1",
-        "--plot",
-        &plot,
-    ]);
+        [2.0, 8.0, search_rate.parse().expect("rate"), 0.2],
+        mixed_secs,
+        &["--ask-max-tokens", "32", "--warmup-secs", "1", "--plot", &plot],
+    );
 
     // Stop ragd up the way an operator does and record how it ended.
     let stopped = Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status();

@@ -23,6 +23,12 @@ pub fn nines(percentile: f64) -> f64 {
 /// for `report`; returns the files written.
 pub fn report_charts(dir: &Path, name: &str, report: &LoadReport) -> Result<Vec<PathBuf>, PlotError> {
     let mut written = Vec::new();
+    let mut draw = |suffix: &str, title: String, x_label: &str, y_label: &str, ls: &[Line]| {
+        let l = Lines { title: &title, x_label, y_label, lines: ls };
+        written.extend(lines(&dir.join(format!("{name}-{suffix}")), &l)?);
+        Ok::<(), PlotError>(())
+    };
+    let over_time = "seconds into the measured window (by scheduled start)";
     let t = |s: &crate::Second| s.t as f64 + 0.5;
     // Seconds without an answer have no latency: left out rather than drawn as 0 ms.
     let answered: Vec<&crate::Second> = report.series.iter().filter(|s| s.ok > 0).collect();
@@ -34,15 +40,8 @@ pub fn report_charts(dir: &Path, name: &str, report: &LoadReport) -> Result<Vec<
         line("max", pick(|s| s.max_ms)),
     ];
     if !answered.is_empty() {
-        written.extend(lines(
-            &dir.join(format!("{name}-latency")),
-            &Lines {
-                title: &format!("{name}: latency of the answered requests ({})", report.mode),
-                x_label: "seconds into the measured window (by scheduled start)",
-                y_label: "latency (ms)",
-                lines: &latency,
-            },
-        )?);
+        let title = format!("{name}: latency of the answered requests ({})", report.mode);
+        draw("latency", title, over_time, "latency (ms)", &latency)?;
     }
 
     let mut flows = vec![line("answered", report.series.iter().map(|s| (t(s), s.ok as f64)).collect())];
@@ -59,28 +58,20 @@ pub fn report_charts(dir: &Path, name: &str, report: &LoadReport) -> Result<Vec<
             report.series.iter().map(|s| (t(s), s.errors.get(code).copied().unwrap_or(0) as f64)).collect(),
         ));
     }
-    written.extend(lines(
-        &dir.join(format!("{name}-throughput")),
-        &Lines {
-            title: &format!("{name}: requests/s by outcome ({})", report.mode),
-            x_label: "seconds into the measured window (by scheduled start)",
-            y_label: "requests / s",
-            lines: &flows,
-        },
-    )?);
+    draw(
+        "throughput",
+        format!("{name}: requests/s by outcome ({})", report.mode),
+        over_time,
+        "requests / s",
+        &flows,
+    )?;
 
     if !report.percentiles.is_empty() {
         let dist =
             [line("latency", report.percentiles.iter().map(|p| (nines(p.percentile), p.ms)).collect())];
-        written.extend(lines(
-            &dir.join(format!("{name}-hdr")),
-            &Lines {
-                title: &format!("{name}: latency percentile distribution ({} answered)", report.requests_ok),
-                x_label: "percentile, in nines (0 = p0, 1 = p90, 2 = p99, 3 = p99.9, 4 = p99.99)",
-                y_label: "latency (ms)",
-                lines: &dist,
-            },
-        )?);
+        let title = format!("{name}: latency percentile distribution ({} answered)", report.requests_ok);
+        let nines = "percentile, in nines (0 = p0, 1 = p90, 2 = p99, 3 = p99.9, 4 = p99.99)";
+        draw("hdr", title, nines, "latency (ms)", &dist)?;
     }
     Ok(written)
 }

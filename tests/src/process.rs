@@ -134,6 +134,21 @@ impl RagdProcess {
         (Self { child, addr }, urls)
     }
 
+    /// `ragd up` on free ports over `data_dir`, with the set-up SmolLM2 GGUF, MiniLM, quiet logs
+    /// (`RUST_LOG=warn`) and `extra` flags: the process and the three URLs by service name.
+    pub fn up_quiet(
+        data_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> (Self, std::collections::HashMap<String, String>) {
+        let (dir, llm) = (data_dir.display().to_string(), crate::llm_model().display().to_string());
+        let mut env = model_env();
+        env.push(("RUST_LOG", "warn".into()));
+        let mut args = vec!["--embedder-port", "0", "--indexer-port", "0", "--generator-port", "0"];
+        args.extend(["--data-dir", &dir, "--llm-model", &llm]);
+        args.extend_from_slice(extra);
+        Self::up(&args, &env)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

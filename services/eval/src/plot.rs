@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -165,14 +166,7 @@ pub fn bars(stem: &Path, b: &Bars<'_>) -> Result<Vec<PathBuf>, PlotError> {
                 .label(name.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FAMILY, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart)?;
         Ok(())
     }
     render_both!(stem, (width, 440), root => draw(&root, b, y_max))
@@ -213,21 +207,7 @@ pub fn scatter(stem: &Path, s: &Scatter<'_>) -> Result<Vec<PathBuf>, PlotError> 
         DB::ErrorType: 'static,
     {
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-        root.fill(&WHITE).map_err(e)?;
-        let mut chart = ChartBuilder::on(root)
-            .caption(s.title, (FAMILY, 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x, y)
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .x_desc(s.x_label)
-            .y_desc(s.y_label)
-            .label_style((FAMILY, 13))
-            .draw()
-            .map_err(e)?;
+        let mut chart = axes(root, [s.title, s.x_label, s.y_label], 60, x, y)?;
         chart
             .draw_series(points.iter().enumerate().map(|(i, (label, x, y))| {
                 EmptyElement::at((*x, *y))
@@ -293,21 +273,7 @@ pub fn lines(stem: &Path, l: &Lines<'_>) -> Result<Vec<PathBuf>, PlotError> {
         DB::ErrorType: 'static,
     {
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-        root.fill(&WHITE).map_err(e)?;
-        let mut chart = ChartBuilder::on(root)
-            .caption(l.title, (FAMILY, 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x, y)
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .x_desc(l.x_label)
-            .y_desc(l.y_label)
-            .label_style((FAMILY, 13))
-            .draw()
-            .map_err(e)?;
+        let mut chart = axes(root, [l.title, l.x_label, l.y_label], 64, x, y)?;
         for (i, s) in l.lines.iter().enumerate() {
             let colour = palette(i);
             let pts: Vec<(f64, f64)> =
@@ -326,17 +292,52 @@ pub fn lines(stem: &Path, l: &Lines<'_>) -> Result<Vec<PathBuf>, PlotError> {
                 }))
                 .map_err(e)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FAMILY, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart)?;
         Ok(())
     }
     render_both!(stem, (800, 440), root => draw(&root, l, x_range.clone(), y_range.clone()))
+}
+
+/// The series' legend, boxed in the upper right.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FAMILY, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// A white chart on `root` with `[title, x label, y label]`, a y-label area `y_area` pixels wide
+/// and a mesh over `x` × `y`.
+fn axes<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    [title, x_label, y_label]: [&str; 3],
+    y_area: u32,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FAMILY, 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(y_area)
+        .build_cartesian_2d(x, y)
+        .map_err(e)?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).label_style((FAMILY, 13)).draw().map_err(e)?;
+    Ok(chart)
 }
 
 /// A colour for `t` in [0, 1] on the viridis scale (five anchors, linear between them).

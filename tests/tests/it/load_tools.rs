@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ragd_tests::process::{RagdProcess, assert_clean_stop, loadgen_bin, model_env};
-use ragd_tests::{llm_model, ragd_home, repo_root, wait_serving};
+use ragd_tests::process::{RagdProcess, assert_clean_stop, loadgen_bin};
+use ragd_tests::{ragd_home, repo_root, wait_serving};
 use serde_json::Value;
 
 fn k6_bin() -> PathBuf {
@@ -77,25 +77,7 @@ fn assert_answered(what: &str, r: &Value, min: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k6_scripts_and_loadgen_run_against_ragd_up() {
     let data = tempfile::tempdir().expect("tempdir");
-    let data_dir = data.path().join("up").display().to_string();
-    let llm = llm_model().display().to_string();
-    let mut env = model_env();
-    env.push(("RUST_LOG", "warn".into()));
-    let (mut up, urls) = RagdProcess::up(
-        &[
-            "--embedder-port",
-            "0",
-            "--indexer-port",
-            "0",
-            "--generator-port",
-            "0",
-            "--data-dir",
-            &data_dir,
-            "--llm-model",
-            &llm,
-        ],
-        &env,
-    );
+    let (mut up, urls) = RagdProcess::up_quiet(&data.path().join("up"), &[]);
     for (service, name) in
         [("embedder", "ragd.v1.Embedder"), ("indexer", "ragd.v1.Indexer"), ("generator", "ragd.v1.Generator")]
     {
