@@ -16,100 +16,22 @@
 //!    alone at the same rate measured just before: the ratio of the search p99s is what the
 //!    other two workloads cost it.
 //!
-//! Needs the release `ragd` next to this bench's `loadgen` (`cargo build --release -p ragd` first) and
-//! `scripts/setup` (models). `RAGD_BENCH_SECS` scales the phases (default 10).
+//! Needs the release `ragd` next to this bench (`cargo build --release -p ragd` first; `RAGD_BIN`
+//! overrides) and `scripts/setup` (models). `RAGD_BENCH_SECS` scales the phases (default 10).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ragd_bench::report;
 use ragd_proto::v1;
+use ragd_tests::process::RagdProcess;
+use ragd_tests::wait_serving;
 use serde_json::Value;
 
 const COLLECTION: &str = "load";
 const TEXTS_PER_CALL: &str = "8";
 const WORDS: &str = "12";
-
-fn ragd_release() -> PathBuf {
-    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
-    let ragd = loadgen.with_file_name("ragd");
-    if !ragd.is_file() {
-        eprintln!("load bench: {} missing: build it first (`cargo build --release -p ragd`)", ragd.display());
-        std::process::exit(2);
-    }
-    ragd
-}
-
-/// `ragd up` on free ports in a temporary data directory; the three URLs.
-struct Up {
-    child: Child,
-    urls: std::collections::HashMap<String, String>,
-    _data: TempDir,
-}
-
-/// A directory removed on drop (no tempfile dependency outside dev-dependencies needed here).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start_up() -> Up {
-    let home = ragd_bench::ragd_home();
-    let data = TempDir(std::env::temp_dir().join(format!("ragd-load-bench-{}", std::process::id())));
-    let llm = home.join("models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let mut child = Command::new(ragd_release())
-        .args(["up", "--embedder-port", "0", "--indexer-port", "0", "--generator-port", "0"])
-        .arg("--data-dir")
-        .arg(&data.0)
-        .arg("--llm-model")
-        .arg(&llm)
-        // ≈ 330 MiniLM vectors per segment before its HNSW index is built.
-        .args(["--indexing-threshold-kb", "500"])
-        .env("RAGD_MODELS_DIR", home.join("models"))
-        .env("RAGD_ORT_LIBRARY", home.join("lib/libonnxruntime.so.1.31.1"))
-        .env("RAGD_MODELS", "all-MiniLM-L6-v2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ragd up");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut urls = std::collections::HashMap::new();
-    for _ in 0..3 {
-        let mut line = String::new();
-        out.read_line(&mut line).expect("read RAGD_LISTENING");
-        match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["RAGD_LISTENING", service, addr] => {
-                urls.insert(service.to_string(), format!("http://{addr}"));
-            }
-            _ => panic!("ragd up printed {line:?}"),
-        }
-    }
-    // Keep draining stdout so that ragd up never blocks on a full pipe.
-    std::thread::spawn(move || for _ in out.lines() {});
-    Up { child, urls, _data: data }
-}
-
-/// Retries `probe` until it succeeds (the services load their models after binding).
-async fn wait_ready<F, Fut>(what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        match probe().await {
-            Ok(()) => return,
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
-            Err(e) => panic!("{what} not ready after 180 s: {e}"),
-        }
-    }
-}
 
 /// Runs `loadgen <args>` and parses its JSON report.
 fn loadgen(args: &[&str]) -> Value {
@@ -124,13 +46,14 @@ fn loadgen(args: &[&str]) -> Value {
 }
 
 /// `loadgen mixed` on the bench's collection: `[ingest rate, docs per upsert, search rate, ask
-/// rate]` for `secs`, then `extra` flags (later flags win).
-fn mixed(indexer: &str, generator: &str, rates: [f64; 4], secs: f64, extra: &[&str]) -> Value {
+/// rate]` for `[warm-up, measured]` seconds, then `extra` flags (each flag given once: clap
+/// refuses a repeated one).
+fn mixed(indexer: &str, generator: &str, rates: [f64; 4], [warmup, secs]: [f64; 2], extra: &[&str]) -> Value {
     let [ingest, docs, search, ask] = rates.map(|r| r.to_string());
-    let secs = secs.to_string();
+    let (warmup, secs) = (warmup.to_string(), secs.to_string());
     let mut args = vec!["mixed", "--indexer", indexer, "--generator", generator, "--collection", COLLECTION];
     args.extend(["--ingest-rate", &ingest, "--docs-per-upsert", &docs, "--search-rate", &search]);
-    args.extend(["--ask-rate", &ask, "--duration-secs", &secs, "--warmup-secs", "0"]);
+    args.extend(["--ask-rate", &ask, "--duration-secs", &secs, "--warmup-secs", &warmup]);
     args.extend_from_slice(extra);
     loadgen(&args)
 }
@@ -189,39 +112,22 @@ fn main() {
     let plots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/plots/load");
     std::fs::create_dir_all(&plots).expect("plots dir");
     let plot = plots.display().to_string();
-    let mut up = start_up();
+    // The release `ragd` next to this bench (`RAGD_BIN` overrides), like the tests start it.
+    let data = tempfile::tempdir().expect("tempdir");
+    // ≈ 330 MiniLM vectors per segment before its HNSW index is built.
+    let (mut up, urls) = RagdProcess::up_quiet(data.path(), &["--indexing-threshold-kb", "500"]);
     let (embedder, indexer, generator) =
-        (up.urls["embedder"].clone(), up.urls["indexer"].clone(), up.urls["generator"].clone());
+        (urls["embedder"].clone(), urls["indexer"].clone(), urls["generator"].clone());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let e = embedder.clone();
-        wait_ready("embedder", || {
-            let e = e.clone();
-            async move {
-                let ch = ragd_core::client::connect(&e)
-                    .await
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                v1::embedder_client::EmbedderClient::new(ch)
-                    .embed(v1::EmbedRequest { texts: vec!["ready".into()], ..Default::default() })
-                    .await
-                    .map(drop)
-            }
-        })
-        .await;
-        let g = generator.clone();
-        wait_ready("generator", || {
-            let g = g.clone();
-            async move {
-                let ch = ragd_core::client::connect(&g)
-                    .await
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                v1::generator_client::GeneratorClient::new(ch)
-                    .list_backends(v1::ListBackendsRequest {})
-                    .await
-                    .map(drop)
-            }
-        })
-        .await;
+        // Each service turns SERVING once its models are loaded.
+        for (url, name) in [
+            (&embedder, "ragd.v1.Embedder"),
+            (&indexer, "ragd.v1.Indexer"),
+            (&generator, "ragd.v1.Generator"),
+        ] {
+            wait_serving(url, name, Duration::from_secs(180)).await;
+        }
     });
     let s = |x: f64| format!("{x}");
 
@@ -259,7 +165,7 @@ fn main() {
 
     // 2. Ingest a collection, wait for its HNSW index, sweep ef.
     let ingest_secs = (secs * 2.5).max(10.0);
-    let ingest = mixed(&indexer, &generator, [6.0, 16.0, 0.0, 0.0], ingest_secs, &[]);
+    let ingest = mixed(&indexer, &generator, [6.0, 16.0, 0.0, 0.0], [0.0, ingest_secs], &[]);
     let info = rt.block_on(wait_indexed(&indexer));
     let sweep = loadgen(&[
         "search",
@@ -309,14 +215,17 @@ fn main() {
         &indexer,
         &generator,
         [2.0, 8.0, search_rate.parse().expect("rate"), 0.2],
-        mixed_secs,
-        &["--ask-max-tokens", "32", "--warmup-secs", "1", "--plot", &plot],
+        [1.0, mixed_secs],
+        &["--ask-max-tokens", "32", "--plot", &plot],
     );
 
     // Stop ragd up the way an operator does and record how it ended.
-    let stopped = Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status();
-    assert!(stopped.is_ok_and(|s| s.success()), "kill -TERM ragd up");
-    let exit = wait_exit(&mut up.child, Duration::from_secs(60));
+    up.signal("TERM");
+    let exit = match up.wait(Duration::from_secs(60)) {
+        Some(s) if s.success() => "exited 0".to_string(),
+        Some(s) => format!("ended with {s}"),
+        None => "still running after 60 s (killed)".to_string(),
+    };
 
     let body = section(Figures {
         secs,
@@ -338,31 +247,24 @@ async fn wait_indexed(indexer: &str) -> v1::CollectionInfo {
     let ch = ragd_core::client::connect(indexer).await.expect("connect indexer");
     let mut c = v1::indexer_client::IndexerClient::new(ch);
     let deadline = Instant::now() + Duration::from_secs(300);
+    // Every shard indexed, or indexing settled: a last segment under the threshold stays exact
+    // (short runs), so the count of indexed vectors unchanged for two optimizer rounds (10 s).
+    let (mut last, mut since) = (0, Instant::now());
     loop {
         let info = c
             .describe_collection(v1::DescribeCollectionRequest { name: COLLECTION.into() })
             .await
             .expect("describe")
             .into_inner();
-        if info.optimizer_state == "indexed" {
+        if info.indexed_vectors != last {
+            (last, since) = (info.indexed_vectors, Instant::now());
+        }
+        let settled = last > 0 && since.elapsed() >= Duration::from_secs(10);
+        if info.optimizer_state == "indexed" || settled {
             return info;
         }
-        assert!(Instant::now() < deadline, "collection not indexed after 300 s: {info:?}");
+        assert!(Instant::now() < deadline, "no HNSW index settled after 300 s: {info:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return if s.success() { "exited 0".into() } else { format!("ended with {s}") };
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            return format!("still running after {} s (killed)", limit.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
