@@ -334,12 +334,15 @@ pub async fn hnsw_agrees_with_exact(store: &dyn VectorStore, name: &str) {
     let exact =
         store.search(name, &queries, &SearchOptions { k: 10, exact: true, ..Default::default() }).await;
     let hnsw = store
-        .search(name, &queries, &SearchOptions { k: 10, hnsw_ef: Some(128), ..Default::default() })
+        .search(name, &queries, &SearchOptions { k: 10, hnsw_ef: Some(256), ..Default::default() })
         .await;
     let (exact, hnsw) = (exact.expect("exact"), hnsw.expect("hnsw"));
     let found: usize =
         exact.iter().zip(&hnsw).map(|(e, h)| ids(e).iter().filter(|id| ids(h).contains(id)).count()).sum();
     let recall = found as f64 / 200.0;
+    // ef 256, not 128: until the full-scan threshold followed the indexing threshold, this check
+    // only ever saw full scans (recall 1.0). With the index really answering, ef 128 read
+    // 0.965–0.995 in six runs and 0.87 once in CI under load; ef 256 read 1.0 in all six.
     assert!(recall >= 0.9, "recall@10 of HNSW vs exact: {recall}");
     // The smallest beam (ef = k) misses some neighbours: the index, an approximate structure, is
     // what answered — not a full scan (Qdrant full-scans segments under its full-scan threshold
