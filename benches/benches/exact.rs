@@ -10,6 +10,10 @@
 //!
 //! faiss runs from `$RAGD_HOME/bench-venv` (`scripts/setup --with-bench`); without it the
 //! table says so. `cargo bench -p ragd-bench --bench exact`; `RAGD_BENCH_SECS` per measurement.
+//!
+//! Built with `--features cuda` on a GPU machine (`scripts/gpu-carry`), it also writes section
+//! `exact-gpu`: the CUDA engine's queries/s per batch (up to 1024) against the CPU engine on the
+//! same machine, same data, same run.
 
 use std::io::Write;
 use std::path::Path;
@@ -160,6 +164,8 @@ fn main() {
     let mut f16_line = String::new();
     #[allow(unused_mut)]
     let mut gpu_lines = String::new();
+    // CPU engine queries/s per (n, batch) of this run: the GPU rows' baseline.
+    let mut cpu_qps = std::collections::HashMap::new();
     let mut faiss_version = None;
     for n in sizes() {
         let data = random(n * DIM, 1);
@@ -183,6 +189,7 @@ fn main() {
         }
         for b in BATCHES {
             let ours = qps(&index, &queries, b);
+            cpu_qps.insert((n, b), ours);
             let theirs = base.as_ref().and_then(|f| f.qps.get(&b.to_string()).copied());
             let gbs = ours * index.bytes() as f64 / 1e9;
             let gflops = ours * 2.0 * (n * DIM) as f64 / 1e9;
@@ -199,7 +206,7 @@ fn main() {
             rows.push_str(&format!("| {n} | {b} | {ours:.0} | {f} | {ratio} | {hw} |\n"));
         }
         #[cfg(feature = "cuda")]
-        gpu_rows(&index, &queries, n, &mut gpu_lines);
+        gpu_rows(&index, &queries, n, &mut cpu_qps, &mut gpu_lines);
         if n == sizes()[0] {
             let mut half = ExactIndex::new(
                 DIM,
@@ -245,21 +252,45 @@ fn main() {
         secs = bench_secs().as_secs_f64(),
         isa = isa.name(),
         gpu = if gpu_lines.is_empty() {
-            "GPU: not measured in this run (build with `--features cuda` on a GPU machine).\n\n".to_string()
+            "GPU: not measured in this run (build with `--features cuda` on a GPU machine).\n\n"
         } else {
-            format!(
-                "GPU (ragd-exact CUDA kernels, f32 rows resident in device memory, k = {K}):\n\n| vectors | batch | q/s | achieved |\n|---:|---:|---:|---|\n{gpu_lines}\n"
-            )
+            "GPU: this run's CUDA figures are in the next section.\n\n"
         },
     );
     println!("{body}");
     report::update_section(&report::benchmarks_md(), "exact", &body).expect("write docs/benchmarks.md");
+    if !gpu_lines.is_empty() {
+        let body = format!(
+            "## Exact search on a GPU (ragd-exact CUDA engine)\n\n\
+             Measured by `cargo bench -p ragd-bench --features cuda --bench exact` (built by `scripts/gpu-carry`) \
+             in one run on: {machine}. The same uniform random vectors as above (d = {DIM}, inner product, \
+             k = {K}, f32 rows resident in device memory); queries/s over {secs:.0} s per cell, a search \
+             counted from queries on the host to merged top-k on the host (upload, score kernel, top-k \
+             kernel, download, host merge). Baseline: the CPU engine (`{isa}`, {threads} threads) on the \
+             same machine, same data, same run.\n\n\
+             | vectors | batch | GPU q/s | CPU engine q/s | GPU ÷ CPU | achieved |\n|---:|---:|---:|---:|---|---|\n\
+             {gpu_lines}",
+            machine = report::machine(),
+            secs = bench_secs().as_secs_f64(),
+            isa = isa.name(),
+        );
+        println!("{body}");
+        report::update_section(&report::benchmarks_md(), "exact-gpu", &body)
+            .expect("write docs/benchmarks.md");
+    }
 }
 
 /// GPU rows: the same index uploaded to GPU 0, queries/s per batch (GB/s at batch 1, TFLOP/s of
-/// the score kernel at larger batches, top-k included).
+/// the score kernel at larger batches, top-k included), against the CPU engine's queries/s of
+/// the same run (measured here for the batches the CPU table does not have).
 #[cfg(feature = "cuda")]
-fn gpu_rows(index: &ExactIndex, queries: &[f32], n: usize, out: &mut String) {
+fn gpu_rows(
+    index: &ExactIndex,
+    queries: &[f32],
+    n: usize,
+    cpu_qps: &mut std::collections::HashMap<(usize, usize), f64>,
+    out: &mut String,
+) {
     let gpu = match ragd_exact::gpu::GpuIndex::upload(index, 0) {
         Ok(g) => g,
         Err(e) => {
@@ -267,7 +298,7 @@ fn gpu_rows(index: &ExactIndex, queries: &[f32], n: usize, out: &mut String) {
             return;
         }
     };
-    for b in BATCHES {
+    for b in [1, 16, 64, 256, QUERIES] {
         let run = |i: usize| {
             let start = (i * b) % (QUERIES - b + 1);
             gpu.search(&queries[start * DIM..(start + b) * DIM], K).expect("gpu search").len()
@@ -278,13 +309,21 @@ fn gpu_rows(index: &ExactIndex, queries: &[f32], n: usize, out: &mut String) {
             done += run(i);
             i += 1;
         }
-        let qps = done as f64 / t.elapsed().as_secs_f64();
+        let qps_gpu = done as f64 / t.elapsed().as_secs_f64();
+        let cpu = *cpu_qps.entry((n, b)).or_insert_with(|| qps(index, queries, b));
         let achieved = if b == 1 {
-            format!("{:.0} GB/s scanned", qps * index.bytes() as f64 / 1e9)
+            format!("{:.0} GB/s scanned", qps_gpu * index.bytes() as f64 / 1e9)
         } else {
-            format!("{:.1} TFLOP/s", qps * 2.0 * (n * DIM) as f64 / 1e12)
+            format!("{:.1} TFLOP/s", qps_gpu * 2.0 * (n * DIM) as f64 / 1e12)
         };
-        eprintln!("GPU {} n={n} batch={b}: {qps:.0} q/s ({achieved})", gpu.device_name());
-        out.push_str(&format!("| {n} | {b} | {qps:.0} | {achieved} on {} |\n", gpu.device_name()));
+        eprintln!(
+            "GPU {} n={n} batch={b}: {qps_gpu:.0} q/s ({achieved}), CPU {cpu:.0} q/s",
+            gpu.device_name()
+        );
+        out.push_str(&format!(
+            "| {n} | {b} | {qps_gpu:.0} | {cpu:.0} | **{:.1}×** | {achieved} on {} |\n",
+            qps_gpu / cpu,
+            gpu.device_name()
+        ));
     }
 }

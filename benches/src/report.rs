@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 /// `docs/benchmarks.md` of this repository.
 pub fn benchmarks_md() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md")
+    std::env::var_os("RAGD_BENCHMARKS_MD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md"))
 }
 
 /// Replaces (or appends) section `name` of the markdown file at `path` with `body`.
