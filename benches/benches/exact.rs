@@ -268,7 +268,10 @@ fn main() {
              counted from queries on the host to merged top-k on the host (upload, score kernel, top-k \
              kernel, download, host merge). Baseline: the CPU engine (`{isa}`, {threads} threads) on the \
              same machine, same data, same run.\n\n\
-             | vectors | batch | GPU q/s | CPU engine q/s | GPU ÷ CPU | achieved |\n|---:|---:|---:|---:|---|---|\n\
+             Two score kernels, each measured: 64 × 64 tiles, and row groups (each row read once per \
+             8 queries); the default picks one by batch size (`gpu::ScorePlan::Auto`).\n\n\
+             | vectors | batch | tiled q/s | row groups q/s | CPU engine q/s | default: GPU ÷ CPU | achieved by the default |\n\
+             |---:|---:|---:|---:|---:|---|---|\n\
              {gpu_lines}",
             machine = report::machine(),
             secs = bench_secs().as_secs_f64(),
@@ -283,6 +286,9 @@ fn main() {
 /// GPU rows: the same index uploaded to GPU 0, queries/s per batch (GB/s at batch 1, TFLOP/s of
 /// the score kernel at larger batches, top-k included), against the CPU engine's queries/s of
 /// the same run (measured here for the batches the CPU table does not have).
+#[cfg(feature = "cuda")]
+use ragd_exact::gpu::ScorePlan;
+
 #[cfg(feature = "cuda")]
 fn gpu_rows(
     index: &ExactIndex,
@@ -299,30 +305,38 @@ fn gpu_rows(
         }
     };
     for b in [1, 16, 64, 256, QUERIES] {
-        let run = |i: usize| {
-            let start = (i * b) % (QUERIES - b + 1);
-            gpu.search(&queries[start * DIM..(start + b) * DIM], K).expect("gpu search").len()
+        let measure = |plan: ScorePlan| {
+            let run = |i: usize| {
+                let start = (i * b) % (QUERIES - b + 1);
+                let batch = &queries[start * DIM..(start + b) * DIM];
+                gpu.search_with(batch, K, plan).expect("gpu search").len()
+            };
+            run(0);
+            let (t, mut done, mut i) = (Instant::now(), 0usize, 0usize);
+            while t.elapsed() < bench_secs() || i < 3 {
+                done += run(i);
+                i += 1;
+            }
+            done as f64 / t.elapsed().as_secs_f64()
         };
-        run(0);
-        let (t, mut done, mut i) = (Instant::now(), 0usize, 0usize);
-        while t.elapsed() < bench_secs() || i < 3 {
-            done += run(i);
-            i += 1;
-        }
-        let qps_gpu = done as f64 / t.elapsed().as_secs_f64();
+        let (tiled, groups) = (measure(ScorePlan::Tiled), measure(ScorePlan::RowGroups));
         let cpu = *cpu_qps.entry((n, b)).or_insert_with(|| qps(index, queries, b));
+        let (plan, picked) = match gpu.plan(b) {
+            ScorePlan::RowGroups => ("row groups", groups),
+            _ => ("tiled", tiled),
+        };
         let achieved = if b == 1 {
-            format!("{:.0} GB/s scanned", qps_gpu * index.bytes() as f64 / 1e9)
+            format!("{:.0} GB/s scanned", picked * index.bytes() as f64 / 1e9)
         } else {
-            format!("{:.1} TFLOP/s", qps_gpu * 2.0 * (n * DIM) as f64 / 1e12)
+            format!("{:.1} TFLOP/s", picked * 2.0 * (n * DIM) as f64 / 1e12)
         };
         eprintln!(
-            "GPU {} n={n} batch={b}: {qps_gpu:.0} q/s ({achieved}), CPU {cpu:.0} q/s",
+            "GPU {} n={n} batch={b}: tiled {tiled:.0} q/s, row groups {groups:.0} q/s, CPU {cpu:.0} q/s",
             gpu.device_name()
         );
         out.push_str(&format!(
-            "| {n} | {b} | {qps_gpu:.0} | {cpu:.0} | **{:.1}×** | {achieved} on {} |\n",
-            qps_gpu / cpu,
+            "| {n} | {b} | {tiled:.0} | {groups:.0} | {cpu:.0} | {plan}: **{:.1}×** | {achieved} on {} |\n",
+            picked / cpu,
             gpu.device_name()
         ));
     }

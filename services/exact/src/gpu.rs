@@ -8,6 +8,11 @@
 //!   64 × 64 output tiles per block of 256 threads, shared-memory tiles of 64 queries × 16
 //!   dimensions and 64 rows × 16 dimensions, 4 × 4 outputs per thread in registers; f16 rows are
 //!   widened on load, accumulation is f32;
+//! - `scores_rows_f32` / `scores_rows_f16`: the same scores for small batches, every row read once:
+//!   one warp per group of 4 rows, lanes striding over the dimensions with 16-byte (f32) or
+//!   8-byte (f16) loads, up to 8 queries per launch held in shared memory, warp-shuffle sums
+//!   (the tiled kernel computes 64 query slots per block: a batch of one wastes 63/64 of its
+//!   multiply-adds). [`ScorePlan`] picks between them;
 //! - `topk_partial`: per query and per slice of rows, each thread keeps a sorted top-k of its
 //!   strided candidates, then the block merges the 128 lists pairwise in shared memory (7
 //!   rounds) and writes the slice's top-k; the host merges the slices' lists.
@@ -25,6 +30,24 @@ use crate::{ExactIndex, Metric};
 
 /// Largest k the GPU selection kernel handles (larger k: use the CPU engine).
 pub const MAX_K: usize = 32;
+/// Queries per launch of the row-group kernel (its `RG_MAXQ`).
+const RG_MAXQ: usize = 8;
+/// Shared memory the row-group kernel may take for its queries without an opt-in.
+const RG_SHARED_BYTES: usize = 48 * 1024;
+/// Largest batch [`ScorePlan::Auto`] scores with the row-group kernel.
+pub const ROW_GROUPS_MAX_BATCH: usize = 32;
+
+/// Which score kernel a search uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScorePlan {
+    /// Row groups up to [`ROW_GROUPS_MAX_BATCH`] queries (where 8 queries of the index's width fit
+    /// in 48 KB of shared memory), tiles above.
+    Auto,
+    /// `scores_f32`/`scores_f16`: 64 × 64 tiles.
+    Tiled,
+    /// `scores_rows_f32`/`scores_rows_f16`: each row read once per 8 queries.
+    RowGroups,
+}
 const THREADS_TOPK: u32 = 128;
 /// Rows per top-k slice (one block each).
 const SLICE: usize = 8192;
@@ -121,6 +144,82 @@ extern "C" __global__ void scores_f16(const float* Q, const unsigned short* V, f
     scores_tile<unsigned short>(Q, V, S, nq, n, stride);
 }
 
+// Small batches: S[(q0 + q) * n + r] for the nq (≤ RG_MAXQ) queries from q0 and every row, each row
+// read once. One warp per group of RG_ROWS rows (grid-stride), the lanes striding over the
+// dimensions four at a time (16-byte loads for f32, 8-byte for f16; stride is a multiple of 16, so
+// every row starts aligned), the queries in shared memory (nq × stride floats, dynamic), then a
+// warp-shuffle sum per (row, query). The tiled kernel above computes 64 query slots per block and
+// so wastes most of its multiply-adds on a batch of one.
+#define RG_ROWS 4
+#define RG_MAXQ 8
+__device__ __forceinline__ float4 ld4(const float* p, long long i) {
+    return *reinterpret_cast<const float4*>(p + i);
+}
+__device__ __forceinline__ float h2f(unsigned short h) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f;
+}
+__device__ __forceinline__ float4 ld4(const unsigned short* p, long long i) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p + i);
+    return make_float4(h2f(u.x & 0xffff), h2f(u.x >> 16), h2f(u.y & 0xffff), h2f(u.y >> 16));
+}
+
+template <typename T>
+__device__ void scores_rows(const float* Q, const T* V, float* S, int q0, int nq, int n, int stride) {
+    extern __shared__ float4 qs4[];
+    const int s4 = stride / 4;
+    const float4* q4 = reinterpret_cast<const float4*>(Q + (long long)q0 * stride);
+    for (int e = threadIdx.x; e < nq * s4; e += blockDim.x) qs4[e] = q4[e];
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    for (long long r0 = warp * RG_ROWS; r0 < n; r0 += warps * RG_ROWS) {
+        float acc[RG_ROWS][RG_MAXQ];
+        #pragma unroll
+        for (int i = 0; i < RG_ROWS; i++)
+            #pragma unroll
+            for (int q = 0; q < RG_MAXQ; q++) acc[i][q] = 0.f;
+        for (int c = lane; c < s4; c += 32) {
+            float4 v[RG_ROWS];
+            #pragma unroll
+            for (int i = 0; i < RG_ROWS; i++)
+                v[i] = r0 + i < n ? ld4(V, (r0 + i) * stride + 4LL * c) : make_float4(0.f, 0.f, 0.f, 0.f);
+            #pragma unroll
+            for (int q = 0; q < RG_MAXQ; q++) {
+                if (q < nq) {
+                    const float4 x = qs4[q * s4 + c];
+                    #pragma unroll
+                    for (int i = 0; i < RG_ROWS; i++)
+                        acc[i][q] = fmaf(x.w, v[i].w, fmaf(x.z, v[i].z, fmaf(x.y, v[i].y, fmaf(x.x, v[i].x, acc[i][q]))));
+                }
+            }
+        }
+        #pragma unroll
+        for (int i = 0; i < RG_ROWS; i++)
+            #pragma unroll
+            for (int q = 0; q < RG_MAXQ; q++)
+                if (q < nq) {
+                    #pragma unroll
+                    for (int off = 16; off > 0; off /= 2) acc[i][q] += __shfl_xor_sync(0xffffffffu, acc[i][q], off);
+                }
+        if (lane == 0) {
+            #pragma unroll
+            for (int i = 0; i < RG_ROWS; i++)
+                #pragma unroll
+                for (int q = 0; q < RG_MAXQ; q++)
+                    if (q < nq && r0 + i < n) S[(long long)(q0 + q) * n + r0 + i] = acc[i][q];
+        }
+    }
+}
+
+extern "C" __global__ void scores_rows_f32(const float* Q, const float* V, float* S, int q0, int nq, int n, int stride) {
+    scores_rows<float>(Q, V, S, q0, nq, n, stride);
+}
+
+extern "C" __global__ void scores_rows_f16(const float* Q, const unsigned short* V, float* S, int q0, int nq, int n, int stride) {
+    scores_rows<unsigned short>(Q, V, S, q0, nq, n, stride);
+}
+
 // Is (s1, i1) ranked before (s2, i2)? Higher score, then lower row.
 __device__ __forceinline__ bool better(float s1, int i1, float s2, int i2) {
     return s1 > s2 || (s1 == s2 && i1 < i2);
@@ -180,6 +279,8 @@ pub struct GpuIndex {
     stream: Arc<CudaStream>,
     scores_f32: CudaFunction,
     scores_f16: CudaFunction,
+    rows_f32: CudaFunction,
+    rows_f16: CudaFunction,
     topk: CudaFunction,
     rows: DeviceRows,
     norms: Option<CudaSlice<f32>>,
@@ -273,6 +374,69 @@ fn launch_scores<T: cudarc::driver::DeviceRepr>(
     .map_err(cuda)
 }
 
+/// Launches `scores_rows_f32` or `scores_rows_f16` once per group of up to [`RG_MAXQ`] queries:
+/// S (nq × n) = Q (nq × stride) · rowsᵀ (n × stride), each row read once per group.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+fn launch_rows<T: cudarc::driver::DeviceRepr>(
+    s: &CudaStream,
+    kernel: &CudaFunction,
+    queries: &CudaSlice<f32>,
+    rows: &CudaSlice<T>,
+    scores: &mut CudaSlice<f32>,
+    nq: usize,
+    n: usize,
+    stride: usize,
+) -> Result<(), GpuError> {
+    // The bounds the launches rely on, checked in every build (once per search).
+    let shared = RG_MAXQ * stride * std::mem::size_of::<f32>();
+    assert!(
+        stride.is_multiple_of(16)
+            && shared <= RG_SHARED_BYTES
+            && queries.len() >= nq * stride
+            && rows.len() >= n * stride
+            && scores.len() >= nq * n,
+        "launch_rows: nq {nq}, n {n}, stride {stride}; buffers {} / {} / {}",
+        queries.len(),
+        rows.len(),
+        scores.len()
+    );
+    let int = |v: usize| {
+        i32::try_from(v).map_err(|_| GpuError::Cuda(format!("{v} exceeds the kernels' int range")))
+    };
+    let (n_i, stride_i) = (int(n)?, int(stride)?);
+    int(nq * n)?;
+    // 8 warps per block, 4 rows per warp; enough blocks to fill any current GPU, grid-stride above.
+    let blocks = n.div_ceil(32).clamp(1, 4096) as u32;
+    for q0 in (0..nq).step_by(RG_MAXQ) {
+        let group = RG_MAXQ.min(nq - q0);
+        let (q0_i, group_i) = (int(q0)?, int(group)?);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (group * stride * std::mem::size_of::<f32>()) as u32,
+        };
+        // SAFETY: the arguments match the kernels' parameters in type and order (`rows` is f32
+        // for `scores_rows_f32`, the f16 bits as u16 for `scores_rows_f16`); Q holds nq × stride
+        // floats, of which the kernel reads queries q0 .. q0 + group (≤ RG_MAXQ) into `group ×
+        // stride` floats of dynamic shared memory (≤ 48 KB); the rows are n × stride elements with
+        // stride a multiple of 16, so its 4-element vector loads stay aligned and inside each row;
+        // S holds nq × n floats and every index fits an int (all asserted above).
+        unsafe {
+            s.launch_builder(kernel)
+                .arg(queries)
+                .arg(rows)
+                .arg(&mut *scores)
+                .arg(&q0_i)
+                .arg(&group_i)
+                .arg(&n_i)
+                .arg(&stride_i)
+                .launch(cfg)
+        }
+        .map_err(cuda)?;
+    }
+    Ok(())
+}
+
 impl GpuIndex {
     /// Uploads `index` to GPU `ordinal`.
     pub fn upload(index: &ExactIndex, ordinal: usize) -> Result<Self, GpuError> {
@@ -286,6 +450,7 @@ impl GpuIndex {
         let load = |name: &str| module.load_function(name).map_err(cuda);
         let (scores_f32, scores_f16, topk) =
             (load("scores_f32")?, load("scores_f16")?, load("topk_partial")?);
+        let (rows_f32, rows_f16) = (load("scores_rows_f32")?, load("scores_rows_f16")?);
         let rows = match &index.data {
             crate::Storage::F32(d) => DeviceRows::F32(stream.clone_htod(d).map_err(cuda)?),
             crate::Storage::F16(d) => {
@@ -301,6 +466,8 @@ impl GpuIndex {
             stream,
             scores_f32,
             scores_f16,
+            rows_f32,
+            rows_f16,
             topk,
             rows,
             norms,
@@ -317,8 +484,25 @@ impl GpuIndex {
     }
 
     /// The k nearest rows of each query, like [`ExactIndex::search`] (k ≤ [`MAX_K`]).
-    #[allow(unsafe_code)]
     pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>, GpuError> {
+        self.search_with(queries, k, ScorePlan::Auto)
+    }
+
+    /// The kernel [`ScorePlan::Auto`] uses for `nq` queries on this index.
+    pub fn plan(&self, nq: usize) -> ScorePlan {
+        let fits = RG_MAXQ * self.stride * std::mem::size_of::<f32>() <= RG_SHARED_BYTES;
+        if fits && nq <= ROW_GROUPS_MAX_BATCH { ScorePlan::RowGroups } else { ScorePlan::Tiled }
+    }
+
+    /// [`GpuIndex::search`] with the score kernel chosen by the caller (benches and tests);
+    /// row groups on an index too wide for them fall back to tiles.
+    #[allow(unsafe_code)]
+    pub fn search_with(
+        &self,
+        queries: &[f32],
+        k: usize,
+        plan: ScorePlan,
+    ) -> Result<Vec<Vec<Neighbor>>, GpuError> {
         if k > MAX_K {
             return Err(GpuError::InvalidArgument {
                 field: "k",
@@ -335,11 +519,22 @@ impl GpuIndex {
         let q_dev = s.clone_htod(&padded).map_err(cuda)?;
         let mut scores = s.alloc_zeros::<f32>(nq * n).map_err(cuda)?;
         let n_i = n as i32;
-        match &self.rows {
-            DeviceRows::F32(rows) => {
+        let plan = match plan {
+            ScorePlan::Auto => self.plan(nq),
+            ScorePlan::RowGroups if self.plan(1) == ScorePlan::Tiled => ScorePlan::Tiled,
+            p => p,
+        };
+        match (&self.rows, plan) {
+            (DeviceRows::F32(rows), ScorePlan::RowGroups) => {
+                launch_rows(s, &self.rows_f32, &q_dev, rows, &mut scores, nq, n, self.stride)
+            }
+            (DeviceRows::F16(rows), ScorePlan::RowGroups) => {
+                launch_rows(s, &self.rows_f16, &q_dev, rows, &mut scores, nq, n, self.stride)
+            }
+            (DeviceRows::F32(rows), _) => {
                 launch_scores(s, &self.scores_f32, &q_dev, rows, &mut scores, nq, n, self.stride)
             }
-            DeviceRows::F16(rows) => {
+            (DeviceRows::F16(rows), _) => {
                 launch_scores(s, &self.scores_f16, &q_dev, rows, &mut scores, nq, n, self.stride)
             }
         }?;

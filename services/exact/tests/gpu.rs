@@ -7,7 +7,7 @@
 //! Once asked for, a missing GPU fails the search test.
 #![cfg(feature = "cuda")]
 
-use ragd_exact::gpu::{GpuError, GpuIndex, compile_kernels, libraries_present};
+use ragd_exact::gpu::{GpuError, GpuIndex, ScorePlan, compile_kernels, libraries_present};
 use ragd_exact::{ExactIndex, Metric, Options, Precision, naive_search};
 
 fn require_gpu() -> bool {
@@ -19,7 +19,7 @@ fn nvrtc_compiles_the_kernels_when_it_is_installed() {
     match compile_kernels() {
         Ok(ptx) => {
             let src = ptx.to_src();
-            for entry in ["scores_f32", "scores_f16", "topk_partial"] {
+            for entry in ["scores_f32", "scores_f16", "scores_rows_f32", "scores_rows_f16", "topk_partial"] {
                 assert!(src.contains(&format!(".entry {entry}")), "PTX lacks {entry}");
             }
         }
@@ -45,7 +45,9 @@ fn a_machine_without_a_gpu_gets_a_clean_error() {
     }
 }
 
-/// GPU results equal the CPU reference for every metric and both precisions (runs where a GPU is).
+/// GPU results equal the CPU reference for every metric, both precisions and both score kernels,
+/// on batches of 1, 8, 9 and 37 queries (whole and partial groups of the row-group kernel, a
+/// partial tile of the tiled one) — runs where a GPU is.
 #[test]
 #[ignore = "needs a GPU and the CUDA driver: run with -- --include-ignored (make test does where nvidia-smi finds one)"]
 fn gpu_search_matches_the_reference() {
@@ -67,24 +69,40 @@ fn gpu_search_matches_the_reference() {
             // Asked for explicitly (the test is ignored otherwise): no GPU is a failure.
             let gpu = GpuIndex::upload(&index, 0)
                 .unwrap_or_else(|e| panic!("the GPU search test needs a GPU: {e}"));
-            let got = gpu.search(&queries, 10).expect("gpu search");
             let cpu = index.search(&queries, 10).expect("cpu search");
             let tol = if precision == Precision::F16 { 2e-2 } else { 1e-3 };
-            for ((q, g), c) in queries.chunks_exact(dim).zip(&got).zip(&cpu) {
-                assert_eq!(g.len(), 10);
-                for (a, b) in g.iter().zip(c) {
-                    assert!(
-                        (a.score - b.score).abs() <= tol,
-                        "{metric:?} {precision:?}: gpu {a:?} cpu {b:?}"
-                    );
-                }
-                if precision == Precision::F32 {
-                    let want = naive_search(metric, &ids, &vectors, dim, q, 10);
-                    let overlap = g.iter().filter(|h| want.iter().any(|w| w.id == h.id)).count();
-                    assert!(overlap >= 9, "{metric:?}: {g:?} vs {want:?}");
+            for plan in [ScorePlan::Tiled, ScorePlan::RowGroups] {
+                for nq in [1, 8, 9, 37] {
+                    let got = gpu.search_with(&queries[..nq * dim], 10, plan).expect("gpu search");
+                    assert_eq!(got.len(), nq);
+                    for ((q, g), c) in queries.chunks_exact(dim).zip(&got).zip(&cpu) {
+                        assert_eq!(g.len(), 10);
+                        for (a, b) in g.iter().zip(c) {
+                            assert!(
+                                (a.score - b.score).abs() <= tol,
+                                "{metric:?} {precision:?} {plan:?} batch {nq}: gpu {a:?} cpu {b:?}"
+                            );
+                        }
+                        if precision == Precision::F32 {
+                            let want = naive_search(metric, &ids, &vectors, dim, q, 10);
+                            let overlap = g.iter().filter(|h| want.iter().any(|w| w.id == h.id)).count();
+                            assert!(overlap >= 9, "{metric:?} {plan:?}: {g:?} vs {want:?}");
+                        }
+                    }
                 }
             }
+            assert_eq!(gpu.plan(1), ScorePlan::RowGroups, "a batch of one reads each row once");
+            assert_eq!(gpu.search(&queries, 10).expect("auto").len(), 37);
             eprintln!("GPU {} {metric:?} {precision:?}: matches the CPU engine", gpu.device_name());
         }
     }
+    // Too wide for 8 queries in 48 KB of shared memory: row groups fall back to tiles.
+    let dim = 1601;
+    let mut index = ExactIndex::new(dim, Metric::InnerProduct, Options::default()).expect("index");
+    let wide: Vec<f32> = (0..50 * dim).map(|_| next()).collect();
+    index.add(&(0..50).collect::<Vec<u64>>(), &wide).expect("add");
+    let gpu = GpuIndex::upload(&index, 0).expect("upload");
+    assert_eq!(gpu.plan(1), ScorePlan::Tiled);
+    let got = gpu.search_with(&wide[..dim], 3, ScorePlan::RowGroups).expect("fallback");
+    assert_eq!(got[0][0].id, index.search(&wide[..dim], 3).expect("cpu")[0][0].id);
 }
