@@ -153,7 +153,8 @@ fn tile_dyn<M: Madd>(nq: usize, nr: usize, q: &[f32], r: &[f32], stride: usize, 
 macro_rules! walk_tiles {
     ($queries:expr, $nq:expr, $rows:expr, $nr:expr, $stride:expr, $out:expr,
      |$tq:ident, $tr:ident, $q:ident, $r:ident, $o:ident| $body:block) => {{
-        let (queries, nq, rows, nr, stride, out): (&[f32], usize, &[f32], usize, usize, &mut [f32]) =
+        // Rows are f32 or f16 bits (u16), whatever `$rows` is.
+        let (queries, nq, rows, nr, stride, out): (&[f32], usize, &[_], usize, usize, &mut [f32]) =
             ($queries, $nq, $rows, $nr, $stride, $out);
         let mut qi = 0;
         while qi < nq {
@@ -268,6 +269,113 @@ mod avx512 {
         }
     }
 
+    /// 16 f16 values (bits) at `p`, widened to f32 in a register (`vcvtph2ps`, AVX-512F).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F and `p .. p + 16` is readable.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_h(p: *const u16) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable u16 (32 bytes) at `p`; `loadu` has no
+        // alignment requirement.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast::<__m256i>())) }
+    }
+
+    /// [`tile4x4`] on f16 rows (their bits), widened in registers: half the bytes from memory.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F. The slice bounds the loads rely on (`q` holds 4 rows of `stride`
+    /// f32, `r` 4 rows of `stride` f16, `stride` a multiple of 16) are checked here, once per tile.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile4x4_h(q: &[f32], r: &[u16], stride: usize, out: &mut [f32], os: usize) {
+        assert!(
+            stride.is_multiple_of(LANES) && q.len() >= TQ * stride && r.len() >= TR * stride,
+            "tile4x4_h: stride {stride}, q {} floats, r {} halves",
+            q.len(),
+            r.len()
+        );
+        let (qp, rp) = (q.as_ptr(), r.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let mut at = 0;
+        while at < stride {
+            // SAFETY: `at + 16 <= stride` (stride a multiple of 16, `at < stride`); the loads read
+            // `[k * stride + at, k * stride + at + 16)` for k < 4, inside `q` (4 × stride f32) and
+            // `r` (4 × stride u16), asserted above.
+            unsafe {
+                let r0 = load_h(rp.add(at));
+                let r1 = load_h(rp.add(stride + at));
+                let r2 = load_h(rp.add(2 * stride + at));
+                let r3 = load_h(rp.add(3 * stride + at));
+                for i in 0..4 {
+                    let qi = _mm512_loadu_ps(qp.add(i * stride + at));
+                    acc[i * 4] = _mm512_fmadd_ps(qi, r0, acc[i * 4]);
+                    acc[i * 4 + 1] = _mm512_fmadd_ps(qi, r1, acc[i * 4 + 1]);
+                    acc[i * 4 + 2] = _mm512_fmadd_ps(qi, r2, acc[i * 4 + 2]);
+                    acc[i * 4 + 3] = _mm512_fmadd_ps(qi, r3, acc[i * 4 + 3]);
+                }
+            }
+            at += LANES;
+        }
+        for i in 0..4 {
+            for j in 0..4 {
+                out[i * os + j] = _mm512_reduce_add_ps(acc[i * 4 + j]);
+            }
+        }
+    }
+
+    /// [`tile1x4`] on f16 rows: batch 1 reads 2 bytes per dimension instead of 4.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F. As [`tile4x4_h`] with one query row: bounds checked here.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile1x4_h(q: &[f32], r: &[u16], stride: usize, out: &mut [f32]) {
+        assert!(
+            stride.is_multiple_of(LANES) && q.len() >= stride && r.len() >= TR * stride,
+            "tile1x4_h: stride {stride}, q {} floats, r {} halves",
+            q.len(),
+            r.len()
+        );
+        let (qp, rp) = (q.as_ptr(), r.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut at = 0;
+        while at < stride {
+            // SAFETY: `at + 16 <= stride`; `q` holds `stride` f32 and `r` `4 * stride` u16
+            // (asserted above), so every load is in bounds.
+            unsafe {
+                let qv = _mm512_loadu_ps(qp.add(at));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(qv, load_h(rp.add(j * stride + at)), *a);
+                }
+            }
+            at += LANES;
+        }
+        for j in 0..4 {
+            out[j] = _mm512_reduce_add_ps(acc[j]);
+        }
+    }
+
+    /// [`scores`] against f16 rows (bits). Edge tiles (fewer than 4 rows) widen their rows to a
+    /// small f32 buffer and run the portable tile.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub fn scores_h(queries: &[f32], nq: usize, rows: &[u16], nr: usize, stride: usize, out: &mut [f32]) {
+        walk_tiles!(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
+            if tq == TQ && tr == TR {
+                // SAFETY: compiled with AVX-512F and only called after the CPU was checked for
+                // it; tile4x4_h checks its slice bounds itself.
+                unsafe { tile4x4_h(q, r, stride, o, nr) }
+            } else if tr == TR {
+                for i in 0..tq {
+                    // SAFETY: AVX-512F as above; tile1x4_h checks its slice bounds itself.
+                    unsafe { tile1x4_h(&q[i * stride..], r, stride, &mut o[i * nr..]) }
+                }
+            } else {
+                let wide: Vec<f32> =
+                    r[..tr * stride].iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
+                super::tile_dyn::<super::Fused>(tq, tr, q, &wide, stride, o, nr);
+            }
+        })
+    }
+
     /// 12 independent FMA chains in registers, `iters` times: the core's FMA peak.
     #[target_feature(enable = "avx512f")]
     pub fn probe(iters: usize) -> f32 {
@@ -330,6 +438,45 @@ pub fn scores(isa: Isa, queries: &[f32], nq: usize, rows: &[f32], nr: usize, str
     }
 }
 
+/// Does [`scores_f16`] compute on f16 rows directly with `isa` on this CPU? (AVX-512F: widening in
+/// registers. Elsewhere callers widen blocks of rows to f32 first and use [`scores`].)
+pub fn f16_direct(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
+/// [`scores`] against rows stored as f16 bits, computed on them directly where [`f16_direct`]
+/// (rows are read at 2 bytes per dimension and widened in registers); elsewhere the rows are
+/// widened to f32 first.
+#[allow(unsafe_code)]
+pub fn scores_f16(
+    isa: Isa,
+    queries: &[f32],
+    nq: usize,
+    rows: &[u16],
+    nr: usize,
+    stride: usize,
+    out: &mut [f32],
+) {
+    assert!(stride.is_multiple_of(LANES), "stride is a multiple of LANES");
+    assert!(queries.len() >= nq * stride && rows.len() >= nr * stride && out.len() >= nq * nr);
+    #[cfg(target_arch = "x86_64")]
+    if f16_direct(isa) {
+        // SAFETY: the CPU supports AVX-512F (f16_direct checked it; AVX-512F implies AVX2 and FMA).
+        unsafe { avx512::scores_h(queries, nq, rows, nr, stride, out) };
+        return;
+    }
+    let wide: Vec<f32> = rows[..nr * stride].iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
+    scores(isa, queries, nq, &wide, nr, stride, out)
+}
+
 #[inline(always)]
 fn probe_impl<M: Madd>(iters: usize) -> f32 {
     // 12 independent 16-lane FMA chains: enough to cover FMA latency × units.
@@ -379,6 +526,39 @@ pub fn fma_probe(isa: Isa, iters: usize) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_rows_match_a_naive_dot_on_every_isa_and_tile_shape() {
+        let dim = 37;
+        let s = stride(dim);
+        let mut state = 11u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        for (nq, nr) in [(1, 1), (1, 4), (3, 7), (4, 4), (5, 9), (9, 13)] {
+            let mut q = vec![0.0; nq * s];
+            let mut r = vec![0u16; nr * s];
+            for i in 0..nq {
+                q[i * s..i * s + dim].iter_mut().for_each(|x| *x = next());
+            }
+            for j in 0..nr {
+                r[j * s..j * s + dim].iter_mut().for_each(|x| *x = half::f16::from_f32(next()).to_bits());
+            }
+            for isa in [Isa::Baseline, Isa::Avx2Fma, Isa::Avx512] {
+                let mut out = vec![0.0; nq * nr];
+                scores_f16(isa, &q, nq, &r, nr, s, &mut out);
+                for i in 0..nq {
+                    for j in 0..nr {
+                        let naive: f32 = (0..dim)
+                            .map(|t| q[i * s + t] * half::f16::from_bits(r[j * s + t]).to_f32())
+                            .sum();
+                        assert!((out[i * nr + j] - naive).abs() < 1e-5, "{isa:?} {nq}x{nr} ({i},{j})");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_isa_and_tile_shape_matches_a_naive_dot() {

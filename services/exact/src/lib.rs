@@ -342,19 +342,25 @@ impl ExactIndex {
         let s = self.stride;
         let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
         let mut scores = vec![0.0f32; qg.min(nq) * br];
+        // f16 rows: batches of 1–3 queries are scored on the f16 rows directly where the kernel
+        // can (AVX-512: half the bytes read, widened in registers); larger batches widen each
+        // block once and reuse it for every query (the direct kernel would widen each row once
+        // per 4 queries: measured 0.6× the widened path at batch 64).
+        let direct = kernel::f16_direct(self.isa) && nq < F16_DIRECT_BELOW;
         let mut converted = match self.data {
-            Storage::F16(_) => vec![0.0f32; br * s],
-            Storage::F32(_) => Vec::new(),
+            Storage::F16(_) if !direct => vec![0.0f32; br * s],
+            _ => Vec::new(),
         };
         let mut start = lo;
         while start < hi {
             let end = (start + br).min(hi);
             let nr = end - start;
-            let block: &[f32] = match &self.data {
-                Storage::F32(d) => &d[start * s..end * s],
+            let (block, halves): (&[f32], &[u16]) = match &self.data {
+                Storage::F32(d) => (&d[start * s..end * s], &[]),
+                Storage::F16(d) if direct => (&[], d[start * s..end * s].reinterpret_cast()),
                 Storage::F16(d) => {
                     d[start * s..end * s].convert_to_f32_slice(&mut converted[..nr * s]);
-                    &converted[..nr * s]
+                    (&converted[..nr * s], &[])
                 }
             };
             let ids = &self.ids[start..end];
@@ -362,7 +368,12 @@ impl ExactIndex {
             while q0 < nq {
                 let g = qg.min(nq - q0);
                 let out = &mut scores[..g * nr];
-                kernel::scores(self.isa, &queries[q0 * s..(q0 + g) * s], g, block, nr, s, out);
+                let group = &queries[q0 * s..(q0 + g) * s];
+                if halves.is_empty() {
+                    kernel::scores(self.isa, group, g, block, nr, s, out);
+                } else {
+                    kernel::scores_f16(self.isa, group, g, halves, nr, s, out);
+                }
                 if self.metric == Metric::L2 {
                     for row in out.chunks_exact_mut(nr) {
                         for (x, n) in row.iter_mut().zip(&self.norms[start..end]) {
@@ -380,6 +391,9 @@ impl ExactIndex {
         tops
     }
 }
+
+/// Batches below this many queries score f16 rows directly (see `ExactIndex::scan`).
+const F16_DIRECT_BELOW: usize = 4;
 
 /// The obvious implementation, for tests: full scores, full sort.
 pub fn naive_search(
