@@ -19,6 +19,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub mod etcd;
+pub mod fuzz;
 pub mod llama_server;
 pub mod otlp_receiver;
 pub mod process;

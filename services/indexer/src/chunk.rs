@@ -96,7 +96,12 @@ pub fn windows(text: &str, spans: &[(usize, usize)], size: usize, overlap: usize
     while i < spans.len() {
         let last = (i + size).min(spans.len()) - 1;
         let (start, end) = (spans[i].0, spans[last].1);
-        out.push(Chunk { text: text[start..end].to_string(), start, end });
+        // Tokens can share offsets (byte-level pieces of one character): a window equal to the
+        // one before it is the same text, not a new chunk, and a window of zero-width tokens has
+        // no text (both found by the fuzz target chunk_tokens).
+        if start < end && out.last().is_none_or(|c: &Chunk| (c.start, c.end) != (start, end)) {
+            out.push(Chunk { text: text[start..end].to_string(), start, end });
+        }
         if last + 1 == spans.len() {
             break;
         }
@@ -123,6 +128,12 @@ pub fn by_tokens(
     {
         return Err(IndexError::Store(format!("tokenizer offset {bad:?} is not a valid range of the text")));
     }
+    // Windows run from their first token's start to their last token's end: offsets must not go
+    // backwards (found by the fuzz target chunk_tokens: [(0, 6), (5, 5)] was accepted, and a
+    // decreasing pair made a window end before it started).
+    if let Some(w) = offsets.windows(2).find(|w| w[1].0 < w[0].0 || w[1].1 < w[0].1) {
+        return Err(IndexError::Store(format!("tokenizer offsets {:?} then {:?} go backwards", w[0], w[1])));
+    }
     Ok(windows(text, offsets, size as usize, overlap as usize))
 }
 
@@ -133,6 +144,17 @@ mod tests {
 
     fn texts(chunks: &[Chunk]) -> Vec<&str> {
         chunks.iter().map(|c| c.text.as_str()).collect()
+    }
+
+    #[test]
+    fn token_offsets_that_go_backwards_are_refused() {
+        // A window from (3, 4) to (0, 2) would end before it starts (a slice panic before).
+        assert!(by_tokens("abcdef", &[(3, 4), (0, 2)], 2, 0).is_err());
+        assert!(by_tokens("abcdef", &[(0, 6), (5, 5)], 4, 1).is_err());
+        assert_eq!(by_tokens("abcdef", &[(0, 2), (0, 2), (2, 4)], 2, 0).expect("repeats").len(), 2);
+        // Two tokens of one character: one chunk, not the same chunk twice.
+        let one = by_tokens("é", &[(0, 2), (0, 2)], 1, 0).expect("shared offsets");
+        assert_eq!(texts(&one), ["é"]);
     }
 
     #[test]

@@ -258,8 +258,9 @@ fn conditions(cs: Vec<v1::Condition>) -> Result<Vec<Condition>, IndexError> {
         .collect()
 }
 
-/// The request's filter, converted and validated once (None when absent or empty).
-fn filter_from(f: Option<v1::Filter>) -> Result<Option<Filter>, IndexError> {
+/// The request's filter, converted and validated once (None when absent or empty). Public for
+/// the fuzz target `filter` (tests/src/fuzz.rs).
+pub fn filter_from(f: Option<v1::Filter>) -> Result<Option<Filter>, IndexError> {
     let Some(f) = f else { return Ok(None) };
     let filter = Filter {
         must: conditions(f.must)?,

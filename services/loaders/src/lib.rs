@@ -1,4 +1,6 @@
 //! Document loaders of `ragd ingest`: a file becomes documents `{id, text, metadata}`.
+//! [`load`] reads a file and picks the format by its extension; [`load_bytes`] parses bytes
+//! already in memory (what the fuzz targets in `fuzz/` call).
 //!
 //! - CSV (`.csv`): one document per row; `--text-column` (default `text`) is the text,
 //!   `--id-column` (default `id`, else `<file>:<row>`) the id, every other column metadata
@@ -27,22 +29,56 @@ pub struct Columns {
     pub id: String,
 }
 
+/// A file format the loaders read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Jsonl,
+    Text,
+    Pdf,
+}
+
+impl Format {
+    /// The format of a file name's extension (case-insensitive), or the reason there is none.
+    pub fn of(path: &Path) -> Result<Self, String> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+        match ext.as_str() {
+            "csv" => Ok(Self::Csv),
+            "jsonl" | "ndjson" => Ok(Self::Jsonl),
+            "txt" | "md" | "markdown" => Ok(Self::Text),
+            "pdf" => Ok(Self::Pdf),
+            other => Err(format!("unsupported file type {other:?} (expected csv, jsonl, txt, md or pdf)")),
+        }
+    }
+}
+
 /// Loads every document of `path`, or the reason it cannot.
 pub fn load(path: &Path, columns: &Columns) -> Result<Vec<LoadedDocument>, String> {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("document").to_string();
-    let read = || std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"));
-    match ext.as_str() {
-        "csv" => csv_documents(&read()?, &name, columns),
-        "jsonl" | "ndjson" => jsonl_documents(&read()?, &name, columns),
-        "txt" | "md" | "markdown" => {
-            let text = read()?;
+    let format = Format::of(path)?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("document");
+    load_bytes(format, &bytes, name, &path.display().to_string(), columns)
+}
+
+/// Parses `bytes` as `format`: `name` makes the fallback ids, `source` the `source` metadata of
+/// text and PDF documents. Text formats must be UTF-8.
+pub fn load_bytes(
+    format: Format,
+    bytes: &[u8],
+    name: &str,
+    source: &str,
+    columns: &Columns,
+) -> Result<Vec<LoadedDocument>, String> {
+    let text = || std::str::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8 ({e})"));
+    match format {
+        Format::Csv => csv_documents(text()?, name, columns),
+        Format::Jsonl => jsonl_documents(text()?, name, columns),
+        Format::Text => {
             let mut metadata = Map::new();
-            metadata.insert("source".into(), Value::String(path.display().to_string()));
-            Ok(vec![LoadedDocument { id: name, text, metadata }])
+            metadata.insert("source".into(), Value::String(source.to_string()));
+            Ok(vec![LoadedDocument { id: name.to_string(), text: text()?.to_string(), metadata }])
         }
-        "pdf" => pdf_documents(path, &name),
-        other => Err(format!("unsupported file type {other:?} (expected csv, jsonl, txt, md or pdf)")),
+        Format::Pdf => pdf_documents(bytes, name, source),
     }
 }
 
@@ -96,9 +132,8 @@ fn csv_documents(data: &str, name: &str, columns: &Columns) -> Result<Vec<Loaded
         .collect()
 }
 
-fn pdf_documents(path: &Path, name: &str) -> Result<Vec<LoadedDocument>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let pages = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(&bytes))
+fn pdf_documents(bytes: &[u8], name: &str, source: &str) -> Result<Vec<LoadedDocument>, String> {
+    let pages = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes))
         .map_err(|_| "malformed PDF (the parser gave up)".to_string())?
         .map_err(|e| format!("cannot parse PDF: {e}"))?;
     let docs: Vec<LoadedDocument> = pages
@@ -107,7 +142,7 @@ fn pdf_documents(path: &Path, name: &str) -> Result<Vec<LoadedDocument>, String>
         .filter(|(_, text)| !text.trim().is_empty())
         .map(|(i, text)| {
             let mut metadata = Map::new();
-            metadata.insert("source".into(), Value::String(path.display().to_string()));
+            metadata.insert("source".into(), Value::String(source.to_string()));
             metadata.insert("page".into(), Value::from(i + 1));
             LoadedDocument { id: format!("{name}#p{}", i + 1), text: join_lines(&text), metadata }
         })

@@ -11,7 +11,7 @@ use ragd_proto::json::{from_struct, to_struct};
 use ragd_proto::v1::{self, indexer_client::IndexerClient};
 use serde_json::{Value, json};
 
-use crate::loaders::{self, Columns};
+use ragd_loaders::{self as loaders, Columns};
 
 #[derive(Debug, Clone, Args)]
 pub struct IndexerEndpoint {

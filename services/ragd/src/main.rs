@@ -11,7 +11,6 @@ mod client;
 mod eval_cli;
 mod generator_cli;
 mod indexer_cli;
-mod loaders;
 mod map_cli;
 mod models_cli;
 mod up;

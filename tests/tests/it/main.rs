@@ -11,6 +11,7 @@ mod embedder_fixture;
 mod embedder_grpc;
 mod embedder_process;
 mod eval;
+mod fuzz_replay;
 mod generator_grpc;
 mod generator_openai;
 mod indexer_exact;

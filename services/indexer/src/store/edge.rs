@@ -263,8 +263,9 @@ fn store_err(e: impl std::fmt::Display) -> IndexError {
 
 /// qdrant-edge's filter for `selection`, built from the engine's own types (the way Qdrant's
 /// `lib/api/src/grpc/conversions.rs` converts its gRPC filter). Metadata keys go under
-/// `metadata.`; an empty list is left out (`None`), never sent as an empty clause.
-fn edge_filter(selection: Selection<'_>) -> Result<qdrant_edge::Filter, IndexError> {
+/// `metadata.`; an empty list is left out (`None`), never sent as an empty clause. Public for the
+/// fuzz target `filter` (tests/src/fuzz.rs).
+pub fn edge_filter(selection: Selection<'_>) -> Result<qdrant_edge::Filter, IndexError> {
     use ordered_float::OrderedFloat;
     use qdrant_edge::{Condition as C, FieldCondition, Filter as F, JsonPath, Match};
     // Keys were validated as dot-separated raw names (filter::Condition::new), which is exactly
