@@ -95,11 +95,12 @@ fn fma_peak(isa: Isa, threads: usize) -> f64 {
     (iters * PROBE_FLOPS_PER_ITER * threads) as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
-fn qps(index: &ExactIndex, queries: &[f32], batch: usize) -> f64 {
-    let nq = queries.len() / DIM;
+/// Queries/s of `search` (batch `batch` of the `nq` queries, the i-th call starting at
+/// query `i * batch` mod what fits): one warm-up call, then calls for `bench_secs()` (at least 3).
+fn per_second(nq: usize, batch: usize, search: impl Fn(std::ops::Range<usize>) -> usize) -> f64 {
     let run = |i: usize| {
         let start = (i * batch) % (nq - batch + 1);
-        index.search(&queries[start * DIM..(start + batch) * DIM], K).expect("search").len()
+        search(start * DIM..(start + batch) * DIM)
     };
     run(0);
     let (t, mut done, mut i) = (Instant::now(), 0usize, 0usize);
@@ -108,6 +109,10 @@ fn qps(index: &ExactIndex, queries: &[f32], batch: usize) -> f64 {
         i += 1;
     }
     done as f64 / t.elapsed().as_secs_f64()
+}
+
+fn qps(index: &ExactIndex, queries: &[f32], batch: usize) -> f64 {
+    per_second(queries.len() / DIM, batch, |r| index.search(&queries[r], K).expect("search").len())
 }
 
 fn write_f32(path: &Path, v: &[f32]) {
@@ -306,18 +311,7 @@ fn gpu_rows(
     };
     for b in [1, 16, 64, 256, QUERIES] {
         let measure = |plan: ScorePlan| {
-            let run = |i: usize| {
-                let start = (i * b) % (QUERIES - b + 1);
-                let batch = &queries[start * DIM..(start + b) * DIM];
-                gpu.search_with(batch, K, plan).expect("gpu search").len()
-            };
-            run(0);
-            let (t, mut done, mut i) = (Instant::now(), 0usize, 0usize);
-            while t.elapsed() < bench_secs() || i < 3 {
-                done += run(i);
-                i += 1;
-            }
-            done as f64 / t.elapsed().as_secs_f64()
+            per_second(QUERIES, b, |r| gpu.search_with(&queries[r], K, plan).expect("gpu search").len())
         };
         let (tiled, groups) = (measure(ScorePlan::Tiled), measure(ScorePlan::RowGroups));
         let cpu = *cpu_qps.entry((n, b)).or_insert_with(|| qps(index, queries, b));

@@ -204,18 +204,7 @@ async fn seed(indexer: &mut ragd_proto::v1::indexer_client::IndexerClient<tonic:
         })
         .await
         .expect("create the seed collection");
-    let documents = crate::capitals()
-        .into_iter()
-        .take(16)
-        .map(|(country, city)| v1::Document {
-            id: country.clone(),
-            text: format!("The capital of {country} is {city}."),
-            metadata: serde_json::json!({"country": country})
-                .as_object()
-                .cloned()
-                .map(ragd_proto::json::to_struct),
-        })
-        .collect();
+    let documents = crate::capitals_documents(16);
     indexer
         .upsert_batch(v1::UpsertRequest { collection: SEED_COLLECTION.into(), documents })
         .await

@@ -322,8 +322,22 @@ pub async fn capitals_cluster(data: &std::path::Path) -> (TestEmbedder, TestInde
     })
     .await
     .expect("create collection");
-    let documents = capitals()
+    let documents = capitals_documents(usize::MAX);
+    let r = c
+        .upsert_batch(ragd_proto::v1::UpsertRequest { collection: "capitals".into(), documents })
+        .await
+        .expect("upsert")
+        .into_inner();
+    assert_eq!(r.documents, 238);
+    (embedder, indexer)
+}
+
+/// The first `n` capitals as documents "The capital of {country} is {city}." with metadata
+/// {country}, id the country.
+pub fn capitals_documents(n: usize) -> Vec<ragd_proto::v1::Document> {
+    capitals()
         .into_iter()
+        .take(n)
         .map(|(country, city)| ragd_proto::v1::Document {
             id: country.clone(),
             text: format!("The capital of {country} is {city}."),
@@ -332,14 +346,7 @@ pub async fn capitals_cluster(data: &std::path::Path) -> (TestEmbedder, TestInde
                 .cloned()
                 .map(ragd_proto::json::to_struct),
         })
-        .collect::<Vec<_>>();
-    let r = c
-        .upsert_batch(ragd_proto::v1::UpsertRequest { collection: "capitals".into(), documents })
-        .await
-        .expect("upsert")
-        .into_inner();
-    assert_eq!(r.documents, 238);
-    (embedder, indexer)
+        .collect()
 }
 
 /// A text search of the capitals collection, k = 3.

@@ -5,7 +5,8 @@
 //!
 //! Three builds of the kernel, the best one the CPU supports picked at run time:
 //! - AVX-512F: explicit 512-bit intrinsics (`mod avx512`: a 4 × 4 and a 1 × 4 micro-kernel) that
-//!   load through raw pointers;
+//!   load through raw pointers, generic over the stored row type (`Row`: f32, or f16 bits widened
+//!   by `vcvtph2ps` as they are loaded);
 //! - AVX2 + FMA and the baseline target: the same plain-Rust, bounds-checked kernel compiled for
 //!   each target (LLVM vectorises it), with no `unsafe` inside.
 //!
@@ -193,17 +194,59 @@ mod avx512 {
 
     use super::{LANES, TQ, TR};
 
+    /// What rows are stored as: f32, or f16 bits widened to f32 as they are loaded.
+    pub trait Row: Copy {
+        /// The 16 values at `p` as f32 lanes.
+        ///
+        /// # Safety
+        /// The CPU supports AVX-512F and `p .. p + 16` is readable.
+        unsafe fn load16(p: *const Self) -> __m512;
+
+        /// The values as f32 (edge tiles).
+        fn widen(values: &[Self]) -> std::borrow::Cow<'_, [f32]>;
+    }
+
+    impl Row for f32 {
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: the caller guarantees 16 readable floats at `p`; `loadu` has no alignment
+            // requirement.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+
+        fn widen(values: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+            std::borrow::Cow::Borrowed(values)
+        }
+    }
+
+    impl Row for u16 {
+        /// f16 bits: `vcvtph2ps` (AVX-512F) widens 16 of them in a register, so the rows are read
+        /// at 2 bytes per dimension.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn load16(p: *const u16) -> __m512 {
+            // SAFETY: the caller guarantees 16 readable u16 (32 bytes) at `p`; `loadu` has no
+            // alignment requirement.
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast::<__m256i>())) }
+        }
+
+        fn widen(values: &[u16]) -> std::borrow::Cow<'_, [f32]> {
+            std::borrow::Cow::Owned(values.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect())
+        }
+    }
+
     /// A full 4 × 4 tile: 16 zmm accumulators, 8 loads per 16 FMAs.
     ///
     /// # Safety
-    /// The CPU supports AVX-512F. The slice bounds the loads rely on (`q` holds 4 rows and `r` 4
-    /// rows of `stride` floats, `stride` a multiple of 16) are checked here, once per tile, and a
-    /// violation panics; `out` is written through bounds-checked indexing.
+    /// The CPU supports AVX-512F. The slice bounds the loads rely on (`q` holds 4 rows of `stride`
+    /// floats and `r` 4 rows of `stride` values, `stride` a multiple of 16) are checked here, once
+    /// per tile, and a violation panics; `out` is written through bounds-checked indexing.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile4x4(q: &[f32], r: &[f32], stride: usize, out: &mut [f32], os: usize) {
+    pub unsafe fn tile4x4<T: Row>(q: &[f32], r: &[T], stride: usize, out: &mut [f32], os: usize) {
         assert!(
             stride.is_multiple_of(LANES) && q.len() >= TQ * stride && r.len() >= TR * stride,
-            "tile4x4: stride {stride}, q {} floats, r {} floats",
+            "tile4x4: stride {stride}, q {} floats, r {} values",
             q.len(),
             r.len()
         );
@@ -216,10 +259,10 @@ mod avx512 {
             // which hold at least `4 * stride` floats (asserted above). `loadu` has no alignment
             // requirement.
             unsafe {
-                let r0 = _mm512_loadu_ps(rp.add(at));
-                let r1 = _mm512_loadu_ps(rp.add(stride + at));
-                let r2 = _mm512_loadu_ps(rp.add(2 * stride + at));
-                let r3 = _mm512_loadu_ps(rp.add(3 * stride + at));
+                let r0 = T::load16(rp.add(at));
+                let r1 = T::load16(rp.add(stride + at));
+                let r2 = T::load16(rp.add(2 * stride + at));
+                let r3 = T::load16(rp.add(3 * stride + at));
                 for i in 0..4 {
                     let qi = _mm512_loadu_ps(qp.add(i * stride + at));
                     acc[i * 4] = _mm512_fmadd_ps(qi, r0, acc[i * 4]);
@@ -243,10 +286,10 @@ mod avx512 {
     /// The CPU supports AVX-512F. As [`tile4x4`] with one query row: the bounds are checked here,
     /// once per tile.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile1x4(q: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
+    pub unsafe fn tile1x4<T: Row>(q: &[f32], r: &[T], stride: usize, out: &mut [f32]) {
         assert!(
             stride.is_multiple_of(LANES) && q.len() >= stride && r.len() >= TR * stride,
-            "tile1x4: stride {stride}, q {} floats, r {} floats",
+            "tile1x4: stride {stride}, q {} floats, r {} values",
             q.len(),
             r.len()
         );
@@ -259,7 +302,7 @@ mod avx512 {
             unsafe {
                 let qv = _mm512_loadu_ps(qp.add(at));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rp.add(j * stride + at)), *a);
+                    *a = _mm512_fmadd_ps(qv, T::load16(rp.add(j * stride + at)), *a);
                 }
             }
             at += LANES;
@@ -267,113 +310,6 @@ mod avx512 {
         for j in 0..4 {
             out[j] = _mm512_reduce_add_ps(acc[j]);
         }
-    }
-
-    /// 16 f16 values (bits) at `p`, widened to f32 in a register (`vcvtph2ps`, AVX-512F).
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F and `p .. p + 16` is readable.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn load_h(p: *const u16) -> __m512 {
-        // SAFETY: the caller guarantees 16 readable u16 (32 bytes) at `p`; `loadu` has no
-        // alignment requirement.
-        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast::<__m256i>())) }
-    }
-
-    /// [`tile4x4`] on f16 rows (their bits), widened in registers: half the bytes from memory.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F. The slice bounds the loads rely on (`q` holds 4 rows of `stride`
-    /// f32, `r` 4 rows of `stride` f16, `stride` a multiple of 16) are checked here, once per tile.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile4x4_h(q: &[f32], r: &[u16], stride: usize, out: &mut [f32], os: usize) {
-        assert!(
-            stride.is_multiple_of(LANES) && q.len() >= TQ * stride && r.len() >= TR * stride,
-            "tile4x4_h: stride {stride}, q {} floats, r {} halves",
-            q.len(),
-            r.len()
-        );
-        let (qp, rp) = (q.as_ptr(), r.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 16];
-        let mut at = 0;
-        while at < stride {
-            // SAFETY: `at + 16 <= stride` (stride a multiple of 16, `at < stride`); the loads read
-            // `[k * stride + at, k * stride + at + 16)` for k < 4, inside `q` (4 × stride f32) and
-            // `r` (4 × stride u16), asserted above.
-            unsafe {
-                let r0 = load_h(rp.add(at));
-                let r1 = load_h(rp.add(stride + at));
-                let r2 = load_h(rp.add(2 * stride + at));
-                let r3 = load_h(rp.add(3 * stride + at));
-                for i in 0..4 {
-                    let qi = _mm512_loadu_ps(qp.add(i * stride + at));
-                    acc[i * 4] = _mm512_fmadd_ps(qi, r0, acc[i * 4]);
-                    acc[i * 4 + 1] = _mm512_fmadd_ps(qi, r1, acc[i * 4 + 1]);
-                    acc[i * 4 + 2] = _mm512_fmadd_ps(qi, r2, acc[i * 4 + 2]);
-                    acc[i * 4 + 3] = _mm512_fmadd_ps(qi, r3, acc[i * 4 + 3]);
-                }
-            }
-            at += LANES;
-        }
-        for i in 0..4 {
-            for j in 0..4 {
-                out[i * os + j] = _mm512_reduce_add_ps(acc[i * 4 + j]);
-            }
-        }
-    }
-
-    /// [`tile1x4`] on f16 rows: batch 1 reads 2 bytes per dimension instead of 4.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F. As [`tile4x4_h`] with one query row: bounds checked here.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile1x4_h(q: &[f32], r: &[u16], stride: usize, out: &mut [f32]) {
-        assert!(
-            stride.is_multiple_of(LANES) && q.len() >= stride && r.len() >= TR * stride,
-            "tile1x4_h: stride {stride}, q {} floats, r {} halves",
-            q.len(),
-            r.len()
-        );
-        let (qp, rp) = (q.as_ptr(), r.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut at = 0;
-        while at < stride {
-            // SAFETY: `at + 16 <= stride`; `q` holds `stride` f32 and `r` `4 * stride` u16
-            // (asserted above), so every load is in bounds.
-            unsafe {
-                let qv = _mm512_loadu_ps(qp.add(at));
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(qv, load_h(rp.add(j * stride + at)), *a);
-                }
-            }
-            at += LANES;
-        }
-        for j in 0..4 {
-            out[j] = _mm512_reduce_add_ps(acc[j]);
-        }
-    }
-
-    /// [`scores`] against f16 rows (bits). Edge tiles (fewer than 4 rows) widen their rows to a
-    /// small f32 buffer and run the portable tile.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub fn scores_h(queries: &[f32], nq: usize, rows: &[u16], nr: usize, stride: usize, out: &mut [f32]) {
-        walk_tiles!(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
-            if tq == TQ && tr == TR {
-                // SAFETY: compiled with AVX-512F and only called after the CPU was checked for
-                // it; tile4x4_h checks its slice bounds itself.
-                unsafe { tile4x4_h(q, r, stride, o, nr) }
-            } else if tr == TR {
-                for i in 0..tq {
-                    // SAFETY: AVX-512F as above; tile1x4_h checks its slice bounds itself.
-                    unsafe { tile1x4_h(&q[i * stride..], r, stride, &mut o[i * nr..]) }
-                }
-            } else {
-                let wide: Vec<f32> =
-                    r[..tr * stride].iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
-                super::tile_dyn::<super::Fused>(tq, tr, q, &wide, stride, o, nr);
-            }
-        })
     }
 
     /// 12 independent FMA chains in registers, `iters` times: the core's FMA peak.
@@ -390,8 +326,10 @@ mod avx512 {
         acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
     }
 
+    /// The kernel over rows of `T`: 4 × 4 and 1 × 4 tiles in AVX-512; edge tiles (fewer than 4
+    /// rows) run the portable tile on their rows widened to f32.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub fn scores(queries: &[f32], nq: usize, rows: &[f32], nr: usize, stride: usize, out: &mut [f32]) {
+    pub fn scores<T: Row>(queries: &[f32], nq: usize, rows: &[T], nr: usize, stride: usize, out: &mut [f32]) {
         walk_tiles!(queries, nq, rows, nr, stride, out, |tq, tr, q, r, o| {
             if tq == TQ && tr == TR {
                 // SAFETY: this function is compiled with AVX-512F and only called after the CPU
@@ -403,7 +341,8 @@ mod avx512 {
                     unsafe { tile1x4(&q[i * stride..], r, stride, &mut o[i * nr..]) }
                 }
             } else {
-                super::tile_dyn::<super::Fused>(tq, tr, q, r, stride, o, nr);
+                let wide = T::widen(&r[..tr * stride]);
+                super::tile_dyn::<super::Fused>(tq, tr, q, &wide, stride, o, nr);
             }
         })
     }
@@ -470,7 +409,7 @@ pub fn scores_f16(
     #[cfg(target_arch = "x86_64")]
     if f16_direct(isa) {
         // SAFETY: the CPU supports AVX-512F (f16_direct checked it; AVX-512F implies AVX2 and FMA).
-        unsafe { avx512::scores_h(queries, nq, rows, nr, stride, out) };
+        unsafe { avx512::scores(queries, nq, rows, nr, stride, out) };
         return;
     }
     let wide: Vec<f32> = rows[..nr * stride].iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
