@@ -326,6 +326,37 @@ pub fn compile_kernels() -> Result<cudarc::nvrtc::Ptx, GpuError> {
     cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| GpuError::Cuda(format!("NVRTC: {e}")))
 }
 
+/// A size as the kernels' `int` parameters take it.
+fn kernel_int(v: usize) -> Result<i32, GpuError> {
+    i32::try_from(v).map_err(|_| GpuError::Cuda(format!("{v} exceeds the kernels' int range")))
+}
+
+/// The buffer bounds both score kernels rely on, checked in every build (once per launch):
+/// stride a multiple of 16, Q nq × stride floats, the rows n × stride elements, S nq × n floats.
+fn check_score_buffers<T>(
+    kernel: &str,
+    queries: &CudaSlice<f32>,
+    rows: &CudaSlice<T>,
+    scores: &CudaSlice<f32>,
+    (nq, n, stride): (usize, usize, usize),
+) {
+    assert!(
+        stride.is_multiple_of(16)
+            && queries.len() >= nq * stride
+            && rows.len() >= n * stride
+            && scores.len() >= nq * n,
+        "{kernel}: nq {nq}, n {n}, stride {stride}; buffers {} / {} / {}",
+        queries.len(),
+        rows.len(),
+        scores.len()
+    );
+}
+
+/// Do 8 queries of this stride fit the row-group kernel's shared memory (no opt-in)?
+fn rows_fit(stride: usize) -> bool {
+    RG_MAXQ * stride * std::mem::size_of::<f32>() <= RG_SHARED_BYTES
+}
+
 /// Launches `scores_f32` or `scores_f16` (same parameters; `rows` of the kernel's element type):
 /// S (nq × n) = Q (nq × stride) · rowsᵀ (n × stride), 64 × 64 tiles per 256-thread block.
 #[allow(unsafe_code, clippy::too_many_arguments)]
@@ -339,21 +370,8 @@ fn launch_scores<T: cudarc::driver::DeviceRepr>(
     n: usize,
     stride: usize,
 ) -> Result<(), GpuError> {
-    // The bounds the launch relies on, checked in every build (once per launch).
-    assert!(
-        stride.is_multiple_of(16)
-            && queries.len() >= nq * stride
-            && rows.len() >= n * stride
-            && scores.len() >= nq * n,
-        "launch_scores: nq {nq}, n {n}, stride {stride}; buffers {} / {} / {}",
-        queries.len(),
-        rows.len(),
-        scores.len()
-    );
-    let int = |v: usize| {
-        i32::try_from(v).map_err(|_| GpuError::Cuda(format!("{v} exceeds the kernels' int range")))
-    };
-    let (nq_i, n_i, stride_i) = (int(nq)?, int(n)?, int(stride)?);
+    check_score_buffers("launch_scores", queries, rows, scores, (nq, n, stride));
+    let (nq_i, n_i, stride_i) = (kernel_int(nq)?, kernel_int(n)?, kernel_int(stride)?);
     let grid = (n.div_ceil(64) as u32, nq.div_ceil(64) as u32, 1);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the arguments match the kernels' parameters in type and order (`rows` is f32 for
@@ -387,29 +405,15 @@ fn launch_rows<T: cudarc::driver::DeviceRepr>(
     n: usize,
     stride: usize,
 ) -> Result<(), GpuError> {
-    // The bounds the launches rely on, checked in every build (once per search).
-    let shared = RG_MAXQ * stride * std::mem::size_of::<f32>();
-    assert!(
-        stride.is_multiple_of(16)
-            && shared <= RG_SHARED_BYTES
-            && queries.len() >= nq * stride
-            && rows.len() >= n * stride
-            && scores.len() >= nq * n,
-        "launch_rows: nq {nq}, n {n}, stride {stride}; buffers {} / {} / {}",
-        queries.len(),
-        rows.len(),
-        scores.len()
-    );
-    let int = |v: usize| {
-        i32::try_from(v).map_err(|_| GpuError::Cuda(format!("{v} exceeds the kernels' int range")))
-    };
-    let (n_i, stride_i) = (int(n)?, int(stride)?);
-    int(nq * n)?;
+    check_score_buffers("launch_rows", queries, rows, scores, (nq, n, stride));
+    assert!(rows_fit(stride), "launch_rows: 8 queries of stride {stride} exceed the shared memory");
+    let (n_i, stride_i) = (kernel_int(n)?, kernel_int(stride)?);
+    kernel_int(nq * n)?;
     // 8 warps per block, 4 rows per warp; enough blocks to fill any current GPU, grid-stride above.
     let blocks = n.div_ceil(32).clamp(1, 4096) as u32;
     for q0 in (0..nq).step_by(RG_MAXQ) {
         let group = RG_MAXQ.min(nq - q0);
-        let (q0_i, group_i) = (int(q0)?, int(group)?);
+        let (q0_i, group_i) = (kernel_int(q0)?, kernel_int(group)?);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
@@ -490,8 +494,11 @@ impl GpuIndex {
 
     /// The kernel [`ScorePlan::Auto`] uses for `nq` queries on this index.
     pub fn plan(&self, nq: usize) -> ScorePlan {
-        let fits = RG_MAXQ * self.stride * std::mem::size_of::<f32>() <= RG_SHARED_BYTES;
-        if fits && nq <= ROW_GROUPS_MAX_BATCH { ScorePlan::RowGroups } else { ScorePlan::Tiled }
+        if rows_fit(self.stride) && nq <= ROW_GROUPS_MAX_BATCH {
+            ScorePlan::RowGroups
+        } else {
+            ScorePlan::Tiled
+        }
     }
 
     /// [`GpuIndex::search`] with the score kernel chosen by the caller (benches and tests);
@@ -521,7 +528,7 @@ impl GpuIndex {
         let n_i = n as i32;
         let plan = match plan {
             ScorePlan::Auto => self.plan(nq),
-            ScorePlan::RowGroups if self.plan(1) == ScorePlan::Tiled => ScorePlan::Tiled,
+            ScorePlan::RowGroups if !rows_fit(self.stride) => ScorePlan::Tiled,
             p => p,
         };
         match (&self.rows, plan) {

@@ -232,7 +232,7 @@ mod avx512 {
         }
 
         fn widen(values: &[u16]) -> std::borrow::Cow<'_, [f32]> {
-            std::borrow::Cow::Owned(values.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect())
+            std::borrow::Cow::Owned(super::widen_f16(values))
         }
     }
 
@@ -412,8 +412,13 @@ pub fn scores_f16(
         unsafe { avx512::scores(queries, nq, rows, nr, stride, out) };
         return;
     }
-    let wide: Vec<f32> = rows[..nr * stride].iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
-    scores(isa, queries, nq, &wide, nr, stride, out)
+    scores(isa, queries, nq, &widen_f16(&rows[..nr * stride]), nr, stride, out)
+}
+
+/// f16 bits as f32 (`half`'s slice conversion: F16C where the CPU has it).
+fn widen_f16(bits: &[u16]) -> Vec<f32> {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    bits.reinterpret_cast::<half::f16>().to_f32_vec()
 }
 
 #[inline(always)]

@@ -355,12 +355,12 @@ impl ExactIndex {
         while start < hi {
             let end = (start + br).min(hi);
             let nr = end - start;
-            let (block, halves): (&[f32], &[u16]) = match &self.data {
-                Storage::F32(d) => (&d[start * s..end * s], &[]),
-                Storage::F16(d) if direct => (&[], d[start * s..end * s].reinterpret_cast()),
+            let block = match &self.data {
+                Storage::F32(d) => Block::F32(&d[start * s..end * s]),
+                Storage::F16(d) if direct => Block::F16(d[start * s..end * s].reinterpret_cast()),
                 Storage::F16(d) => {
                     d[start * s..end * s].convert_to_f32_slice(&mut converted[..nr * s]);
-                    (&converted[..nr * s], &[])
+                    Block::F32(&converted[..nr * s])
                 }
             };
             let ids = &self.ids[start..end];
@@ -369,10 +369,9 @@ impl ExactIndex {
                 let g = qg.min(nq - q0);
                 let out = &mut scores[..g * nr];
                 let group = &queries[q0 * s..(q0 + g) * s];
-                if halves.is_empty() {
-                    kernel::scores(self.isa, group, g, block, nr, s, out);
-                } else {
-                    kernel::scores_f16(self.isa, group, g, halves, nr, s, out);
+                match block {
+                    Block::F32(rows) => kernel::scores(self.isa, group, g, rows, nr, s, out),
+                    Block::F16(bits) => kernel::scores_f16(self.isa, group, g, bits, nr, s, out),
                 }
                 if self.metric == Metric::L2 {
                     for row in out.chunks_exact_mut(nr) {
@@ -390,6 +389,13 @@ impl ExactIndex {
         }
         tops
     }
+}
+
+/// A block of rows as the kernel scores it: f32 (stored so, or f16 widened), or f16 bits.
+#[derive(Clone, Copy)]
+enum Block<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
 }
 
 /// Batches below this many queries score f16 rows directly (see `ExactIndex::scan`).
