@@ -6,7 +6,12 @@
 //!   batches of 1, 16, 64, 256 → queries/s for both and the ratio;
 //! - batch 1 as GB/s scanned against the probed read bandwidth (1 thread and all cores);
 //! - batched as GFLOP/s against the probed FMA peak (register-only FMA loop, all cores);
-//! - f16 storage: queries/s and recall@10 against f32 exact.
+//! - section `exact-compressed`: every storage precision (f32, f16, bf16, int8 per dimension,
+//!   int8 per vector; each without and with 4× rescoring) on embedding-like vectors
+//!   (`ragd_exact::synthetic`): queries/s at batch 1 and 64 as a ratio to f32 in the same run,
+//!   recall@10 against f32 exact, bytes per vector; faiss IndexFlatIP, SQfp16, SQbf16 and SQ8 on
+//!   the same files as baselines. `RAGD_BENCH_EXACT_PARTS=compressed` runs only this part
+//!   (`flat` only the first); `RAGD_BENCH_COMPRESSED_N` vectors (default 1 000 000).
 //!
 //! faiss runs from `$RAGD_HOME/bench-venv` (`scripts/setup --with-bench`); without it the
 //! table says so. `cargo bench -p ragd-bench --bench exact`; `RAGD_BENCH_SECS` per measurement.
@@ -21,7 +26,8 @@ use std::time::Instant;
 
 use ragd_bench::{bench_secs, ragd_home, report};
 use ragd_exact::kernel::{PROBE_FLOPS_PER_ITER, fma_probe};
-use ragd_exact::{ExactIndex, Isa, Metric, Options, Precision};
+use ragd_exact::synthetic::embedding_like;
+use ragd_exact::{ExactIndex, Isa, Metric, Neighbor, Options, Precision};
 
 const DIM: usize = 384;
 const K: usize = 10;
@@ -131,26 +137,45 @@ struct Faiss {
 }
 
 fn faiss(data: &Path, queries: &Path) -> Option<Faiss> {
+    faiss_index(data, queries, "Flat", &BATCHES)
+}
+
+/// faiss's index built by `faiss.index_factory(DIM, factory, inner product)` on the files, its
+/// queries/s at `batches` and top-10 of the first 100 queries; None without faiss or on failure.
+fn faiss_index(data: &Path, queries: &Path, factory: &str, batches: &[usize]) -> Option<Faiss> {
     let python = ragd_home().join("bench-venv/bin/python");
     if !python.exists() {
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("faiss_flat.py");
-    let batches = BATCHES.map(|b| b.to_string()).join(",");
+    let batches = batches.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
     let out = std::process::Command::new(python)
         .arg(script)
         .args([data.as_os_str(), queries.as_os_str()])
-        .args([DIM.to_string(), batches, bench_secs().as_secs_f64().to_string()])
+        .args([DIM.to_string(), batches, bench_secs().as_secs_f64().to_string(), factory.to_string()])
         .output()
         .expect("run faiss");
     if !out.status.success() {
-        eprintln!("faiss failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!("faiss {factory} failed: {}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
 }
 
+fn part(name: &str) -> bool {
+    std::env::var("RAGD_BENCH_EXACT_PARTS").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
+}
+
 fn main() {
+    if part("flat") {
+        flat();
+    }
+    if part("compressed") {
+        compressed();
+    }
+}
+
+fn flat() {
     let isa = Isa::detect();
     let threads = cores();
     let bw1 = read_bandwidth(1);
@@ -166,7 +191,6 @@ fn main() {
     write_f32(&qpath, &queries);
 
     let mut rows = String::new();
-    let mut f16_line = String::new();
     #[allow(unused_mut)]
     let mut gpu_lines = String::new();
     // CPU engine queries/s per (n, batch) of this run: the GPU rows' baseline.
@@ -187,7 +211,7 @@ fn main() {
             let ours = index.search(&queries[..16 * DIM], K).expect("search");
             let same = ours
                 .iter()
-                .zip(&f.ids)
+                .zip(&f.ids[..16])
                 .filter(|(a, b)| a.iter().map(|h| h.id as i64).eq(b.iter().copied()))
                 .count();
             eprintln!("n={n}: {same}/16 queries have identical top-10 ids in ragd-exact and faiss");
@@ -212,32 +236,6 @@ fn main() {
         }
         #[cfg(feature = "cuda")]
         gpu_rows(&index, &queries, n, &mut cpu_qps, &mut gpu_lines);
-        if n == sizes()[0] {
-            let mut half = ExactIndex::new(
-                DIM,
-                Metric::InnerProduct,
-                Options { precision: Precision::F16, ..Options::default() },
-            )
-            .expect("index");
-            half.add(&ids, &data).expect("add");
-            let (a, h) = (
-                index.search(&queries[..100 * DIM], K).expect("f32"),
-                half.search(&queries[..100 * DIM], K).expect("f16"),
-            );
-            let found: usize = a
-                .iter()
-                .zip(&h)
-                .map(|(x, y)| x.iter().filter(|n| y.iter().any(|m| m.id == n.id)).count())
-                .sum();
-            let recall = found as f64 / (100 * K) as f64;
-            let (q1, q64) = (qps(&half, &queries, 1), qps(&half, &queries, 64));
-            f16_line = format!(
-                "f16 storage ({n} × {DIM}, {} MB instead of {} MB): batch 1 {q1:.0} q/s, batch 64 {q64:.0} q/s, \
-                 recall@10 against f32 exact {recall:.3}.",
-                half.bytes() >> 20,
-                index.bytes() >> 20
-            );
-        }
     }
     let faiss_note = match faiss_version {
         Some((v, t)) => format!("faiss-cpu {v} `IndexFlatIP` ({t} OpenMP threads)"),
@@ -252,7 +250,7 @@ fn main() {
          {bw1:.1} GB/s (1 thread) / {bwn:.1} GB/s ({threads} threads); FMA peak {peak:.0} GFLOP/s \
          ({threads} threads, register-only `{isa}` loop).\n\n\
          | vectors | batch | ragd-exact q/s | faiss q/s | ratio | hardware use |\n|---:|---:|---:|---:|---|---|\n\
-         {rows}\n{f16_line}\n\n{gpu}Targets: ≥ 1.0× faiss at batch 1, ≥ 2× at batch ≥ 64.\n",
+         {rows}\nCompressed storage (f16, bf16, int8): the section after the GPU one.\n\n{gpu}Targets: ≥ 1.0× faiss at batch 1, ≥ 2× at batch ≥ 64.\n",
         machine = report::machine(),
         secs = bench_secs().as_secs_f64(),
         isa = isa.name(),
@@ -286,6 +284,114 @@ fn main() {
         report::update_section(&report::benchmarks_md(), "exact-gpu", &body)
             .expect("write docs/benchmarks.md");
     }
+}
+
+fn recall(got: &[Vec<u64>], truth: &[Vec<Neighbor>]) -> f64 {
+    let found: usize =
+        got.iter().zip(truth).map(|(g, t)| t.iter().filter(|n| g.contains(&n.id)).count()).sum();
+    found as f64 / truth.iter().map(Vec::len).sum::<usize>() as f64
+}
+
+/// Section `exact-compressed`: every precision against f32 on embedding-like vectors, faiss's
+/// flat and scalar-quantised indexes on the same files.
+fn compressed() {
+    let n: usize = std::env::var("RAGD_BENCH_COMPRESSED_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let isa = Isa::detect();
+    let threads = cores();
+    let bwn = read_bandwidth(threads);
+    let data = embedding_like(n + QUERIES, DIM, 3);
+    let (vectors, queries) = data.split_at(n * DIM);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (dpath, qpath) = (dir.path().join("data.f32"), dir.path().join("queries.f32"));
+    write_f32(&dpath, vectors);
+    write_f32(&qpath, queries);
+    let ids: Vec<u64> = (0..n as u64).collect();
+    let build = |precision, rescore| {
+        let mut index =
+            ExactIndex::new(DIM, Metric::InnerProduct, Options { precision, rescore, ..Options::default() })
+                .expect("index");
+        index.add(&ids, vectors).expect("add");
+        index
+    };
+    let top_ids = |index: &ExactIndex| -> Vec<Vec<u64>> {
+        let hits = index.search(&queries[..100 * DIM], K).expect("search");
+        hits.iter().map(|h| h.iter().map(|n| n.id).collect()).collect()
+    };
+    let reference = build(Precision::F32, 0);
+    let truth = reference.search(&queries[..100 * DIM], K).expect("search");
+    let (base1, base64) = (qps(&reference, queries, 1), qps(&reference, queries, 64));
+    let gbs = |q: f64, index: &ExactIndex| q * index.bytes() as f64 / 1e9;
+    let mut rows = format!(
+        "| ragd-exact f32 | – | {} | {base1:.0} | 1.00× | {:.1} GB/s | {base64:.0} | 1.00× | 1.000 (reference) |\n",
+        reference.bytes_per_vector(),
+        gbs(base1, &reference)
+    );
+    drop(reference);
+    for precision in [Precision::F16, Precision::Bf16, Precision::Int8, Precision::Int8PerVector] {
+        for rescore in [0, 4] {
+            let index = build(precision, rescore);
+            let r = recall(&top_ids(&index), &truth);
+            let (q1, q64) = (qps(&index, queries, 1), qps(&index, queries, 64));
+            eprintln!(
+                "{} rescore {rescore}: batch 1 {q1:.0} q/s ({:.2}× f32), batch 64 {q64:.0} q/s, recall {r:.3}",
+                precision.name(),
+                q1 / base1
+            );
+            rows.push_str(&format!(
+                "| ragd-exact {} | {} | {} | {q1:.0} | **{:.2}×** | {:.1} GB/s | {q64:.0} | {:.2}× | {r:.3} |\n",
+                precision.name(),
+                if rescore > 0 { format!("{rescore}× (f32 resident)") } else { "none".into() },
+                index.bytes_per_vector(),
+                q1 / base1,
+                gbs(q1, &index),
+                q64 / base64,
+            ));
+        }
+    }
+    let mut faiss_version = None;
+    for (factory, bytes) in [("Flat", DIM * 4), ("SQfp16", DIM * 2), ("SQbf16", DIM * 2), ("SQ8", DIM)] {
+        match faiss_index(&dpath, &qpath, factory, &[1, 64]) {
+            Some(f) => {
+                faiss_version = Some((f.version.clone(), f.threads));
+                let got: Vec<Vec<u64>> =
+                    f.ids.iter().map(|h| h.iter().map(|id| *id as u64).collect()).collect();
+                let (q1, q64) = (f.qps["1"], f.qps["64"]);
+                rows.push_str(&format!(
+                    "| faiss {factory} | – | {bytes} | {q1:.0} | {:.2}× | {:.1} GB/s | {q64:.0} | {:.2}× | {:.3} |\n",
+                    q1 / base1,
+                    q1 * (n * bytes) as f64 / 1e9,
+                    q64 / base64,
+                    recall(&got, &truth)
+                ));
+            }
+            None => rows.push_str(&format!("| faiss {factory} | – | {bytes} | not run | | | | | |\n")),
+        }
+    }
+    let faiss_note = match faiss_version {
+        Some((v, t)) => format!("faiss-cpu {v} ({t} OpenMP threads)"),
+        None => "faiss-cpu: not run (scripts/setup --with-bench)".into(),
+    };
+    let body = format!(
+        "## Exact search on compressed vectors (ragd-exact f16, bf16, int8)\n\n\
+         Measured by `cargo bench -p ragd-bench --bench exact` in one run on: {machine}.\n\
+         {n} embedding-like unit vectors (`ragd_exact::synthetic`: 20 clusters, a shared mean, per-dimension \
+         scales differing by 10×), d = {DIM}, inner product, k = {K}; queries/s over {secs:.0} s per cell, \
+         ratios against ragd-exact f32 in the same run; recall@10 of the first 100 queries against f32 exact. \
+         Kernel `{isa}`, {threads} threads; read bandwidth probed in the same run {bwn:.1} GB/s. \
+         Every precision is scored on its stored form (batch < 4: widened in registers; larger batches: \
+         each block widened once); rescoring takes the best k × 4 by compressed score and re-ranks them \
+         with the f32 rows kept resident. Baselines: {faiss_note} on the same files.\n\n\
+         | engine, storage | rescoring | bytes / vector | batch 1 q/s | ÷ f32 | scanned | batch 64 q/s | ÷ f32 | recall@10 |\n\
+         |---|---|---:|---:|---|---:|---:|---|---:|\n\
+         {rows}\n\
+         Targets (issue 20): batch 1 ≥ 1.8× f32 for f16/bf16 and ≥ 3× for int8, at recall@10 ≥ 0.99 \
+         (with rescoring where needed).\n",
+        machine = report::machine(),
+        secs = bench_secs().as_secs_f64(),
+        isa = isa.name(),
+    );
+    println!("{body}");
+    report::update_section(&report::benchmarks_md(), "exact-compressed", &body).expect("write docs/benchmarks.md");
 }
 
 /// GPU rows: the same index uploaded to GPU 0, queries/s per batch (GB/s at batch 1, TFLOP/s of

@@ -107,6 +107,7 @@ async fn build(data: &Path, points: &[Vec<f32>], queries: &[Vec<f32>]) -> (Vec<V
             chunking: Chunking::default(),
             keyword: None,
             max_chunks: None,
+            exact: None,
         })
         .expect("register");
     (truth, build_secs)

@@ -173,6 +173,7 @@ async fn build(dir: &std::path::Path) -> (Arc<Indexer>, Vec<String>, f64) {
         on_disk: None,
         keyword: Some(KeywordRequest { avg_len: Some(WORDS as f32), ..KeywordRequest::default() }),
         max_chunks: None,
+        exact: None,
     };
     let started = Instant::now();
     indexer.create_collection(create, None).await.expect("create");

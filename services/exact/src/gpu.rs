@@ -60,6 +60,9 @@ pub enum GpuError {
     Cuda(String),
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
+    /// The index is stored in a precision the GPU kernels do not read (bf16, int8).
+    #[error("the GPU engine scores f32 and f16 rows; this index stores {0}")]
+    Unsupported(&'static str),
 }
 
 impl From<crate::ExactError> for GpuError {
@@ -461,6 +464,7 @@ impl GpuIndex {
                 let bits: Vec<u16> = d.iter().map(|h: &f16| h.to_bits()).collect();
                 DeviceRows::F16(stream.clone_htod(&bits).map_err(cuda)?)
             }
+            _ => return Err(GpuError::Unsupported(index.precision().name())),
         };
         let norms = match index.metric {
             Metric::L2 => Some(stream.clone_htod(&index.norms).map_err(cuda)?),

@@ -185,28 +185,51 @@ fn scores_impl<M: Madd>(queries: &[f32], nq: usize, rows: &[f32], nr: usize, str
     })
 }
 
-/// AVX-512 micro-kernels with explicit 512-bit intrinsics (LLVM prefers 256-bit vectors even
-/// with AVX-512 enabled, and then spills the 4 × 4 tile's accumulators).
-#[cfg(target_arch = "x86_64")]
+/// What rows are stored as, as the kernel reads them: f32; f16 or bf16 bits; u8 or i8 codes
+/// (scalar quantisation: the kernel scores the code values, the caller applies the affine map —
+/// see `ExactIndex`). The AVX-512 micro-kernels widen 16 values to f32 lanes as they load them,
+/// so a row is read at its stored width; elsewhere blocks are widened to f32 first.
 #[allow(unsafe_code)]
-mod avx512 {
-    use std::arch::x86_64::*;
+pub trait Row: Copy + Send + Sync + 'static {
+    /// Bytes per stored value.
+    const BYTES: usize;
 
-    use super::{LANES, TQ, TR};
+    /// The 16 values at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F and `p .. p + 16` is readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 
-    /// What rows are stored as: f32, or f16 bits widened to f32 as they are loaded.
-    pub trait Row: Copy {
-        /// The 16 values at `p` as f32 lanes.
-        ///
-        /// # Safety
-        /// The CPU supports AVX-512F and `p .. p + 16` is readable.
-        unsafe fn load16(p: *const Self) -> __m512;
+    /// The values as f32 into `out` (same length): the widened blocks of large batches and of
+    /// the instruction sets without a direct kernel.
+    fn widen_into(values: &[Self], out: &mut [f32]);
 
-        /// The values as f32 (edge tiles).
-        fn widen(values: &[Self]) -> std::borrow::Cow<'_, [f32]>;
+    /// The values as f32 (edge tiles).
+    fn widen(values: &[Self]) -> std::borrow::Cow<'_, [f32]> {
+        let mut out = vec![0.0; values.len()];
+        Self::widen_into(values, &mut out);
+        std::borrow::Cow::Owned(out)
     }
+}
+
+/// bf16 bits (the upper half of an f32).
+pub type Bf16 = half::bf16;
+
+#[allow(unsafe_code)]
+mod rows {
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+    use std::borrow::Cow;
+
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+
+    use super::Row;
 
     impl Row for f32 {
+        const BYTES: usize = 4;
+
+        #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
         #[inline]
         unsafe fn load16(p: *const f32) -> __m512 {
@@ -215,14 +238,20 @@ mod avx512 {
             unsafe { _mm512_loadu_ps(p) }
         }
 
-        fn widen(values: &[f32]) -> std::borrow::Cow<'_, [f32]> {
-            std::borrow::Cow::Borrowed(values)
+        fn widen_into(values: &[f32], out: &mut [f32]) {
+            out.copy_from_slice(values);
+        }
+
+        fn widen(values: &[f32]) -> Cow<'_, [f32]> {
+            Cow::Borrowed(values)
         }
     }
 
+    /// f16 bits: `vcvtph2ps` (AVX-512F) widens 16 of them in a register.
     impl Row for u16 {
-        /// f16 bits: `vcvtph2ps` (AVX-512F) widens 16 of them in a register, so the rows are read
-        /// at 2 bytes per dimension.
+        const BYTES: usize = 2;
+
+        #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
         #[inline]
         unsafe fn load16(p: *const u16) -> __m512 {
@@ -231,10 +260,77 @@ mod avx512 {
             unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast::<__m256i>())) }
         }
 
-        fn widen(values: &[u16]) -> std::borrow::Cow<'_, [f32]> {
-            std::borrow::Cow::Owned(super::widen_f16(values))
+        fn widen_into(values: &[u16], out: &mut [f32]) {
+            values.reinterpret_cast::<half::f16>().convert_to_f32_slice(out);
         }
     }
+
+    /// bf16: zero-extend each 16-bit value to 32 bits and shift it into the upper half.
+    impl Row for half::bf16 {
+        const BYTES: usize = 2;
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn load16(p: *const half::bf16) -> __m512 {
+            // SAFETY: the caller guarantees 16 readable bf16 (32 bytes) at `p`; `loadu` has no
+            // alignment requirement.
+            unsafe {
+                let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast::<__m256i>()));
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wide))
+            }
+        }
+
+        fn widen_into(values: &[half::bf16], out: &mut [f32]) {
+            values.convert_to_f32_slice(out);
+        }
+    }
+
+    /// Unsigned 8-bit codes (per-dimension scalar quantisation), as their values 0..=255.
+    impl Row for u8 {
+        const BYTES: usize = 1;
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn load16(p: *const u8) -> __m512 {
+            // SAFETY: the caller guarantees 16 readable bytes at `p`; `loadu` has no alignment
+            // requirement.
+            unsafe { _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast::<__m128i>()))) }
+        }
+
+        fn widen_into(values: &[u8], out: &mut [f32]) {
+            out.iter_mut().zip(values).for_each(|(o, &c)| *o = f32::from(c));
+        }
+    }
+
+    /// Signed 8-bit codes (per-vector symmetric quantisation), as their values -127..=127.
+    impl Row for i8 {
+        const BYTES: usize = 1;
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn load16(p: *const i8) -> __m512 {
+            // SAFETY: the caller guarantees 16 readable bytes at `p`; `loadu` has no alignment
+            // requirement.
+            unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast::<__m128i>()))) }
+        }
+
+        fn widen_into(values: &[i8], out: &mut [f32]) {
+            out.iter_mut().zip(values).for_each(|(o, &c)| *o = f32::from(c));
+        }
+    }
+}
+
+/// AVX-512 micro-kernels with explicit 512-bit intrinsics (LLVM prefers 256-bit vectors even
+/// with AVX-512 enabled, and then spills the 4 × 4 tile's accumulators).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{LANES, Row, TQ, TR};
 
     /// A full 4 × 4 tile: 16 zmm accumulators, 8 loads per 16 FMAs.
     ///
@@ -377,9 +473,9 @@ pub fn scores(isa: Isa, queries: &[f32], nq: usize, rows: &[f32], nr: usize, str
     }
 }
 
-/// Does [`scores_f16`] compute on f16 rows directly with `isa` on this CPU? (AVX-512F: widening in
-/// registers. Elsewhere callers widen blocks of rows to f32 first and use [`scores`].)
-pub fn f16_direct(isa: Isa) -> bool {
+/// Does [`scores_rows`] compute on compressed rows directly with `isa` on this CPU? (AVX-512F:
+/// widening in registers. Elsewhere blocks of rows are widened to f32 first.)
+pub fn direct(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f")
@@ -391,15 +487,15 @@ pub fn f16_direct(isa: Isa) -> bool {
     }
 }
 
-/// [`scores`] against rows stored as f16 bits, computed on them directly where [`f16_direct`]
-/// (rows are read at 2 bytes per dimension and widened in registers); elsewhere the rows are
-/// widened to f32 first.
+/// [`scores`] against rows stored as `T` (f16/bf16 bits, u8/i8 codes), computed on them directly
+/// where [`direct`] (rows are read at their stored width and widened in registers); elsewhere
+/// the rows are widened to f32 first.
 #[allow(unsafe_code)]
-pub fn scores_f16(
+pub fn scores_rows<T: Row>(
     isa: Isa,
     queries: &[f32],
     nq: usize,
-    rows: &[u16],
+    rows: &[T],
     nr: usize,
     stride: usize,
     out: &mut [f32],
@@ -407,18 +503,12 @@ pub fn scores_f16(
     assert!(stride.is_multiple_of(LANES), "stride is a multiple of LANES");
     assert!(queries.len() >= nq * stride && rows.len() >= nr * stride && out.len() >= nq * nr);
     #[cfg(target_arch = "x86_64")]
-    if f16_direct(isa) {
-        // SAFETY: the CPU supports AVX-512F (f16_direct checked it; AVX-512F implies AVX2 and FMA).
+    if direct(isa) {
+        // SAFETY: the CPU supports AVX-512F (`direct` checked it; AVX-512F implies AVX2 and FMA).
         unsafe { avx512::scores(queries, nq, rows, nr, stride, out) };
         return;
     }
-    scores(isa, queries, nq, &widen_f16(&rows[..nr * stride]), nr, stride, out)
-}
-
-/// f16 bits as f32 (`half`'s slice conversion: F16C where the CPU has it).
-fn widen_f16(bits: &[u16]) -> Vec<f32> {
-    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-    bits.reinterpret_cast::<half::f16>().to_f32_vec()
+    scores(isa, queries, nq, &T::widen(&rows[..nr * stride]), nr, stride, out)
 }
 
 #[inline(always)]
@@ -471,8 +561,9 @@ pub fn fma_probe(isa: Isa, iters: usize) -> f32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn f16_rows_match_a_naive_dot_on_every_isa_and_tile_shape() {
+    /// Every stored row type, on every ISA and tile shape, scores what its values stand for
+    /// (decoded here by hand, not by the kernel's own widening).
+    fn rows_match_a_naive_dot<T: Row>(encode: impl Fn(f32) -> T, decode: impl Fn(T) -> f32) {
         let dim = 37;
         let s = stride(dim);
         let mut state = 11u64;
@@ -482,26 +573,34 @@ mod tests {
         };
         for (nq, nr) in [(1, 1), (1, 4), (3, 7), (4, 4), (5, 9), (9, 13)] {
             let mut q = vec![0.0; nq * s];
-            let mut r = vec![0u16; nr * s];
+            let mut r = vec![encode(0.0); nr * s];
             for i in 0..nq {
                 q[i * s..i * s + dim].iter_mut().for_each(|x| *x = next());
             }
             for j in 0..nr {
-                r[j * s..j * s + dim].iter_mut().for_each(|x| *x = half::f16::from_f32(next()).to_bits());
+                r[j * s..j * s + dim].iter_mut().for_each(|x| *x = encode(next()));
             }
             for isa in [Isa::Baseline, Isa::Avx2Fma, Isa::Avx512] {
                 let mut out = vec![0.0; nq * nr];
-                scores_f16(isa, &q, nq, &r, nr, s, &mut out);
+                scores_rows(isa, &q, nq, &r, nr, s, &mut out);
                 for i in 0..nq {
                     for j in 0..nr {
-                        let naive: f32 = (0..dim)
-                            .map(|t| q[i * s + t] * half::f16::from_bits(r[j * s + t]).to_f32())
-                            .sum();
-                        assert!((out[i * nr + j] - naive).abs() < 1e-5, "{isa:?} {nq}x{nr} ({i},{j})");
+                        let naive: f32 = (0..dim).map(|t| q[i * s + t] * decode(r[j * s + t])).sum();
+                        let tol = 1e-5 * (1.0 + naive.abs());
+                        assert!((out[i * nr + j] - naive).abs() < tol, "{isa:?} {nq}x{nr} ({i},{j})");
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn compressed_rows_match_a_naive_dot_on_every_isa_and_tile_shape() {
+        rows_match_a_naive_dot(|x| half::f16::from_f32(x).to_bits(), |b| half::f16::from_bits(b).to_f32());
+        rows_match_a_naive_dot(half::bf16::from_f32, |b| f32::from_bits(u32::from(b.to_bits()) << 16));
+        rows_match_a_naive_dot(|x| ((x + 0.5) * 255.0) as u8, f32::from);
+        rows_match_a_naive_dot(|x| (x * 254.0) as i8, f32::from);
+        rows_match_a_naive_dot(|x| x, |x| x);
     }
 
     #[test]

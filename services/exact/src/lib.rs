@@ -19,12 +19,13 @@ pub mod coalesce;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod kernel;
+pub mod synthetic;
 pub mod topk;
 
 use std::collections::HashMap;
 
-use half::f16;
 use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 pub use kernel::Isa;
 pub use topk::Neighbor;
@@ -39,11 +40,45 @@ pub enum Metric {
     L2,
 }
 
+/// How the rows are stored, and so how many bytes a scan reads per dimension. Every precision is
+/// scored by the kernel on its stored form (widened to f32 in registers, accumulated in f32);
+/// queries stay f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     F32,
-    /// Half the memory and bandwidth; scores accumulate in f32.
+    /// IEEE half: 2 bytes, 11 significant bits, range ±65504.
     F16,
+    /// bfloat16: 2 bytes, f32's exponent range with 8 significant bits.
+    Bf16,
+    /// 1 byte per dimension, asymmetric per dimension (faiss `SQ8`): `x_d ≈ lo_d + step_d · c_d`
+    /// with `c_d` in 0..=255 over the range of dimension d seen so far (re-encoded when a new
+    /// vector falls outside it).
+    Int8,
+    /// 1 byte per dimension plus a 4-byte scale per vector, symmetric: `x ≈ s · c` with `c` in
+    /// -127..=127 and `s = max|x_d| / 127`.
+    Int8PerVector,
+}
+
+impl Precision {
+    /// Bytes a scan reads per vector of `stride` padded dimensions.
+    pub fn bytes_per_vector(self, stride: usize) -> usize {
+        match self {
+            Precision::F32 => stride * 4,
+            Precision::F16 | Precision::Bf16 => stride * 2,
+            Precision::Int8 => stride,
+            Precision::Int8PerVector => stride + 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+            Precision::Int8PerVector => "int8-per-vector",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -73,18 +108,131 @@ pub struct Options {
     pub block_rows: usize,
     /// Queries scored together against a block.
     pub query_group: usize,
+    /// Rescoring of compressed precisions: 0 = off; n = keep the f32 vectors too (resident, not
+    /// scanned), take the best `k × n` by the compressed scores and return the best k of those
+    /// by their f32 scores (Qdrant's `oversampling` + `rescore`). Ignored for f32.
+    pub rescore: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { threads: 0, precision: Precision::F32, block_rows: 256, query_group: 64 }
+        Self { threads: 0, precision: Precision::F32, block_rows: 256, query_group: 64, rescore: 0 }
     }
 }
 
+/// The scanned rows, `stride` values each (padding dimensions zero / code 0).
 #[derive(Debug, Clone)]
 enum Storage {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    /// Per-dimension codes: `x_d ≈ lo[d] + step[d] · c_d` (padding dimensions: lo = step = 0).
+    U8 { codes: Vec<u8>, lo: Vec<f32>, step: Vec<f32> },
+    /// Per-vector codes: `x ≈ scale[row] · c`.
+    I8 { codes: Vec<i8>, scale: Vec<f32> },
+}
+
+/// Runs `$body` with `$v` bound to the storage's row values (a `Vec` of the stored type).
+macro_rules! with_values {
+    ($storage:expr, $v:ident => $body:expr) => {
+        match $storage {
+            Storage::F32($v) => $body,
+            Storage::F16($v) => $body,
+            Storage::Bf16($v) => $body,
+            Storage::U8 { codes: $v, .. } => $body,
+            Storage::I8 { codes: $v, .. } => $body,
+        }
+    };
+}
+
+impl Storage {
+    fn new(precision: Precision, stride: usize) -> Self {
+        match precision {
+            Precision::F32 => Storage::F32(Vec::new()),
+            Precision::F16 => Storage::F16(Vec::new()),
+            Precision::Bf16 => Storage::Bf16(Vec::new()),
+            Precision::Int8 => Storage::U8 { codes: Vec::new(), lo: vec![0.0; stride], step: vec![0.0; stride] },
+            Precision::Int8PerVector => Storage::I8 { codes: Vec::new(), scale: Vec::new() },
+        }
+    }
+
+    /// Appends a zero row.
+    fn push_row(&mut self, stride: usize) {
+        with_values!(self, v => v.resize(v.len() + stride, Default::default()));
+        if let Storage::I8 { scale, .. } = self {
+            scale.push(0.0);
+        }
+    }
+
+    /// Row `from` overwrites row `to`.
+    fn move_row(&mut self, from: usize, to: usize, stride: usize) {
+        with_values!(self, v => v.copy_within(from * stride..(from + 1) * stride, to * stride));
+        if let Storage::I8 { scale, .. } = self {
+            scale[to] = scale[from];
+        }
+    }
+
+    fn truncate_rows(&mut self, rows: usize, stride: usize) {
+        with_values!(self, v => v.truncate(rows * stride));
+        if let Storage::I8 { scale, .. } = self {
+            scale.truncate(rows);
+        }
+    }
+
+    /// Encodes `row` (`stride` floats, padding zero) into row `at`. Int8: the ranges must
+    /// already cover `row` (see [`ExactIndex::fit_ranges`]).
+    fn set_row(&mut self, at: usize, row: &[f32]) {
+        let span = at * row.len()..(at + 1) * row.len();
+        match self {
+            Storage::F32(d) => d[span].copy_from_slice(row),
+            Storage::F16(d) => d[span].convert_from_f32_slice(row),
+            Storage::Bf16(d) => d[span].convert_from_f32_slice(row),
+            Storage::U8 { codes, lo, step } => {
+                for (((c, x), l), s) in codes[span].iter_mut().zip(row).zip(lo.iter()).zip(step.iter()) {
+                    *c = if *s > 0.0 { ((x - l) / s).round().clamp(0.0, 255.0) as u8 } else { 0 };
+                }
+            }
+            Storage::I8 { codes, scale } => {
+                let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let s = max / 127.0;
+                scale[at] = s;
+                for (c, x) in codes[span].iter_mut().zip(row) {
+                    *c = if s > 0.0 { (x / s).round().clamp(-127.0, 127.0) as i8 } else { 0 };
+                }
+            }
+        }
+    }
+
+    /// Row `at` as the f32 values its codes stand for.
+    fn row_f32(&self, at: usize, stride: usize) -> Vec<f32> {
+        let span = at * stride..(at + 1) * stride;
+        let mut out = vec![0.0; stride];
+        match self {
+            Storage::F32(d) => out.copy_from_slice(&d[span]),
+            Storage::F16(d) => d[span].convert_to_f32_slice(&mut out),
+            Storage::Bf16(d) => d[span].convert_to_f32_slice(&mut out),
+            Storage::U8 { codes, lo, step } => {
+                for (((o, c), l), s) in out.iter_mut().zip(&codes[span]).zip(lo).zip(step) {
+                    *o = l + s * f32::from(*c);
+                }
+            }
+            Storage::I8 { codes, scale } => {
+                for (o, c) in out.iter_mut().zip(&codes[span]) {
+                    *o = scale[at] * f32::from(*c);
+                }
+            }
+        }
+        out
+    }
+
+    /// Bytes a full scan reads.
+    fn bytes(&self) -> usize {
+        let values = with_values!(self, v => std::mem::size_of_val(v.as_slice()));
+        match self {
+            Storage::I8 { scale, .. } => values + scale.len() * 4,
+            _ => values,
+        }
+    }
 }
 
 /// Exact search over resident vectors.
@@ -98,8 +246,10 @@ pub struct ExactIndex {
     ids: Vec<u64>,
     rows: HashMap<u64, usize>,
     data: Storage,
-    /// Squared norms of the stored rows (L2 only).
+    /// Squared norms of the stored rows as their codes stand for them (L2 ranks by them).
     norms: Vec<f32>,
+    /// The f32 rows (padded, normalised for cosine) of a compressed index that rescores.
+    originals: Option<Vec<f32>>,
 }
 
 fn check_finite(field: &'static str, v: &[f32]) -> Result<(), ExactError> {
@@ -160,20 +310,19 @@ impl ExactIndex {
         if dim == 0 {
             return Err(invalid("dim", "must be at least 1"));
         }
-        let data = match options.precision {
-            Precision::F32 => Storage::F32(Vec::new()),
-            Precision::F16 => Storage::F16(Vec::new()),
-        };
+        let stride = kernel::stride(dim);
+        let rescores = options.rescore > 0 && options.precision != Precision::F32;
         Ok(Self {
             dim,
-            stride: kernel::stride(dim),
+            stride,
             metric,
             isa: Isa::detect(),
             options,
             ids: Vec::new(),
             rows: HashMap::new(),
-            data,
+            data: Storage::new(options.precision, stride),
             norms: Vec::new(),
+            originals: rescores.then(Vec::new),
         })
     }
 
@@ -182,6 +331,9 @@ impl ExactIndex {
     }
     pub fn metric(&self) -> Metric {
         self.metric
+    }
+    pub fn precision(&self) -> Precision {
+        self.options.precision
     }
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -192,12 +344,19 @@ impl ExactIndex {
     pub fn isa(&self) -> Isa {
         self.isa
     }
-    /// Bytes of vector storage (what a batch-1 search reads).
+    /// Bytes of vector storage a search scans (what bounds a batch-1 search).
     pub fn bytes(&self) -> usize {
-        match &self.data {
-            Storage::F32(v) => v.len() * 4,
-            Storage::F16(v) => v.len() * 2,
-        }
+        self.data.bytes()
+    }
+    /// Bytes a search scans per vector (padded dimensions at the stored precision).
+    pub fn bytes_per_vector(&self) -> usize {
+        self.options.precision.bytes_per_vector(self.stride)
+    }
+    /// Resident bytes: the scanned rows, the f32 rows kept for rescoring, norms and ids.
+    pub fn resident_bytes(&self) -> usize {
+        let originals = self.originals.as_ref().map_or(0, |o| o.len() * 4);
+        let per_row = 4 + 8 + std::mem::size_of::<(u64, usize)>();
+        self.bytes() + originals + self.len() * per_row
     }
 
     /// Forces an instruction set (tests and benchmarks); the kernel falls back to the baseline
@@ -224,53 +383,108 @@ impl ExactIndex {
             ));
         }
         check_finite("vectors", vectors)?;
-        let mut row = vec![0.0f32; self.stride];
-        for (id, v) in ids.iter().zip(vectors.chunks_exact(self.dim)) {
-            row[..self.dim].copy_from_slice(v);
-            if self.metric == Metric::Cosine {
-                normalise(&mut row[..self.dim]);
-            }
+        let padded: Vec<f32> = vectors
+            .chunks_exact(self.dim)
+            .flat_map(|v| {
+                let mut row = vec![0.0f32; self.stride];
+                row[..self.dim].copy_from_slice(v);
+                if self.metric == Metric::Cosine {
+                    normalise(&mut row[..self.dim]);
+                }
+                row
+            })
+            .collect();
+        if self.options.precision == Precision::F16
+            && let Some(i) = padded.iter().position(|x| x.abs() > f32::from(f16::MAX))
+        {
+            return Err(invalid(
+                "vectors",
+                format!(
+                    "value {} of vector {} is beyond the f16 range (±65504)",
+                    padded[i],
+                    i / self.stride
+                ),
+            ));
+        }
+        self.fit_ranges(&padded);
+        for (id, row) in ids.iter().zip(padded.chunks_exact(self.stride)) {
             let at = match self.rows.get(id) {
                 Some(&at) => at,
                 None => {
                     let at = self.ids.len();
                     self.ids.push(*id);
                     self.rows.insert(*id, at);
-                    match &mut self.data {
-                        Storage::F32(d) => d.resize(d.len() + self.stride, 0.0),
-                        Storage::F16(d) => d.resize(d.len() + self.stride, f16::ZERO),
-                    }
+                    self.data.push_row(self.stride);
                     self.norms.push(0.0);
+                    if let Some(o) = &mut self.originals {
+                        o.resize(o.len() + self.stride, 0.0);
+                    }
                     at
                 }
             };
-            let span = at * self.stride..(at + 1) * self.stride;
-            match &mut self.data {
-                Storage::F32(d) => d[span].copy_from_slice(&row),
-                Storage::F16(d) => d[span.clone()].convert_from_f32_slice(&row),
+            self.data.set_row(at, row);
+            if let Some(o) = &mut self.originals {
+                o[at * self.stride..(at + 1) * self.stride].copy_from_slice(row);
             }
-            // The norm of what is stored (after rounding to f16), so L2 stays consistent.
-            let stored = self.row_f32(at);
-            self.norms[at] = stored.iter().map(|x| x * x).sum();
+            // The norm of what is stored (after rounding or quantising), so L2 stays consistent.
+            self.norms[at] = self.data.row_f32(at, self.stride).iter().map(|x| x * x).sum();
         }
         Ok(())
     }
 
-    fn row_f32(&self, at: usize) -> Vec<f32> {
-        let span = at * self.stride..(at + 1) * self.stride;
-        match &self.data {
-            Storage::F32(d) => d[span].to_vec(),
-            Storage::F16(d) => {
-                let mut out = vec![0.0; self.stride];
-                d[span].convert_to_f32_slice(&mut out);
-                out
+    /// Int8 (per dimension): widens the ranges to cover `rows` (padded rows), with a margin of
+    /// 1/8 of the range on a side that grew so that slowly drifting data re-encodes rarely, and
+    /// re-encodes the stored rows (from the f32 rows where kept, else from their codes).
+    fn fit_ranges(&mut self, rows: &[f32]) {
+        let Storage::U8 { lo, step, .. } = &self.data else { return };
+        let (mut new_lo, mut new_hi): (Vec<f32>, Vec<f32>) = if self.ids.is_empty() {
+            (vec![f32::INFINITY; self.dim], vec![f32::NEG_INFINITY; self.dim])
+        } else {
+            (lo[..self.dim].to_vec(), (0..self.dim).map(|d| lo[d] + 255.0 * step[d]).collect())
+        };
+        let mut grew = false;
+        for row in rows.chunks_exact(self.stride) {
+            for d in 0..self.dim {
+                if row[d] < new_lo[d] || row[d] > new_hi[d] {
+                    grew = true;
+                    new_lo[d] = new_lo[d].min(row[d]);
+                    new_hi[d] = new_hi[d].max(row[d]);
+                }
             }
+        }
+        if !grew {
+            return;
+        }
+        let old: Vec<Vec<f32>> = match &self.originals {
+            Some(_) => Vec::new(),
+            None => (0..self.len()).map(|at| self.data.row_f32(at, self.stride)).collect(),
+        };
+        let first = self.ids.is_empty();
+        let Storage::U8 { lo, step, .. } = &mut self.data else { return };
+        for d in 0..self.dim {
+            let (l, h) = (new_lo[d], new_hi[d]);
+            let margin = if first { 0.0 } else { (h - l) / 8.0 };
+            let grew_low = l < lo[d];
+            let grew_high = h > lo[d] + 255.0 * step[d];
+            let l = if grew_low { l - margin } else { l };
+            let h = if grew_high { h + margin } else { h };
+            lo[d] = l;
+            step[d] = (h - l) / 255.0;
+        }
+        for at in 0..self.len() {
+            let row = match &self.originals {
+                Some(o) => o[at * self.stride..(at + 1) * self.stride].to_vec(),
+                None => old[at].clone(),
+            };
+            self.data.set_row(at, &row);
+            self.norms[at] = self.data.row_f32(at, self.stride).iter().map(|x| x * x).sum();
         }
     }
 
     /// Removes the given ids (unknown ones are ignored); returns how many were removed.
     pub fn remove(&mut self, ids: &[u64]) -> usize {
         let mut removed = 0;
+        let s = self.stride;
         for id in ids {
             let Some(at) = self.rows.remove(id) else { continue };
             let last = self.ids.len() - 1;
@@ -279,17 +493,16 @@ impl ExactIndex {
                 self.ids[at] = moved;
                 self.rows.insert(moved, at);
                 self.norms[at] = self.norms[last];
-                let s = self.stride;
-                match &mut self.data {
-                    Storage::F32(d) => d.copy_within(last * s..(last + 1) * s, at * s),
-                    Storage::F16(d) => d.copy_within(last * s..(last + 1) * s, at * s),
+                self.data.move_row(last, at, s);
+                if let Some(o) = &mut self.originals {
+                    o.copy_within(last * s..(last + 1) * s, at * s);
                 }
             }
             self.ids.pop();
             self.norms.pop();
-            match &mut self.data {
-                Storage::F32(d) => d.truncate(last * self.stride),
-                Storage::F16(d) => d.truncate(last * self.stride),
+            self.data.truncate_rows(last, s);
+            if let Some(o) = &mut self.originals {
+                o.truncate(last * s);
             }
             removed += 1;
         }
@@ -304,19 +517,35 @@ impl ExactIndex {
     pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>, ExactError> {
         let padded = prepare_queries(self.dim, self.stride, self.metric, queries, k)?;
         let nq = queries.len() / self.dim;
+        // What the kernel scores: per-dimension codes score `q ∘ step` and add `q · lo`.
+        let (scored, offsets) = match &self.data {
+            Storage::U8 { lo, step, .. } => {
+                let scaled: Vec<f32> =
+                    padded.chunks_exact(self.stride).flat_map(|q| q.iter().zip(step).map(|(a, b)| a * b)).collect();
+                let offsets =
+                    padded.chunks_exact(self.stride).map(|q| q.iter().zip(lo).map(|(a, b)| a * b).sum()).collect();
+                (std::borrow::Cow::Owned(scaled), offsets)
+            }
+            _ => (std::borrow::Cow::Borrowed(padded.as_slice()), Vec::new()),
+        };
         let n = self.len();
+        // Rescoring: k × rescore candidates (at most every row) by compressed score.
+        let kk = match &self.originals {
+            Some(_) => k.saturating_mul(self.options.rescore).min(n.max(k)),
+            None => k,
+        };
         let threads = self.threads().min(n.div_ceil(self.options.block_rows.max(1)).max(1));
         let per = n.div_ceil(threads.max(1)).max(1);
         let ranges: Vec<(usize, usize)> =
             (0..threads).map(|t| (t * per, ((t + 1) * per).min(n))).filter(|(lo, hi)| lo < hi).collect();
-        let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+        let scan = |r: (usize, usize)| self.scan(&scored, &offsets, nq, kk, r);
+        let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(kk)).collect();
         let partials: Vec<Vec<TopK>> = match ranges.as_slice() {
             [] => Vec::new(),
-            [only] => vec![self.scan(&padded, nq, k, *only)],
+            [only] => vec![scan(*only)],
             [first, rest @ ..] => std::thread::scope(|s| {
-                let handles: Vec<_> =
-                    rest.iter().map(|r| s.spawn(|| self.scan(&padded, nq, k, *r))).collect();
-                let mut out = vec![self.scan(&padded, nq, k, *first)];
+                let handles: Vec<_> = rest.iter().map(|r| s.spawn(move || scan(*r))).collect();
+                let mut out = vec![scan(*first)];
                 out.extend(
                     handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
                 );
@@ -331,56 +560,95 @@ impl ExactIndex {
         Ok(merged
             .into_iter()
             .zip(padded.chunks_exact(self.stride))
-            .map(|(t, q)| reported(self.metric, q, t.into_sorted()))
+            .map(|(t, q)| reported(self.metric, q, self.rescored(q, t.into_sorted(), k)))
             .collect())
     }
 
-    /// Top-k of every query over rows `lo..hi`, block by block.
-    fn scan(&self, queries: &[f32], nq: usize, k: usize, (lo, hi): (usize, usize)) -> Vec<TopK> {
+    /// With f32 rows kept: the candidates re-ranked by their f32 scores (ranking form, as the
+    /// kernel's), the best k; otherwise the candidates as they are.
+    fn rescored(&self, query: &[f32], mut hits: Vec<Neighbor>, k: usize) -> Vec<Neighbor> {
+        let Some(o) = &self.originals else { return hits };
+        for h in &mut hits {
+            let at = self.rows[&h.id];
+            let row = &o[at * self.stride..(at + 1) * self.stride];
+            let dot: f32 = row.iter().zip(query).map(|(a, b)| a * b).sum();
+            h.score = match self.metric {
+                Metric::L2 => 2.0 * dot - row.iter().map(|x| x * x).sum::<f32>(),
+                _ => dot,
+            };
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        hits.truncate(k);
+        hits
+    }
+
+    /// Top-k of every query over rows `lo..hi`.
+    fn scan(&self, queries: &[f32], offsets: &[f32], nq: usize, k: usize, range: (usize, usize)) -> Vec<TopK> {
+        match &self.data {
+            Storage::F32(d) => self.scan_rows(d, queries, offsets, nq, k, range),
+            Storage::F16(d) => self.scan_rows(d.reinterpret_cast(), queries, offsets, nq, k, range),
+            Storage::Bf16(d) => self.scan_rows(d, queries, offsets, nq, k, range),
+            Storage::U8 { codes, .. } => self.scan_rows(codes, queries, offsets, nq, k, range),
+            Storage::I8 { codes, .. } => self.scan_rows(codes, queries, offsets, nq, k, range),
+        }
+    }
+
+    /// Top-k of every query over rows `lo..hi` of `data` (the stored values), block by block.
+    fn scan_rows<T: kernel::Row>(
+        &self,
+        data: &[T],
+        queries: &[f32],
+        offsets: &[f32],
+        nq: usize,
+        k: usize,
+        (lo, hi): (usize, usize),
+    ) -> Vec<TopK> {
         let br = self.options.block_rows.max(1);
         let qg = self.options.query_group.max(1);
         let s = self.stride;
         let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
         let mut scores = vec![0.0f32; qg.min(nq) * br];
-        // f16 rows: batches of 1–3 queries are scored on the f16 rows directly where the kernel
-        // can (AVX-512: half the bytes read, widened in registers); larger batches widen each
-        // block once and reuse it for every query (the direct kernel would widen each row once
-        // per 4 queries: measured 0.6× the widened path at batch 64).
-        let direct = kernel::f16_direct(self.isa) && nq < F16_DIRECT_BELOW;
-        let mut converted = match self.data {
-            Storage::F16(_) if !direct => vec![0.0f32; br * s],
-            _ => Vec::new(),
+        // Compressed rows: batches of 1–3 queries are scored on the stored rows directly where
+        // the kernel can (AVX-512: the stored bytes read, widened in registers); larger batches
+        // widen each block once and reuse it for every query (the direct kernel would widen each
+        // row once per 4 queries: measured for f16 at 0.6× the widened path at batch 64).
+        let widen = T::BYTES != 4 && !(kernel::direct(self.isa) && nq < DIRECT_BELOW);
+        let mut converted = if widen { vec![0.0f32; br * s] } else { Vec::new() };
+        let scale = match &self.data {
+            Storage::I8 { scale, .. } => scale.as_slice(),
+            _ => &[],
         };
         let mut start = lo;
         while start < hi {
             let end = (start + br).min(hi);
             let nr = end - start;
-            let block = match &self.data {
-                Storage::F32(d) => Block::F32(&d[start * s..end * s]),
-                Storage::F16(d) if direct => Block::F16(d[start * s..end * s].reinterpret_cast()),
-                Storage::F16(d) => {
-                    d[start * s..end * s].convert_to_f32_slice(&mut converted[..nr * s]);
-                    Block::F32(&converted[..nr * s])
-                }
-            };
+            let rows = &data[start * s..end * s];
+            if widen {
+                T::widen_into(rows, &mut converted[..nr * s]);
+            }
             let ids = &self.ids[start..end];
             let mut q0 = 0;
             while q0 < nq {
                 let g = qg.min(nq - q0);
                 let out = &mut scores[..g * nr];
                 let group = &queries[q0 * s..(q0 + g) * s];
-                match block {
-                    Block::F32(rows) => kernel::scores(self.isa, group, g, rows, nr, s, out),
-                    Block::F16(bits) => kernel::scores_f16(self.isa, group, g, bits, nr, s, out),
+                if widen {
+                    kernel::scores(self.isa, group, g, &converted[..nr * s], nr, s, out);
+                } else {
+                    kernel::scores_rows(self.isa, group, g, rows, nr, s, out);
                 }
-                if self.metric == Metric::L2 {
-                    for row in out.chunks_exact_mut(nr) {
-                        for (x, n) in row.iter_mut().zip(&self.norms[start..end]) {
-                            *x = 2.0 * *x - n;
-                        }
+                for (i, row) in out.chunks_exact_mut(nr).enumerate() {
+                    // From code space to `<q, x̂>`: per-dimension codes add the query's offset,
+                    // per-vector codes multiply by the row's scale.
+                    if let Some(off) = offsets.get(q0 + i) {
+                        row.iter_mut().for_each(|x| *x += off);
                     }
-                }
-                for (i, row) in out.chunks_exact(nr).enumerate() {
+                    if !scale.is_empty() {
+                        row.iter_mut().zip(&scale[start..end]).for_each(|(x, sc)| *x *= sc);
+                    }
+                    if self.metric == Metric::L2 {
+                        row.iter_mut().zip(&self.norms[start..end]).for_each(|(x, n)| *x = 2.0 * *x - n);
+                    }
                     tops[q0 + i].offer(row, ids);
                 }
                 q0 += g;
@@ -391,15 +659,8 @@ impl ExactIndex {
     }
 }
 
-/// A block of rows as the kernel scores it: f32 (stored so, or f16 widened), or f16 bits.
-#[derive(Clone, Copy)]
-enum Block<'a> {
-    F32(&'a [f32]),
-    F16(&'a [u16]),
-}
-
-/// Batches below this many queries score f16 rows directly (see `ExactIndex::scan`).
-const F16_DIRECT_BELOW: usize = 4;
+/// Batches below this many queries score compressed rows directly (see `ExactIndex::scan_rows`).
+const DIRECT_BELOW: usize = 4;
 
 /// The obvious implementation, for tests: full scores, full sort.
 pub fn naive_search(

@@ -9,6 +9,7 @@ use std::sync::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::Chunking;
+use crate::config::ExactPrecision;
 use crate::error::IndexError;
 use crate::keyword::KeywordConfig;
 use crate::store::StoreSpec;
@@ -25,6 +26,19 @@ pub struct CollectionMeta {
     /// Index only each document's first this many chunks (None: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_chunks: Option<u32>,
+    /// How the resident exact engine stores the vectors (None: collections made before it was
+    /// settable, or without an exact engine — the server's `--exact-precision`, no rescoring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<ExactStorage>,
+}
+
+/// A collection's storage in the resident exact engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExactStorage {
+    pub precision: ExactPrecision,
+    /// Oversampling of f32 rescoring (0: none).
+    #[serde(default)]
+    pub rescore: u32,
 }
 
 /// Checks a collection name: 1–64 letters, digits, `_` or `-`.
@@ -156,6 +170,7 @@ mod tests {
             chunking: Chunking::default(),
             keyword: None,
             max_chunks: None,
+            exact: None,
         }
     }
 

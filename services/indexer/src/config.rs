@@ -9,12 +9,31 @@ use ragd_core::config::GrpcConfig;
 use crate::store::journal::Durability;
 use crate::store::remote::QdrantConfig;
 
-/// Storage precision of the resident exact engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Storage precision of the resident exact engine (docs/benchmarks.md: speed and recall of each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ExactPrecision {
     F32,
-    /// Half the memory; recall@10 against f32 stays ≈ 0.99 on embeddings.
+    /// 2 bytes per dimension, 11 significant bits.
     F16,
+    /// 2 bytes per dimension, f32's range with 8 significant bits.
+    Bf16,
+    /// 1 byte per dimension, asymmetric per dimension (faiss SQ8).
+    Int8,
+    /// 1 byte per dimension and a scale per vector, symmetric.
+    Int8PerVector,
+}
+
+impl ExactPrecision {
+    pub fn engine(self) -> ragd_exact::Precision {
+        match self {
+            ExactPrecision::F32 => ragd_exact::Precision::F32,
+            ExactPrecision::F16 => ragd_exact::Precision::F16,
+            ExactPrecision::Bf16 => ragd_exact::Precision::Bf16,
+            ExactPrecision::Int8 => ragd_exact::Precision::Int8,
+            ExactPrecision::Int8PerVector => ragd_exact::Precision::Int8PerVector,
+        }
+    }
 }
 
 /// Where vectors live.
@@ -72,7 +91,8 @@ pub struct IndexerConfig {
     /// SIMD, batched, coalesced); embedded store only. Costs the vectors' size in RAM.
     #[arg(long, env = "RAGD_EXACT_ENGINE", default_value_t = true, action = clap::ArgAction::Set)]
     pub exact_engine: bool,
-    /// Storage precision of the resident exact engine.
+    /// Storage precision of the resident exact engine for collections created without one
+    /// (CreateCollection's `exact.precision`).
     #[arg(long, env = "RAGD_EXACT_PRECISION", value_enum, default_value_t = ExactPrecision::F32)]
     pub exact_precision: ExactPrecision,
     /// When the embedded store acknowledges a write: `fsync` once its journal record is on the

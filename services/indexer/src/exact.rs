@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ragd_exact::coalesce::Coalescer;
-use ragd_exact::{ExactIndex, Metric, Options, Precision};
+use ragd_exact::{ExactIndex, Metric, Options};
 
+use crate::collections::ExactStorage;
+use crate::config::ExactPrecision;
 use crate::error::IndexError;
 use crate::store::{ChunkPoint, Distance, Hit, VectorStore};
 
@@ -51,6 +53,7 @@ impl Keys {
 #[derive(Debug)]
 struct Mirror {
     distance: Distance,
+    storage: ExactStorage,
     index: Arc<RwLock<ExactIndex>>,
     coalescer: Coalescer,
     keys: Mutex<Keys>,
@@ -59,11 +62,20 @@ struct Mirror {
 /// Settings of the resident exact engine.
 #[derive(Debug, Clone, Copy)]
 pub struct ExactSettings {
-    pub precision: Precision,
+    /// For collections that name none.
+    pub precision: ExactPrecision,
     /// Most queries executed as one batch.
     pub max_batch: usize,
     /// How long a batch waits for more queries once one has arrived (0: take what is queued).
     pub max_wait: Duration,
+}
+
+/// What a collection's mirror costs (DescribeCollection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactFootprint {
+    pub storage: ExactStorage,
+    pub bytes_per_vector: usize,
+    pub resident_bytes: usize,
 }
 
 /// Resident copies of every collection's vectors.
@@ -94,18 +106,34 @@ impl ExactMirrors {
         self.collections.read().ok()?.get(name).cloned()
     }
 
+    /// The storage of a collection that asks for `storage` (None: the server's default).
+    pub fn resolve(&self, storage: Option<ExactStorage>) -> ExactStorage {
+        storage.unwrap_or(ExactStorage { precision: self.settings.precision, rescore: 0 })
+    }
+
     /// Starts an empty mirror for a collection of dimension `dim`.
-    pub fn create(&self, name: &str, dim: usize, distance: Distance) -> Result<(), IndexError> {
+    pub fn create(
+        &self,
+        name: &str,
+        dim: usize,
+        distance: Distance,
+        storage: Option<ExactStorage>,
+    ) -> Result<(), IndexError> {
         let metric = match distance {
             Distance::Cosine => Metric::Cosine,
             Distance::Dot => Metric::InnerProduct,
             Distance::Euclid => Metric::L2,
         };
-        let options = Options { precision: self.settings.precision, ..Options::default() };
+        let storage = self.resolve(storage);
+        let options = Options {
+            precision: storage.precision.engine(),
+            rescore: storage.rescore as usize,
+            ..Options::default()
+        };
         let index = Arc::new(RwLock::new(ExactIndex::new(dim, metric, options).map_err(exact_err)?));
         let coalescer = Coalescer::new(index.clone(), self.settings.max_batch, self.settings.max_wait)
             .map_err(exact_err)?;
-        let mirror = Mirror { distance, index, coalescer, keys: Mutex::default() };
+        let mirror = Mirror { distance, storage, index, coalescer, keys: Mutex::default() };
         self.collections.write().map_err(|_| lock_err())?.insert(name.to_string(), Arc::new(mirror));
         Ok(())
     }
@@ -117,12 +145,24 @@ impl ExactMirrors {
         name: &str,
         dim: usize,
         distance: Distance,
+        storage: Option<ExactStorage>,
     ) -> Result<usize, IndexError> {
-        self.create(name, dim, distance)?;
+        self.create(name, dim, distance, storage)?;
         let points = store.scan(name).await?;
         let n = points.len();
         self.add(name, &points)?;
         Ok(n)
+    }
+
+    /// The mirror's storage and size; None when the collection is not mirrored.
+    pub fn footprint(&self, name: &str) -> Option<ExactFootprint> {
+        let m = self.get(name)?;
+        let index = m.index.read().ok()?;
+        Some(ExactFootprint {
+            storage: m.storage,
+            bytes_per_vector: index.bytes_per_vector(),
+            resident_bytes: index.resident_bytes(),
+        })
     }
 
     pub fn drop_collection(&self, name: &str) {

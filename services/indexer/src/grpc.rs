@@ -11,13 +11,15 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
 use crate::chunk::Chunking;
-use crate::collections::CollectionMeta;
+use crate::collections::{CollectionMeta, ExactStorage};
+use crate::config::ExactPrecision;
+use crate::exact::ExactFootprint;
 use crate::error::IndexError;
 use crate::filter::{AnyOf, Condition, Filter, Range, Scalar, Test};
 use crate::fusion::Fusion;
 use crate::keyword::{KeywordConfig, KeywordRequest};
 use crate::service::{
-    CreateCollection, DocumentIn, Indexer, IngestState, Mmr, QueryIn, Rerank, Retrieval, SearchMode,
+    CreateCollection, DocumentIn, ExactRequest, Indexer, IngestState, Mmr, QueryIn, Rerank, Retrieval, SearchMode,
     UpsertOutcome,
 };
 use crate::snapshot::Manifest;
@@ -88,7 +90,7 @@ fn chunking_to(c: Chunking) -> v1::Chunking {
     v1::Chunking { policy: Some(policy) }
 }
 
-fn info(meta: CollectionMeta, stats: StoreStats) -> v1::CollectionInfo {
+fn info(meta: CollectionMeta, stats: StoreStats, exact: Option<ExactFootprint>) -> v1::CollectionInfo {
     let indexed = stats.points > 0 && stats.indexed_vectors >= stats.points;
     v1::CollectionInfo {
         name: meta.store.name,
@@ -118,7 +120,36 @@ fn info(meta: CollectionMeta, stats: StoreStats) -> v1::CollectionInfo {
         on_disk: meta.store.on_disk.unwrap_or(false),
         keyword: meta.keyword.map(keyword_to),
         max_chunks: meta.max_chunks.unwrap_or(0),
+        exact: exact.map(|e| exact_storage_to(e.storage)),
+        exact_bytes_per_vector: exact.map_or(0, |e| e.bytes_per_vector as u64),
+        exact_resident_bytes: exact.map_or(0, |e| e.resident_bytes as u64),
     }
+}
+
+/// `exact` of a CreateCollectionRequest: absent or unspecified fields take the server's
+/// defaults (resolved by the indexer).
+fn exact_storage_from(e: v1::ExactStorage) -> Result<ExactRequest, IndexError> {
+    let precision = match v1::ExactPrecision::try_from(e.precision) {
+        Ok(v1::ExactPrecision::Unspecified) => None,
+        Ok(v1::ExactPrecision::F32) => Some(ExactPrecision::F32),
+        Ok(v1::ExactPrecision::F16) => Some(ExactPrecision::F16),
+        Ok(v1::ExactPrecision::Bf16) => Some(ExactPrecision::Bf16),
+        Ok(v1::ExactPrecision::Int8) => Some(ExactPrecision::Int8),
+        Ok(v1::ExactPrecision::Int8PerVector) => Some(ExactPrecision::Int8PerVector),
+        Err(_) => return Err(IndexError::invalid("exact.precision", format!("unknown value {}", e.precision))),
+    };
+    Ok(ExactRequest { precision, rescore: e.rescore })
+}
+
+fn exact_storage_to(e: ExactStorage) -> v1::ExactStorage {
+    let precision = match e.precision {
+        ExactPrecision::F32 => v1::ExactPrecision::F32,
+        ExactPrecision::F16 => v1::ExactPrecision::F16,
+        ExactPrecision::Bf16 => v1::ExactPrecision::Bf16,
+        ExactPrecision::Int8 => v1::ExactPrecision::Int8,
+        ExactPrecision::Int8PerVector => v1::ExactPrecision::Int8PerVector,
+    };
+    v1::ExactStorage { precision: precision as i32, rescore: e.rescore }
 }
 
 fn snapshot_info(m: Manifest) -> v1::SnapshotInfo {
@@ -325,10 +356,11 @@ impl indexer_server::Indexer for IndexerGrpc {
             on_disk: r.on_disk.then_some(true),
             keyword: r.keyword.map(keyword_from),
             max_chunks: (r.max_chunks > 0).then_some(r.max_chunks),
+            exact: r.exact.map(exact_storage_from).transpose()?,
         };
         let meta = indexer.create_collection(create, deadline).await?;
-        let stats = indexer.stats(&meta.store.name).await?;
-        Ok(Response::new(info(meta, stats)))
+        let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+        Ok(Response::new(info(meta, stats, exact)))
     }
 
     async fn list_collections(
@@ -342,8 +374,8 @@ impl indexer_server::Indexer for IndexerGrpc {
         // The collections' stats concurrently (at most 8 at a time), in registry order.
         let collections: Vec<v1::CollectionInfo> = futures::stream::iter(visible)
             .map(|meta| async {
-                let stats = indexer.stats(&meta.store.name).await?;
-                Ok::<_, IndexError>(info(meta, stats))
+                let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+                Ok::<_, IndexError>(info(meta, stats, exact))
             })
             .buffered(LIST_CONCURRENCY)
             .collect::<Vec<_>>()
@@ -360,8 +392,8 @@ impl indexer_server::Indexer for IndexerGrpc {
         allow(&request, &request.get_ref().name, Role::Read)?;
         let indexer = self.ready()?;
         let meta = indexer.collection(&request.get_ref().name)?;
-        let stats = indexer.stats(&meta.store.name).await?;
-        Ok(Response::new(info(meta, stats)))
+        let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+        Ok(Response::new(info(meta, stats, exact)))
     }
 
     #[instrument(skip_all, fields(collection = %request.get_ref().collection))]
@@ -375,8 +407,8 @@ impl indexer_server::Indexer for IndexerGrpc {
         let r = request.into_inner();
         let settings = keyword_from(r.keyword.unwrap_or_default());
         let (meta, chunks) = indexer.reindex_keywords(&r.collection, settings, deadline).await?;
-        let stats = indexer.stats(&meta.store.name).await?;
-        Ok(Response::new(v1::ReindexKeywordsResponse { collection: Some(info(meta, stats)), chunks }))
+        let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+        Ok(Response::new(v1::ReindexKeywordsResponse { collection: Some(info(meta, stats, exact)), chunks }))
     }
 
     #[instrument(skip_all, fields(collection = %request.get_ref().collection))]
@@ -424,8 +456,8 @@ impl indexer_server::Indexer for IndexerGrpc {
         allow(&request, &r.collection, Role::Read)?;
         let indexer = self.ready()?;
         let meta = indexer.restore_snapshot(&r.collection, &r.snapshot, Some(target)).await?;
-        let stats = indexer.stats(&meta.store.name).await?;
-        Ok(Response::new(info(meta, stats)))
+        let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+        Ok(Response::new(info(meta, stats, exact)))
     }
 
     async fn delete_snapshot(

@@ -160,10 +160,7 @@ async fn open(
     };
     // The resident exact engine mirrors the embedded store (a Qdrant cluster has its own).
     let exact = (config.exact_engine && config.store == StoreKind::Embedded).then_some(ExactSettings {
-        precision: match config.exact_precision {
-            ExactPrecision::F32 => ragd_exact::Precision::F32,
-            ExactPrecision::F16 => ragd_exact::Precision::F16,
-        },
+        precision: config.exact_precision,
         max_batch: 256,
         max_wait: Duration::ZERO,
     });

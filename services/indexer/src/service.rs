@@ -11,9 +11,10 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use crate::chunk::{self, Chunking};
-use crate::collections::{CollectionMeta, Registry, validate_name};
+use crate::collections::{CollectionMeta, ExactStorage, Registry, validate_name};
+use crate::config::ExactPrecision;
 use crate::error::IndexError;
-use crate::exact::{ExactMirrors, ExactSettings};
+use crate::exact::{ExactFootprint, ExactMirrors, ExactSettings};
 use crate::filter::Filter;
 use crate::fusion::{self, Fusion};
 use crate::keyword::{Analyzer, KeywordConfig, KeywordRequest};
@@ -83,7 +84,21 @@ pub struct CreateCollection {
     pub keyword: Option<KeywordRequest>,
     /// Index only each document's first this many chunks (None: all).
     pub max_chunks: Option<u32>,
+    /// The resident exact engine's storage (None: the server's defaults).
+    pub exact: Option<ExactRequest>,
 }
+
+/// CreateCollection's `exact`: what was given of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExactRequest {
+    /// None: the server's `--exact-precision`.
+    pub precision: Option<ExactPrecision>,
+    /// Oversampling of f32 rescoring (0: none).
+    pub rescore: u32,
+}
+
+/// Largest rescoring oversample: k × this candidates are re-ranked per query.
+pub const MAX_RESCORE: u32 = 64;
 
 /// Which lists a search ranks by.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -247,10 +262,10 @@ impl Indexer {
         // Replays what a crash left in the store's journal before the exact engine copies the
         // vectors, so both start from the same state.
         let recovery = store.open_all(&specs).await?;
-        for s in &specs {
+        for (s, meta) in specs.iter().zip(&metas) {
             tracing::info!(collection = %s.name, shards = s.shards, "collection opened");
             if let Some(exact) = &exact {
-                let n = exact.load(store.as_ref(), &s.name, s.dim, s.distance).await?;
+                let n = exact.load(store.as_ref(), &s.name, s.dim, s.distance, meta.exact).await?;
                 tracing::info!(collection = %s.name, points = n, "exact engine loaded");
             }
         }
@@ -323,6 +338,7 @@ impl Indexer {
             self.embedder.tokenize(&info.name, vec![String::new()], deadline).await.map_err(embedder_err)?;
         req.chunking.validate(info.max_seq_len.saturating_sub(tok.special_tokens))?;
         let keyword = req.keyword.map(|k| KeywordConfig::resolve(k, &req.chunking)).transpose()?;
+        let exact = self.resolve_exact(req.exact)?;
         let meta = CollectionMeta {
             store: StoreSpec {
                 name: req.name,
@@ -339,6 +355,7 @@ impl Indexer {
             chunking: req.chunking,
             keyword,
             max_chunks: req.max_chunks,
+            exact,
         };
         self.store.create(&meta.store).await?;
         if let Err(e) = self.registry.insert(meta.clone()) {
@@ -346,10 +363,41 @@ impl Indexer {
             return Err(e);
         }
         if let Some(exact) = &self.exact {
-            exact.create(&meta.store.name, meta.store.dim, meta.store.distance)?;
+            exact.create(&meta.store.name, meta.store.dim, meta.store.distance, meta.exact)?;
         }
         tracing::info!(collection = %meta.store.name, model = %meta.model, dim = meta.store.dim, "collection created");
         Ok(meta)
+    }
+
+    /// A new collection's exact storage: checked, defaults filled in from the server's settings
+    /// (None when this indexer has no exact engine and none was asked for).
+    fn resolve_exact(&self, req: Option<ExactRequest>) -> Result<Option<ExactStorage>, IndexError> {
+        let default = self.exact.as_ref().map(|e| e.resolve(None));
+        let storage = match (req, default) {
+            (None, d) => d,
+            (Some(r), d) => Some(ExactStorage {
+                precision: r.precision.or(d.map(|d| d.precision)).unwrap_or(ExactPrecision::F32),
+                rescore: r.rescore,
+            }),
+        };
+        if let Some(s) = storage {
+            if s.rescore > MAX_RESCORE {
+                return Err(IndexError::invalid("exact.rescore", format!("{} is above {MAX_RESCORE}", s.rescore)));
+            }
+            if s.rescore > 0 && s.precision == ExactPrecision::F32 {
+                return Err(IndexError::invalid(
+                    "exact.rescore",
+                    "rescoring re-ranks compressed scores by f32 ones; this collection stores f32 \
+                     (set exact.precision to f16, bf16, int8 or int8-per-vector)",
+                ));
+            }
+        }
+        Ok(storage)
+    }
+
+    /// The resident exact engine's storage and size for a collection; None without one.
+    pub fn exact_footprint(&self, name: &str) -> Option<ExactFootprint> {
+        self.exact.as_ref()?.footprint(name)
     }
 
     /// Reserves a collection name for a create or restore: ALREADY_EXISTS when a collection of
@@ -471,7 +519,8 @@ impl Indexer {
             return Err(e);
         }
         if let Some(exact) = &self.exact {
-            let loaded = exact.load(self.store.as_ref(), target, meta.store.dim, meta.store.distance).await;
+            let loaded =
+                exact.load(self.store.as_ref(), target, meta.store.dim, meta.store.distance, meta.exact).await;
             if let Err(e) = loaded {
                 // Without its exact engine the collection would answer exact searches wrongly.
                 let _ = self.drop_collection(target).await;
@@ -1333,7 +1382,7 @@ mod tests {
         let fake = Arc::new(FakeEmbedder::default());
         let limits = limits();
         let exact = exact.then_some(ExactSettings {
-            precision: ragd_exact::Precision::F32,
+            precision: ExactPrecision::F32,
             max_batch: 16,
             max_wait: Duration::ZERO,
         });
@@ -1353,6 +1402,7 @@ mod tests {
             on_disk: None,
             keyword: None,
             max_chunks: None,
+            exact: None,
         }
     }
 
@@ -1722,7 +1772,7 @@ mod tests {
                 Arc::new(EdgeStore::new(&dir.path().join("shards")).expect("store"));
             let registry = Registry::load(dir.path()).expect("registry");
             let settings = exact.then_some(ExactSettings {
-                precision: ragd_exact::Precision::F32,
+                precision: ExactPrecision::F32,
                 max_batch: 16,
                 max_wait: Duration::ZERO,
             });
@@ -1871,6 +1921,7 @@ mod tests {
                     chunking: Chunking::default(),
                     keyword: None,
                     max_chunks: None,
+                    exact: None,
                 })
                 .expect("register");
         }
@@ -2065,5 +2116,68 @@ mod tests {
             status.code() == Code::FailedPrecondition && status.message().starts_with("rerank:"),
             "{status:?}"
         );
+    }
+
+    /// A collection's exact storage: the server's default or what CreateCollection asks for,
+    /// checked (field named), shown with its size, kept across a restart; an int8 collection
+    /// with rescoring answers exact searches as the f32 one does.
+    #[tokio::test]
+    async fn exact_storage_is_per_collection_checked_sized_and_kept() {
+        let f = fixture(true).await;
+        let asked = |precision, rescore| CreateCollection {
+            exact: Some(ExactRequest { precision, rescore }),
+            ..create("small", Chunking::default())
+        };
+        for (bad, why) in [
+            (asked(Some(ExactPrecision::Int8), MAX_RESCORE + 1), "above the most"),
+            (asked(Some(ExactPrecision::F32), 2), "rescoring f32"),
+            (asked(None, 2), "rescoring the server's default, f32"),
+        ] {
+            let err = f.indexer.create_collection(bad, None).await.expect_err(why);
+            assert!(matches!(err, IndexError::InvalidArgument { field: "exact.rescore", .. }), "{why}: {err:?}");
+        }
+        let plain = f.indexer.create_collection(create("plain", Chunking::default()), None).await.expect("plain");
+        assert_eq!(plain.exact, Some(ExactStorage { precision: ExactPrecision::F32, rescore: 0 }));
+        let small = f.indexer.create_collection(asked(Some(ExactPrecision::Int8), 4), None).await.expect("int8");
+        assert_eq!(small.exact, Some(ExactStorage { precision: ExactPrecision::Int8, rescore: 4 }));
+        let words = ["alpha", "omega", "delta", "kappa", "sigma", "gamma"];
+        let docs: Vec<DocumentIn> =
+            words.iter().enumerate().map(|(i, w)| doc(&format!("d{i}"), &format!("{w} {i}."))).collect();
+        for c in ["plain", "small"] {
+            f.indexer.upsert(c, docs.clone(), None).await.expect("upsert");
+        }
+        async fn answers(indexer: &Indexer, c: &str, words: &[&str]) -> Vec<Vec<(String, i64)>> {
+            let mut out = Vec::new();
+            for w in words {
+                let (hits, _) = indexer
+                    .search(c, vec![text(&format!("{w} x"))], options(3, true), Retrieval::default(), None)
+                    .await
+                    .expect("search");
+                out.push(hits[0].iter().map(|h| (h.doc_id.clone(), (h.score * 1e4).round() as i64)).collect());
+            }
+            out
+        }
+        let want = answers(&f.indexer, "plain", &words).await;
+        assert_eq!(answers(&f.indexer, "small", &words).await, want);
+        let stride = ragd_exact::kernel::stride(DIM);
+        let (p, s) = (
+            f.indexer.exact_footprint("plain").expect("mirrored"),
+            f.indexer.exact_footprint("small").expect("mirrored"),
+        );
+        assert_eq!((p.bytes_per_vector, s.bytes_per_vector), (stride * 4, stride));
+        // int8 with rescoring keeps the f32 rows too: more resident than f32 alone.
+        assert!(s.resident_bytes > p.resident_bytes, "{s:?} vs {p:?}");
+
+        let Fixture { indexer, _dir: dir, .. } = f;
+        drop(indexer);
+        let store: Arc<dyn VectorStore> = Arc::new(EdgeStore::new(&dir.path().join("shards")).expect("store"));
+        let registry = Registry::load(dir.path()).expect("registry");
+        // A different server default now: the collections keep what they were made with.
+        let settings = ExactSettings { precision: ExactPrecision::Bf16, max_batch: 16, max_wait: Duration::ZERO };
+        let fake = Arc::new(FakeEmbedder::default());
+        let indexer = Indexer::open(store, registry, fake, limits(), Some(settings)).await.expect("reopen");
+        assert_eq!(indexer.exact_footprint("small").expect("mirrored").storage, s.storage);
+        assert_eq!(indexer.exact_footprint("plain").expect("mirrored").storage, p.storage);
+        assert_eq!(answers(&indexer, "small", &words).await, want, "after a restart");
     }
 }

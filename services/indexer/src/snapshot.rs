@@ -314,6 +314,7 @@ mod tests {
                 chunking: Chunking::default(),
                 keyword: None,
                 max_chunks: None,
+                exact: None,
             },
         }
     }

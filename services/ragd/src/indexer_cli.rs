@@ -68,6 +68,14 @@ pub enum CollectionsCommand {
         /// documents truncated, as MTEB embeds them).
         #[arg(long)]
         max_chunks: Option<u32>,
+        /// How the indexer's resident exact engine stores the vectors (default: the server's
+        /// --exact-precision).
+        #[arg(long, value_enum)]
+        exact_precision: Option<ragd_indexer::ExactPrecision>,
+        /// Rescore the best k × N compressed hits of an exact search with f32 vectors kept
+        /// resident (compressed precisions; 0 = off).
+        #[arg(long, default_value_t = 0)]
+        exact_rescore: u32,
         #[command(flatten)]
         keyword: KeywordArgs,
     },
@@ -354,13 +362,36 @@ fn info_json(c: &v1::CollectionInfo) -> Value {
         "points": c.points, "documents": c.documents, "indexed_vectors": c.indexed_vectors,
         "disk_bytes": c.disk_bytes, "shards": c.shards.len(), "optimizer_state": c.optimizer_state,
         "replication_factor": c.replication_factor, "write_consistency_factor": c.write_consistency_factor,
-        "on_disk": c.on_disk, "max_chunks": c.max_chunks,
+        "on_disk": c.on_disk, "max_chunks": c.max_chunks, "exact": exact_summary(c),
         "keyword": c.keyword.as_ref().map(|k| json!({
             "language": k.language, "stop_words": k.stop_words, "stemming": k.stemming,
             "lowercase": k.lowercase, "ascii_folding": k.ascii_folding, "k1": k.k1, "b": k.b,
             "avg_len": k.avg_len,
         })),
     })
+}
+
+fn precision_to(p: ragd_indexer::ExactPrecision) -> v1::ExactPrecision {
+    use ragd_indexer::ExactPrecision as P;
+    match p {
+        P::F32 => v1::ExactPrecision::F32,
+        P::F16 => v1::ExactPrecision::F16,
+        P::Bf16 => v1::ExactPrecision::Bf16,
+        P::Int8 => v1::ExactPrecision::Int8,
+        P::Int8PerVector => v1::ExactPrecision::Int8PerVector,
+    }
+}
+
+/// The exact engine's storage and size, as JSON (None without an exact engine).
+fn exact_summary(c: &v1::CollectionInfo) -> Option<Value> {
+    let e = c.exact.as_ref()?;
+    let precision = v1::ExactPrecision::try_from(e.precision).map_or("?", |p| p.as_str_name());
+    Some(json!({
+        "precision": precision.trim_start_matches("EXACT_PRECISION_").to_lowercase().replace('_', "-"),
+        "rescore": e.rescore,
+        "bytes_per_vector": c.exact_bytes_per_vector,
+        "resident_bytes": c.exact_resident_bytes,
+    }))
 }
 
 fn print_info(c: &v1::CollectionInfo, as_json: bool) {
@@ -379,6 +410,15 @@ fn print_info(c: &v1::CollectionInfo, as_json: bool) {
             c.disk_bytes / 1024,
             c.optimizer_state
         );
+        if let Some(e) = exact_summary(c) {
+            println!(
+                "  exact engine: {} rescore={} {} B/vector, {} KiB resident",
+                e["precision"].as_str().unwrap_or("?"),
+                e["rescore"],
+                e["bytes_per_vector"],
+                e["resident_bytes"].as_u64().unwrap_or(0) / 1024
+            );
+        }
     }
 }
 
@@ -397,6 +437,8 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
             tokens,
             overlap,
             max_chunks,
+            exact_precision,
+            exact_rescore,
             keyword,
         } => {
             let policy = match (sentences, tokens) {
@@ -424,6 +466,10 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
                 on_disk,
                 keyword: keyword.proto(),
                 max_chunks: max_chunks.unwrap_or(0),
+                exact: (exact_precision.is_some() || exact_rescore > 0).then(|| v1::ExactStorage {
+                    precision: exact_precision.map_or(v1::ExactPrecision::Unspecified, precision_to) as i32,
+                    rescore: exact_rescore,
+                }),
             };
             print_info(&c.create_collection(request).await.map_err(status)?.into_inner(), endpoint.json);
         }

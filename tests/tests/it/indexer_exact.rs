@@ -130,3 +130,106 @@ async fn exact_mode_matches_the_store_after_ingest_updates_deletes_and_restart()
     indexer.stop().await.expect("stop");
     embedder.stop().await.expect("stop");
 }
+
+/// Per-collection exact storage through gRPC on real MiniLM embeddings: every compressed
+/// precision with 4× rescoring answers the exact top 8 as the f32 collection does (same ids,
+/// scores within 1e-4), without rescoring it keeps most of them; DescribeCollection reports the
+/// storage, bytes per vector and resident bytes; bad settings are INVALID_ARGUMENT naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_collections_answer_as_f32_with_rescoring_and_report_their_size() {
+    use v1::ExactPrecision as P;
+    let embedder = TestEmbedder::start(embedder_config(&["all-MiniLM-L6-v2"])).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let indexer = TestIndexer::start(config(data.path(), &embedder.url, true)).await;
+    let mut client = indexer.client().await;
+    let create = |name: &str, precision: P, rescore: u32| v1::CreateCollectionRequest {
+        name: name.into(),
+        exact: Some(v1::ExactStorage { precision: precision as i32, rescore }),
+        ..Default::default()
+    };
+    for (bad, field) in [
+        (v1::CreateCollectionRequest { exact: Some(v1::ExactStorage { precision: 99, rescore: 0 }), ..create("bad", P::F32, 0) }, "exact.precision"),
+        (create("bad", P::Int8, 65), "exact.rescore"),
+        (create("bad", P::F32, 4), "exact.rescore"),
+    ] {
+        let status = client.create_collection(bad).await.expect_err(field);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{status:?}");
+    }
+    let precisions = [P::F16, P::Bf16, P::Int8, P::Int8PerVector];
+    let mut names = vec![("f32".to_string(), P::F32, 0)];
+    for p in precisions {
+        for rescore in [0, 4] {
+            names.push((format!("{}-{rescore}", p.as_str_name().to_lowercase()), p, rescore));
+        }
+    }
+    let corpus = ragd_tests::capitals();
+    let docs: Vec<v1::Document> = corpus
+        .iter()
+        .map(|(country, city)| v1::Document {
+            id: country.clone(),
+            text: format!("The capital of {country} is {city}. It is a city in {country}."),
+            metadata: None,
+        })
+        .collect();
+    for (name, p, rescore) in &names {
+        client.create_collection(create(name, *p, *rescore)).await.expect("create");
+        let r = client.upsert_batch(v1::UpsertRequest { collection: name.clone(), documents: docs.clone() }).await;
+        assert!(r.expect("upsert").into_inner().failed.is_empty());
+    }
+    let top8 = |collection: String| {
+        let mut client = client.clone();
+        async move {
+            let request = v1::SearchRequest {
+                collection,
+                queries: QUESTIONS
+                    .iter()
+                    .map(|q| v1::Query { query: Some(v1::query::Query::Text(q.to_string())) })
+                    .collect(),
+                k: 8,
+                exact: true,
+                ..Default::default()
+            };
+            let r = client.search(request).await.expect("search").into_inner();
+            r.results
+                .into_iter()
+                .map(|q| q.hits.into_iter().map(|h| (h.doc_id, h.chunk, h.score)).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        }
+    };
+    let want = top8("f32".into()).await;
+    let dim_stride = 384;
+    for (name, p, rescore) in &names[1..] {
+        let got = top8(name.clone()).await;
+        if *rescore > 0 {
+            assert_same(&got, &want);
+        } else {
+            let kept: usize = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| w.iter().filter(|h| g.iter().any(|x| x.0 == h.0 && x.1 == h.1)).count())
+                .sum();
+            let total: usize = want.iter().map(Vec::len).sum();
+            assert!(kept * 10 >= total * 8, "{name}: {kept} of {total} of the f32 top 8 without rescoring");
+        }
+        let info = client
+            .describe_collection(v1::DescribeCollectionRequest { name: name.clone() })
+            .await
+            .expect("describe")
+            .into_inner();
+        let storage = info.exact.expect("exact storage reported");
+        assert_eq!((storage.precision, storage.rescore), (*p as i32, *rescore), "{name}");
+        let bytes = match p {
+            P::F16 | P::Bf16 => 2 * dim_stride,
+            P::Int8 => dim_stride,
+            P::Int8PerVector => dim_stride + 4,
+            _ => 4 * dim_stride,
+        };
+        assert_eq!(info.exact_bytes_per_vector, bytes as u64, "{name}");
+        let scanned = info.points * bytes as u64;
+        let kept_f32 = if *rescore > 0 { info.points * 4 * dim_stride as u64 } else { 0 };
+        assert!(info.exact_resident_bytes >= scanned + kept_f32, "{name}: {info:?}");
+    }
+    indexer.stop().await.expect("stop");
+    embedder.stop().await.expect("stop");
+}
