@@ -295,7 +295,8 @@ fn recall(got: &[Vec<u64>], truth: &[Vec<Neighbor>]) -> f64 {
 /// Section `exact-compressed`: every precision against f32 on embedding-like vectors, faiss's
 /// flat and scalar-quantised indexes on the same files.
 fn compressed() {
-    let n: usize = std::env::var("RAGD_BENCH_COMPRESSED_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: usize =
+        std::env::var("RAGD_BENCH_COMPRESSED_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let isa = Isa::detect();
     let threads = cores();
     let bwn = read_bandwidth(threads);
@@ -391,7 +392,8 @@ fn compressed() {
         isa = isa.name(),
     );
     println!("{body}");
-    report::update_section(&report::benchmarks_md(), "exact-compressed", &body).expect("write docs/benchmarks.md");
+    report::update_section(&report::benchmarks_md(), "exact-compressed", &body)
+        .expect("write docs/benchmarks.md");
 }
 
 /// GPU rows: the same index uploaded to GPU 0, queries/s per batch (GB/s at batch 1, TFLOP/s of

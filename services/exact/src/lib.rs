@@ -127,9 +127,16 @@ enum Storage {
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
     /// Per-dimension codes: `x_d ≈ lo[d] + step[d] · c_d` (padding dimensions: lo = step = 0).
-    U8 { codes: Vec<u8>, lo: Vec<f32>, step: Vec<f32> },
+    U8 {
+        codes: Vec<u8>,
+        lo: Vec<f32>,
+        step: Vec<f32>,
+    },
     /// Per-vector codes: `x ≈ scale[row] · c`.
-    I8 { codes: Vec<i8>, scale: Vec<f32> },
+    I8 {
+        codes: Vec<i8>,
+        scale: Vec<f32>,
+    },
 }
 
 /// Runs `$body` with `$v` bound to the storage's row values (a `Vec` of the stored type).
@@ -151,7 +158,9 @@ impl Storage {
             Precision::F32 => Storage::F32(Vec::new()),
             Precision::F16 => Storage::F16(Vec::new()),
             Precision::Bf16 => Storage::Bf16(Vec::new()),
-            Precision::Int8 => Storage::U8 { codes: Vec::new(), lo: vec![0.0; stride], step: vec![0.0; stride] },
+            Precision::Int8 => {
+                Storage::U8 { codes: Vec::new(), lo: vec![0.0; stride], step: vec![0.0; stride] }
+            }
             Precision::Int8PerVector => Storage::I8 { codes: Vec::new(), scale: Vec::new() },
         }
     }
@@ -399,11 +408,7 @@ impl ExactIndex {
         {
             return Err(invalid(
                 "vectors",
-                format!(
-                    "value {} of vector {} is beyond the f16 range (±65504)",
-                    padded[i],
-                    i / self.stride
-                ),
+                format!("value {} of vector {} is beyond the f16 range (±65504)", padded[i], i / self.stride),
             ));
         }
         self.fit_ranges(&padded);
@@ -520,10 +525,14 @@ impl ExactIndex {
         // What the kernel scores: per-dimension codes score `q ∘ step` and add `q · lo`.
         let (scored, offsets) = match &self.data {
             Storage::U8 { lo, step, .. } => {
-                let scaled: Vec<f32> =
-                    padded.chunks_exact(self.stride).flat_map(|q| q.iter().zip(step).map(|(a, b)| a * b)).collect();
-                let offsets =
-                    padded.chunks_exact(self.stride).map(|q| q.iter().zip(lo).map(|(a, b)| a * b).sum()).collect();
+                let scaled: Vec<f32> = padded
+                    .chunks_exact(self.stride)
+                    .flat_map(|q| q.iter().zip(step).map(|(a, b)| a * b))
+                    .collect();
+                let offsets = padded
+                    .chunks_exact(self.stride)
+                    .map(|q| q.iter().zip(lo).map(|(a, b)| a * b).sum())
+                    .collect();
                 (std::borrow::Cow::Owned(scaled), offsets)
             }
             _ => (std::borrow::Cow::Borrowed(padded.as_slice()), Vec::new()),
@@ -583,7 +592,14 @@ impl ExactIndex {
     }
 
     /// Top-k of every query over rows `lo..hi`.
-    fn scan(&self, queries: &[f32], offsets: &[f32], nq: usize, k: usize, range: (usize, usize)) -> Vec<TopK> {
+    fn scan(
+        &self,
+        queries: &[f32],
+        offsets: &[f32],
+        nq: usize,
+        k: usize,
+        range: (usize, usize),
+    ) -> Vec<TopK> {
         match &self.data {
             Storage::F32(d) => self.scan_rows(d, queries, offsets, nq, k, range),
             Storage::F16(d) => self.scan_rows(d.reinterpret_cast(), queries, offsets, nq, k, range),

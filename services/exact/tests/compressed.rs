@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use ragd_exact::synthetic::embedding_like;
 use ragd_exact::{ExactIndex, Isa, Metric, Neighbor, Options, Precision, naive_search};
 
-const COMPRESSED: [Precision; 4] = [Precision::F16, Precision::Bf16, Precision::Int8, Precision::Int8PerVector];
+const COMPRESSED: [Precision; 4] =
+    [Precision::F16, Precision::Bf16, Precision::Int8, Precision::Int8PerVector];
 
 fn isas() -> Vec<Isa> {
     match Isa::detect() {
@@ -70,8 +71,8 @@ fn bytes_per_vector_follow_the_precision() {
         (Precision::Int8, 384),
         (Precision::Int8PerVector, 388),
     ] {
-        let mut index = ExactIndex::new(dim, Metric::Cosine, Options { precision, ..Options::default() })
-            .expect("index");
+        let mut index =
+            ExactIndex::new(dim, Metric::Cosine, Options { precision, ..Options::default() }).expect("index");
         index.add(&[1, 2, 3], &embedding_like(3, dim, 1)).expect("add");
         assert_eq!(index.bytes_per_vector(), bytes, "{precision:?}");
         assert_eq!(index.bytes(), 3 * bytes, "{precision:?}");
@@ -114,8 +115,12 @@ fn scanned_scores_stay_within_the_quantisation_error() {
                 let v = &all[h.id as usize * dim..(h.id as usize + 1) * dim];
                 let exact: f64 = v.iter().zip(q).map(|(x, y)| *x as f64 * *y as f64).sum();
                 let bound: f64 = match precision {
-                    Precision::F16 => v.iter().zip(q).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() / 2048.0,
-                    Precision::Bf16 => v.iter().zip(q).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() / 256.0,
+                    Precision::F16 => {
+                        v.iter().zip(q).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() / 2048.0
+                    }
+                    Precision::Bf16 => {
+                        v.iter().zip(q).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() / 256.0
+                    }
                     // One widening, by at most 1/8 of the range on each side (step ≤ 1.25 ×
                     // range / 255); the first batch's rows were re-encoded from their codes, so
                     // they carry the old step's rounding too (≤ range / 255 / 2).
@@ -129,7 +134,11 @@ fn scanned_scores_stay_within_the_quantisation_error() {
                     Precision::F32 => unreachable!(),
                 };
                 let err = (h.score as f64 - exact).abs();
-                assert!(err <= bound + 1e-5, "{precision:?} {isa:?} id {}: error {err} > bound {bound}", h.id);
+                assert!(
+                    err <= bound + 1e-5,
+                    "{precision:?} {isa:?} id {}: error {err} > bound {bound}",
+                    h.id
+                );
             }
         }
     }

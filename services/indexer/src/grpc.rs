@@ -13,14 +13,14 @@ use tracing::instrument;
 use crate::chunk::Chunking;
 use crate::collections::{CollectionMeta, ExactStorage};
 use crate::config::ExactPrecision;
-use crate::exact::ExactFootprint;
 use crate::error::IndexError;
+use crate::exact::ExactFootprint;
 use crate::filter::{AnyOf, Condition, Filter, Range, Scalar, Test};
 use crate::fusion::Fusion;
 use crate::keyword::{KeywordConfig, KeywordRequest};
 use crate::service::{
-    CreateCollection, DocumentIn, ExactRequest, Indexer, IngestState, Mmr, QueryIn, Rerank, Retrieval, SearchMode,
-    UpsertOutcome,
+    CreateCollection, DocumentIn, ExactRequest, Indexer, IngestState, Mmr, QueryIn, Rerank, Retrieval,
+    SearchMode, UpsertOutcome,
 };
 use crate::snapshot::Manifest;
 use crate::store::{Distance, Hit, ScrollPage, SearchOptions, StoreStats};
@@ -136,7 +136,9 @@ fn exact_storage_from(e: v1::ExactStorage) -> Result<ExactRequest, IndexError> {
         Ok(v1::ExactPrecision::Bf16) => Some(ExactPrecision::Bf16),
         Ok(v1::ExactPrecision::Int8) => Some(ExactPrecision::Int8),
         Ok(v1::ExactPrecision::Int8PerVector) => Some(ExactPrecision::Int8PerVector),
-        Err(_) => return Err(IndexError::invalid("exact.precision", format!("unknown value {}", e.precision))),
+        Err(_) => {
+            return Err(IndexError::invalid("exact.precision", format!("unknown value {}", e.precision)));
+        }
     };
     Ok(ExactRequest { precision, rescore: e.rescore })
 }
@@ -359,7 +361,8 @@ impl indexer_server::Indexer for IndexerGrpc {
             exact: r.exact.map(exact_storage_from).transpose()?,
         };
         let meta = indexer.create_collection(create, deadline).await?;
-        let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+        let (stats, exact) =
+            (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
         Ok(Response::new(info(meta, stats, exact)))
     }
 
@@ -374,7 +377,8 @@ impl indexer_server::Indexer for IndexerGrpc {
         // The collections' stats concurrently (at most 8 at a time), in registry order.
         let collections: Vec<v1::CollectionInfo> = futures::stream::iter(visible)
             .map(|meta| async {
-                let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+                let (stats, exact) =
+                    (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
                 Ok::<_, IndexError>(info(meta, stats, exact))
             })
             .buffered(LIST_CONCURRENCY)
@@ -392,7 +396,8 @@ impl indexer_server::Indexer for IndexerGrpc {
         allow(&request, &request.get_ref().name, Role::Read)?;
         let indexer = self.ready()?;
         let meta = indexer.collection(&request.get_ref().name)?;
-        let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+        let (stats, exact) =
+            (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
         Ok(Response::new(info(meta, stats, exact)))
     }
 
@@ -407,7 +412,8 @@ impl indexer_server::Indexer for IndexerGrpc {
         let r = request.into_inner();
         let settings = keyword_from(r.keyword.unwrap_or_default());
         let (meta, chunks) = indexer.reindex_keywords(&r.collection, settings, deadline).await?;
-        let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+        let (stats, exact) =
+            (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
         Ok(Response::new(v1::ReindexKeywordsResponse { collection: Some(info(meta, stats, exact)), chunks }))
     }
 
@@ -456,7 +462,8 @@ impl indexer_server::Indexer for IndexerGrpc {
         allow(&request, &r.collection, Role::Read)?;
         let indexer = self.ready()?;
         let meta = indexer.restore_snapshot(&r.collection, &r.snapshot, Some(target)).await?;
-        let (stats, exact) = (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
+        let (stats, exact) =
+            (indexer.stats(&meta.store.name).await?, indexer.exact_footprint(&meta.store.name));
         Ok(Response::new(info(meta, stats, exact)))
     }
 

@@ -148,7 +148,13 @@ async fn compressed_collections_answer_as_f32_with_rescoring_and_report_their_si
         ..Default::default()
     };
     for (bad, field) in [
-        (v1::CreateCollectionRequest { exact: Some(v1::ExactStorage { precision: 99, rescore: 0 }), ..create("bad", P::F32, 0) }, "exact.precision"),
+        (
+            v1::CreateCollectionRequest {
+                exact: Some(v1::ExactStorage { precision: 99, rescore: 0 }),
+                ..create("bad", P::F32, 0)
+            },
+            "exact.precision",
+        ),
         (create("bad", P::Int8, 65), "exact.rescore"),
         (create("bad", P::F32, 4), "exact.rescore"),
     ] {
@@ -174,11 +180,14 @@ async fn compressed_collections_answer_as_f32_with_rescoring_and_report_their_si
         .collect();
     for (name, p, rescore) in &names {
         client.create_collection(create(name, *p, *rescore)).await.expect("create");
-        let r = client.upsert_batch(v1::UpsertRequest { collection: name.clone(), documents: docs.clone() }).await;
+        let r = client
+            .upsert_batch(v1::UpsertRequest { collection: name.clone(), documents: docs.clone() })
+            .await;
         assert!(r.expect("upsert").into_inner().failed.is_empty());
     }
+    let searcher = client.clone();
     let top8 = |collection: String| {
-        let mut client = client.clone();
+        let mut client = searcher.clone();
         async move {
             let request = v1::SearchRequest {
                 collection,
