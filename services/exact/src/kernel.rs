@@ -194,6 +194,16 @@ pub trait Row: Copy + Send + Sync + 'static {
     /// Bytes per stored value.
     const BYTES: usize;
 
+    /// bf16 rows as such (for [`bf16_dots`]); None for the other types.
+    fn as_bf16(values: &[Self]) -> Option<&[half::bf16]> {
+        let _ = values;
+        None
+    }
+
+    /// 8-bit codes: whether they are signed (scored by [`code_dots`] as `c + 128`). None for
+    /// the float types.
+    const SIGNED_CODE: Option<bool> = None;
+
     /// The 16 values at `p` as f32 lanes.
     ///
     /// # Safety
@@ -284,11 +294,16 @@ mod rows {
         fn widen_into(values: &[half::bf16], out: &mut [f32]) {
             values.convert_to_f32_slice(out);
         }
+
+        fn as_bf16(values: &[half::bf16]) -> Option<&[half::bf16]> {
+            Some(values)
+        }
     }
 
     /// Unsigned 8-bit codes (per-dimension scalar quantisation), as their values 0..=255.
     impl Row for u8 {
         const BYTES: usize = 1;
+        const SIGNED_CODE: Option<bool> = Some(false);
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
@@ -307,6 +322,7 @@ mod rows {
     /// Signed 8-bit codes (per-vector symmetric quantisation), as their values -127..=127.
     impl Row for i8 {
         const BYTES: usize = 1;
+        const SIGNED_CODE: Option<bool> = Some(true);
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
@@ -408,6 +424,165 @@ mod avx512 {
         }
     }
 
+    /// `R` rows from `rows[j * stride..]` against the int8 query: `R` i32 accumulators of
+    /// `vpdpbusd` (u8 row bytes × i8 query bytes, 4 products summed per lane), 64 bytes per step,
+    /// the last partial step masked. `flip` XORs each row byte with 0x80 (i8 `c` read as `c + 128`).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, BW and VNNI. `q` holds `stride` bytes and `rows` holds
+    /// `(j + R) * stride` bytes (checked by the caller, [`dots`], before the loop).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dots_block<const R: usize>(
+        q: &[i8],
+        rows: &[u8],
+        j: usize,
+        stride: usize,
+        flip: bool,
+    ) -> [i32; R] {
+        let full = stride / 64 * 64;
+        let tail = stride - full;
+        let flipv = _mm512_set1_epi8(if flip { i8::MIN } else { 0 });
+        let (qp, rp) = (q.as_ptr(), rows.as_ptr());
+        let mut acc = [_mm512_setzero_si512(); R];
+        let mut at = 0;
+        while at < full {
+            // SAFETY: `at + 64 <= full <= stride`: the query load reads `q[at..at + 64]` and each
+            // row load `rows[(j + r) * stride + at..][..64]`, inside the bounds the caller
+            // checked; `loadu` has no alignment requirement.
+            unsafe {
+                let qv = _mm512_loadu_si512(qp.add(at).cast());
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let rv = _mm512_loadu_si512(rp.add((j + r) * stride + at).cast());
+                    *a = _mm512_dpbusd_epi32(*a, _mm512_xor_si512(rv, flipv), qv);
+                }
+            }
+            at += 64;
+        }
+        if tail > 0 {
+            let mask: __mmask64 = (1u64 << tail) - 1;
+            // SAFETY: masked loads read only the `tail` bytes `[at, stride)` of the query and of
+            // each row, inside the checked bounds; masked-off query bytes are zero, so the
+            // masked-off row bytes (0x80 after the flip) add nothing.
+            unsafe {
+                let qv = _mm512_maskz_loadu_epi8(mask, qp.add(at));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let rv = _mm512_maskz_loadu_epi8(mask, rp.add((j + r) * stride + at).cast());
+                    *a = _mm512_dpbusd_epi32(*a, _mm512_xor_si512(rv, flipv), qv);
+                }
+            }
+        }
+        acc.map(|a| _mm512_reduce_add_epi32(a))
+    }
+
+    /// [`super::code_dots`]' kernel: 4 rows at a time, then the rest one by one.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, BW and VNNI. The bounds the loads rely on (`q` holds `stride`
+    /// bytes, `rows` `nr * stride`, `out` `nr`) are checked here, in release builds too.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dots(q: &[i8], rows: &[u8], nr: usize, stride: usize, flip: bool, out: &mut [i32]) {
+        assert!(
+            q.len() >= stride && rows.len() >= nr * stride && out.len() >= nr,
+            "dots: stride {stride}, q {} bytes, rows {} bytes for {nr}",
+            q.len(),
+            rows.len()
+        );
+        let mut j = 0;
+        while j + TR <= nr {
+            // SAFETY: VNNI as above; rows j..j + 4 are inside `rows` (checked above).
+            out[j..j + TR].copy_from_slice(&unsafe { dots_block::<TR>(q, rows, j, stride, flip) });
+            j += TR;
+        }
+        while j < nr {
+            // SAFETY: as above, for row j alone.
+            out[j] = unsafe { dots_block::<1>(q, rows, j, stride, flip) }[0];
+            j += 1;
+        }
+    }
+
+    /// `R` bf16 rows from row `j` against the bf16 query: `R` f32 accumulators of `vdpbf16ps`
+    /// (pairs of bf16 products added into each f32 lane), 32 values per step, the last 16 (where
+    /// the stride is not a multiple of 32) masked.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, BW and BF16. `q` holds `stride` values and `rows`
+    /// `(j + R) * stride` (checked by the caller, [`bf16_rows`], before the loop).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn bf16_block<const R: usize>(
+        q: &[half::bf16],
+        rows: &[half::bf16],
+        j: usize,
+        stride: usize,
+    ) -> [f32; R] {
+        let full = stride / 32 * 32;
+        let (qp, rp) = (q.as_ptr().cast::<u16>(), rows.as_ptr().cast::<u16>());
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut at = 0;
+        while at < full {
+            // SAFETY: `at + 32 <= full <= stride`: the loads read 32 values of the query and of
+            // each row, inside the bounds the caller checked; `loadu` has no alignment
+            // requirement. A bf16 vector is 32 u16 bit patterns, as loaded.
+            unsafe {
+                let qv: __m512bh = std::mem::transmute(_mm512_loadu_si512(qp.add(at).cast()));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let rv: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(rp.add((j + r) * stride + at).cast()));
+                    *a = _mm512_dpbf16_ps(*a, rv, qv);
+                }
+            }
+            at += 32;
+        }
+        if at < stride {
+            // The remaining 16 values (stride is a multiple of 16).
+            let mask: __mmask32 = 0xFFFF;
+            // SAFETY: masked loads read only the 16 values `[at, stride)` of the query and of
+            // each row, inside the checked bounds; masked-off lanes are zero and add nothing.
+            unsafe {
+                let qv: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi16(mask, qp.add(at).cast()));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let rv: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi16(
+                        mask,
+                        rp.add((j + r) * stride + at).cast(),
+                    ));
+                    *a = _mm512_dpbf16_ps(*a, rv, qv);
+                }
+            }
+        }
+        acc.map(|a| _mm512_reduce_add_ps(a))
+    }
+
+    /// [`super::bf16_dots`]' kernel: 4 rows at a time, then the rest one by one.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, BW and BF16. The bounds the loads rely on (`q` holds `stride`
+    /// values, `rows` `nr * stride`, `out` `nr`) are checked here, in release builds too.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn bf16_rows(
+        q: &[half::bf16],
+        rows: &[half::bf16],
+        nr: usize,
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        assert!(
+            q.len() >= stride && rows.len() >= nr * stride && out.len() >= nr,
+            "bf16_rows: stride {stride}, q {} values, rows {} values for {nr}",
+            q.len(),
+            rows.len()
+        );
+        let mut j = 0;
+        while j + TR <= nr {
+            // SAFETY: BF16 as above; rows j..j + 4 are inside `rows` (checked above).
+            out[j..j + TR].copy_from_slice(&unsafe { bf16_block::<TR>(q, rows, j, stride) });
+            j += TR;
+        }
+        while j < nr {
+            // SAFETY: as above, for row j alone.
+            out[j] = unsafe { bf16_block::<1>(q, rows, j, stride) }[0];
+            j += 1;
+        }
+    }
+
     /// 12 independent FMA chains in registers, `iters` times: the core's FMA peak.
     #[target_feature(enable = "avx512f")]
     pub fn probe(iters: usize) -> f32 {
@@ -470,6 +645,108 @@ pub fn scores(isa: Isa, queries: &[f32], nq: usize, rows: &[f32], nr: usize, str
             unsafe { scores_avx2(queries, nq, rows, nr, stride, out) }
         }
         _ => scores_impl::<Unfused>(queries, nq, rows, nr, stride, out),
+    }
+}
+
+/// Can [`code_dots`] run on this CPU with `isa` (AVX-512 VNNI and BW)?
+pub fn vnni(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        direct(isa)
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
+/// Integer dot products of one int8 query with `nr` rows of 8-bit codes (`stride` each):
+/// `out[j] = Σ_d q[d] · c_jd`, by AVX-512 VNNI `vpdpbusd` (64 products per instruction; signed
+/// codes are scored as `c + 128` and the query's sum × 128 taken off). None when the CPU lacks
+/// VNNI ([`vnni`]) or `T` is not an 8-bit code.
+#[allow(unsafe_code)]
+pub fn code_dots<T: Row>(
+    isa: Isa,
+    q: &[i8],
+    rows: &[T],
+    nr: usize,
+    stride: usize,
+    out: &mut [i32],
+) -> Option<()> {
+    let signed = T::SIGNED_CODE?;
+    assert!(stride.is_multiple_of(LANES), "stride is a multiple of LANES");
+    assert!(q.len() >= stride && rows.len() >= nr * stride && out.len() >= nr);
+    assert_eq!(std::mem::size_of::<T>(), 1, "8-bit codes");
+    if !vnni(isa) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: T is one byte (asserted above: u8 or i8, any bit pattern a valid u8), so the
+        // rows are `rows.len()` readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(rows.as_ptr().cast::<u8>(), rows.len()) };
+        // SAFETY: the CPU supports AVX-512F, BW and VNNI (`vnni` checked it); `dots` checks
+        // its slice bounds itself.
+        unsafe { avx512::dots(q, bytes, nr, stride, signed, out) };
+        if signed {
+            let qsum: i32 = q[..stride].iter().map(|&x| i32::from(x)).sum();
+            out[..nr].iter_mut().for_each(|x| *x -= 128 * qsum);
+        }
+        Some(())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (signed, q, rows, nr, stride, out);
+        None
+    }
+}
+
+/// Can [`bf16_dots`] run on this CPU with `isa` (AVX-512 BF16 and BW)?
+pub fn bf16_dot(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        direct(isa)
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
+/// Dot products of one bf16 query with `nr` bf16 rows (`stride` each), f32 accumulation:
+/// AVX-512 BF16 `vdpbf16ps`, 32 products per instruction. None when the CPU lacks it
+/// ([`bf16_dot`]) or the rows are not bf16.
+#[allow(unsafe_code)]
+pub fn bf16_dots<T: Row>(
+    isa: Isa,
+    q: &[half::bf16],
+    rows: &[T],
+    nr: usize,
+    stride: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    let rows = T::as_bf16(rows)?;
+    assert!(stride.is_multiple_of(LANES), "stride is a multiple of LANES");
+    if !bf16_dot(isa) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the CPU supports AVX-512F, BW and BF16 (`bf16_dot` checked it); `bf16_rows`
+        // checks its slice bounds itself.
+        unsafe { avx512::bf16_rows(q, rows, nr, stride, out) };
+        Some(())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (q, rows, nr, out);
+        None
     }
 }
 
@@ -601,6 +878,77 @@ mod tests {
         rows_match_a_naive_dot(|x| ((x + 0.5) * 255.0) as u8, f32::from);
         rows_match_a_naive_dot(|x| (x * 254.0) as i8, f32::from);
         rows_match_a_naive_dot(|x| x, |x| x);
+    }
+
+    #[test]
+    fn vnni_code_dots_match_an_integer_dot() {
+        if !vnni(Isa::detect()) {
+            eprintln!("SKIPPED: code_dots needs AVX-512 VNNI; this CPU lacks it");
+            return;
+        }
+        let mut state = 5u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        };
+        // Strides with no, one, two and three 16-byte tails after the 64-byte steps.
+        for dim in [16, 37, 100, 384, 390] {
+            let s = stride(dim);
+            for nr in [1, 3, 4, 9] {
+                let q: Vec<i8> = (0..s).map(|_| next() as i8).map(|x| x.max(-127)).collect();
+                let rows_u8: Vec<u8> = (0..nr * s).map(|_| next()).collect();
+                let rows_i8: Vec<i8> = rows_u8.iter().map(|&x| (x as i8).max(-127)).collect();
+                let naive = |row: &dyn Fn(usize) -> i32, j: usize| -> i32 {
+                    (0..s).map(|d| i32::from(q[d]) * row(j * s + d)).sum()
+                };
+                let mut out = vec![0i32; nr];
+                code_dots(Isa::Avx512, &q, &rows_u8, nr, s, &mut out).expect("vnni");
+                for (j, got) in out.iter().enumerate() {
+                    assert_eq!(*got, naive(&|i| i32::from(rows_u8[i]), j), "u8 dim {dim} nr {nr} row {j}");
+                }
+                code_dots(Isa::Avx512, &q, &rows_i8, nr, s, &mut out).expect("vnni");
+                for (j, got) in out.iter().enumerate() {
+                    assert_eq!(*got, naive(&|i| i32::from(rows_i8[i]), j), "i8 dim {dim} nr {nr} row {j}");
+                }
+            }
+        }
+        // Not codes, or not VNNI: None.
+        assert!(code_dots(Isa::Avx512, &[0i8; 16], &[0.0f32; 16], 1, 16, &mut [0]).is_none());
+        assert!(code_dots(Isa::Baseline, &[0i8; 16], &[0u8; 16], 1, 16, &mut [0]).is_none());
+    }
+
+    #[test]
+    fn bf16_dots_match_a_naive_dot() {
+        if !bf16_dot(Isa::detect()) {
+            eprintln!("SKIPPED: bf16_dots needs AVX-512 BF16; this CPU lacks it");
+            return;
+        }
+        let mut state = 3u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            half::bf16::from_f32(((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5)
+        };
+        // Strides with and without a 16-value tail after the 32-value steps.
+        for dim in [16, 37, 100, 384] {
+            let s = stride(dim);
+            for nr in [1, 3, 4, 9] {
+                let q: Vec<half::bf16> = (0..s).map(|_| next()).collect();
+                let rows: Vec<half::bf16> = (0..nr * s).map(|_| next()).collect();
+                // Decoded by hand: a bf16 is the upper half of an f32.
+                let f = |b: half::bf16| f32::from_bits(u32::from(b.to_bits()) << 16);
+                let mut out = vec![0.0f32; nr];
+                bf16_dots(Isa::Avx512, &q, &rows, nr, s, &mut out).expect("bf16");
+                for (j, got) in out.iter().enumerate() {
+                    let naive: f32 = (0..s).map(|d| f(q[d]) * f(rows[j * s + d])).sum();
+                    assert!((got - naive).abs() < 1e-5 * (1.0 + naive.abs()), "dim {dim} nr {nr} row {j}");
+                }
+            }
+        }
+        assert!(bf16_dots(Isa::Avx512, &[half::bf16::ZERO; 16], &[0u8; 16], 1, 16, &mut [0.0]).is_none());
+        assert!(
+            bf16_dots(Isa::Baseline, &[half::bf16::ZERO; 16], &[half::bf16::ZERO; 16], 1, 16, &mut [0.0])
+                .is_none()
+        );
     }
 
     #[test]

@@ -547,7 +547,25 @@ impl ExactIndex {
         let per = n.div_ceil(threads.max(1)).max(1);
         let ranges: Vec<(usize, usize)> =
             (0..threads).map(|t| (t * per, ((t + 1) * per).min(n))).filter(|(lo, hi)| lo < hi).collect();
-        let scan = |r: (usize, usize)| self.scan(&scored, &offsets, nq, kk, r);
+        // Codes at batch < 4 on a CPU with VNNI: the query quantised to int8 as well (symmetric,
+        // per query), integer dot products 64 at a time; with rescoring the answer is f32's.
+        let quantised = (matches!(self.data, Storage::U8 { .. } | Storage::I8 { .. })
+            && nq < DIRECT_BELOW
+            && kernel::vnni(self.isa))
+        .then(|| Quantised::of(&scored, self.stride));
+        // bf16 rows at batch < 4 on a CPU with AVX-512 BF16: the query rounded to bf16 too,
+        // `vdpbf16ps` 32 products at a time.
+        let bf16_queries: Option<Vec<bf16>> =
+            (matches!(self.data, Storage::Bf16(_)) && nq < DIRECT_BELOW && kernel::bf16_dot(self.isa))
+                .then(|| scored.iter().map(|x| bf16::from_f32(*x)).collect());
+        let queries = Queries {
+            f32: &scored,
+            quantised: quantised.as_ref(),
+            bf16: bf16_queries.as_deref(),
+            offsets: &offsets,
+            nq,
+        };
+        let scan = |r: (usize, usize)| self.scan(queries, kk, r);
         let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(kk)).collect();
         let partials: Vec<Vec<TopK>> = match ranges.as_slice() {
             [] => Vec::new(),
@@ -592,20 +610,13 @@ impl ExactIndex {
     }
 
     /// Top-k of every query over rows `lo..hi`.
-    fn scan(
-        &self,
-        queries: &[f32],
-        offsets: &[f32],
-        nq: usize,
-        k: usize,
-        range: (usize, usize),
-    ) -> Vec<TopK> {
+    fn scan(&self, q: Queries<'_>, k: usize, range: (usize, usize)) -> Vec<TopK> {
         match &self.data {
-            Storage::F32(d) => self.scan_rows(d, queries, offsets, nq, k, range),
-            Storage::F16(d) => self.scan_rows(d.reinterpret_cast(), queries, offsets, nq, k, range),
-            Storage::Bf16(d) => self.scan_rows(d, queries, offsets, nq, k, range),
-            Storage::U8 { codes, .. } => self.scan_rows(codes, queries, offsets, nq, k, range),
-            Storage::I8 { codes, .. } => self.scan_rows(codes, queries, offsets, nq, k, range),
+            Storage::F32(d) => self.scan_rows(d, q, k, range),
+            Storage::F16(d) => self.scan_rows(d.reinterpret_cast(), q, k, range),
+            Storage::Bf16(d) => self.scan_rows(d, q, k, range),
+            Storage::U8 { codes, .. } => self.scan_rows(codes, q, k, range),
+            Storage::I8 { codes, .. } => self.scan_rows(codes, q, k, range),
         }
     }
 
@@ -613,12 +624,11 @@ impl ExactIndex {
     fn scan_rows<T: kernel::Row>(
         &self,
         data: &[T],
-        queries: &[f32],
-        offsets: &[f32],
-        nq: usize,
+        q: Queries<'_>,
         k: usize,
         (lo, hi): (usize, usize),
     ) -> Vec<TopK> {
+        let Queries { f32: queries, quantised, bf16: bf16_queries, offsets, nq } = q;
         let br = self.options.block_rows.max(1);
         let qg = self.options.query_group.max(1);
         let s = self.stride;
@@ -630,6 +640,7 @@ impl ExactIndex {
         // row once per 4 queries: measured for f16 at 0.6× the widened path at batch 64).
         let widen = T::BYTES != 4 && !(kernel::direct(self.isa) && nq < DIRECT_BELOW);
         let mut converted = if widen { vec![0.0f32; br * s] } else { Vec::new() };
+        let mut dots = if quantised.is_some() { vec![0i32; br] } else { Vec::new() };
         let scale = match &self.data {
             Storage::I8 { scale, .. } => scale.as_slice(),
             _ => &[],
@@ -650,6 +661,20 @@ impl ExactIndex {
                 let group = &queries[q0 * s..(q0 + g) * s];
                 if widen {
                     kernel::scores(self.isa, group, g, &converted[..nr * s], nr, s, out);
+                } else if let Some(qb) = bf16_queries {
+                    for (i, row) in out.chunks_exact_mut(nr).enumerate() {
+                        let at = (q0 + i) * s;
+                        let done = kernel::bf16_dots(self.isa, &qb[at..at + s], rows, nr, s, row);
+                        debug_assert!(done.is_some(), "bf16 queries only for bf16 rows on a BF16 CPU");
+                    }
+                } else if let Some(qq) = quantised {
+                    for (i, row) in out.chunks_exact_mut(nr).enumerate() {
+                        let at = (q0 + i) * s;
+                        let done = kernel::code_dots(self.isa, &qq.codes[at..at + s], rows, nr, s, &mut dots);
+                        debug_assert!(done.is_some(), "quantised only for codes on a VNNI CPU");
+                        let scale = qq.scale[q0 + i];
+                        row.iter_mut().zip(&dots).for_each(|(x, d)| *x = *d as f32 * scale);
+                    }
                 } else {
                     kernel::scores_rows(self.isa, group, g, rows, nr, s, out);
                 }
@@ -672,6 +697,41 @@ impl ExactIndex {
             start = end;
         }
         tops
+    }
+}
+
+/// A search's queries as the scan scores them.
+#[derive(Clone, Copy)]
+struct Queries<'a> {
+    /// Padded f32 queries (code space for per-dimension codes).
+    f32: &'a [f32],
+    /// The same quantised to int8, where the VNNI kernel scores codes.
+    quantised: Option<&'a Quantised>,
+    /// The same rounded to bf16, where the BF16 kernel scores bf16 rows.
+    bf16: Option<&'a [bf16]>,
+    /// Per query, added to each score (per-dimension codes: `q · lo`); empty otherwise.
+    offsets: &'a [f32],
+    nq: usize,
+}
+
+/// Queries quantised to int8, symmetric per query: `q ≈ scale · codes`.
+struct Quantised {
+    codes: Vec<i8>,
+    scale: Vec<f32>,
+}
+
+impl Quantised {
+    fn of(queries: &[f32], stride: usize) -> Self {
+        let mut codes = vec![0i8; queries.len()];
+        let mut scale = Vec::with_capacity(queries.len() / stride);
+        for (q, c) in queries.chunks_exact(stride).zip(codes.chunks_exact_mut(stride)) {
+            let s = q.iter().fold(0.0f32, |m, x| m.max(x.abs())) / 127.0;
+            if s > 0.0 {
+                c.iter_mut().zip(q).for_each(|(c, x)| *c = (x / s).round().clamp(-127.0, 127.0) as i8);
+            }
+            scale.push(s);
+        }
+        Self { codes, scale }
     }
 }
 

@@ -109,36 +109,55 @@ fn scanned_scores_stay_within_the_quantisation_error() {
             let mut index = ExactIndex::new(dim, Metric::InnerProduct, options).expect("index").with_isa(isa);
             index.add(&(0..n as u64).collect::<Vec<_>>(), &a).expect("add a");
             index.add(&(n as u64..2 * n as u64).collect::<Vec<_>>(), &b).expect("add b");
-            let hits = index.search(q, 2 * n).expect("search").remove(0);
-            assert_eq!(hits.len(), 2 * n);
-            for h in hits {
-                let v = &all[h.id as usize * dim..(h.id as usize + 1) * dim];
-                let exact: f64 = v.iter().zip(q).map(|(x, y)| *x as f64 * *y as f64).sum();
-                let bound: f64 = match precision {
-                    Precision::F16 => {
-                        v.iter().zip(q).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() / 2048.0
-                    }
-                    Precision::Bf16 => {
-                        v.iter().zip(q).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() / 256.0
-                    }
-                    // One widening, by at most 1/8 of the range on each side (step ≤ 1.25 ×
-                    // range / 255); the first batch's rows were re-encoded from their codes, so
-                    // they carry the old step's rounding too (≤ range / 255 / 2).
-                    Precision::Int8 => {
-                        (0..dim).map(|d| (q[d].abs() * range(d) * 2.25 / 255.0 / 2.0) as f64).sum()
-                    }
-                    Precision::Int8PerVector => {
-                        let s = v.iter().fold(0.0f32, |m, x| m.max(x.abs())) / 127.0;
-                        q.iter().map(|y| (y.abs() * s / 2.0) as f64).sum()
-                    }
-                    Precision::F32 => unreachable!(),
-                };
-                let err = (h.score as f64 - exact).abs();
-                assert!(
-                    err <= bound + 1e-5,
-                    "{precision:?} {isa:?} id {}: error {err} > bound {bound}",
-                    h.id
-                );
+            // One query (int8 on a VNNI CPU: the query is quantised too) and the same query
+            // four times (every block widened, the query kept f32).
+            let four: Vec<f32> = q.repeat(4);
+            for (queries, one) in [(q.as_slice(), true), (four.as_slice(), false)] {
+                let hits = index.search(queries, 2 * n).expect("search").remove(0);
+                assert_eq!(hits.len(), 2 * n);
+                let quantised_query = one && ragd_exact::kernel::vnni(isa);
+                let qmax = q.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                for h in hits {
+                    let v = &all[h.id as usize * dim..(h.id as usize + 1) * dim];
+                    let exact: f64 = v.iter().zip(q).map(|(x, y)| *x as f64 * *y as f64).sum();
+                    let bound: f64 = match precision {
+                        Precision::F16 => {
+                            v.iter().zip(q).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() / 2048.0
+                        }
+                        Precision::Bf16 => {
+                            v.iter().zip(q).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() / 256.0
+                        }
+                        // One widening, by at most 1/8 of the range on each side (step ≤ 1.25 ×
+                        // range / 255); the first batch's rows were re-encoded from their codes, so
+                        // they carry the old step's rounding too (≤ range / 255 / 2). A quantised
+                        // query `q ∘ step` is off by at most half its scale (max |q_d step_d| / 127)
+                        // per dimension, times codes of at most 255.
+                        Precision::Int8 => {
+                            let rows: f64 =
+                                (0..dim).map(|d| (q[d].abs() * range(d) * 2.25 / 255.0 / 2.0) as f64).sum();
+                            let sq =
+                                (0..dim).map(|d| q[d].abs() * range(d) * 1.25 / 255.0).fold(0.0f32, f32::max)
+                                    / 127.0;
+                            rows + if quantised_query { (sq / 2.0 * 255.0) as f64 * dim as f64 } else { 0.0 }
+                        }
+                        // Rows: half a step of max|x| / 127 per dimension; a quantised query: half a
+                        // step of max|q| / 127 per dimension times |x̂_d|.
+                        Precision::Int8PerVector => {
+                            let s = v.iter().fold(0.0f32, |m, x| m.max(x.abs())) / 127.0;
+                            let rows: f64 = q.iter().map(|y| (y.abs() * s / 2.0) as f64).sum();
+                            let query: f64 =
+                                v.iter().map(|x| ((x.abs() + s / 2.0) * qmax / 127.0 / 2.0) as f64).sum();
+                            rows + if quantised_query { query } else { 0.0 }
+                        }
+                        Precision::F32 => unreachable!(),
+                    };
+                    let err = (h.score as f64 - exact).abs();
+                    assert!(
+                        err <= bound + 1e-5,
+                        "{precision:?} {isa:?} one query {one}: id {}: error {err} > bound {bound}",
+                        h.id
+                    );
+                }
             }
         }
     }
