@@ -33,6 +33,8 @@ const DIM: usize = 384;
 const K: usize = 10;
 const BATCHES: [usize; 4] = [1, 16, 64, 256];
 const QUERIES: usize = 1024;
+/// Alternating rounds of a paired measurement (compressed section).
+const ROUNDS: u32 = 8;
 
 fn sizes() -> Vec<usize> {
     std::env::var("RAGD_BENCH_EXACT_SIZES")
@@ -334,18 +336,18 @@ fn compressed() {
     let truth = reference.search(&queries[..100 * DIM], K).expect("search");
     let (base1, base64) = (qps(&reference, queries, 1), qps(&reference, queries, 64));
     let gbs = |q: f64, index: &ExactIndex| q * index.bytes() as f64 / 1e9;
-    // Queries/s of `index` and of the f32 reference at `batch`, in 4 alternating rounds of a
-    // quarter of the time each, so that the ratio sees the same machine (this VM's bandwidth
+    // Queries/s of `index` and of the f32 reference at `batch`, in 8 alternating rounds of an
+    // eighth of the time each, so that the ratio sees the same machine (this VM's bandwidth
     // drifts by ±20 % over minutes).
     let paired = |index: &ExactIndex, batch: usize| {
-        let secs = bench_secs() / 4;
+        let secs = bench_secs() / ROUNDS;
         let one = |ix: &ExactIndex| {
             per_second_for(secs, QUERIES, batch, |r| ix.search(&queries[r], K).expect("search").len())
         };
         let (mut a, mut b) = (0.0, 0.0);
-        for _ in 0..4 {
-            a += one(index) / 4.0;
-            b += one(&reference) / 4.0;
+        for _ in 0..ROUNDS {
+            a += one(index) / f64::from(ROUNDS);
+            b += one(&reference) / f64::from(ROUNDS);
         }
         (a, a / b)
     };
@@ -400,7 +402,7 @@ fn compressed() {
          Measured by `cargo bench -p ragd-bench --bench exact` in one run on: {machine}.\n\
          {n} embedding-like unit vectors (`ragd_exact::synthetic`: 20 clusters, a shared mean, per-dimension \
          scales differing by 10×), d = {DIM}, inner product, k = {K}; queries/s over {secs:.0} s per cell, \
-         ratios (÷ f32) against ragd-exact f32 measured in 4 alternating rounds with each row (this VM's bandwidth drifts by ±20 % over minutes), faiss's against the f32 row; recall@10 of the first 100 queries, searched one at a time, against f32 exact. \
+         ratios (÷ f32) against ragd-exact f32 measured in {ROUNDS} alternating rounds with each row (this VM's bandwidth drifts by ±20 % over minutes), faiss's against the f32 row; recall@10 of the first 100 queries, searched one at a time, against f32 exact. \
          Kernel `{isa}`, {threads} threads; read bandwidth probed in the same run {bwn:.1} GB/s. \
          Every precision is scored on its stored form (batch < 4: widened in registers; int8 codes by \
          AVX-512 VNNI `vpdpbusd` with the query quantised to int8 too, bf16 by `vdpbf16ps` with the query rounded to bf16; larger batches: each block widened once); rescoring takes the best k × 4 by compressed score and re-ranks them \
