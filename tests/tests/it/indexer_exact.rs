@@ -25,26 +25,44 @@ fn config(data: &std::path::Path, embedder: &str, exact_engine: bool) -> Indexer
     }
 }
 
-/// (doc id, chunk, score) of the exact top 8 of every question, for every distance.
+/// (doc id, chunk, score) of the exact top 8 of every question in `collection`.
+async fn top8(client: &mut IndexerClient<Channel>, collection: &str) -> Vec<Vec<(String, u32, f32)>> {
+    let request = v1::SearchRequest {
+        collection: collection.into(),
+        queries: QUESTIONS
+            .iter()
+            .map(|q| v1::Query { query: Some(v1::query::Query::Text(q.to_string())) })
+            .collect(),
+        k: 8,
+        exact: true,
+        ..Default::default()
+    };
+    let r = client.search(request).await.expect("search").into_inner();
+    r.results
+        .into_iter()
+        .map(|q| q.hits.into_iter().map(|h| (h.doc_id, h.chunk, h.score)).collect())
+        .collect()
+}
+
+/// The exact top 8 of every question, for every distance.
 async fn answers(client: &mut IndexerClient<Channel>) -> Vec<Vec<(String, u32, f32)>> {
     let mut out = Vec::new();
     for collection in ["cos", "dot", "l2"] {
-        let request = v1::SearchRequest {
-            collection: collection.into(),
-            queries: QUESTIONS
-                .iter()
-                .map(|q| v1::Query { query: Some(v1::query::Query::Text(q.to_string())) })
-                .collect(),
-            k: 8,
-            exact: true,
-            ..Default::default()
-        };
-        let r = client.search(request).await.expect("search").into_inner();
-        out.extend(
-            r.results.into_iter().map(|q| q.hits.into_iter().map(|h| (h.doc_id, h.chunk, h.score)).collect()),
-        );
+        out.extend(top8(client, collection).await);
     }
     out
+}
+
+/// One document per country: "The capital of X is Y. It is a city in X."
+fn capital_documents() -> Vec<v1::Document> {
+    ragd_tests::capitals()
+        .iter()
+        .map(|(country, city)| v1::Document {
+            id: country.clone(),
+            text: format!("The capital of {country} is {city}. It is a city in {country}."),
+            metadata: None,
+        })
+        .collect()
 }
 
 fn assert_same(engine: &[Vec<(String, u32, f32)>], store: &[Vec<(String, u32, f32)>]) {
@@ -84,15 +102,7 @@ async fn exact_mode_matches_the_store_after_ingest_updates_deletes_and_restart()
         };
         client.create_collection(create).await.expect("create");
     }
-    let corpus = ragd_tests::capitals();
-    let docs: Vec<v1::Document> = corpus
-        .iter()
-        .map(|(country, city)| v1::Document {
-            id: country.clone(),
-            text: format!("The capital of {country} is {city}. It is a city in {country}."),
-            metadata: None,
-        })
-        .collect();
+    let docs = capital_documents();
     documents(&mut client, docs).await;
     let first = answers(&mut client).await;
     assert_eq!(first[0][0].0, "Germany");
@@ -169,15 +179,7 @@ async fn compressed_collections_answer_as_f32_with_rescoring_and_report_their_si
             names.push((format!("{}-{rescore}", p.as_str_name().to_lowercase()), p, rescore));
         }
     }
-    let corpus = ragd_tests::capitals();
-    let docs: Vec<v1::Document> = corpus
-        .iter()
-        .map(|(country, city)| v1::Document {
-            id: country.clone(),
-            text: format!("The capital of {country} is {city}. It is a city in {country}."),
-            metadata: None,
-        })
-        .collect();
+    let docs = capital_documents();
     for (name, p, rescore) in &names {
         client.create_collection(create(name, *p, *rescore)).await.expect("create");
         let r = client
@@ -185,31 +187,10 @@ async fn compressed_collections_answer_as_f32_with_rescoring_and_report_their_si
             .await;
         assert!(r.expect("upsert").into_inner().failed.is_empty());
     }
-    let searcher = client.clone();
-    let top8 = |collection: String| {
-        let mut client = searcher.clone();
-        async move {
-            let request = v1::SearchRequest {
-                collection,
-                queries: QUESTIONS
-                    .iter()
-                    .map(|q| v1::Query { query: Some(v1::query::Query::Text(q.to_string())) })
-                    .collect(),
-                k: 8,
-                exact: true,
-                ..Default::default()
-            };
-            let r = client.search(request).await.expect("search").into_inner();
-            r.results
-                .into_iter()
-                .map(|q| q.hits.into_iter().map(|h| (h.doc_id, h.chunk, h.score)).collect::<Vec<_>>())
-                .collect::<Vec<_>>()
-        }
-    };
-    let want = top8("f32".into()).await;
+    let want = top8(&mut client, "f32").await;
     let dim_stride = 384;
     for (name, p, rescore) in &names[1..] {
-        let got = top8(name.clone()).await;
+        let got = top8(&mut client, name).await;
         if *rescore > 0 {
             assert_same(&got, &want);
         } else {
