@@ -508,7 +508,12 @@ async fn ingest_bench() -> IngestFigures {
         documents: docs
             .iter()
             .enumerate()
-            .map(|(i, t)| v1::Document { id: format!("r{round}-{i}"), text: t.clone(), metadata: None })
+            .map(|(i, t)| v1::Document {
+                id: format!("r{round}-{i}"),
+                text: t.clone(),
+                metadata: None,
+                vector: Vec::new(),
+            })
             .collect(),
     };
     // Warm-up, then ROUNDS rounds of (raw ORT for a third of the window, then as many documents

@@ -174,6 +174,7 @@ async fn build(dir: &std::path::Path) -> (Arc<Indexer>, Vec<String>, f64) {
         keyword: Some(KeywordRequest { avg_len: Some(WORDS as f32), ..KeywordRequest::default() }),
         max_chunks: None,
         exact: None,
+        dim: None,
     };
     let started = Instant::now();
     indexer.create_collection(create, None).await.expect("create");
@@ -185,6 +186,7 @@ async fn build(dir: &std::path::Path) -> (Arc<Indexer>, Vec<String>, f64) {
                 id: format!("d{}", i * 1000 + j),
                 text: t.clone(),
                 metadata: Default::default(),
+                vector: None,
             })
             .collect();
         let out = indexer.upsert("bench", batch, None).await.expect("upsert");

@@ -218,6 +218,7 @@ impl Pair {
                     id: format!("d{}", n * 250 + k),
                     text: t.clone(),
                     metadata: None,
+                    vector: Vec::new(),
                 })
                 .collect();
             let r = i

@@ -46,7 +46,7 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 fn columns() -> Columns {
-    Columns { text: "text".into(), id: "id".into() }
+    Columns::default()
 }
 
 fn no_own_fields_in_metadata(docs: &[ragd_loaders::LoadedDocument]) {
@@ -329,7 +329,7 @@ pub fn indexer_requests(data: &[u8]) {
     let Some((which, bytes)) = split(data) else { return };
     let c = cluster();
     let mut i = c.indexer.clone();
-    match which % 15 {
+    match which % 16 {
         0 => {
             let r = decode_or_return!(v1::CreateCollectionRequest, bytes);
             let name = r.name.clone();
@@ -412,6 +412,10 @@ pub fn indexer_requests(data: &[u8]) {
                 let info = i.restore_snapshot(r).await?.into_inner();
                 cleanup.drop_collection(v1::DropCollectionRequest { name: info.name }).await.map(drop)
             })
+        }
+        14 => {
+            let r = decode_or_return!(v1::GetDocumentRequest, bytes);
+            check("GetDocument", async move { i.get_document(r).await.map(drop) })
         }
         _ => {
             let r = decode_or_return!(v1::DeleteSnapshotRequest, bytes);

@@ -345,6 +345,7 @@ pub fn capitals_documents(n: usize) -> Vec<ragd_proto::v1::Document> {
                 .as_object()
                 .cloned()
                 .map(ragd_proto::json::to_struct),
+            vector: Vec::new(),
         })
         .collect()
 }

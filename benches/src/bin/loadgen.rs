@@ -443,6 +443,7 @@ async fn mixed(args: &MixedArgs) -> anyhow::Result<serde_json::Value> {
                     id: format!("loadgen-{i}-{k}"),
                     text: texts[(i as usize * per + k) % texts.len()].clone(),
                     metadata: None,
+                    vector: Vec::new(),
                 })
                 .collect();
             let mut request =

@@ -6,7 +6,7 @@
 //!   JWT verified with the public keys of a JWKS file (`--auth-jwks-file`; see [`crate::jwt`]).
 //!   Both files are re-read when they change.
 //! - **Grants** say what a principal may do: `{collection = "<name>" | "<prefix>*" | "*", role =
-//!   "read" | "write" | "manage"}` (read: Search, Scroll, DocumentStatus, DescribeCollection; write: +
+//!   "read" | "write" | "manage"}` (read: Search, Scroll, DocumentStatus, GetDocument, DescribeCollection; write: +
 //!   Upsert, Delete; manage: + CreateCollection, DropCollection, ReindexKeywords, Create-, Restore-
 //!   and DeleteSnapshot; ListSnapshots lists what the caller may read), and the service grants
 //!   `{service = "embed" | "generate" | "metrics"}`.
@@ -239,6 +239,7 @@ pub const RPCS: &[(&str, Need)] = &[
     ("/ragd.v1.Indexer/UpsertBatch", Need::Collection(Role::Write)),
     ("/ragd.v1.Indexer/Delete", Need::Collection(Role::Write)),
     ("/ragd.v1.Indexer/DocumentStatus", Need::Collection(Role::Read)),
+    ("/ragd.v1.Indexer/GetDocument", Need::Collection(Role::Read)),
     ("/ragd.v1.Indexer/Search", Need::Collection(Role::Read)),
     ("/ragd.v1.Indexer/Scroll", Need::Collection(Role::Read)),
     ("/ragd.v1.Generator/Ask", Need::ServiceAndCollection(ServiceGrant::Generate, Role::Read)),

@@ -23,7 +23,7 @@ use crate::service::{
     SearchMode, UpsertOutcome,
 };
 use crate::snapshot::Manifest;
-use crate::store::{Distance, Hit, ScrollPage, SearchOptions, StoreStats};
+use crate::store::{ChunkPoint, Distance, Hit, ScrollPage, SearchOptions, StoreStats};
 
 /// The `ragd.v1.Indexer` service; UNAVAILABLE until the store is open.
 #[derive(Debug, Clone)]
@@ -309,8 +309,19 @@ fn documents(ds: Vec<v1::Document>) -> Vec<DocumentIn> {
             id: d.id,
             text: d.text,
             metadata: d.metadata.map(from_struct).unwrap_or_default(),
+            vector: (!d.vector.is_empty()).then_some(d.vector),
         })
         .collect()
+}
+
+fn stored_chunk(c: ChunkPoint) -> v1::StoredChunk {
+    v1::StoredChunk {
+        doc_id: c.doc_id,
+        chunk: c.chunk,
+        text: c.text,
+        metadata: Some(to_struct(c.metadata)),
+        vector: c.vector,
+    }
 }
 
 fn upsert_response(o: UpsertOutcome) -> v1::UpsertResponse {
@@ -359,6 +370,7 @@ impl indexer_server::Indexer for IndexerGrpc {
             keyword: r.keyword.map(keyword_from),
             max_chunks: (r.max_chunks > 0).then_some(r.max_chunks),
             exact: r.exact.map(exact_storage_from).transpose()?,
+            dim: (r.dim > 0).then_some(r.dim as usize),
         };
         let meta = indexer.create_collection(create, deadline).await?;
         let (stats, exact) =
@@ -552,6 +564,20 @@ impl indexer_server::Indexer for IndexerGrpc {
         }))
     }
 
+    #[instrument(skip_all, fields(collection = %request.get_ref().collection))]
+    async fn get_document(
+        &self,
+        request: Request<v1::GetDocumentRequest>,
+    ) -> Result<Response<v1::GetDocumentResponse>, Status> {
+        allow(&request, &request.get_ref().collection, Role::Read)?;
+        let r = request.into_inner();
+        let chunks = self.ready()?.get_document(&r.collection, &r.id, r.with_vectors).await?;
+        Ok(Response::new(v1::GetDocumentResponse {
+            id: r.id,
+            chunks: chunks.into_iter().map(stored_chunk).collect(),
+        }))
+    }
+
     #[instrument(skip_all, fields(collection = %request.get_ref().collection, limit = request.get_ref().limit))]
     async fn scroll(
         &self,
@@ -568,17 +594,7 @@ impl indexer_server::Indexer for IndexerGrpc {
         };
         let out = indexer.scroll(&r.collection, page).await?;
         Ok(Response::new(v1::ScrollResponse {
-            chunks: out
-                .chunks
-                .into_iter()
-                .map(|c| v1::StoredChunk {
-                    doc_id: c.doc_id,
-                    chunk: c.chunk,
-                    text: c.text,
-                    metadata: Some(to_struct(c.metadata)),
-                    vector: c.vector,
-                })
-                .collect(),
+            chunks: out.chunks.into_iter().map(stored_chunk).collect(),
             next_offset: out.next.unwrap_or_default(),
         }))
     }

@@ -27,6 +27,8 @@ use crate::store::{
     with_keyword_weights,
 };
 
+/// Chunks read per store call by GetDocument.
+const GET_DOCUMENT_PAGE: usize = 1024;
 /// Texts per Embed call while ingesting (the embedder splits and batches them further).
 const EMBED_CHUNK_TEXTS: usize = 256;
 /// How long passages refused by an overloaded embedder are retried when the caller set no
@@ -39,6 +41,8 @@ pub struct DocumentIn {
     pub id: String,
     pub text: String,
     pub metadata: Map<String, Value>,
+    /// The document's own vector: stored as its one chunk, neither chunked nor embedded.
+    pub vector: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +90,12 @@ pub struct CreateCollection {
     pub max_chunks: Option<u32>,
     /// The resident exact engine's storage (None: the server's defaults).
     pub exact: Option<ExactRequest>,
+    /// Vectors brought by the user: no embedding model, this dimension (`model` must be empty).
+    pub dim: Option<usize>,
 }
+
+/// Largest dimension of a collection of vectors brought by the user (Qdrant's limit).
+pub const MAX_DIM: usize = 65_536;
 
 /// CreateCollection's `exact`: what was given of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -229,6 +238,49 @@ impl Drop for Creating<'_> {
 /// Runs blocking work on the blocking pool: file-system work (snapshots), and updates of the
 /// exact mirror (they take the mirror's write lock, which waits for a running batch search).
 /// `what` names it if the task dies.
+/// A collection of vectors brought by the user: no model named, a dimension in range, no token
+/// windows (they need a model's tokenizer).
+fn check_vectors_only(req: &CreateCollection, dim: usize) -> Result<(), IndexError> {
+    if !req.model.is_empty() {
+        return Err(IndexError::invalid(
+            "dim",
+            format!(
+                "a collection of vectors brought by the user has no model, but model {} was named",
+                ragd_core::status::quote(&req.model)
+            ),
+        ));
+    }
+    if !(1..=MAX_DIM).contains(&dim) {
+        return Err(IndexError::invalid("dim", format!("{dim} is not in 1..={MAX_DIM}")));
+    }
+    if matches!(req.chunking, Chunking::Tokens { .. }) {
+        return Err(IndexError::invalid(
+            "chunking",
+            "token windows need an embedding model's tokenizer; a collection of vectors has none",
+        ));
+    }
+    Ok(())
+}
+
+/// Why a document's vector cannot be stored in `meta`'s collection (None: it can).
+fn vector_problem(meta: &CollectionMeta, d: &DocumentIn) -> Option<String> {
+    let dim = meta.store.dim;
+    match &d.vector {
+        None if meta.model.is_empty() => Some(format!(
+            "carries no vector, and collection {:?} has no embedding model (its documents bring vectors)",
+            meta.store.name
+        )),
+        None => None,
+        Some(v) if v.len() != dim => {
+            Some(format!("vector has dimension {}, the collection's is {dim}", v.len()))
+        }
+        Some(v) => v
+            .iter()
+            .position(|x| !x.is_finite())
+            .map(|i| format!("vector value {i} is {}; values must be finite", v[i])),
+    }
+}
+
 async fn on_blocking_pool<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
@@ -333,16 +385,29 @@ impl Indexer {
             ));
         }
         let _creating = self.reserve(&req.name)?;
-        let info = self.embedder.model_info(&req.model, deadline).await.map_err(embedder_err)?;
-        let tok =
-            self.embedder.tokenize(&info.name, vec![String::new()], deadline).await.map_err(embedder_err)?;
-        req.chunking.validate(info.max_seq_len.saturating_sub(tok.special_tokens))?;
+        let (model, dim) = match req.dim {
+            Some(dim) => {
+                check_vectors_only(&req, dim)?;
+                req.chunking.validate(usize::MAX)?;
+                (String::new(), dim)
+            }
+            None => {
+                let info = self.embedder.model_info(&req.model, deadline).await.map_err(embedder_err)?;
+                let tok = self
+                    .embedder
+                    .tokenize(&info.name, vec![String::new()], deadline)
+                    .await
+                    .map_err(embedder_err)?;
+                req.chunking.validate(info.max_seq_len.saturating_sub(tok.special_tokens))?;
+                (info.name, info.dim)
+            }
+        };
         let keyword = req.keyword.map(|k| KeywordConfig::resolve(k, &req.chunking)).transpose()?;
         let exact = self.resolve_exact(req.exact)?;
         let meta = CollectionMeta {
             store: StoreSpec {
                 name: req.name,
-                dim: info.dim,
+                dim,
                 distance: req.distance,
                 shards: req.shards,
                 indexing_threshold_kb: self.limits.indexing_threshold_kb,
@@ -351,7 +416,7 @@ impl Indexer {
                 on_disk: req.on_disk,
                 sparse: true,
             },
-            model: info.name,
+            model,
             chunking: req.chunking,
             keyword,
             max_chunks: req.max_chunks,
@@ -652,6 +717,44 @@ impl Indexer {
         }
     }
 
+    /// A stored document's chunks in order, with their dense vectors when asked. NOT_FOUND for
+    /// a document with no stored chunk. Chunks are read by id (a document's are numbered 0..n),
+    /// a page at a time; a chunk removed meanwhile by a shorter re-upsert is left out.
+    pub async fn get_document(
+        &self,
+        collection: &str,
+        doc: &str,
+        with_vectors: bool,
+    ) -> Result<Vec<ChunkPoint>, IndexError> {
+        self.registry.get(collection)?;
+        if doc.is_empty() {
+            return Err(IndexError::invalid("id", "is empty"));
+        }
+        let not_found = || IndexError::DocumentNotFound { collection: collection.into(), doc_id: doc.into() };
+        let n = self.store.count_chunks(collection, doc).await? as u32;
+        let mut out = Vec::with_capacity(n as usize);
+        for start in (0..n).step_by(GET_DOCUMENT_PAGE) {
+            let ids: Vec<(String, u32)> =
+                (start..n.min(start + GET_DOCUMENT_PAGE as u32)).map(|i| (doc.to_string(), i)).collect();
+            let hits = self.store.retrieve(collection, &ids).await?;
+            let mut vectors = match with_vectors {
+                true => self.store.vectors(collection, &ids).await?,
+                false => vec![Some(Vec::new()); ids.len()],
+            }
+            .into_iter();
+            for hit in hits {
+                // Both None when the chunk went between the count and the read.
+                if let (Some(hit), Some(Some(vector))) = (hit, vectors.next()) {
+                    out.push(hit.into_point(vector));
+                }
+            }
+        }
+        match out.is_empty() {
+            true => Err(not_found()),
+            false => Ok(out),
+        }
+    }
+
     /// Chunks, embeds and stores documents. Invalid documents fail alone (listed in the
     /// outcome); an embedder or store failure fails the call with its status.
     pub async fn upsert(
@@ -676,6 +779,16 @@ impl Indexer {
                 ),
             ));
         }
+        // A bad vector is a systematic mistake (a wrong model, a wrong file): the whole request
+        // is refused before anything is stored, naming the first document that has one.
+        if let Some((i, d, why)) =
+            docs.iter().enumerate().find_map(|(i, d)| vector_problem(&meta, d).map(|why| (i, d, why)))
+        {
+            return Err(IndexError::invalid(
+                "documents",
+                format!("document {i} ({}): {why}", ragd_core::status::quote(&d.id)),
+            ));
+        }
         let mut outcome = UpsertOutcome::default();
         let mut valid = Vec::with_capacity(docs.len());
         for d in docs {
@@ -683,8 +796,8 @@ impl Indexer {
                 Some("id is empty")
             } else if d.id.len() > 512 {
                 Some("id is longer than 512 bytes")
-            } else if d.text.trim().is_empty() {
-                Some("text is empty")
+            } else if d.vector.is_none() && d.text.trim().is_empty() {
+                Some("text is empty and there is no vector")
             } else {
                 None
             };
@@ -729,8 +842,15 @@ impl Indexer {
         deadline: Option<Instant>,
     ) -> Result<Vec<u32>, IndexError> {
         let chunks = self.chunk(meta, docs, deadline).await?;
-        let texts: Vec<String> = chunks.iter().flat_map(|cs| cs.iter().map(|c| c.text.clone())).collect();
-        let vectors = self.embed(&meta.model, texts, InputKind::Passage, deadline).await?;
+        // Documents that brought their vector are not embedded.
+        let texts: Vec<String> = (docs.iter().zip(&chunks))
+            .filter(|(d, _)| d.vector.is_none())
+            .flat_map(|(_, cs)| cs.iter().map(|c| c.text.clone()))
+            .collect();
+        let vectors = match texts.is_empty() {
+            true => Vec::new(),
+            false => self.embed(&meta.model, texts, InputKind::Passage, deadline).await?,
+        };
         let collection = &meta.store.name;
         for d in docs {
             self.set_status(collection, &d.id, IngestState::Embedded, String::new(), 0);
@@ -739,7 +859,11 @@ impl Indexer {
         let mut points = Vec::new();
         for (d, cs) in docs.iter().zip(&chunks) {
             for (i, c) in cs.iter().enumerate() {
-                let vector = vectors.next().ok_or_else(|| {
+                let vector = match &d.vector {
+                    Some(v) => Some(v.clone()),
+                    None => vectors.next(),
+                };
+                let vector = vector.ok_or_else(|| {
                     IndexError::Embedder(tonic::Status::internal("answered too few vectors"))
                 })?;
                 points.push(ChunkPoint {
@@ -775,25 +899,50 @@ impl Indexer {
         Ok(counts)
     }
 
-    /// Each document's chunks, cut to the collection's `max_chunks`.
+    /// Each document's chunks, cut to the collection's `max_chunks`; a document that brought
+    /// its vector is one chunk of its whole text.
     async fn chunk(
         &self,
         meta: &CollectionMeta,
         docs: &[DocumentIn],
         deadline: Option<Instant>,
     ) -> Result<Vec<Vec<chunk::Chunk>>, IndexError> {
+        let whole = |d: &DocumentIn| vec![chunk::Chunk { text: d.text.clone(), start: 0, end: d.text.len() }];
         let mut chunks = match meta.chunking {
-            Chunking::Sentences { size, overlap } => {
-                docs.iter().map(|d| chunk::by_sentences(&d.text, size, overlap)).collect()
-            }
+            Chunking::Sentences { size, overlap } => docs
+                .iter()
+                .map(|d| match d.vector {
+                    Some(_) => whole(d),
+                    None => chunk::by_sentences(&d.text, size, overlap),
+                })
+                .collect(),
             Chunking::Tokens { size, overlap } => {
-                let texts = docs.iter().map(|d| d.text.clone()).collect();
-                let tokens =
-                    self.embedder.tokenize(&meta.model, texts, deadline).await.map_err(embedder_err)?;
-                docs.iter()
-                    .zip(tokens.offsets)
-                    .map(|(d, offsets)| chunk::by_tokens(&d.text, &offsets, size, overlap))
-                    .collect::<Result<Vec<_>, _>>()?
+                let texts: Vec<String> =
+                    docs.iter().filter(|d| d.vector.is_none()).map(|d| d.text.clone()).collect();
+                let mut offsets = match texts.is_empty() {
+                    true => Vec::new(),
+                    false => {
+                        self.embedder
+                            .tokenize(&meta.model, texts, deadline)
+                            .await
+                            .map_err(embedder_err)?
+                            .offsets
+                    }
+                }
+                .into_iter();
+                let mut out = Vec::with_capacity(docs.len());
+                for d in docs {
+                    out.push(match d.vector {
+                        Some(_) => whole(d),
+                        None => {
+                            let o = offsets.next().ok_or_else(|| {
+                                embedder_err(tonic::Status::internal("answered too few tokenizations"))
+                            })?;
+                            chunk::by_tokens(&d.text, &o, size, overlap)?
+                        }
+                    });
+                }
+                out
             }
         };
         if let Some(max) = meta.max_chunks {
@@ -934,6 +1083,15 @@ impl Indexer {
                 }
                 QueryIn::Vector(_) => {}
             }
+        }
+        if meta.model.is_empty() && !texts.is_empty() && retrieval.mode != SearchMode::Keyword {
+            return Err(IndexError::failed_precondition(
+                "queries",
+                format!(
+                    "collection {:?} holds vectors brought by the user and has no embedding model to embed a text query; query with vectors, or keyword search",
+                    meta.store.name
+                ),
+            ));
         }
         Ok(texts)
     }
@@ -1407,11 +1565,12 @@ mod tests {
             keyword: None,
             max_chunks: None,
             exact: None,
+            dim: None,
         }
     }
 
     fn doc(id: &str, text: &str) -> DocumentIn {
-        DocumentIn { id: id.into(), text: text.into(), metadata: Map::new() }
+        DocumentIn { id: id.into(), text: text.into(), metadata: Map::new(), vector: None }
     }
 
     fn text(q: &str) -> QueryIn {
@@ -2193,5 +2352,152 @@ mod tests {
         assert_eq!(indexer.exact_footprint("small").expect("mirrored").storage, s.storage);
         assert_eq!(indexer.exact_footprint("plain").expect("mirrored").storage, p.storage);
         assert_eq!(answers(&indexer, "small", &words).await, want, "after a restart");
+    }
+
+    fn with_vector(id: &str, text: &str, vector: Vec<f32>) -> DocumentIn {
+        DocumentIn { vector: Some(vector), ..doc(id, text) }
+    }
+
+    fn axis(i: usize, dim: usize) -> Vec<f32> {
+        let mut v = vec![0.0; dim];
+        v[i] = 1.0;
+        v
+    }
+
+    /// A collection of vectors brought by the user: no model (the embedder is never asked), the
+    /// dimension checked at creation and on every document, bad vectors refuse the whole request
+    /// before anything is stored, text queries are refused, vector queries find by the vectors.
+    #[tokio::test]
+    async fn vectors_brought_by_the_user_are_checked_stored_as_given_and_searched() {
+        for exact in [false, true] {
+            let f = fixture(exact).await;
+            let vectors = |dim| CreateCollection { dim: Some(dim), ..create("v", Chunking::default()) };
+            for (bad, field) in [
+                (CreateCollection { model: "fake".into(), ..vectors(3) }, "dim"),
+                (vectors(0), "dim"),
+                (vectors(MAX_DIM + 1), "dim"),
+                (
+                    CreateCollection { chunking: Chunking::Tokens { size: 4, overlap: 0 }, ..vectors(3) },
+                    "chunking",
+                ),
+            ] {
+                let err = f.indexer.create_collection(bad, None).await.expect_err(field);
+                assert!(
+                    matches!(&err, IndexError::InvalidArgument { field: f, .. } if *f == field),
+                    "{err:?}"
+                );
+            }
+            let meta = f.indexer.create_collection(vectors(3), None).await.expect("create");
+            assert_eq!((meta.model.as_str(), meta.store.dim), ("", 3));
+            let calls = f.fake.embed_calls.load(Ordering::Relaxed);
+            let good = vec![
+                with_vector("x", "", vec![2.0, 0.0, 0.0]),
+                with_vector("y", "the y axis", vec![0.0, 0.5, 0.0]),
+                with_vector("z", "", vec![0.0, 0.0, -3.0]),
+            ];
+            for (bad, why) in [
+                (with_vector("short", "", vec![1.0, 0.0]), "dimension 2, the collection's is 3"),
+                (with_vector("nan", "", vec![1.0, f32::NAN, 0.0]), "value 1 is NaN"),
+                (with_vector("inf", "", vec![f32::INFINITY, 0.0, 0.0]), "value 0 is inf"),
+                (doc("text-only", "no vector here"), "carries no vector"),
+            ] {
+                let mut docs = good.clone();
+                docs.push(bad.clone());
+                let err = f.indexer.upsert("v", docs, None).await.expect_err(why);
+                let IndexError::InvalidArgument { field: "documents", reason } = &err else {
+                    panic!("{err:?}")
+                };
+                assert!(
+                    reason.contains(&format!("document 3 (\"{}\")", bad.id)) && reason.contains(why),
+                    "{reason}"
+                );
+            }
+            let stored =
+                f.indexer.store().count_documents("v", &["x".into(), "y".into()]).await.expect("count");
+            assert_eq!(stored, 0, "a refused request stores nothing");
+            let out = f.indexer.upsert("v", good, None).await.expect("upsert");
+            assert_eq!((out.documents, out.chunks, out.failed.len()), (3, 3, 0));
+            assert_eq!(f.fake.embed_calls.load(Ordering::Relaxed), calls, "nothing was embedded");
+            // Cosine: the query (0.1, 1, 0) is nearest y, then x (z is orthogonal to both but
+            // negative along nothing it shares: score 0).
+            let query = QueryIn::Vector(vec![0.1, 1.0, 0.0]);
+            let (hits, _) = f
+                .indexer
+                .search("v", vec![query], options(3, exact), Retrieval::default(), None)
+                .await
+                .expect("search");
+            let got: Vec<(&str, i64)> =
+                hits[0].iter().map(|h| (h.doc_id.as_str(), (h.score * 1e4).round() as i64)).collect();
+            // cos((0.1,1,0),(0,1,0)) = 1/sqrt(1.01) = 0.99504; with (1,0,0): 0.1/sqrt(1.01) = 0.09950.
+            assert_eq!(got, [("y", 9950), ("x", 995), ("z", 0)]);
+            assert_eq!(hits[0][0].text, "the y axis");
+            let err = f
+                .indexer
+                .search("v", vec![text("y axis")], options(3, exact), Retrieval::default(), None)
+                .await
+                .expect_err("text query");
+            assert!(matches!(err, IndexError::FailedPrecondition { field: "queries", .. }), "{err:?}");
+        }
+    }
+
+    /// A model's collection takes documents with vectors next to documents with text in one
+    /// request: the text is chunked and embedded, the vector is stored as the document's one
+    /// chunk (its text kept, not embedded); GetDocument returns each document's chunks in order.
+    #[tokio::test]
+    async fn documents_with_and_without_vectors_mix_and_get_document_returns_their_chunks() {
+        let f = fixture(true).await;
+        let one_sentence = Chunking::Sentences { size: 1, overlap: 0 };
+        f.indexer.create_collection(create("m", one_sentence), None).await.expect("create");
+        let (a, b) = two_words();
+        // The vector doc's text starts with `a`, but its vector is b's axis: it is found by b.
+        let docs = vec![
+            doc("text", &format!("{a} one. {b} two. {a} three.")),
+            with_vector("vec", &format!("{a} words, not embedded. A second sentence."), axis(slot(b), DIM)),
+        ];
+        let calls = f.fake.embed_calls.load(Ordering::Relaxed);
+        let out = f.indexer.upsert("m", docs, None).await.expect("upsert");
+        assert_eq!((out.documents, out.chunks), (2, 4));
+        assert_eq!(f.fake.embed_calls.load(Ordering::Relaxed), calls + 1, "one call for the text's chunks");
+        for exact in [false, true] {
+            let (hits, _) = f
+                .indexer
+                .search("m", vec![text(&format!("{b} q"))], options(4, exact), Retrieval::default(), None)
+                .await
+                .expect("search");
+            let mut matched: Vec<(&str, u32)> =
+                hits[0].iter().filter(|h| h.score > 0.5).map(|h| (h.doc_id.as_str(), h.chunk)).collect();
+            matched.sort();
+            assert_eq!(matched, [("text", 1), ("vec", 0)], "exact {exact}");
+        }
+        let chunks = f.indexer.get_document("m", "text", true).await.expect("get");
+        let got: Vec<(u32, &str, usize)> =
+            chunks.iter().map(|c| (c.chunk, c.text.as_str(), slot_of(&c.vector))).collect();
+        let three = [(0, format!("{a} one.")), (1, format!("{b} two.")), (2, format!("{a} three."))];
+        let want: Vec<(u32, &str, usize)> = three.iter().map(|(i, t)| (*i, t.as_str(), slot(t))).collect();
+        assert_eq!(got, want);
+        let v = f.indexer.get_document("m", "vec", false).await.expect("get");
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (v[0].chunk, v[0].text.as_str()),
+            (0, format!("{a} words, not embedded. A second sentence.").as_str())
+        );
+        assert!(v[0].vector.is_empty(), "no vectors unless asked");
+        let err = f.indexer.get_document("m", "nope", false).await.expect_err("unknown");
+        assert!(matches!(err, IndexError::DocumentNotFound { .. }), "{err:?}");
+        let err = f.indexer.get_document("m", "", false).await.expect_err("empty id");
+        assert!(matches!(err, IndexError::InvalidArgument { field: "id", .. }), "{err:?}");
+        let err = f.indexer.get_document("missing", "text", false).await.expect_err("collection");
+        assert!(matches!(err, IndexError::CollectionNotFound { .. }), "{err:?}");
+        // Re-upserted shorter, with a vector: one chunk left.
+        let again = with_vector("text", "", axis(slot(a), DIM));
+        f.indexer.upsert("m", vec![again], None).await.expect("re-upsert");
+        let c = f.indexer.get_document("m", "text", true).await.expect("get");
+        assert_eq!(c.iter().map(|c| (c.chunk, slot_of(&c.vector))).collect::<Vec<_>>(), [(0, slot(a))]);
+    }
+
+    /// The one-hot slot of a stored vector (the fake's vectors, stored normalised: still one-hot).
+    fn slot_of(v: &[f32]) -> usize {
+        assert!(v.iter().filter(|x| **x != 0.0).count() == 1, "one-hot: {v:?}");
+        v.iter().position(|x| *x != 0.0).expect("one-hot")
     }
 }

@@ -5,10 +5,16 @@
 //! - CSV (`.csv`): one document per row; `--text-column` (default `text`) is the text,
 //!   `--id-column` (default `id`, else `<file>:<row>`) the id, every other column metadata
 //!   (integers and decimals become numbers);
-//! - JSONL (`.jsonl`, `.ndjson`): one JSON object per line, same field rules;
+//! - JSONL (`.jsonl`, `.ndjson`): one JSON object per line, same field rules, and a `vector`
+//!   field (`--vector-field`), an array of numbers, is the document's own vector (the text is then
+//!   optional);
 //! - plain text and markdown (`.txt`, `.md`, `.markdown`): one document per file, id = file name;
 //! - PDF (`.pdf`): one document per page with text, id `<file>#p<page>`, metadata `{source, page}`
-//!   (pure-Rust `pdf-extract`; a parser panic on a malformed file is caught and reported).
+//!   (pure-Rust `pdf-extract`; a parser panic on a malformed file is caught and reported);
+//! - vectors (`.npy`: a 2-D little-endian float32/float64 NumPy array, C or Fortran order;
+//!   `.fvecs`: the ANN benchmarks' records of a little-endian i32 dimension and that many f32):
+//!   one document per row with its vector and no text, id = the row's number from 0 (the
+//!   numbering of ANN benchmarks' ground-truth files).
 //!
 //! A file that cannot be read or parsed fails alone with its reason.
 
@@ -21,12 +27,22 @@ pub struct LoadedDocument {
     pub id: String,
     pub text: String,
     pub metadata: Map<String, Value>,
+    /// The document's own vector (vector files, or a JSONL vector field).
+    pub vector: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Columns {
     pub text: String,
     pub id: String,
+    /// JSON field holding a document's own vector.
+    pub vector: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self { text: "text".into(), id: "id".into(), vector: "vector".into() }
+    }
 }
 
 /// A file format the loaders read.
@@ -36,6 +52,8 @@ pub enum Format {
     Jsonl,
     Text,
     Pdf,
+    Npy,
+    Fvecs,
 }
 
 impl Format {
@@ -47,8 +65,17 @@ impl Format {
             "jsonl" | "ndjson" => Ok(Self::Jsonl),
             "txt" | "md" | "markdown" => Ok(Self::Text),
             "pdf" => Ok(Self::Pdf),
-            other => Err(format!("unsupported file type {other:?} (expected csv, jsonl, txt, md or pdf)")),
+            "npy" => Ok(Self::Npy),
+            "fvecs" => Ok(Self::Fvecs),
+            other => Err(format!(
+                "unsupported file type {other:?} (expected csv, jsonl, txt, md, pdf, npy or fvecs)"
+            )),
         }
+    }
+
+    /// Vector files: documents of vectors, numbered by row.
+    pub fn is_vectors(self) -> bool {
+        matches!(self, Self::Npy | Self::Fvecs)
     }
 }
 
@@ -76,10 +103,111 @@ pub fn load_bytes(
         Format::Text => {
             let mut metadata = Map::new();
             metadata.insert("source".into(), Value::String(source.to_string()));
-            Ok(vec![LoadedDocument { id: name.to_string(), text: text()?.to_string(), metadata }])
+            Ok(vec![LoadedDocument {
+                id: name.to_string(),
+                text: text()?.to_string(),
+                metadata,
+                vector: None,
+            }])
         }
         Format::Pdf => pdf_documents(bytes, name, source),
+        Format::Npy | Format::Fvecs => {
+            let rows = if format == Format::Npy { npy_rows(bytes)? } else { fvecs_rows(bytes)? };
+            Ok(rows
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| LoadedDocument {
+                    id: i.to_string(),
+                    text: String::new(),
+                    metadata: Map::new(),
+                    vector: Some(v),
+                })
+                .collect())
+        }
     }
+}
+
+/// The rows of a 2-D NumPy array (`.npy` format 1.0–3.0; dtype `<f4` or `<f8`).
+fn npy_rows(bytes: &[u8]) -> Result<Vec<Vec<f32>>, String> {
+    let bad = |why: &str| format!("bad .npy file: {why}");
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("no NumPy magic"));
+    }
+    let (header_len, start): (usize, usize) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        v => return Err(bad(&format!("format version {v} (1, 2 or 3 are read)"))),
+    };
+    let header = bytes
+        .get(start..start.saturating_add(header_len))
+        .ok_or_else(|| bad("header longer than the file"))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
+    let field = |key: &str| {
+        let at =
+            header.find(&format!("'{key}':")).ok_or_else(|| bad(&format!("no '{key}' in the header")))?;
+        Ok::<&str, String>(header[at + key.len() + 3..].trim_start())
+    };
+    let descr = field("descr")?;
+    let width = if descr.starts_with("'<f4'") {
+        4
+    } else if descr.starts_with("'<f8'") {
+        8
+    } else {
+        return Err(bad("dtype must be little-endian float32 ('<f4') or float64 ('<f8')"));
+    };
+    let fortran = field("fortran_order")?.starts_with("True");
+    let shape = field("shape")?;
+    let shape = shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or_else(|| bad("shape"))?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse::<usize>().map_err(|_| bad("shape")))
+        .collect::<Result<_, _>>()?;
+    let [n, dim] = dims[..] else {
+        return Err(bad(&format!("shape {dims:?}: a 2-D array (rows, dimension) is needed")));
+    };
+    let data = &bytes[start + header_len..];
+    let values = n.checked_mul(dim).ok_or_else(|| bad("shape too large"))?;
+    if data.len() != values.saturating_mul(width) {
+        return Err(bad(&format!("{} data bytes for shape ({n}, {dim}) of {width}-byte floats", data.len())));
+    }
+    let value = |i: usize| -> f32 {
+        let b = &data[i * width..(i + 1) * width];
+        match width {
+            4 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            _ => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+        }
+    };
+    Ok((0..n)
+        .map(|r| (0..dim).map(|c| value(if fortran { c * n + r } else { r * dim + c })).collect())
+        .collect())
+}
+
+/// The rows of an `.fvecs` file: each a little-endian i32 dimension, then that many f32; every
+/// row of one dimension.
+fn fvecs_rows(bytes: &[u8]) -> Result<Vec<Vec<f32>>, String> {
+    let mut rows = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let bad = |why: String| format!("bad .fvecs file: row {}: {why}", rows.len());
+        let head: [u8; 4] =
+            rest.get(..4).and_then(|h| h.try_into().ok()).ok_or_else(|| bad("truncated".into()))?;
+        let dim = i32::from_le_bytes(head);
+        let dim =
+            usize::try_from(dim).ok().filter(|d| *d > 0).ok_or_else(|| bad(format!("dimension {dim}")))?;
+        if let Some(first) = rows.first().map(Vec::len).filter(|first| *first != dim) {
+            return Err(bad(format!("dimension {dim}, the first row's is {first}")));
+        }
+        let body = rest
+            .get(4..4 + dim * 4)
+            .ok_or_else(|| bad(format!("{} bytes left for {dim} floats", rest.len() - 4)))?;
+        rows.push(body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+        rest = &rest[4 + dim * 4..];
+    }
+    Ok(rows)
 }
 
 /// A CSV cell as JSON: integers and decimals become numbers, the rest strings.
@@ -98,9 +226,27 @@ fn document(
     fallback_id: String,
     columns: &Columns,
 ) -> Result<LoadedDocument, String> {
+    let vector = match fields.remove(&columns.vector) {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(values)) => Some(
+            values
+                .iter()
+                .map(|v| v.as_f64().map(|x| x as f32))
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| format!("{:?} is not an array of numbers", columns.vector))?,
+        ),
+        // A CSV cell holding a JSON array.
+        Some(Value::String(s)) => Some(
+            serde_json::from_str::<Vec<f32>>(&s)
+                .map_err(|e| format!("{:?} is not an array of numbers ({e})", columns.vector))?,
+        ),
+        Some(_) => return Err(format!("{:?} is not an array of numbers", columns.vector)),
+    };
     let text = match fields.remove(&columns.text) {
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
+        // A document that brings its vector needs no text.
+        None if vector.is_some() => String::new(),
         None => return Err(format!("no {:?} field", columns.text)),
     };
     let id = match fields.remove(&columns.id) {
@@ -108,7 +254,7 @@ fn document(
         Some(Value::Null) | None => fallback_id,
         Some(other) => other.to_string(),
     };
-    Ok(LoadedDocument { id, text, metadata: fields })
+    Ok(LoadedDocument { id, text, metadata: fields, vector })
 }
 
 fn csv_documents(data: &str, name: &str, columns: &Columns) -> Result<Vec<LoadedDocument>, String> {
@@ -144,7 +290,12 @@ fn pdf_documents(bytes: &[u8], name: &str, source: &str) -> Result<Vec<LoadedDoc
             let mut metadata = Map::new();
             metadata.insert("source".into(), Value::String(source.to_string()));
             metadata.insert("page".into(), Value::from(i + 1));
-            LoadedDocument { id: format!("{name}#p{}", i + 1), text: join_lines(&text), metadata }
+            LoadedDocument {
+                id: format!("{name}#p{}", i + 1),
+                text: join_lines(&text),
+                metadata,
+                vector: None,
+            }
         })
         .collect();
     if docs.is_empty() {
@@ -208,7 +359,7 @@ mod tests {
     use super::*;
 
     fn cols() -> Columns {
-        Columns { text: "text".into(), id: "id".into() }
+        Columns::default()
     }
 
     fn file(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
@@ -247,6 +398,97 @@ mod tests {
         assert_eq!(docs[0].metadata["tags"], serde_json::json!([1]));
         let bad = file(dir.path(), "bad.jsonl", "{\"text\":\"ok\"}\n{not json\n");
         assert!(load(&bad, &cols()).expect_err("corrupt").starts_with("line 2:"));
+    }
+
+    #[test]
+    fn jsonl_and_csv_vectors_are_the_documents_own_and_text_is_optional_then() {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = file(
+            dir.path(),
+            "v.jsonl",
+            "{\"id\":\"a\",\"vector\":[1,0.5,-2],\"tag\":\"x\"}\n{\"id\":\"b\",\"text\":\"t\",\"vector\":null}\n",
+        );
+        let docs = load(&p, &cols()).expect("jsonl");
+        assert_eq!((docs[0].text.as_str(), docs[0].vector.as_deref()), ("", Some(&[1.0, 0.5, -2.0][..])));
+        assert_eq!(docs[0].metadata.keys().collect::<Vec<_>>(), ["tag"]);
+        assert_eq!((docs[1].text.as_str(), docs[1].vector.as_deref()), ("t", None));
+        let bad = file(dir.path(), "b.jsonl", "{\"text\":\"t\",\"vector\":[1,\"2\"]}\n");
+        assert!(load(&bad, &cols()).expect_err("strings").contains("not an array of numbers"));
+        let csv = file(dir.path(), "v.csv", "id,text,vector\nc,hi,\"[0.25, 4]\"\n");
+        assert_eq!(load(&csv, &cols()).expect("csv")[0].vector.as_deref(), Some(&[0.25, 4.0][..]));
+    }
+
+    /// An .npy file as NumPy writes it: magic, version, little-endian header length, a
+    /// space-padded dict header ending in a newline, the data.
+    fn npy(version: u8, descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+            if fortran { "True" } else { "False" }
+        );
+        let prefix = if version == 1 { 10 } else { 12 };
+        while (prefix + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY".to_vec();
+        out.extend([version, 0]);
+        match version {
+            1 => out.extend((header.len() as u16).to_le_bytes()),
+            _ => out.extend((header.len() as u32).to_le_bytes()),
+        }
+        out.extend(header.as_bytes());
+        out.extend(data);
+        out
+    }
+
+    fn f32s(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn npy_and_fvecs_rows_become_numbered_vector_documents() {
+        let dir = tempfile::tempdir().expect("dir");
+        let want = [vec![1.0, 2.0, 3.0], vec![-4.0, 0.5, 6.0]];
+        let write = |name: &str, bytes: Vec<u8>| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).expect("write");
+            p
+        };
+        // C order float32, version 1.
+        let c = write("c.npy", npy(1, "<f4", false, "(2, 3)", &f32s(&[1.0, 2.0, 3.0, -4.0, 0.5, 6.0])));
+        // Fortran order (column by column) float64, version 2.
+        let f64s: Vec<u8> = [1.0f64, -4.0, 2.0, 0.5, 3.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f = write("f.npy", npy(2, "<f8", true, "(2, 3)", &f64s));
+        let mut fv = Vec::new();
+        for row in &want {
+            fv.extend(3i32.to_le_bytes());
+            fv.extend(f32s(row));
+        }
+        let fvecs = write("x.fvecs", fv.clone());
+        for p in [&c, &f, &fvecs] {
+            let docs = load(p, &cols()).expect("vectors");
+            let got: Vec<(&str, &str, Option<&[f32]>)> =
+                docs.iter().map(|d| (d.id.as_str(), d.text.as_str(), d.vector.as_deref())).collect();
+            assert_eq!(
+                got,
+                [("0", "", Some(&want[0][..])), ("1", "", Some(&want[1][..]))],
+                "{}",
+                p.display()
+            );
+        }
+        for (name, bytes, why) in [
+            ("big.npy", npy(1, ">f4", false, "(2, 3)", &[0; 24]), "dtype"),
+            ("int.npy", npy(1, "<i4", false, "(2, 3)", &[0; 24]), "dtype"),
+            ("1d.npy", npy(1, "<f4", false, "(6,)", &[0; 24]), "2-D"),
+            ("short.npy", npy(1, "<f4", false, "(2, 3)", &[0; 20]), "20 data bytes"),
+            ("magic.npy", b"NUMPY\x01\x00".to_vec(), "magic"),
+            ("cut.fvecs", fv[..fv.len() - 1].to_vec(), "row 1"),
+            ("mixed.fvecs", [&fv[..16], &2i32.to_le_bytes()[..], &f32s(&[1.0, 2.0])].concat(), "dimension 2"),
+            ("zero.fvecs", 0i32.to_le_bytes().to_vec(), "dimension 0"),
+        ] {
+            let err = load(&write(name, bytes), &cols()).expect_err(name);
+            assert!(err.contains(why), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -328,7 +328,12 @@ async fn run_modes(
         for batch in data.corpus.chunks(64) {
             let documents = batch
                 .iter()
-                .map(|d| v1::Document { id: d.id.clone(), text: d.passage(), metadata: None })
+                .map(|d| v1::Document {
+                    id: d.id.clone(),
+                    text: d.passage(),
+                    metadata: None,
+                    vector: Vec::new(),
+                })
                 .collect();
             let r = c
                 .upsert_batch(v1::UpsertRequest { collection: collection.to_string(), documents })

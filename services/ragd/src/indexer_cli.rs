@@ -40,8 +40,13 @@ pub enum CollectionsCommand {
     Create {
         name: String,
         /// Embedding model (default: the embedder's default model).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "dim")]
         model: String,
+        /// A collection of vectors brought by the user, of this dimension, without an
+        /// embedding model: documents carry their vectors (`ragd ingest` of .npy, .fvecs or a
+        /// JSONL vector field), queries are vectors.
+        #[arg(long, conflicts_with = "tokens")]
+        dim: Option<u32>,
         #[arg(long, value_enum, default_value = "cosine")]
         distance: DistanceArg,
         #[arg(long, default_value_t = 1)]
@@ -318,8 +323,29 @@ pub struct IngestArgs {
     /// CSV column / JSON field holding the document id.
     #[arg(long, default_value = "id")]
     id_column: String,
+    /// CSV column / JSON field holding a document's own vector (an array of numbers): such a
+    /// document is stored as it is, neither chunked nor embedded.
+    #[arg(long, default_value = "vector")]
+    vector_field: String,
+    /// Ids of the rows of the vector files (.npy, .fvecs), one per line, in the order of the
+    /// files and their rows (default: the rows' numbers from 0, counted across the files).
+    #[arg(long)]
+    ids: Option<PathBuf>,
     #[arg(required = true)]
     files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    endpoint: IndexerEndpoint,
+    #[arg(long)]
+    collection: String,
+    /// Print each chunk's vector too.
+    #[arg(long)]
+    vectors: bool,
+    /// Document id.
+    id: String,
 }
 
 #[derive(Debug, Args)]
@@ -428,6 +454,7 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
         CollectionsCommand::Create {
             name,
             model,
+            dim,
             distance,
             shards,
             replication_factor,
@@ -466,6 +493,7 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
                 on_disk,
                 keyword: keyword.proto(),
                 max_chunks: max_chunks.unwrap_or(0),
+                dim: dim.unwrap_or(0),
                 exact: (exact_precision.is_some() || exact_rescore > 0).then(|| v1::ExactStorage {
                     precision: exact_precision.map_or(v1::ExactPrecision::Unspecified, precision_to) as i32,
                     rescore: exact_rescore,
@@ -512,14 +540,47 @@ pub async fn collections(endpoint: IndexerEndpoint, command: CollectionsCommand)
 /// that fails to load is reported and skipped; a failed call stops the ingest with its status.
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let mut c = client(&args.endpoint).await?;
-    let columns = Columns { text: args.text_column.clone(), id: args.id_column.clone() };
+    let columns = Columns {
+        text: args.text_column.clone(),
+        id: args.id_column.clone(),
+        vector: args.vector_field.clone(),
+    };
     let mut file_errors = Vec::new();
     let mut docs = Vec::new();
+    let mut ids = match &args.ids {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--ids {}: {e}", path.display()))?
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+                .into_iter(),
+        ),
+        None => None,
+    };
+    let mut row = 0usize;
     for path in &args.files {
+        let vectors = loaders::Format::of(path).is_ok_and(loaders::Format::is_vectors);
         match loaders::load(path, &columns) {
+            // Rows of vector files are numbered across the files, or named by --ids.
+            Ok(mut d) if vectors => {
+                for doc in &mut d {
+                    doc.id = match ids.as_mut() {
+                        Some(ids) => ids.next().ok_or_else(|| {
+                            anyhow::anyhow!("--ids has fewer lines than the vector files have rows")
+                        })?,
+                        None => row.to_string(),
+                    };
+                    row += 1;
+                }
+                docs.extend(d)
+            }
             Ok(d) => docs.extend(d),
             Err(e) => file_errors.push((path.display().to_string(), e)),
         }
+    }
+    if ids.is_some_and(|mut rest| rest.next().is_some()) {
+        anyhow::bail!("--ids has more lines than the vector files have rows ({row})");
     }
     let bar = if args.endpoint.json { ProgressBar::hidden() } else { ProgressBar::new(docs.len() as u64) };
     bar.set_style(
@@ -534,6 +595,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 id: d.id.clone(),
                 text: d.text.clone(),
                 metadata: Some(to_struct(d.metadata.clone())),
+                vector: d.vector.clone().unwrap_or_default(),
             })
             .collect();
         let r = c
@@ -565,6 +627,38 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         }
         for (id, r) in &failed {
             println!("  document failed: {id:?}: {r}");
+        }
+    }
+    Ok(())
+}
+
+/// Prints a stored document's chunks (JSON: one object with the chunks in order).
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let mut c = client(&args.endpoint).await?;
+    let request =
+        v1::GetDocumentRequest { collection: args.collection, id: args.id, with_vectors: args.vectors };
+    let r = c.get_document(request).await.map_err(status)?.into_inner();
+    if args.endpoint.json {
+        let chunks: Vec<Value> = r
+            .chunks
+            .into_iter()
+            .map(|c| {
+                let metadata = c.metadata.map(from_struct).unwrap_or_default();
+                let mut o = json!({"chunk": c.chunk, "text": c.text, "metadata": metadata});
+                if args.vectors {
+                    o["vector"] = json!(c.vector);
+                }
+                o
+            })
+            .collect();
+        println!("{}", json!({"id": r.id, "chunks": chunks}));
+    } else {
+        println!("{} ({} chunks)", r.id, r.chunks.len());
+        for c in r.chunks {
+            println!("  #{}  {}", c.chunk, c.text);
+            if args.vectors {
+                println!("      {:?}", c.vector);
+            }
         }
     }
     Ok(())

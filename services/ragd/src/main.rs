@@ -76,8 +76,10 @@ enum Command {
         #[command(subcommand)]
         command: indexer_cli::SnapshotCommand,
     },
-    /// Load CSV, JSONL, text or markdown files into a collection.
+    /// Load CSV, JSONL, text, markdown, PDF, .npy or .fvecs files into a collection.
     Ingest(indexer_cli::IngestArgs),
+    /// Print a stored document: its chunks in order (text, metadata, vectors with --vectors).
+    Get(indexer_cli::GetArgs),
     /// Search a collection with text queries.
     Search(indexer_cli::SearchArgs),
     /// Measure retrieval quality (`ragd eval retrieval DIR`: a BEIR-format dataset, every
@@ -206,6 +208,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Collections { endpoint, command } => indexer_cli::collections(endpoint, command).await,
         Command::Snapshot { endpoint, command } => indexer_cli::snapshots(endpoint, command).await,
         Command::Ingest(args) => indexer_cli::ingest(args).await,
+        Command::Get(args) => indexer_cli::get(args).await,
         Command::Search(args) => indexer_cli::search(args).await,
         Command::Eval { command } => eval_cli::eval(command).await,
         Command::Map(args) => map_cli::map(args).await,

@@ -226,6 +226,7 @@ impl Cluster {
                 id: country.clone(),
                 text: format!("The capital of {country} is {city}."),
                 metadata: None,
+                vector: Vec::new(),
             })
             .collect::<Vec<_>>();
         let r = self

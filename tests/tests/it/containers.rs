@@ -385,6 +385,7 @@ async fn a_container_cluster_with_tls_and_keys_survives_kills_partitions_and_res
             id: country.clone(),
             text: format!("The capital of {country} is {city}."),
             metadata: None,
+            vector: Vec::new(),
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -443,6 +444,7 @@ async fn a_container_cluster_with_tls_and_keys_survives_kills_partitions_and_res
         id: format!("extra-{n}"),
         text: format!("Extra document number {n} about the container partition test."),
         metadata: None,
+        vector: Vec::new(),
     };
     for n in 0..20 {
         let r = idx

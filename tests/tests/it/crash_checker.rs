@@ -136,6 +136,7 @@ async fn writer(
                         id: id.clone(),
                         text: v.sentences.join(" "),
                         metadata: meta.as_object().cloned().map(ragd_proto::json::to_struct),
+                        vector: Vec::new(),
                     }
                 })
                 .collect();

@@ -110,7 +110,12 @@ fn write_seed_inputs() {
         }],
     };
     let c = || SEED_COLLECTION.to_string();
-    let doc = |id: &str, text: &str| v1::Document { id: id.into(), text: text.into(), metadata: None };
+    let doc = |id: &str, text: &str| v1::Document {
+        id: id.into(),
+        text: text.into(),
+        metadata: None,
+        vector: Vec::new(),
+    };
     let mut tokens = vec![4u8, 1, 3];
     for (s, e) in [(0u16, 6u16), (7, 9), (10, 14)] {
         tokens.extend(s.to_le_bytes());

@@ -61,6 +61,7 @@ fn capital_documents() -> Vec<v1::Document> {
             id: country.clone(),
             text: format!("The capital of {country} is {city}. It is a city in {country}."),
             metadata: None,
+            vector: Vec::new(),
         })
         .collect()
 }
@@ -109,12 +110,16 @@ async fn exact_mode_matches_the_store_after_ingest_updates_deletes_and_restart()
 
     // Updates and deletes reach the resident copy: Germany gets a longer text, France goes.
     let long = "Berlin is the capital of Germany. It has a river. It has a tower. It is old. It is big.";
-    documents(&mut client, vec![v1::Document { id: "Germany".into(), text: long.into(), metadata: None }])
-        .await;
+    documents(
+        &mut client,
+        vec![v1::Document { id: "Germany".into(), text: long.into(), metadata: None, vector: Vec::new() }],
+    )
+    .await;
     let short = vec![v1::Document {
         id: "Germany".into(),
         text: "The capital of Germany is Berlin.".into(),
         metadata: None,
+        vector: Vec::new(),
     }];
     documents(&mut client, short).await;
     for c in ["cos", "dot", "l2"] {

@@ -22,6 +22,7 @@ fn documents(corpus: &[(String, String)]) -> Vec<v1::Document> {
                 id: country.clone(),
                 text: format!("The capital of {country} is {city}."),
                 metadata: meta.as_object().cloned().map(to_struct),
+                vector: Vec::new(),
             }
         })
         .collect()
@@ -162,13 +163,15 @@ async fn capitals_scenario(config: IndexerConfig) {
 
     // Re-upsert replaces all chunks; delete removes; status follows.
     let long = "Berlin is the capital. It is big. It has a river. It has a tower. It has a wall. It is old.";
-    let docs = vec![v1::Document { id: "Germany".into(), text: long.into(), metadata: None }];
+    let docs =
+        vec![v1::Document { id: "Germany".into(), text: long.into(), metadata: None, vector: Vec::new() }];
     let r = client.upsert_batch(v1::UpsertRequest { collection: "capitals".into(), documents: docs }).await;
     assert_eq!(r.expect("re-upsert").into_inner().chunks, 3, "6 sentences, windows of 3 sharing 1");
     let docs = vec![v1::Document {
         id: "Germany".into(),
         text: "The capital of Germany is Berlin.".into(),
         metadata: None,
+        vector: Vec::new(),
     }];
     client
         .upsert_batch(v1::UpsertRequest { collection: "capitals".into(), documents: docs })
@@ -244,9 +247,14 @@ async fn bad_requests_get_clear_statuses_and_lose_nothing() {
     assert_eq!(missing.expect_err("missing").code(), Code::NotFound);
 
     let docs = vec![
-        v1::Document { id: "ok".into(), text: "Oslo is the capital of Norway.".into(), metadata: None },
-        v1::Document { id: String::new(), text: "no id".into(), metadata: None },
-        v1::Document { id: "blank".into(), text: "   ".into(), metadata: None },
+        v1::Document {
+            id: "ok".into(),
+            text: "Oslo is the capital of Norway.".into(),
+            metadata: None,
+            vector: Vec::new(),
+        },
+        v1::Document { id: String::new(), text: "no id".into(), metadata: None, vector: Vec::new() },
+        v1::Document { id: "blank".into(), text: "   ".into(), metadata: None, vector: Vec::new() },
     ];
     let r = client.upsert_batch(v1::UpsertRequest { collection: "c".into(), documents: docs }).await;
     let r = r.expect("partial upsert").into_inner();
@@ -350,7 +358,12 @@ async fn token_windows_and_client_streamed_upserts() {
     let messages = vec![
         v1::UpsertRequest {
             collection: "tok".into(),
-            documents: vec![v1::Document { id: "long".into(), text: long.clone(), metadata: None }],
+            documents: vec![v1::Document {
+                id: "long".into(),
+                text: long.clone(),
+                metadata: None,
+                vector: Vec::new(),
+            }],
         },
         v1::UpsertRequest {
             collection: "tok".into(),
@@ -358,6 +371,7 @@ async fn token_windows_and_client_streamed_upserts() {
                 id: "short".into(),
                 text: "A short note.".into(),
                 metadata: None,
+                vector: Vec::new(),
             }],
         },
     ];

@@ -139,6 +139,7 @@ async fn indexer_sigterm_finishes_the_in_flight_upsert_and_keeps_it() {
                 "Document number {i} talks about rivers, mountains, cities and the history of place {i}."
             ),
             metadata: None,
+            vector: Vec::new(),
         })
         .collect();
     let mut c = client.clone();

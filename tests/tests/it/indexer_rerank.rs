@@ -22,6 +22,7 @@ fn corpus() -> Vec<v1::Document> {
             id: country.clone(),
             text: format!("The capital of {country} is {city}."),
             metadata: None,
+            vector: Vec::new(),
         })
         .collect();
     for (i, t) in [
@@ -32,7 +33,12 @@ fn corpus() -> Vec<v1::Document> {
     .iter()
     .enumerate()
     {
-        docs.push(v1::Document { id: format!("germany-{i}"), text: (*t).into(), metadata: None });
+        docs.push(v1::Document {
+            id: format!("germany-{i}"),
+            text: (*t).into(),
+            metadata: None,
+            vector: Vec::new(),
+        });
     }
     docs
 }

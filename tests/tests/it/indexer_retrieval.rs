@@ -36,7 +36,7 @@ const GERMANY_COPIES: [&str; 3] = [
 ];
 
 fn doc(id: &str, text: &str) -> v1::Document {
-    v1::Document { id: id.into(), text: text.into(), metadata: None }
+    v1::Document { id: id.into(), text: text.into(), metadata: None, vector: Vec::new() }
 }
 
 fn corpus() -> Vec<v1::Document> {
@@ -227,7 +227,12 @@ async fn stemming_off(client: &mut IndexerClient<Channel>) {
             ("er", "A runner crossed the line."),
         ]
         .iter()
-        .map(|(id, text)| v1::Document { id: id.to_string(), text: text.to_string(), metadata: None })
+        .map(|(id, text)| v1::Document {
+            id: id.to_string(),
+            text: text.to_string(),
+            metadata: None,
+            vector: Vec::new(),
+        })
         .collect::<Vec<_>>()
     };
     for (name, stemming, want) in

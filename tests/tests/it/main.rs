@@ -19,6 +19,7 @@ mod indexer_grpc;
 mod indexer_process;
 mod indexer_rerank;
 mod indexer_retrieval;
+mod indexer_vectors;
 mod load_tools;
 mod map;
 mod security;

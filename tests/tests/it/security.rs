@@ -68,6 +68,7 @@ const MATRIX: &[(&str, Spec)] = &[
     ("/ragd.v1.Indexer/DescribeCollection", Spec::Coll(1)),
     ("/ragd.v1.Indexer/Search", Spec::Coll(1)),
     ("/ragd.v1.Indexer/DocumentStatus", Spec::Coll(1)),
+    ("/ragd.v1.Indexer/GetDocument", Spec::Coll(1)),
     ("/ragd.v1.Indexer/Scroll", Spec::Coll(1)),
     ("/ragd.v1.Indexer/UpsertBatch", Spec::Coll(2)),
     ("/ragd.v1.Indexer/Upsert", Spec::Coll(2)),
@@ -329,7 +330,12 @@ async fn ask_finds_paris(channel: Channel, collection: &str, key: &str) {
 }
 
 fn doc(id: &str) -> v1::Document {
-    v1::Document { id: id.into(), text: "Paris is the capital of France.".into(), metadata: None }
+    v1::Document {
+        id: id.into(),
+        text: "Paris is the capital of France.".into(),
+        metadata: None,
+        vector: Vec::new(),
+    }
 }
 
 fn text_query(q: &str) -> v1::Query {
@@ -414,6 +420,13 @@ async fn call(rpc: &str, ch: &Channels, cred: Option<&str>) -> (Code, String) {
         "/ragd.v1.Indexer/DocumentStatus" => code(
             i.document_status(req(v1::DocumentStatusRequest { collection: a(), id: "paris".into() }, cred))
                 .await,
+        ),
+        "/ragd.v1.Indexer/GetDocument" => code(
+            i.get_document(req(
+                v1::GetDocumentRequest { collection: a(), id: "paris".into(), with_vectors: false },
+                cred,
+            ))
+            .await,
         ),
         "/ragd.v1.Indexer/UpsertBatch" => code(
             i.upsert_batch(req(v1::UpsertRequest { collection: a(), documents: vec![doc("m1")] }, cred))

@@ -559,6 +559,33 @@ impl VectorStore for QdrantStore {
             .collect())
     }
 
+    async fn retrieve(
+        &self,
+        collection: &str,
+        chunks: &[(String, u32)],
+    ) -> Result<Vec<Option<Hit>>, IndexError> {
+        self.spec(collection)?;
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = qdrant::GetPoints {
+            collection_name: self.qname(collection),
+            ids: chunks.iter().map(|(doc, chunk)| point_id(doc, *chunk)).collect(),
+            with_payload: payload_selector(true),
+            with_vectors: Some(qdrant::WithVectorsSelector {
+                selector_options: Some(qdrant::with_vectors_selector::SelectorOptions::Enable(false)),
+            }),
+            ..Default::default()
+        };
+        let response = self.client.get_points(request).await.map_err(remote_err)?;
+        let mut found: HashMap<(String, u32), Hit> = HashMap::new();
+        for p in response.result {
+            let h = hit(qdrant::ScoredPoint { id: p.id, payload: p.payload, ..Default::default() })?;
+            found.insert((h.doc_id.clone(), h.chunk), h);
+        }
+        Ok(chunks.iter().map(|(doc, chunk)| found.remove(&(doc.clone(), *chunk))).collect())
+    }
+
     /// Qdrant ≥ 1.18 adds a named vector to a live collection (UpdateCollection); every point is
     /// then written again with its keyword weights (the dense vector and payload as they were).
     async fn add_keyword_vector(
