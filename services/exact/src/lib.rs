@@ -392,17 +392,13 @@ impl ExactIndex {
             ));
         }
         check_finite("vectors", vectors)?;
-        let padded: Vec<f32> = vectors
-            .chunks_exact(self.dim)
-            .flat_map(|v| {
-                let mut row = vec![0.0f32; self.stride];
-                row[..self.dim].copy_from_slice(v);
-                if self.metric == Metric::Cosine {
-                    normalise(&mut row[..self.dim]);
-                }
-                row
-            })
-            .collect();
+        let mut padded = vec![0.0f32; ids.len() * self.stride];
+        for (row, v) in padded.chunks_exact_mut(self.stride).zip(vectors.chunks_exact(self.dim)) {
+            row[..self.dim].copy_from_slice(v);
+            if self.metric == Metric::Cosine {
+                normalise(&mut row[..self.dim]);
+            }
+        }
         if self.options.precision == Precision::F16
             && let Some(i) = padded.iter().position(|x| x.abs() > f32::from(f16::MAX))
         {
@@ -432,7 +428,10 @@ impl ExactIndex {
                 o[at * self.stride..(at + 1) * self.stride].copy_from_slice(row);
             }
             // The norm of what is stored (after rounding or quantising), so L2 stays consistent.
-            self.norms[at] = self.data.row_f32(at, self.stride).iter().map(|x| x * x).sum();
+            self.norms[at] = match &self.data {
+                Storage::F32(_) => row.iter().map(|x| x * x).sum(),
+                _ => self.data.row_f32(at, self.stride).iter().map(|x| x * x).sum(),
+            };
         }
         Ok(())
     }

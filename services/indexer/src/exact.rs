@@ -20,33 +20,54 @@ use crate::store::{ChunkPoint, Distance, Hit, VectorStore};
 /// two chunks can never share an id), with the way back to `(doc_id, chunk)` for the payloads.
 #[derive(Debug, Default)]
 struct Keys {
-    by_chunk: HashMap<(String, u32), u64>,
+    /// Each document's chunk ids by chunk number ([`NO_ID`] where a chunk has none); the
+    /// length is one past the highest chunk mirrored. Looked up by `&str`: no allocation for a
+    /// chunk already known.
+    docs: HashMap<String, Vec<u64>>,
     by_id: HashMap<u64, (String, u32)>,
-    /// Chunks per document (for deletes).
-    chunks: HashMap<String, u32>,
     next: u64,
 }
+
+/// A chunk number without an id in [`Keys::docs`].
+const NO_ID: u64 = u64::MAX;
 
 impl Keys {
     /// The id of `(doc_id, chunk)`, allocating one for a new chunk.
     fn id(&mut self, doc_id: &str, chunk: u32) -> u64 {
-        if let Some(id) = self.by_chunk.get(&(doc_id.to_string(), chunk)) {
-            return *id;
+        let at = chunk as usize;
+        if let Some(&id) = self.docs.get(doc_id).and_then(|ids| ids.get(at))
+            && id != NO_ID
+        {
+            return id;
         }
         let id = self.next;
         self.next += 1;
-        self.by_chunk.insert((doc_id.to_string(), chunk), id);
+        let ids = match self.docs.get_mut(doc_id) {
+            Some(ids) => ids,
+            None => self.docs.entry(doc_id.to_string()).or_default(),
+        };
+        if ids.len() <= at {
+            ids.resize(at + 1, NO_ID);
+        }
+        ids[at] = id;
         self.by_id.insert(id, (doc_id.to_string(), chunk));
-        let c = self.chunks.entry(doc_id.to_string()).or_default();
-        *c = (*c).max(chunk + 1);
         id
     }
 
     /// Forgets `(doc_id, chunk)`, returning its id if it had one.
     fn remove(&mut self, doc_id: &str, chunk: u32) -> Option<u64> {
-        let id = self.by_chunk.remove(&(doc_id.to_string(), chunk))?;
+        let slot = self.docs.get_mut(doc_id)?.get_mut(chunk as usize)?;
+        let id = std::mem::replace(slot, NO_ID);
+        if id == NO_ID {
+            return None;
+        }
         self.by_id.remove(&id);
         Some(id)
+    }
+
+    /// One past the highest chunk of `doc_id` mirrored (0 when none).
+    fn chunks(&self, doc_id: &str) -> u32 {
+        self.docs.get(doc_id).map_or(0, |ids| ids.len() as u32)
     }
 }
 
@@ -187,12 +208,12 @@ impl ExactMirrors {
         let mut keys = m.keys.lock().map_err(|_| lock_err())?;
         let mut ids = Vec::new();
         for (doc, from) in docs {
-            let had = keys.chunks.get(doc).copied().unwrap_or(0);
+            let had = keys.chunks(doc);
             ids.extend((*from..had).filter_map(|c| keys.remove(doc, c)));
             if *from == 0 {
-                keys.chunks.remove(doc);
-            } else if had > *from {
-                keys.chunks.insert(doc.clone(), *from);
+                keys.docs.remove(doc);
+            } else if let Some(chunks) = keys.docs.get_mut(doc) {
+                chunks.truncate(*from as usize);
             }
         }
         m.index.write().map_err(|_| lock_err())?.remove(&ids);
@@ -271,7 +292,7 @@ mod tests {
         let a7 = keys.id("a", 7);
         assert_eq!(keys.id("a", 7), a7, "a re-upserted chunk keeps its id");
         assert_eq!(keys.by_id[&a7], ("a".to_string(), 7));
-        assert_eq!(keys.chunks["a"], 100);
+        assert_eq!(keys.chunks("a"), 100);
         assert_eq!(keys.remove("a", 7), Some(a7));
         assert_eq!(keys.remove("a", 7), None);
         assert!(!keys.by_id.contains_key(&a7));

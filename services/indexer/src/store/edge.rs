@@ -797,8 +797,9 @@ fn apply(c: &Collection, batch: &WriteBatch) -> Result<(), IndexError> {
     let mut per_shard: Vec<ShardWrites> = (0..c.shards.len()).map(|_| ShardWrites::default()).collect();
     for p in &batch.upserts {
         let vector = match &p.sparse {
-            None => VectorStructPersisted::Single(p.vector.clone()),
-            Some(sparse) => {
+            // No keyword weights (no text, or none analysed): the dense vector alone. An upsert
+            // replaces a point's vectors, so an old version's weights go too.
+            Some(sparse) if !sparse.indices.is_empty() => {
                 let sparse = qdrant_edge::SparseVector::new(sparse.indices.clone(), sparse.values.clone())
                     .map_err(|e| {
                         store_err(format!("chunk {} of {:?}: sparse vector: {e}", p.chunk, p.doc_id))
@@ -808,6 +809,7 @@ fn apply(c: &Collection, batch: &WriteBatch) -> Result<(), IndexError> {
                     (KEYWORD_VECTOR.to_string(), VectorPersisted::Sparse(sparse)),
                 ]))
             }
+            _ => VectorStructPersisted::Single(p.vector.clone()),
         };
         per_shard[shard_of(&p.doc_id, c.spec.shards)].upserts.push(PointStructPersisted {
             id: point_id(&p.doc_id, p.chunk),
