@@ -292,6 +292,47 @@ pub async fn reupsert_replaces_a_document(store: &dyn VectorStore, name: &str) {
     store.drop_collection(name).await.expect("drop");
 }
 
+/// Chunks read by id (what GetDocument uses): payload and vector of each asked chunk, in the
+/// order asked, None for a chunk not stored; a point without keyword weights (empty text) too.
+pub async fn retrieve_reads_chunks_by_id(store: &dyn VectorStore, name: &str) {
+    store.create(&spec(name, 2)).await.expect("create");
+    let mut pts = points(&vectors(6, 5));
+    // doc-2 chunk 0 without text and with empty keyword weights: stored with its dense vector only.
+    pts[4].text.clear();
+    pts[4].sparse = Some(Default::default());
+    store.upsert(name, &pts).await.expect("upsert");
+    let asked: Vec<(String, u32)> = [("doc-1", 1), ("doc-0", 0), ("doc-9", 0), ("doc-2", 0)]
+        .iter()
+        .map(|(d, c)| (d.to_string(), *c))
+        .collect();
+    let hits = store.retrieve(name, &asked).await.expect("retrieve");
+    let got: Vec<Option<(String, u32, String, serde_json::Value)>> = hits
+        .into_iter()
+        .map(|h| h.map(|h| (h.doc_id, h.chunk, h.text, serde_json::Value::Object(h.metadata))))
+        .collect();
+    let want = |i: usize| {
+        Some((
+            pts[i].doc_id.clone(),
+            pts[i].chunk,
+            pts[i].text.clone(),
+            serde_json::Value::Object(pts[i].metadata.clone()),
+        ))
+    };
+    assert_eq!(got, vec![want(3), want(0), None, want(4)]);
+    let vectors = store.vectors(name, &asked).await.expect("vectors");
+    for (v, i) in vectors.iter().zip([Some(3), Some(0), None, Some(4)]) {
+        match (v, i) {
+            (Some(v), Some(i)) => {
+                let diff = v.iter().zip(&pts[i].vector).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(diff < 1e-6, "chunk {i}: {diff}");
+            }
+            (None, None) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    store.drop_collection(name).await.expect("drop");
+}
+
 /// Dot and euclid rank like brute force; euclid scores are distances (ascending).
 pub async fn distances_rank_like_brute_force(store: &dyn VectorStore, name: &str) {
     let pts = points(&vectors(120, 21));

@@ -426,7 +426,7 @@ mod tests {
             if fortran { "True" } else { "False" }
         );
         let prefix = if version == 1 { 10 } else { 12 };
-        while (prefix + header.len() + 1) % 64 != 0 {
+        while !(prefix + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');

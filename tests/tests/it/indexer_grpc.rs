@@ -260,12 +260,15 @@ async fn bad_requests_get_clear_statuses_and_lose_nothing() {
     let r = r.expect("partial upsert").into_inner();
     assert_eq!(r.documents, 1, "the valid document is stored");
     let reasons: Vec<&str> = r.failed.iter().map(|f| f.reason.as_str()).collect();
-    assert_eq!(reasons, vec!["id is empty", "text is empty"]);
+    assert_eq!(reasons, vec!["id is empty", "text is empty and there is no vector"]);
     let s = client
         .document_status(v1::DocumentStatusRequest { collection: "c".into(), id: "blank".into() })
         .await;
     let s = s.expect("status").into_inner();
-    assert_eq!((s.state, s.reason.as_str()), (v1::IngestState::Failed as i32, "text is empty"));
+    assert_eq!(
+        (s.state, s.reason.as_str()),
+        (v1::IngestState::Failed as i32, "text is empty and there is no vector")
+    );
 
     let search = |mut f: Box<dyn FnMut(&mut v1::SearchRequest)>| {
         let mut r = text_query("c", "capital of Norway", 3);

@@ -154,7 +154,7 @@ async fn the_cli_ingests_vector_files_into_a_collection_without_a_model() {
     let files = tempfile::tempdir().expect("files");
     // Rows 0 and 1: an .npy of float32 (NumPy's layout, written by hand here).
     let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -20,6 +20,12 @@ async fn exact_search_matches_brute_force() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrieve_reads_chunks_by_id() {
+    let (_dir, store) = store();
+    store_suite::retrieve_reads_chunks_by_id(&store, "r").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reupsert_replaces_a_document() {
     let (_dir, store) = store();
     store_suite::reupsert_replaces_a_document(&store, "c").await;

@@ -38,6 +38,12 @@ async fn exact_search_matches_brute_force() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrieve_reads_chunks_by_id() {
+    let (_server, store, _) = store().await;
+    store_suite::retrieve_reads_chunks_by_id(&store, "r").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reupsert_replaces_a_document() {
     let (_server, store, _) = store().await;
     store_suite::reupsert_replaces_a_document(&store, "c").await;

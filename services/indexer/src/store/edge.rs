@@ -779,8 +779,29 @@ impl ShardWrites {
             let op = PointOperations::UpsertPoints(PointInsertOperations::PointsList(self.upserts));
             shard.update(UpdateOperation::PointOperation(op))?;
         }
-        if !self.delete_chunks_from.is_empty() {
-            let f = edge_filter(Selection::ChunksFrom(&self.delete_chunks_from))?;
+        // A document's chunks are always 0..n, so it has chunks from `n` on exactly when chunk
+        // `n` exists: one lookup by point id per document, and the filtered delete (a payload
+        // index walk) only for the documents that did get shorter.
+        let shorter: Vec<(String, u32)> = match self.delete_chunks_from.is_empty() {
+            true => Vec::new(),
+            false => {
+                let ids: Vec<PointId> =
+                    self.delete_chunks_from.iter().map(|(doc, n)| point_id(doc, *n)).collect();
+                let found = shard
+                    .engine
+                    .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(WithVector::Bool(false)))
+                    .map_err(store_err)?;
+                let found: std::collections::HashSet<PointId> = found.into_iter().map(|r| r.id).collect();
+                self.delete_chunks_from
+                    .into_iter()
+                    .zip(ids)
+                    .filter(|(_, id)| found.contains(id))
+                    .map(|(d, _)| d)
+                    .collect()
+            }
+        };
+        if !shorter.is_empty() {
+            let f = edge_filter(Selection::ChunksFrom(&shorter))?;
             shard.update(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(f)))?;
         }
         if !self.delete_documents.is_empty() {
