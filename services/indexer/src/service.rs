@@ -235,9 +235,6 @@ impl Drop for Creating<'_> {
     }
 }
 
-/// Runs blocking work on the blocking pool: file-system work (snapshots), and updates of the
-/// exact mirror (they take the mirror's write lock, which waits for a running batch search).
-/// `what` names it if the task dies.
 /// A collection of vectors brought by the user: no model named, a dimension in range, no token
 /// windows (they need a model's tokenizer).
 fn check_vectors_only(req: &CreateCollection, dim: usize) -> Result<(), IndexError> {
@@ -262,8 +259,10 @@ fn check_vectors_only(req: &CreateCollection, dim: usize) -> Result<(), IndexErr
     Ok(())
 }
 
-/// Why a document's vector cannot be stored in `meta`'s collection (None: it can).
-fn vector_problem(meta: &CollectionMeta, d: &DocumentIn) -> Option<String> {
+/// Why a document's vector cannot be stored in `meta`'s collection (None: it can). `f16_max`:
+/// the largest magnitude the collection's exact engine stores (f16 rows of a dot or euclid
+/// collection; cosine rows are normalised first).
+fn vector_problem(meta: &CollectionMeta, d: &DocumentIn, f16_max: Option<f32>) -> Option<String> {
     let dim = meta.store.dim;
     match &d.vector {
         None if meta.model.is_empty() => Some(format!(
@@ -274,13 +273,26 @@ fn vector_problem(meta: &CollectionMeta, d: &DocumentIn) -> Option<String> {
         Some(v) if v.len() != dim => {
             Some(format!("vector has dimension {}, the collection's is {dim}", v.len()))
         }
-        Some(v) => v
-            .iter()
-            .position(|x| !x.is_finite())
-            .map(|i| format!("vector value {i} is {}; values must be finite", v[i])),
+        Some(v) => {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Some(format!("vector value {i} is {}; values must be finite", v[i]));
+            }
+            if let Some(i) = f16_max.and_then(|max| v.iter().position(|x| x.abs() > max)) {
+                return Some(format!(
+                    "vector value {i} is {}, beyond the f16 range of the collection's exact storage",
+                    v[i]
+                ));
+            }
+            // Its squared norm must be finite too, or scores and norms become inf/NaN.
+            (!v.iter().map(|x| x * x).sum::<f32>().is_finite())
+                .then(|| "vector's squared norm overflows f32".to_string())
+        }
     }
 }
 
+/// Runs blocking work on the blocking pool: file-system work (snapshots), and updates of the
+/// exact mirror (they take the mirror's write lock, which waits for a running batch search).
+/// `what` names it if the task dies.
 async fn on_blocking_pool<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
@@ -781,8 +793,14 @@ impl Indexer {
         }
         // A bad vector is a systematic mistake (a wrong model, a wrong file): the whole request
         // is refused before anything is stored, naming the first document that has one.
-        if let Some((i, d, why)) =
-            docs.iter().enumerate().find_map(|(i, d)| vector_problem(&meta, d).map(|why| (i, d, why)))
+        let f16_max = self
+            .exact_footprint(collection)
+            .filter(|f| f.storage.precision == ExactPrecision::F16 && meta.store.distance != Distance::Cosine)
+            .map(|_| 65504.0f32);
+        if let Some((i, d, why)) = docs
+            .iter()
+            .enumerate()
+            .find_map(|(i, d)| vector_problem(&meta, d, f16_max).map(|why| (i, d, why)))
         {
             return Err(IndexError::invalid(
                 "documents",
@@ -2399,6 +2417,7 @@ mod tests {
                 (with_vector("short", "", vec![1.0, 0.0]), "dimension 2, the collection's is 3"),
                 (with_vector("nan", "", vec![1.0, f32::NAN, 0.0]), "value 1 is NaN"),
                 (with_vector("inf", "", vec![f32::INFINITY, 0.0, 0.0]), "value 0 is inf"),
+                (with_vector("huge", "", vec![1e20, 0.0, 0.0]), "squared norm overflows"),
                 (doc("text-only", "no vector here"), "carries no vector"),
             ] {
                 let mut docs = good.clone();

@@ -169,6 +169,9 @@ fn npy_rows(bytes: &[u8]) -> Result<Vec<Vec<f32>>, String> {
     let [n, dim] = dims[..] else {
         return Err(bad(&format!("shape {dims:?}: a 2-D array (rows, dimension) is needed")));
     };
+    if dim == 0 {
+        return Err(bad("dimension 0"));
+    }
     let data = &bytes[start + header_len..];
     let values = n.checked_mul(dim).ok_or_else(|| bad("shape too large"))?;
     if data.len() != values.saturating_mul(width) {
@@ -484,6 +487,7 @@ mod tests {
             ("magic.npy", b"NUMPY\x01\x00".to_vec(), "magic"),
             ("cut.fvecs", fv[..fv.len() - 1].to_vec(), "row 1"),
             ("mixed.fvecs", [&fv[..16], &2i32.to_le_bytes()[..], &f32s(&[1.0, 2.0])].concat(), "dimension 2"),
+            ("dim0.npy", npy(1, "<f4", false, "(1000000000000, 0)", &[]), "dimension 0"),
             ("zero.fvecs", 0i32.to_le_bytes().to_vec(), "dimension 0"),
         ] {
             let err = load(&write(name, bytes), &cols()).expect_err(name);

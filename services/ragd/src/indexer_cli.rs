@@ -45,7 +45,7 @@ pub enum CollectionsCommand {
         /// A collection of vectors brought by the user, of this dimension, without an
         /// embedding model: documents carry their vectors (`ragd ingest` of .npy, .fvecs or a
         /// JSONL vector field), queries are vectors.
-        #[arg(long, conflicts_with = "tokens")]
+        #[arg(long, conflicts_with = "tokens", value_parser = clap::value_parser!(u32).range(1..))]
         dim: Option<u32>,
         #[arg(long, value_enum, default_value = "cosine")]
         distance: DistanceArg,
@@ -576,6 +576,10 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 docs.extend(d)
             }
             Ok(d) => docs.extend(d),
+            // Its rows' numbers would shift every later vector file's ids.
+            Err(e) if vectors => {
+                anyhow::bail!("{}: {e} (vector files number their rows; nothing sent)", path.display())
+            }
             Err(e) => file_errors.push((path.display().to_string(), e)),
         }
     }

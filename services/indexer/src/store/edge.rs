@@ -584,7 +584,7 @@ impl EdgeStore {
         let failed = blocking(move || {
             Ok(mine
                 .iter()
-                .filter_map(|r| apply(&c, &r.batch).err().map(|e| (r.seq, e)))
+                .filter_map(|r| apply(&c, &r.batch, Replay::Yes).err().map(|e| (r.seq, e)))
                 .inspect(|(seq, e)| tracing::error!(seq, error = %e, "journal record failed to replay"))
                 .count())
         })
@@ -657,7 +657,7 @@ impl Writer {
                 match self.log(&writes, &mut frames) {
                     Ok(()) => {
                         for (collection, batch, reply) in writes {
-                            let applied = apply(&collection, &batch);
+                            let applied = apply(&collection, &batch, Replay::No);
                             // Released before the answer, so a drop of the collection that
                             // follows it does not wait for this thread.
                             drop((collection, batch));
@@ -765,6 +765,13 @@ impl Writer {
     }
 }
 
+/// Whether a batch is applied by the journal's replay at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    Yes,
+    No,
+}
+
 /// One shard's part of a [`WriteBatch`].
 #[derive(Default)]
 struct ShardWrites {
@@ -774,17 +781,19 @@ struct ShardWrites {
 }
 
 impl ShardWrites {
-    fn apply(self, shard: &Shard) -> Result<(), IndexError> {
+    fn apply(self, shard: &Shard, replay: Replay) -> Result<(), IndexError> {
         if !self.upserts.is_empty() {
             let op = PointOperations::UpsertPoints(PointInsertOperations::PointsList(self.upserts));
             shard.update(UpdateOperation::PointOperation(op))?;
         }
         // A document's chunks are always 0..n, so it has chunks from `n` on exactly when chunk
         // `n` exists: one lookup by point id per document, and the filtered delete (a payload
-        // index walk) only for the documents that did get shorter.
-        let shorter: Vec<(String, u32)> = match self.delete_chunks_from.is_empty() {
-            true => Vec::new(),
-            false => {
+        // index walk) only for the documents that did get shorter. A journal replay deletes by
+        // filter always: what a crash left in the shards need not be contiguous.
+        let shorter: Vec<(String, u32)> = match (self.delete_chunks_from.is_empty(), replay) {
+            (true, _) => Vec::new(),
+            (false, Replay::Yes) => self.delete_chunks_from,
+            (false, Replay::No) => {
                 let ids: Vec<PointId> =
                     self.delete_chunks_from.iter().map(|(doc, n)| point_id(doc, *n)).collect();
                 let found = shard
@@ -814,7 +823,7 @@ impl ShardWrites {
 
 /// Applies a batch to a collection's shards (blocking): each shard's part in order (upserts,
 /// then deletes), the shards in parallel when more than one has work.
-fn apply(c: &Collection, batch: &WriteBatch) -> Result<(), IndexError> {
+fn apply(c: &Collection, batch: &WriteBatch, replay: Replay) -> Result<(), IndexError> {
     let mut per_shard: Vec<ShardWrites> = (0..c.shards.len()).map(|_| ShardWrites::default()).collect();
     for p in &batch.upserts {
         let vector = match &p.sparse {
@@ -852,11 +861,11 @@ fn apply(c: &Collection, batch: &WriteBatch) -> Result<(), IndexError> {
         })
         .collect();
     if busy.len() <= 1 {
-        return busy.into_iter().try_for_each(|(i, w)| w.apply(&c.shards[i]));
+        return busy.into_iter().try_for_each(|(i, w)| w.apply(&c.shards[i], replay));
     }
     std::thread::scope(|scope| {
         let running: Vec<_> =
-            busy.into_iter().map(|(i, w)| (i, scope.spawn(move || w.apply(&c.shards[i])))).collect();
+            busy.into_iter().map(|(i, w)| (i, scope.spawn(move || w.apply(&c.shards[i], replay)))).collect();
         running.into_iter().try_for_each(|(i, h)| {
             h.join().unwrap_or_else(|_| Err(store_err(format!("shard {i}: write panicked"))))
         })
@@ -1339,7 +1348,7 @@ impl VectorStore for EdgeStore {
                         p.sparse = Some(sparse_of(&p.text));
                     }
                     copied += upserts.len() as u64;
-                    apply(&copy, &WriteBatch { upserts, ..Default::default() })
+                    apply(&copy, &WriteBatch { upserts, ..Default::default() }, Replay::No)
                 })?;
             }
             copy.shards.iter().for_each(|s| s.flush());
