@@ -143,6 +143,41 @@ impl QdrantStore {
         format!("{}{collection}", self.prefix)
     }
 
+    /// The given chunks' points (payload and dense vector as asked), in order; None for a
+    /// chunk not stored.
+    async fn get_points(
+        &self,
+        collection: &str,
+        chunks: &[(String, u32)],
+        payload: bool,
+        dense: bool,
+    ) -> Result<Vec<Option<qdrant::RetrievedPoint>>, IndexError> {
+        self.spec(collection)?;
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = qdrant::GetPoints {
+            collection_name: self.qname(collection),
+            ids: chunks.iter().map(|(doc, chunk)| point_id(doc, *chunk)).collect(),
+            with_payload: payload_selector(payload),
+            with_vectors: dense_selector(dense),
+            ..Default::default()
+        };
+        let response = self.client.get_points(request).await.map_err(remote_err)?;
+        let mut found: HashMap<String, qdrant::RetrievedPoint> = HashMap::new();
+        for p in response.result {
+            if let Some(qdrant::point_id::PointIdOptions::Uuid(id)) =
+                p.id.clone().and_then(|id| id.point_id_options)
+            {
+                found.insert(id, p);
+            }
+        }
+        Ok(chunks
+            .iter()
+            .map(|(doc, chunk)| found.remove(&super::point_uuid(doc, *chunk).to_string()))
+            .collect())
+    }
+
     fn spec(&self, collection: &str) -> Result<StoreSpec, IndexError> {
         self.specs
             .read()
@@ -297,6 +332,19 @@ fn hit(p: qdrant::ScoredPoint) -> Result<Hit, IndexError> {
         Some(_) => return Err(malformed("metadata is not an object")),
     };
     Ok(Hit { doc_id, chunk, text, score: p.score, metadata, sources: Vec::new() })
+}
+
+/// The dense vector only, or no vector.
+fn dense_selector(dense: bool) -> Option<qdrant::WithVectorsSelector> {
+    Some(qdrant::WithVectorsSelector {
+        selector_options: Some(if dense {
+            qdrant::with_vectors_selector::SelectorOptions::Include(qdrant::VectorsSelector {
+                names: vec![String::new()],
+            })
+        } else {
+            qdrant::with_vectors_selector::SelectorOptions::Enable(false)
+        }),
+    })
 }
 
 fn payload_selector(enable: bool) -> Option<WithPayloadSelector> {
@@ -529,34 +577,8 @@ impl VectorStore for QdrantStore {
         collection: &str,
         chunks: &[(String, u32)],
     ) -> Result<Vec<Option<Vec<f32>>>, IndexError> {
-        self.spec(collection)?;
-        if chunks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let request = qdrant::GetPoints {
-            collection_name: self.qname(collection),
-            ids: chunks.iter().map(|(doc, chunk)| point_id(doc, *chunk)).collect(),
-            with_payload: payload_selector(false),
-            with_vectors: Some(qdrant::WithVectorsSelector {
-                selector_options: Some(qdrant::with_vectors_selector::SelectorOptions::Include(
-                    qdrant::VectorsSelector { names: vec![String::new()] },
-                )),
-            }),
-            ..Default::default()
-        };
-        let response = self.client.get_points(request).await.map_err(remote_err)?;
-        let mut found: HashMap<String, Vec<f32>> = HashMap::new();
-        for p in response.result {
-            if let (Some(qdrant::point_id::PointIdOptions::Uuid(id)), Some(v)) =
-                (p.id.and_then(|id| id.point_id_options), p.vectors.and_then(dense_of))
-            {
-                found.insert(id, v);
-            }
-        }
-        Ok(chunks
-            .iter()
-            .map(|(doc, chunk)| found.remove(&super::point_uuid(doc, *chunk).to_string()))
-            .collect())
+        let points = self.get_points(collection, chunks, false, true).await?;
+        Ok(points.into_iter().map(|p| p.and_then(|p| p.vectors).and_then(dense_of)).collect())
     }
 
     async fn retrieve(
@@ -564,26 +586,14 @@ impl VectorStore for QdrantStore {
         collection: &str,
         chunks: &[(String, u32)],
     ) -> Result<Vec<Option<Hit>>, IndexError> {
-        self.spec(collection)?;
-        if chunks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let request = qdrant::GetPoints {
-            collection_name: self.qname(collection),
-            ids: chunks.iter().map(|(doc, chunk)| point_id(doc, *chunk)).collect(),
-            with_payload: payload_selector(true),
-            with_vectors: Some(qdrant::WithVectorsSelector {
-                selector_options: Some(qdrant::with_vectors_selector::SelectorOptions::Enable(false)),
-            }),
-            ..Default::default()
-        };
-        let response = self.client.get_points(request).await.map_err(remote_err)?;
-        let mut found: HashMap<(String, u32), Hit> = HashMap::new();
-        for p in response.result {
-            let h = hit(qdrant::ScoredPoint { id: p.id, payload: p.payload, ..Default::default() })?;
-            found.insert((h.doc_id.clone(), h.chunk), h);
-        }
-        Ok(chunks.iter().map(|(doc, chunk)| found.remove(&(doc.clone(), *chunk))).collect())
+        let points = self.get_points(collection, chunks, true, false).await?;
+        points
+            .into_iter()
+            .map(|p| {
+                p.map(|p| hit(qdrant::ScoredPoint { id: p.id, payload: p.payload, ..Default::default() }))
+                    .transpose()
+            })
+            .collect()
     }
 
     /// Qdrant ≥ 1.18 adds a named vector to a live collection (UpdateCollection); every point is
@@ -647,15 +657,7 @@ impl VectorStore for QdrantStore {
             offset,
             limit: Some(u32::try_from(page.limit).unwrap_or(u32::MAX)),
             with_payload: payload_selector(true),
-            with_vectors: Some(qdrant::WithVectorsSelector {
-                selector_options: Some(if page.with_vectors {
-                    qdrant::with_vectors_selector::SelectorOptions::Include(qdrant::VectorsSelector {
-                        names: vec![String::new()],
-                    })
-                } else {
-                    qdrant::with_vectors_selector::SelectorOptions::Enable(false)
-                }),
-            }),
+            with_vectors: dense_selector(page.with_vectors),
             ..Default::default()
         };
         let response = self.client.scroll(request).await.map_err(remote_err)?;
