@@ -60,6 +60,8 @@ bench:
 	$(CARGO) bench -p ragd-bench --bench durability
 	$(CARGO) bench -p ragd-bench --bench security
 	$(CARGO) bench -p ragd-bench --bench retrieval
+	$(CARGO) bench -p ragd-bench --bench upsert
+	$(CARGO) bench -p ragd-bench --bench embedder_int8
 
 ## Retrieval and embedding quality (`ragd eval`): STS on the Lee corpus, every retrieval mode on
 ## the State of the Union inverse-cloze set, both models; written to docs/benchmarks.md.

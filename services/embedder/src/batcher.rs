@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -191,12 +192,45 @@ pub struct Queue {
     cond: Condvar,
     policy: BatchPolicy,
     metrics: Arc<EmbedderMetrics>,
-    /// Measured inference cost of a batch on one worker, a fixed part plus a part per padded
-    /// token: the service rate admission divides the work ahead by, and the retry hints. Tokens,
-    /// not texts: a batch's cost follows its padded tokens (texts × longest), whatever mix of
-    /// short queries and long passages; the fixed part keeps one-query batches from pricing a
-    /// full batch ahead at their own (high) cost per token.
-    cost: BatchCost,
+    /// Measured inference cost of a batch on one worker, per model, a fixed part plus a part
+    /// per padded token: the service rate admission divides the work ahead by, and the retry
+    /// hints. Tokens, not texts: a batch's cost follows its padded tokens (texts × longest),
+    /// whatever mix of short queries and long passages; the fixed part keeps one-query batches
+    /// from pricing a full batch ahead at their own (high) cost per token. Per model: models
+    /// served side by side differ several-fold (mpnet ≈ 5× MiniLM, an int8 variant ≈ 0.45× its
+    /// fp32 model), and one fit through all their batches priced every model wrong.
+    costs: Vec<BatchCost>,
+}
+
+/// Tokens admitted and not yet answered, per lane and model: the work ahead that admission
+/// prices with each model's own measured cost.
+#[derive(Debug)]
+pub struct Backlog {
+    /// `lane * models + model`.
+    tokens: Vec<AtomicUsize>,
+    models: usize,
+}
+
+impl Backlog {
+    pub fn new(models: usize) -> Self {
+        Self { tokens: (0..2 * models).map(|_| AtomicUsize::new(0)).collect(), models }
+    }
+
+    fn slot(&self, lane: Lane, model: usize) -> &AtomicUsize {
+        &self.tokens[lane as usize * self.models + model]
+    }
+
+    pub fn add(&self, lane: Lane, model: usize, tokens: usize) {
+        self.slot(lane, model).fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, lane: Lane, model: usize, tokens: usize) {
+        self.slot(lane, model).fetch_sub(tokens, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, lane: Lane, model: usize) -> usize {
+        self.slot(lane, model).load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -223,7 +257,9 @@ impl Queue {
             policy,
             metrics,
             // 100 µs per token until measured (MiniLM runs ≈ 20–60 µs per token on one core).
-            cost: BatchCost::new(Duration::from_micros(100), workers, batch_tokens),
+            costs: (0..models.max(1))
+                .map(|_| BatchCost::new(Duration::from_micros(100), workers, batch_tokens))
+                .collect(),
         })
     }
 
@@ -240,23 +276,40 @@ impl Queue {
         Ok(())
     }
 
-    /// How long a rejected client should wait: the estimated time to drain `tokens` queued.
-    pub fn retry_after(&self, tokens: usize) -> Duration {
-        (self.cost.drain_time(tokens) + self.policy.max_wait)
+    fn cost(&self, model: usize) -> &BatchCost {
+        &self.costs[model.min(self.costs.len() - 1)]
+    }
+
+    /// How long a client refused `tokens` more for `model` should wait: the estimated time to
+    /// drain everything admitted (each model's tokens at its own cost) and its own tokens.
+    pub fn retry_after(&self, backlog: &Backlog, model: usize, tokens: usize) -> Duration {
+        let queued: Duration = (0..self.costs.len())
+            .map(|m| self.costs[m].drain_time(backlog.get(Lane::Interactive, m) + backlog.get(Lane::Bulk, m)))
+            .sum();
+        (queued + self.cost(model).drain_time(tokens) + self.policy.max_wait)
             .clamp(Duration::from_millis(10), Duration::from_secs(10))
     }
 
-    /// What `tokens` more tokens would meet with `ahead` tokens admitted before them: the time
-    /// the workers need for the work ahead (plus the batch wait), and their own inference time.
-    pub fn estimate(&self, ahead: usize, tokens: usize) -> Estimate {
-        let wait =
-            if ahead == 0 { Duration::ZERO } else { self.cost.drain_time(ahead) + self.policy.max_wait };
-        Estimate { wait, service: self.cost.service_time(tokens) }
-    }
-
-    /// The most padded tokens one batch holds.
-    pub fn batch_tokens(&self) -> usize {
-        self.policy.max_tokens
+    /// What `tokens` more tokens for `model` in `lane` would meet with `backlog` admitted before
+    /// them: the time the workers need for the work ahead (plus the batch wait), each model's
+    /// tokens priced at that model's measured cost, and their own inference time. Interactive
+    /// work waits for the interactive tokens ahead and at most one running bulk batch (the
+    /// dearest one the backlog could be running); bulk work for everything ahead.
+    pub fn estimate(&self, backlog: &Backlog, lane: Lane, model: usize, tokens: usize) -> Estimate {
+        let models = 0..self.costs.len();
+        let interactive: Duration =
+            models.clone().map(|m| self.costs[m].drain_time(backlog.get(Lane::Interactive, m))).sum();
+        let bulk = match lane {
+            Lane::Interactive => models
+                .clone()
+                .map(|m| self.costs[m].drain_time(backlog.get(Lane::Bulk, m).min(self.policy.max_tokens)))
+                .max()
+                .unwrap_or_default(),
+            Lane::Bulk => models.clone().map(|m| self.costs[m].drain_time(backlog.get(Lane::Bulk, m))).sum(),
+        };
+        let ahead = interactive + bulk;
+        let wait = if ahead.is_zero() { Duration::ZERO } else { ahead + self.policy.max_wait };
+        Estimate { wait, service: self.cost(model).service_time(tokens) }
     }
 
     /// Stops accepting jobs; workers finish what is queued and exit.
@@ -338,8 +391,8 @@ impl Queue {
         }
     }
 
-    fn record_cost(&self, padded_tokens: usize, took: Duration) {
-        self.cost.record(padded_tokens, took);
+    fn record_cost(&self, model: usize, padded_tokens: usize, took: Duration) {
+        self.cost(model).record(padded_tokens, took);
     }
 }
 
@@ -366,7 +419,7 @@ pub fn run_worker(queue: &Queue, mut backends: Vec<Box<dyn Backend>>, pad_ids: &
         let result = backends[batch.model].embed(&padded);
         let took = start.elapsed();
         queue.metrics.observe_batch(texts, padded.padded_tokens(), took);
-        queue.record_cost(padded.padded_tokens(), took);
+        queue.record_cost(batch.model, padded.padded_tokens(), took);
         match result {
             Ok(mut vectors) => {
                 for (job, range) in batch.parts.into_iter().rev() {
@@ -574,6 +627,45 @@ mod tests {
         assert_eq!(Lane::of(crate::model::InputKind::Passage), Lane::Bulk);
         q.close();
         w.join();
+    }
+
+    /// Admission prices each model's queued tokens at that model's measured cost: a slow
+    /// model's backlog delays a fast model's request by the slow model's time, and a request's
+    /// own service time is its model's.
+    #[test]
+    fn the_work_ahead_is_priced_per_model() {
+        let q = Queue::new(2, 1, P, Arc::new(EmbedderMetrics::default()));
+        // Equal batch sizes: each fit is proportional. Model 0: 100 µs per token, model 1: 500 µs.
+        for _ in 0..20 {
+            q.record_cost(0, 100, Duration::from_millis(10));
+            q.record_cost(1, 100, Duration::from_millis(50));
+        }
+        let b = Backlog::new(2);
+        // The fits are floating point: equal to the microsecond.
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let near = |got: Duration, ms: f64| assert!((us(got) - ms * 1e3).abs() < 1.0, "{got:?} != {ms} ms");
+        let idle = q.estimate(&b, Lane::Interactive, 0, 10);
+        assert_eq!(idle.wait, Duration::ZERO);
+        near(idle.service, 1.0);
+        near(q.estimate(&b, Lane::Interactive, 1, 10).service, 5.0);
+
+        b.add(Lane::Interactive, 1, 200);
+        // 200 tokens of model 1 ahead: 100 ms, whichever model asks.
+        near(q.estimate(&b, Lane::Interactive, 0, 10).wait, 100.0);
+        b.add(Lane::Interactive, 0, 200);
+        near(q.estimate(&b, Lane::Interactive, 1, 10).wait, 120.0);
+        // Bulk: an interactive request waits for at most one bulk batch (P: 100 tokens), the
+        // dearest; a bulk request for all of it.
+        b.add(Lane::Bulk, 0, 1000);
+        b.add(Lane::Bulk, 1, 300);
+        near(q.estimate(&b, Lane::Interactive, 0, 10).wait, 170.0); // 120 + 100 tokens of model 1
+        near(q.estimate(&b, Lane::Bulk, 0, 10).wait, 370.0); // 120 + 100 + 150
+        near(q.retry_after(&b, 0, 10), 371.0); // + its own 1 ms
+        b.sub(Lane::Bulk, 0, 1000);
+        b.sub(Lane::Bulk, 1, 300);
+        b.sub(Lane::Interactive, 0, 200);
+        b.sub(Lane::Interactive, 1, 200);
+        assert_eq!(q.estimate(&b, Lane::Bulk, 1, 10).wait, Duration::ZERO);
     }
 
     #[tokio::test]

@@ -81,6 +81,7 @@ fn descriptor(spec: &ModelSpec, is_default: bool, device: &str) -> v1::ModelDesc
         passage_prefix: spec.passage_prefix.clone(),
         is_default,
         device: device.to_string(),
+        precision: spec.precision.as_str().to_string(),
     }
 }
 

@@ -59,6 +59,33 @@ pub struct ModelSpec {
     pub query_prefix: String,
     #[serde(default)]
     pub passage_prefix: String,
+    /// Precision of the model's weights: fp32 (the export) or int8 (`scripts/quantize_onnx.py`).
+    #[serde(default)]
+    pub precision: Precision,
+    /// ONNX Runtime graph optimizers this model's session turns off (session option
+    /// `optimization.disable_specified_optimizers`); the int8 variants turn off
+    /// SkipLayerNormFusion, whose CPU kernel made them ~1.4× slower (scripts/quantize_onnx.py).
+    #[serde(default)]
+    pub disabled_optimizers: Vec<String>,
+}
+
+/// Weight precision of a served model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// Dynamically quantized: int8 weights, activations quantized at run time.
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
 }
 
 impl Manifest {
@@ -118,6 +145,10 @@ impl Manifest {
             if m.name.is_empty() || m.dim == 0 || m.max_seq_len < 2 {
                 return bad(format!("model {:?}: name, dim and max_seq_len (>= 2) are required", m.name));
             }
+            // The list goes into one comma-separated session option.
+            if let Some(o) = m.disabled_optimizers.iter().find(|o| o.is_empty() || o.contains(',')) {
+                return bad(format!("model {:?}: disabled optimizer {o:?} is not a name", m.name));
+            }
         }
         if self.default.is_empty() {
             self.default = self.models[0].name.clone();
@@ -147,6 +178,31 @@ mod tests {
         assert_eq!(m.default, "m");
         assert_eq!(m.models[0].model, dir.path().join("m/model.onnx"));
         assert_eq!(m.models[0].pooling, Pooling::Mean);
+    }
+
+    #[test]
+    fn precision_defaults_to_fp32_and_int8_entries_carry_their_disabled_optimizers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), ONE);
+        let m = Manifest::load(dir.path()).expect("manifest");
+        assert_eq!((m.models[0].precision, m.models[0].disabled_optimizers.len()), (Precision::Fp32, 0));
+
+        let int8 = ONE.replace(
+            r#""pad_id":0}"#,
+            r#""pad_id":0,"precision":"int8","disabled_optimizers":["SkipLayerNormFusion"]}"#,
+        );
+        write(dir.path(), &int8);
+        let m = Manifest::load(dir.path()).expect("manifest");
+        assert_eq!(m.models[0].precision, Precision::Int8);
+        assert_eq!(m.models[0].precision.as_str(), "int8");
+        assert_eq!(m.models[0].disabled_optimizers, ["SkipLayerNormFusion"]);
+
+        // One session option holds the list, comma-separated: a name with a comma is refused.
+        write(dir.path(), &int8.replace("SkipLayerNormFusion", "A,B"));
+        let err = Manifest::load(dir.path()).expect_err("comma");
+        assert!(err.to_string().contains("disabled optimizer \"A,B\""), "{err}");
+        write(dir.path(), &int8.replace(r#""int8""#, r#""int4""#));
+        assert!(Manifest::load(dir.path()).is_err(), "unknown precision");
     }
 
     #[test]

@@ -84,6 +84,14 @@ impl OrtBackend {
         if intra_threads > 0 {
             builder = builder.with_intra_threads(intra_threads).map_err(rt)?;
         }
+        if !spec.disabled_optimizers.is_empty() {
+            builder = builder
+                .with_config_entry(
+                    "optimization.disable_specified_optimizers",
+                    spec.disabled_optimizers.join(","),
+                )
+                .map_err(rt)?;
+        }
         builder = with_device(builder, device)?;
         let session = builder
             .commit_from_file(&spec.model)

@@ -3,13 +3,12 @@
 //! wrappers around [`Embedder`]; benches and in-process clients call it directly.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::batcher::{BatchPolicy, Job, Lane, Queue, Workers};
+use crate::batcher::{Backlog, BatchPolicy, Job, Lane, Queue, Workers};
 use crate::config::{Device, EmbedderConfig};
 use crate::error::EmbedError;
 use crate::manifest::{Manifest, ModelSpec};
@@ -101,8 +100,8 @@ pub struct Embedder {
     device: Device,
     queue: Arc<Queue>,
     admission: Arc<Semaphore>,
-    /// Tokens (guessed from the texts' bytes) admitted and not yet answered, per lane.
-    lanes: Arc<[AtomicUsize; 2]>,
+    /// Tokens (guessed from the texts' bytes) admitted and not yet answered, per lane and model.
+    backlog: Arc<Backlog>,
     limits: Limits,
     metrics: Arc<EmbedderMetrics>,
     workers: Mutex<Workers>,
@@ -172,6 +171,7 @@ impl Embedder {
             "embedder models loaded"
         );
         Ok(Self {
+            backlog: Arc::new(Backlog::new(models.len())),
             models,
             by_name,
             default,
@@ -184,7 +184,6 @@ impl Embedder {
                 max_queue_texts: config.max_queue_texts,
                 max_queue_wait: ragd_core::admission::bound_from_ms(config.max_queue_wait_ms),
             },
-            lanes: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
             metrics,
             workers: Mutex::new(workers),
         })
@@ -250,30 +249,19 @@ impl Embedder {
         Ok(())
     }
 
-    /// The expected wait of `tokens` in `lane`: interactive work waits for the interactive
-    /// tokens ahead and at most one running bulk batch; bulk work for everything ahead.
-    fn estimate(&self, tokens: usize, lane: Lane) -> ragd_core::admission::Estimate {
-        let [interactive, bulk] = [0, 1].map(|i| self.lanes[i].load(Ordering::Relaxed));
-        let ahead = match lane {
-            Lane::Interactive => interactive + bulk.min(self.queue.batch_tokens()),
-            Lane::Bulk => interactive + bulk,
-        };
-        self.queue.estimate(ahead, tokens)
-    }
-
-    /// Admits `n` texts of about `tokens` tokens into `lane`.
+    /// Admits `n` texts of about `tokens` tokens for `model` into `lane`.
     async fn admit(
         &self,
         n: usize,
         tokens: usize,
-        lane: Lane,
+        (lane, model): (Lane, usize),
         admission: Admission,
         deadline: Option<Instant>,
     ) -> Result<QueueSlot, EmbedError> {
         let permit = match admission {
             Admission::Reject => {
                 if let Some(bound) = self.limits.max_queue_wait {
-                    let estimate = self.estimate(tokens, lane);
+                    let estimate = self.queue.estimate(&self.backlog, lane, model, tokens);
                     if let Err(refusal) =
                         ragd_core::admission::decide(estimate, bound, deadline, Instant::now())
                     {
@@ -289,9 +277,7 @@ impl Embedder {
                         EmbedError::Overloaded {
                             queued,
                             limit: self.limits.max_queue_texts,
-                            retry_after: self.queue.retry_after(
-                                self.lanes.iter().map(|l| l.load(Ordering::Relaxed)).sum::<usize>() + tokens,
-                            ),
+                            retry_after: self.queue.retry_after(&self.backlog, model, tokens),
                         }
                     }
                     TryAcquireError::Closed => EmbedError::ShuttingDown,
@@ -305,13 +291,14 @@ impl Embedder {
             }
         };
         self.metrics.queue_texts.inc_by(n as i64);
-        self.lanes[lane as usize].fetch_add(tokens, Ordering::Relaxed);
+        self.backlog.add(lane, model, tokens);
         Ok(QueueSlot {
             _permit: permit,
             n,
             tokens,
             lane,
-            lanes: self.lanes.clone(),
+            model,
+            backlog: self.backlog.clone(),
             metrics: self.metrics.clone(),
         })
     }
@@ -331,7 +318,7 @@ impl Embedder {
         }
         let lane = Lane::of(input.kind);
         let tokens = guess_tokens(&input.texts, self.models[index].spec.max_seq_len);
-        let _slot = self.admit(input.texts.len(), tokens, lane, admission, deadline).await?;
+        let _slot = self.admit(input.texts.len(), tokens, (lane, index), admission, deadline).await?;
         let model = self.models[index].clone();
         let normalize_out = input.normalize.unwrap_or(model.spec.normalize);
         let (kind, texts) = (input.kind, input.texts);
@@ -406,13 +393,14 @@ struct QueueSlot {
     n: usize,
     tokens: usize,
     lane: Lane,
-    lanes: Arc<[AtomicUsize; 2]>,
+    model: usize,
+    backlog: Arc<Backlog>,
     metrics: Arc<EmbedderMetrics>,
 }
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
-        self.lanes[self.lane as usize].fetch_sub(self.tokens, Ordering::Relaxed);
+        self.backlog.sub(self.lane, self.model, self.tokens);
         self.metrics.queue_texts.dec_by(self.n as i64);
     }
 }

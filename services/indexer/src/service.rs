@@ -2456,6 +2456,32 @@ mod tests {
                 .await
                 .expect_err("text query");
             assert!(matches!(err, IndexError::FailedPrecondition { field: "queries", .. }), "{err:?}");
+
+            if exact {
+                // Exact storage in f16 keeps raw values for dot products (cosine normalises them
+                // first): beyond ±65504 a value cannot be stored, so the request is refused
+                // before the store sees it; cosine f16 collections take the same vector.
+                let f16 = |name: &str, distance| CreateCollection {
+                    distance,
+                    exact: Some(ExactRequest { precision: Some(ExactPrecision::F16), rescore: 0 }),
+                    ..CreateCollection { dim: Some(3), ..create(name, Chunking::default()) }
+                };
+                f.indexer.create_collection(f16("h", Distance::Dot), None).await.expect("f16 dot");
+                f.indexer.create_collection(f16("hc", Distance::Cosine), None).await.expect("f16 cos");
+                let big = vec![
+                    with_vector("ok", "", vec![1.0, 2.0, 3.0]),
+                    with_vector("big", "", vec![0.0, 7e4, 0.0]),
+                ];
+                let err = f.indexer.upsert("h", big.clone(), None).await.expect_err("beyond f16");
+                let IndexError::InvalidArgument { field: "documents", reason } = &err else {
+                    panic!("{err:?}")
+                };
+                assert!(reason.contains("document 1 (\"big\")") && reason.contains("f16 range"), "{reason}");
+                let stored = f.indexer.store().count_documents("h", &["ok".into()]).await.expect("count");
+                assert_eq!(stored, 0, "a refused request stores nothing");
+                let out = f.indexer.upsert("hc", big, None).await.expect("cosine f16 takes it");
+                assert_eq!((out.documents, out.failed.len()), (2, 0));
+            }
         }
     }
 

@@ -156,13 +156,14 @@ pub async fn models(args: EndpointArgs) -> anyhow::Result<()> {
         .into_inner();
     for m in r.models {
         println!(
-            "{}{}  dim={} max_seq_len={} pooling={} normalize={} device={}",
+            "{}{}  dim={} max_seq_len={} pooling={} normalize={} precision={} device={}",
             m.name,
             if m.is_default { " (default)" } else { "" },
             m.dim,
             m.max_seq_len,
             m.pooling,
             m.normalize,
+            m.precision,
             m.device
         );
     }

@@ -94,7 +94,7 @@ async fn one_embedder_serves_several_models_chosen_per_request() {
         return;
     }
     let (mini, mpnet) = (fixture("all-MiniLM-L6-v2"), fixture(MPNET));
-    let server = TestEmbedder::start(embedder_config(&[])).await;
+    let server = TestEmbedder::start(embedder_config(&["all-MiniLM-L6-v2", MPNET])).await;
     let mut client = server.client().await;
     let list = client.list_models(v1::ListModelsRequest {}).await.expect("list").into_inner();
     let names: Vec<(&str, u32, bool)> =
@@ -122,5 +122,57 @@ async fn one_embedder_serves_several_models_chosen_per_request() {
         assert_eq!(dim, if model.is_empty() { 384 } else { 768 });
         assert!(diff <= TOLERANCE, "{model:?}: differs by {diff:e}");
     }
+    server.stop().await.expect("stop");
+}
+
+/// The int8 variant (scripts/quantize_onnx.py, set up with every model) is served under its own
+/// name beside the fp32 model, says so in ListModels, tokenises identically, and stays close to
+/// sentence-transformers' fp32 reference vectors — close, not equal: it is really quantized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn int8_variant_is_served_under_its_own_name_close_to_the_fp32_reference() {
+    const FP32: &str = "all-MiniLM-L6-v2";
+    const INT8: &str = "all-MiniLM-L6-v2-int8";
+    let fx = fixture(FP32);
+    let server = TestEmbedder::start(embedder_config(&[FP32, INT8])).await;
+    let mut client = server.client().await;
+    let list = client.list_models(v1::ListModelsRequest {}).await.expect("list").into_inner();
+    let listed: Vec<(&str, u32, &str, bool)> =
+        list.models.iter().map(|m| (m.name.as_str(), m.dim, m.precision.as_str(), m.is_default)).collect();
+    assert_eq!(listed, vec![(FP32, 384, "fp32", true), (INT8, 384, "int8", false)]);
+
+    let texts: Vec<String> = fx.cases.iter().map(|c| c.text.clone()).collect();
+    let r = client
+        .embed(v1::EmbedRequest { texts, model: INT8.into(), ..Default::default() })
+        .await
+        .expect("embed int8")
+        .into_inner();
+    assert_eq!((r.model.as_str(), r.dim), (INT8, 384));
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let (mut worst_cos, mut worst_diff) = (1f32, 0f32);
+    for (case, e) in fx.cases.iter().zip(&r.embeddings) {
+        assert_eq!(e.tokens as usize, case.tokens, "token count of {:?}", case.text);
+        assert_eq!(e.truncated, case.truncated, "truncated flag of {:?}", case.text);
+        let norm = cos(&e.values, &e.values).sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "int8 vectors are normalised like fp32 ones: {norm}");
+        worst_cos = worst_cos.min(cos(&e.values, &case.vector));
+        worst_diff = worst_diff.max(max_abs_diff(&e.values, &case.vector));
+    }
+    assert!(worst_cos >= 0.95, "int8 vector too far from the fp32 reference: cosine {worst_cos}");
+    assert!(worst_diff > 1e-4, "int8 vectors equal the fp32 reference ({worst_diff:e}): not quantized?");
+
+    // Rankings survive: the pairwise similarities of the fixture's texts under int8 order the
+    // pairs like sentence-transformers' fp32 vectors do (Spearman over all pairs).
+    let (mut reference, mut quantized) = (Vec::new(), Vec::new());
+    for i in 0..fx.cases.len() {
+        for j in i + 1..fx.cases.len() {
+            reference.push(f64::from(cos(&fx.cases[i].vector, &fx.cases[j].vector)));
+            quantized.push(f64::from(cos(&r.embeddings[i].values, &r.embeddings[j].values)));
+        }
+    }
+    let rho = ragd_eval::stats::spearman(&reference, &quantized).expect("spearman");
+    assert!(rho >= 0.95, "pairwise similarity ranks disagree: Spearman {rho}");
+    println!(
+        "{INT8}: worst cosine to the fp32 reference {worst_cos:.4}, max abs diff {worst_diff:.3e}, pair-rank Spearman {rho:.4}"
+    );
     server.stop().await.expect("stop");
 }

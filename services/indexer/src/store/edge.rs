@@ -1472,3 +1472,61 @@ fn hnsw_config(spec: &StoreSpec) -> Option<qdrant_edge::HnswIndexConfig> {
     spec.indexing_threshold_kb
         .map(|kb| qdrant_edge::HnswIndexConfig { full_scan_threshold: kb, ..Default::default() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(doc: &str, chunk: u32) -> ChunkPoint {
+        ChunkPoint {
+            doc_id: doc.into(),
+            chunk,
+            text: format!("{doc} {chunk}"),
+            metadata: Default::default(),
+            vector: vec![1.0, chunk as f32],
+            sparse: None,
+        }
+    }
+
+    /// The by-id shortcut of the stale-chunk delete assumes a document's chunks are 0..n. A crash
+    /// can leave a gap (a delete by filter half applied); the journal's replay must then still
+    /// remove every chunk from n on, which it does by filter. The same batch applied live (the
+    /// shortcut) leaves the chunks after the gap: the test tells the two paths apart.
+    #[tokio::test]
+    async fn journal_replay_removes_stale_chunks_behind_a_gap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EdgeStore::new(dir.path()).expect("store");
+        for name in ["replayed", "live"] {
+            let spec = StoreSpec {
+                name: name.into(),
+                dim: 2,
+                distance: Distance::Dot,
+                shards: 1,
+                indexing_threshold_kb: None,
+                replication_factor: None,
+                write_consistency_factor: None,
+                on_disk: None,
+                sparse: false,
+            };
+            store.create(&spec).await.expect("create");
+            let five: Vec<ChunkPoint> = (0..5).map(|n| point("d", n)).collect();
+            store.upsert(name, &five).await.expect("upsert");
+            let c = store.get(name).expect("collection");
+            // The gap: chunk 1 gone, chunks 2..5 left.
+            let gap = PointOperations::DeletePoints { ids: vec![point_id("d", 1)] };
+            c.shards[0].update(UpdateOperation::PointOperation(gap)).expect("delete chunk 1");
+            assert_eq!(store.count_chunks(name, "d").await.expect("count"), 4);
+
+            // The document re-upserted with one chunk: chunks from 1 on are stale.
+            let batch = WriteBatch {
+                upserts: vec![point("d", 0)],
+                delete_chunks_from: vec![("d".into(), 1)],
+                delete_documents: Vec::new(),
+            };
+            let replay = if name == "replayed" { Replay::Yes } else { Replay::No };
+            apply(&c, &batch, replay).expect("apply");
+            let left = store.count_chunks(name, "d").await.expect("count");
+            assert_eq!(left, if replay == Replay::Yes { 1 } else { 4 }, "{name}");
+        }
+    }
+}

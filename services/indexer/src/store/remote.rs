@@ -473,7 +473,12 @@ impl VectorStore for QdrantStore {
         let mut out = Vec::with_capacity(points.len());
         for p in points {
             let vectors = match &p.sparse {
+                // A chunk without keyword terms is stored with its dense vector alone (as the
+                // embedded store does): an empty sparse vector would only cost space.
                 None => qdrant::vectors::VectorsOptions::Vector(dense(p.vector.clone())),
+                Some(sparse) if sparse.indices.is_empty() => {
+                    qdrant::vectors::VectorsOptions::Vector(dense(p.vector.clone()))
+                }
                 Some(sparse) => {
                     let sparse = qdrant::Vector {
                         vector: Some(qdrant::vector::Vector::Sparse(qdrant::SparseVector {
