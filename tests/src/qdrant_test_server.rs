@@ -6,8 +6,9 @@
 //! the calls `ragd_indexer::store::remote::QdrantStore` makes — health check, collection
 //! create / exists / info / cluster info / delete, create field index, upsert, delete by ids or
 //! filter, count, search and search batch (dense, or on the named sparse vector ragd keeps BM25
-//! weights in, with Qdrant's IDF modifier), get points — and answers every other call
-//! UNIMPLEMENTED.
+//! weights in, with Qdrant's IDF modifier), get points, collection snapshots (gRPC create / list /
+//! delete; the file downloaded and uploaded over a REST listener, as Qdrant moves snapshot files)
+//! — and answers every other call UNIMPLEMENTED.
 //! Replication is recorded, not performed (one peer). Like Qdrant, a background optimizer
 //! builds HNSW indexes.
 //!
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use qdrant_client::qdrant::{
     self, collections_server::Collections, points_server::Points, qdrant_server::Qdrant,
+    snapshots_server::Snapshots,
 };
 use qdrant_edge::{
     CountRequest, DEFAULT_VECTOR_NAME, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams,
@@ -49,6 +51,42 @@ impl Shard {
         let _g = self.writes.lock().map_err(|_| Status::internal("shard lock poisoned"))?;
         self.engine.update(op).map_err(|e| Status::invalid_argument(format!("Wrong input: {e}")))
     }
+
+    /// Every point (vectors and payload), 512 at a time, to `each` (blocking).
+    fn pages(
+        &self,
+        mut each: impl FnMut(Vec<PointStructPersisted>) -> Result<(), Status>,
+    ) -> Result<(), Status> {
+        let mut offset = None;
+        loop {
+            let request = ScrollRequest {
+                offset,
+                limit: Some(512),
+                filter: None,
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: WithVector::Bool(true),
+                order_by: None,
+            };
+            let (records, next) = self.engine.scroll(request).map_err(|e| Status::internal(e.to_string()))?;
+            let points: Vec<PointStructPersisted> = records
+                .into_iter()
+                .filter_map(|rec| {
+                    Some(PointStructPersisted {
+                        id: rec.id,
+                        vector: VectorStructPersisted::from(rec.vector?),
+                        payload: rec.payload,
+                    })
+                })
+                .collect();
+            if !points.is_empty() {
+                each(points)?;
+            }
+            match next {
+                Some(n) => offset = Some(n),
+                None => return Ok(()),
+            }
+        }
+    }
 }
 
 struct Collection {
@@ -60,11 +98,15 @@ struct Collection {
     shards: Vec<Arc<Shard>>,
     /// The engine settings the shards were made with (UpdateCollection rebuilds from them).
     config: EdgeConfig,
+    /// The CreateCollection it was made with (a snapshot carries it, to be made again).
+    created: qdrant::CreateCollection,
 }
 
 /// Fields drop in order: the engine shards before their temp directory.
 struct State {
     collections: RwLock<HashMap<String, Arc<Collection>>>,
+    /// Collection snapshots: (collection, snapshot name) → file.
+    snapshots: Mutex<HashMap<(String, String), SnapshotFile>>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -368,6 +410,7 @@ impl Collections for Service {
         request: Request<qdrant::CreateCollection>,
     ) -> Result<Response<qdrant::CollectionOperationResponse>, Status> {
         let r = request.into_inner();
+        let created = r.clone();
         let name = r.collection_name.clone();
         if self.0.get(&name).is_ok() {
             return Err(Status::already_exists(format!("Wrong input: Collection `{name}` already exists!")));
@@ -460,6 +503,7 @@ impl Collections for Service {
             sparse: sparse_names,
             shards,
             config: kept,
+            created,
         };
         self.0.collections.write().map_err(|_| Status::internal("lock"))?.insert(name, Arc::new(collection));
         Ok(Response::new(qdrant::CollectionOperationResponse { result: true, time: 0.0 }))
@@ -617,44 +661,24 @@ impl Collections for Service {
                     let engine =
                         EdgeShard::new(&path, config.clone()).map_err(|e| internal(e.to_string()))?;
                     let to = Shard { engine, writes: Mutex::new(()) };
-                    let mut offset = None;
-                    loop {
-                        let request = ScrollRequest {
-                            offset,
-                            limit: Some(512),
-                            filter: None,
-                            with_payload: Some(WithPayloadInterface::Bool(true)),
-                            with_vector: WithVector::Bool(true),
-                            order_by: None,
-                        };
-                        let (records, next) =
-                            from.engine.scroll(request).map_err(|e| internal(e.to_string()))?;
-                        let points: Vec<PointStructPersisted> = records
-                            .into_iter()
-                            .filter_map(|rec| {
-                                Some(PointStructPersisted {
-                                    id: rec.id,
-                                    vector: VectorStructPersisted::from(rec.vector?),
-                                    payload: rec.payload,
-                                })
-                            })
-                            .collect();
-                        if !points.is_empty() {
-                            let op = PointOperations::UpsertPoints(PointInsertOperations::PointsList(points));
-                            to.update(UpdateOperation::PointOperation(op))?;
-                        }
-                        match next {
-                            Some(n) => offset = Some(n),
-                            None => break,
-                        }
-                    }
+                    from.pages(|points| {
+                        let op = PointOperations::UpsertPoints(PointInsertOperations::PointsList(points));
+                        to.update(UpdateOperation::PointOperation(op))
+                    })?;
                     Ok(Arc::new(to))
                 })
                 .collect::<Result<Vec<_>, Status>>()
         })
         .await?;
-        let rebuilt =
-            Collection { params, distance: old.distance, dim: old.dim, sparse: names, shards, config: kept };
+        let rebuilt = Collection {
+            params,
+            distance: old.distance,
+            dim: old.dim,
+            sparse: names,
+            shards,
+            config: kept,
+            created: old.created.clone(),
+        };
         self.0
             .collections
             .write()
@@ -1011,11 +1035,278 @@ fn retrieved(rec: qdrant_edge::Record) -> qdrant::RetrievedPoint {
     }
 }
 
+// --- Snapshots ---------------------------------------------------------------------------------
+// Qdrant's collection snapshots: gRPC Create / List / Delete, and the file over REST (GET
+// /collections/{c}/snapshots/{name}; POST /collections/{c}/snapshots/upload, multipart field
+// `snapshot`, recovers collection {c} from the file). The file is this double's own format, not
+// Qdrant's (a tar of segments): SNAPSHOT_MAGIC, a little-endian u64 length and the
+// CreateCollection the collection was made with (protobuf, its current sparse vectors), then one
+// JSON line per point (id, vectors, payload) — opaque to ragd, which only moves it.
+
+const SNAPSHOT_MAGIC: &[u8] = b"ragd-qdrant-test-double-snapshot 1\n";
+
+#[derive(Clone)]
+struct SnapshotFile {
+    path: PathBuf,
+    size: u64,
+}
+
+/// Writes `c`'s snapshot to `path` (blocking); returns its size.
+fn write_snapshot(c: &Collection, path: &std::path::Path) -> Result<u64, Status> {
+    use prost::Message;
+    use std::io::Write;
+    let io = |e: std::io::Error| Status::internal(format!("snapshot {}: {e}", path.display()));
+    let mut created = c.created.clone();
+    created.sparse_vectors_config = c.params.sparse_vectors_config.clone();
+    let head = created.encode_to_vec();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    out.write_all(SNAPSHOT_MAGIC).map_err(io)?;
+    out.write_all(&(head.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&head).map_err(io)?;
+    for shard in &c.shards {
+        shard.pages(|points| {
+            for p in points {
+                let line = serde_json::to_vec(&p).map_err(|e| Status::internal(e.to_string()))?;
+                out.write_all(&line).and_then(|()| out.write_all(b"\n")).map_err(io)?;
+            }
+            Ok(())
+        })?;
+    }
+    out.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    Ok(std::fs::metadata(path).map_err(io)?.len())
+}
+
+/// A snapshot file's CreateCollection and points (refused as Qdrant refuses a file it cannot read).
+fn read_snapshot(bytes: &[u8]) -> Result<(qdrant::CreateCollection, Vec<PointStructPersisted>), Status> {
+    use prost::Message;
+    let bad =
+        |why: &str| Status::invalid_argument(format!("Wrong input: not a snapshot of this server: {why}"));
+    let rest = bytes.strip_prefix(SNAPSHOT_MAGIC).ok_or_else(|| bad("magic"))?;
+    let (len, rest) = rest.split_first_chunk::<8>().ok_or_else(|| bad("length"))?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| bad("length"))?;
+    if rest.len() < len {
+        return Err(bad("truncated"));
+    }
+    let created = qdrant::CreateCollection::decode(&rest[..len]).map_err(|e| bad(&e.to_string()))?;
+    let points = rest[len..]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).map_err(|e| bad(&e.to_string())))
+        .collect::<Result<Vec<PointStructPersisted>, Status>>()?;
+    Ok((created, points))
+}
+
+impl Service {
+    /// Makes collection `name` from a snapshot file's bytes, replacing any collection of that
+    /// name (Qdrant's recover).
+    async fn recover(&self, name: String, bytes: Vec<u8>) -> Result<(), Status> {
+        let (mut created, points) = blocking(move || read_snapshot(&bytes)).await?;
+        if self.0.get(&name).is_ok() {
+            let drop = qdrant::DeleteCollection { collection_name: name.clone(), ..Default::default() };
+            Collections::delete(self, Request::new(drop)).await?;
+        }
+        created.collection_name = name.clone();
+        Collections::create(self, Request::new(created)).await?;
+        let c = self.0.get(&name)?;
+        blocking(move || {
+            let mut per_shard: Vec<Vec<PointStructPersisted>> = vec![Vec::new(); c.shards.len()];
+            for p in points {
+                per_shard[route(&p.id, c.shards.len())].push(p);
+            }
+            for (shard, points) in c.shards.iter().zip(per_shard) {
+                for page in points.chunks(512) {
+                    let op = PointOperations::UpsertPoints(PointInsertOperations::PointsList(page.to_vec()));
+                    shard.update(UpdateOperation::PointOperation(op))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn snapshot_file(&self, collection: &str, name: &str) -> Result<SnapshotFile, Status> {
+        self.0
+            .snapshots
+            .lock()
+            .map_err(|_| Status::internal("lock"))?
+            .get(&(collection.to_string(), name.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!("Not found: Snapshot {name} of {collection} doesn't exist"))
+            })
+    }
+}
+
+fn description(name: &str, file: &SnapshotFile) -> qdrant::SnapshotDescription {
+    qdrant::SnapshotDescription { name: name.to_string(), size: file.size as i64, ..Default::default() }
+}
+
+#[tonic::async_trait]
+impl Snapshots for Service {
+    async fn create(
+        &self,
+        request: Request<qdrant::CreateSnapshotRequest>,
+    ) -> Result<Response<qdrant::CreateSnapshotResponse>, Status> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let collection = request.into_inner().collection_name;
+        let c = self.0.get(&collection)?;
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{collection}-{seq}.snapshot");
+        let dir = self.0.root().join("snapshots").join(&collection);
+        let path = dir.join(&name);
+        let written = path.clone();
+        let size = blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| Status::internal(e.to_string()))?;
+            write_snapshot(&c, &written)
+        })
+        .await?;
+        let file = SnapshotFile { path, size };
+        let described = description(&name, &file);
+        self.0.snapshots.lock().map_err(|_| Status::internal("lock"))?.insert((collection, name), file);
+        Ok(Response::new(qdrant::CreateSnapshotResponse { snapshot_description: Some(described), time: 0.0 }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<qdrant::ListSnapshotsRequest>,
+    ) -> Result<Response<qdrant::ListSnapshotsResponse>, Status> {
+        let collection = request.into_inner().collection_name;
+        self.0.get(&collection)?;
+        let snapshots = self.0.snapshots.lock().map_err(|_| Status::internal("lock"))?;
+        let mut listed: Vec<qdrant::SnapshotDescription> = snapshots
+            .iter()
+            .filter(|((c, _), _)| *c == collection)
+            .map(|((_, name), file)| description(name, file))
+            .collect();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(qdrant::ListSnapshotsResponse { snapshot_descriptions: listed, time: 0.0 }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<qdrant::DeleteSnapshotRequest>,
+    ) -> Result<Response<qdrant::DeleteSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let file = self.snapshot_file(&r.collection_name, &r.snapshot_name)?;
+        self.0
+            .snapshots
+            .lock()
+            .map_err(|_| Status::internal("lock"))?
+            .remove(&(r.collection_name, r.snapshot_name));
+        let _ = std::fs::remove_file(&file.path);
+        Ok(Response::new(qdrant::DeleteSnapshotResponse { time: 0.0 }))
+    }
+
+    async fn create_full(
+        &self,
+        _: Request<qdrant::CreateFullSnapshotRequest>,
+    ) -> Result<Response<qdrant::CreateSnapshotResponse>, Status> {
+        Err(unimplemented("create_full"))
+    }
+
+    async fn list_full(
+        &self,
+        _: Request<qdrant::ListFullSnapshotsRequest>,
+    ) -> Result<Response<qdrant::ListSnapshotsResponse>, Status> {
+        Err(unimplemented("list_full"))
+    }
+
+    async fn delete_full(
+        &self,
+        _: Request<qdrant::DeleteFullSnapshotRequest>,
+    ) -> Result<Response<qdrant::DeleteSnapshotResponse>, Status> {
+        Err(unimplemented("delete_full"))
+    }
+}
+
+/// Qdrant's REST error body for `status`.
+fn rest_error(status: &Status) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let code = match status.code() {
+        tonic::Code::NotFound => http::StatusCode::NOT_FOUND,
+        tonic::Code::InvalidArgument => http::StatusCode::BAD_REQUEST,
+        _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = serde_json::json!({"status": {"error": status.message()}, "time": 0.0});
+    (code, [(http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn rest_download(
+    axum::extract::State(service): axum::extract::State<Service>,
+    axum::extract::Path((collection, name)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let read = async {
+        let file = service.snapshot_file(&collection, &name)?;
+        blocking(move || std::fs::read(&file.path).map_err(|e| Status::internal(e.to_string()))).await
+    };
+    match read.await {
+        Ok(bytes) => (http::StatusCode::OK, bytes).into_response(),
+        Err(status) => rest_error(&status),
+    }
+}
+
+/// The one part of a multipart/form-data body named `field`.
+fn multipart_part(content_type: &str, body: &[u8], field: &str) -> Result<Vec<u8>, Status> {
+    let bad = |why: &str| Status::invalid_argument(format!("Wrong input: multipart: {why}"));
+    let boundary = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"'))
+        .ok_or_else(|| bad("no boundary"))?;
+    let delimiter = format!("--{boundary}");
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| i + from)
+    };
+    let mut at = find(body, delimiter.as_bytes(), 0).ok_or_else(|| bad("no first boundary"))?;
+    loop {
+        let start = at + delimiter.len();
+        if body.get(start..start + 2) == Some(b"--") {
+            return Err(bad(&format!("no part named {field}")));
+        }
+        let headers_end = find(body, b"\r\n\r\n", start).ok_or_else(|| bad("part headers"))?;
+        let headers = String::from_utf8_lossy(&body[start..headers_end]);
+        let next = find(body, format!("\r\n{delimiter}").as_bytes(), headers_end + 4)
+            .ok_or_else(|| bad("unterminated part"))?;
+        if headers.contains(&format!("name=\"{field}\"")) {
+            return Ok(body[headers_end + 4..next].to_vec());
+        }
+        at = next + 2;
+    }
+}
+
+async fn rest_upload(
+    axum::extract::State(service): axum::extract::State<Service>,
+    axum::extract::Path(collection): axum::extract::Path<String>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let recovered = async {
+        let file = multipart_part(content_type, &body, "snapshot")?;
+        service.recover(collection, file).await
+    };
+    match recovered.await {
+        Ok(()) => (
+            http::StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            r#"{"result":true,"status":"ok","time":0.0}"#,
+        )
+            .into_response(),
+        Err(status) => rest_error(&status),
+    }
+}
+
 /// The test double served on a loopback port, with Qdrant's background optimizer; stopped and
 /// its data removed on drop.
 pub struct QdrantProtocolTestServer {
+    /// gRPC (Qdrant's port 6334).
     pub url: String,
+    /// REST, for snapshot files only (Qdrant's port 6333).
+    pub rest_url: String,
     shutdown: Option<oneshot::Sender<()>>,
+    rest_shutdown: Option<oneshot::Sender<()>>,
     state: Arc<State>,
 }
 
@@ -1028,7 +1319,8 @@ impl std::fmt::Debug for QdrantProtocolTestServer {
 impl QdrantProtocolTestServer {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("test server tempdir");
-        let state = Arc::new(State { collections: RwLock::default(), dir: Some(dir) });
+        let state =
+            Arc::new(State { collections: RwLock::default(), snapshots: Mutex::default(), dir: Some(dir) });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let service = Service(state.clone());
@@ -1041,11 +1333,29 @@ impl QdrantProtocolTestServer {
                     qdrant::collections_server::CollectionsServer::new(service.clone())
                         .max_decoding_message_size(max),
                 )
-                .add_service(qdrant::points_server::PointsServer::new(service).max_decoding_message_size(max))
+                .add_service(qdrant::snapshots_server::SnapshotsServer::new(service.clone()))
+                .add_service(
+                    qdrant::points_server::PointsServer::new(service.clone()).max_decoding_message_size(max),
+                )
                 .serve_with_incoming_shutdown(ragd_core::grpc::incoming(listener), async {
                     let _ = rx.await;
                 }),
         );
+        let rest_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind rest");
+        let rest_url = format!("http://{}", rest_listener.local_addr().expect("addr"));
+        let rest = axum::Router::new()
+            .route("/collections/{collection}/snapshots/{name}", axum::routing::get(rest_download))
+            .route("/collections/{collection}/snapshots/upload", axum::routing::post(rest_upload))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(service);
+        let (rest_tx, rest_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(rest_listener, rest)
+                .with_graceful_shutdown(async {
+                    let _ = rest_rx.await;
+                })
+                .await;
+        });
         // Like Qdrant, indexes are built in the background.
         let weak = Arc::downgrade(&state);
         tokio::spawn(async move {
@@ -1067,7 +1377,12 @@ impl QdrantProtocolTestServer {
                 .await;
             }
         });
-        Self { url, shutdown: Some(tx), state }
+        Self { url, rest_url, shutdown: Some(tx), rest_shutdown: Some(rest_tx), state }
+    }
+
+    /// Collection snapshots currently held.
+    pub fn snapshot_count(&self) -> usize {
+        self.state.snapshots.lock().map(|s| s.len()).unwrap_or_default()
     }
 
     /// Collections currently held (for tests checking clean-up).
@@ -1079,6 +1394,9 @@ impl QdrantProtocolTestServer {
 impl Drop for QdrantProtocolTestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.rest_shutdown.take() {
             let _ = tx.send(());
         }
     }
@@ -1094,6 +1412,15 @@ pub async fn qdrant_url_or_test_server() -> (String, Option<QdrantProtocolTestSe
             let server = QdrantProtocolTestServer::start().await;
             (server.url.clone(), Some(server))
         }
+    }
+}
+
+/// The REST URL for the remote-store tests: the test server's, else `$QDRANT_REST_URL`, else
+/// empty (QdrantConfig then implies it from a gRPC URL on port 6334).
+pub fn qdrant_rest_url(server: Option<&QdrantProtocolTestServer>) -> String {
+    match server {
+        Some(s) => s.rest_url.clone(),
+        None => std::env::var("QDRANT_REST_URL").unwrap_or_default(),
     }
 }
 

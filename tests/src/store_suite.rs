@@ -333,6 +333,53 @@ pub async fn retrieve_reads_chunks_by_id(store: &dyn VectorStore, name: &str) {
     store.drop_collection(name).await.expect("drop");
 }
 
+/// A snapshot holds the collection as of the call (writes after it are not in it); restored
+/// under a new name it has the same points, payloads and exact answers, while the original goes
+/// on; a name taken or a directory without the store's snapshot is refused, nothing created.
+/// `dir` and `empty` are new, empty directories.
+pub async fn snapshot_restores_into_a_new_name(
+    store: &dyn VectorStore,
+    name: &str,
+    dir: &std::path::Path,
+    empty: &std::path::Path,
+) {
+    let original = spec(name, 2);
+    store.create(&original).await.expect("create");
+    let pts = points(&vectors(80, 31));
+    let (before, after) = pts.split_at(60);
+    store.upsert(name, before).await.expect("upsert");
+    store.snapshot(name, dir).await.expect("snapshot");
+    store.upsert(name, after).await.expect("upsert after the snapshot");
+
+    let copy = format!("{name}-copy");
+    let restored = StoreSpec { name: copy.clone(), ..original.clone() };
+    store.restore(&restored, dir).await.expect("restore");
+    assert_eq!(store.stats(&copy).await.expect("stats").points, 60, "the snapshot's points only");
+    assert_eq!(store.stats(name).await.expect("stats").points, 80, "the original goes on");
+    let queries = vectors(4, 32);
+    let exact = SearchOptions { k: 7, exact: true, ..Default::default() };
+    let answers = store.search(&copy, &queries, &exact).await.expect("search the copy");
+    for (q, hits) in queries.iter().zip(&answers) {
+        assert_eq!(ids(hits), brute(Distance::Cosine, before, q, 7, |_| true));
+    }
+    let asked: Vec<(String, u32)> = before.iter().step_by(9).map(|p| (p.doc_id.clone(), p.chunk)).collect();
+    let hits = store.retrieve(&copy, &asked).await.expect("retrieve");
+    for (hit, (doc, chunk)) in hits.iter().zip(&asked) {
+        let p = before.iter().find(|p| &p.doc_id == doc && p.chunk == *chunk).expect("point");
+        let hit = hit.as_ref().expect("restored chunk");
+        assert_eq!((&hit.text, &hit.metadata), (&p.text, &p.metadata));
+    }
+
+    let err = store.restore(&restored, dir).await.expect_err("name taken");
+    assert!(matches!(err, IndexError::CollectionExists(_)), "{err:?}");
+    let other = StoreSpec { name: format!("{name}-none"), ..original };
+    let err = store.restore(&other, empty).await.expect_err("no snapshot there");
+    assert!(matches!(err, IndexError::FailedPrecondition { field: "snapshot", .. }), "{err:?}");
+    assert!(store.stats(&other.name).await.is_err(), "nothing created");
+    store.drop_collection(&copy).await.expect("drop copy");
+    store.drop_collection(name).await.expect("drop");
+}
+
 /// Dot and euclid rank like brute force; euclid scores are distances (ascending).
 pub async fn distances_rank_like_brute_force(store: &dyn VectorStore, name: &str) {
     let pts = points(&vectors(120, 21));

@@ -25,6 +25,9 @@
 - --qdrant-url={{ $v.qdrant.url }}
 - --qdrant-collection-prefix={{ $v.qdrant.collectionPrefix }}
 - --qdrant-timeout-secs={{ $v.qdrant.timeoutSecs }}
+{{- with $v.qdrant.restUrl }}
+- --qdrant-rest-url={{ . }}
+{{- end }}
 {{- else }}
 - --store=embedded
 - --durability={{ $v.indexer.durability }}

@@ -280,6 +280,11 @@ impl Queue {
         &self.costs[model.min(self.costs.len() - 1)]
     }
 
+    /// The measured inference time of one full batch (`max_tokens` padded tokens) of `model`.
+    pub fn full_batch_time(&self, model: usize) -> Duration {
+        self.cost(model).service_time(self.policy.max_tokens)
+    }
+
     /// How long a client refused `tokens` more for `model` should wait: the estimated time to
     /// drain everything admitted (each model's tokens at its own cost) and its own tokens.
     pub fn retry_after(&self, backlog: &Backlog, model: usize, tokens: usize) -> Duration {
@@ -666,6 +671,9 @@ mod tests {
         b.sub(Lane::Interactive, 0, 200);
         b.sub(Lane::Interactive, 1, 200);
         assert_eq!(q.estimate(&b, Lane::Bulk, 1, 10).wait, Duration::ZERO);
+        // One full batch (P: 100 tokens) of each model.
+        near(q.full_batch_time(0), 10.0);
+        near(q.full_batch_time(1), 50.0);
     }
 
     #[tokio::test]

@@ -89,6 +89,9 @@ pub struct EmbedderConfig {
     /// longer (the texts admitted ahead of it ÷ the measured inference rate) is refused at once
     /// with RESOURCE_EXHAUSTED and a retry hint, as is one that could not finish before its
     /// deadline. 0: off (only the queue's size bounds it). Streams wait for capacity instead.
+    /// Per model it is at least one full batch's measured inference time (a slower model's
+    /// batch is work ahead of every request; a smaller bound would admit only into an idle
+    /// queue).
     #[arg(long, env = "RAGD_MAX_QUEUE_WAIT_MS", default_value_t = 250)]
     pub max_queue_wait_ms: u64,
     /// Most texts in one request (INVALID_ARGUMENT beyond it).

@@ -261,6 +261,10 @@ impl Embedder {
         let permit = match admission {
             Admission::Reject => {
                 if let Some(bound) = self.limits.max_queue_wait {
+                    // The batch running is work ahead of every request: a bound below one full
+                    // batch of the model (mpnet's takes ≈ 0.9 s on 2 cores) would admit only into
+                    // an idle queue — batches of one text, and callers spinning on refusals.
+                    let bound = bound.max(self.queue.full_batch_time(model));
                     let estimate = self.queue.estimate(&self.backlog, lane, model, tokens);
                     if let Err(refusal) =
                         ragd_core::admission::decide(estimate, bound, deadline, Instant::now())

@@ -5,7 +5,7 @@ use ragd_indexer::store::remote::QdrantConfig;
 use ragd_indexer::{IndexerConfig, StoreKind};
 use ragd_proto::json::to_struct;
 use ragd_proto::v1::{self, indexer_client::IndexerClient};
-use ragd_tests::qdrant_test_server::qdrant_url_or_test_server;
+use ragd_tests::qdrant_test_server::{qdrant_rest_url, qdrant_url_or_test_server};
 use ragd_tests::{TestEmbedder, TestIndexer, embedder_config};
 use serde_json::json;
 use tonic::Code;
@@ -78,6 +78,7 @@ async fn capitals_ingest_search_filter_threshold_and_restart_qdrant_store() {
     let config = IndexerConfig {
         store: StoreKind::Qdrant,
         qdrant: QdrantConfig {
+            rest_url: qdrant_rest_url(_server.as_ref()),
             url,
             api_key: std::env::var("QDRANT_API_KEY").ok(),
             collection_prefix: format!("ragdtest_{}_grpc_", std::process::id()),
@@ -191,6 +192,33 @@ async fn capitals_scenario(config: IndexerConfig) {
     let before = client.describe_collection(v1::DescribeCollectionRequest { name: "capitals".into() }).await;
     let before = before.expect("describe").into_inner();
     assert_eq!((before.documents, before.points), (237, 237));
+
+    // A snapshot restored under a new name answers as the collection does (on the Qdrant
+    // store through Qdrant's own snapshot API), then goes with its collection.
+    let snap = client
+        .create_snapshot(v1::CreateSnapshotRequest { collection: "capitals".into(), name: "s1".into() })
+        .await
+        .expect("snapshot")
+        .into_inner();
+    assert_eq!((snap.name.as_str(), snap.points), ("s1", 237));
+    let restore = v1::RestoreSnapshotRequest {
+        collection: "capitals".into(),
+        snapshot: "s1".into(),
+        target: "capitals-copy".into(),
+    };
+    client.restore_snapshot(restore.clone()).await.expect("restore");
+    for q in ["What is the capital of Germany?", "capital of Japan", "Andean capital"] {
+        let (a, b) = (text_query("capitals", q, 5), text_query("capitals-copy", q, 5));
+        let ids = |hits: Vec<v1::Hit>| hits.into_iter().map(|h| (h.doc_id, h.chunk)).collect::<Vec<_>>();
+        assert_eq!(ids(top(&mut client, a).await), ids(top(&mut client, b).await), "{q}");
+    }
+    let again = client.restore_snapshot(restore).await.expect_err("target exists");
+    assert_eq!(again.code(), Code::AlreadyExists);
+    client.drop_collection(v1::DropCollectionRequest { name: "capitals-copy".into() }).await.expect("drop");
+    client
+        .delete_snapshot(v1::DeleteSnapshotRequest { collection: "capitals".into(), snapshot: "s1".into() })
+        .await
+        .expect("delete snapshot");
 
     // Restart the indexer on the same data directory: same collection, same answers.
     indexer.stop().await.expect("clean stop");

@@ -26,6 +26,13 @@ async fn retrieve_reads_chunks_by_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_restores_into_a_new_name() {
+    let (_dir, store) = store();
+    let (snap, empty) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    store_suite::snapshot_restores_into_a_new_name(&store, "snap", snap.path(), empty.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reupsert_replaces_a_document() {
     let (_dir, store) = store();
     store_suite::reupsert_replaces_a_document(&store, "c").await;

@@ -10,7 +10,7 @@ use qdrant_client::qdrant::GetCollectionInfoRequest;
 use ragd_indexer::IndexError;
 use ragd_indexer::store::remote::{QdrantConfig, QdrantStore, compatible};
 use ragd_indexer::store::{SearchOptions, StoreSpec, VectorStore};
-use ragd_tests::qdrant_test_server::{QdrantProtocolTestServer, qdrant_url_or_test_server};
+use ragd_tests::qdrant_test_server::{QdrantProtocolTestServer, qdrant_rest_url, qdrant_url_or_test_server};
 use ragd_tests::store_suite::{self, ids, points, spec, vectors};
 
 /// A store on the target with a prefix of its own (tests share a real Qdrant).
@@ -18,6 +18,7 @@ async fn store() -> (Option<QdrantProtocolTestServer>, QdrantStore, QdrantConfig
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let (url, server) = qdrant_url_or_test_server().await;
     let config = QdrantConfig {
+        rest_url: qdrant_rest_url(server.as_ref()),
         url,
         api_key: std::env::var("QDRANT_API_KEY").ok(),
         collection_prefix: format!(
@@ -41,6 +42,35 @@ async fn exact_search_matches_brute_force() {
 async fn retrieve_reads_chunks_by_id() {
     let (_server, store, _) = store().await;
     store_suite::retrieve_reads_chunks_by_id(&store, "r").await;
+}
+
+/// Qdrant's own snapshot API: CreateSnapshot over gRPC, the file downloaded and later uploaded
+/// (recovered under a new name) over REST, the server's copy deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_restores_into_a_new_name() {
+    let (server, store, config) = store().await;
+    let (snap, empty) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    store_suite::snapshot_restores_into_a_new_name(&store, "snap", snap.path(), empty.path()).await;
+    let file = snap.path().join(ragd_indexer::store::remote::SNAPSHOT_FILE);
+    assert!(std::fs::metadata(&file).expect("the qdrant snapshot file").len() > 0);
+    if let Some(server) = &server {
+        assert_eq!(server.snapshot_count(), 0, "qdrant's own copy is deleted after the download");
+    }
+
+    // The REST URL is implied from a gRPC URL on port 6334; with neither, snapshots are refused
+    // naming the setting (the test server's gRPC port is not 6334).
+    let implied =
+        QdrantConfig { url: "http://qdrant:6334/".into(), rest_url: String::new(), ..config.clone() };
+    assert_eq!(implied.rest_url().as_deref(), Some("http://qdrant:6333"));
+    if server.is_some() {
+        let no_rest = QdrantConfig { rest_url: String::new(), ..config };
+        assert_eq!(no_rest.rest_url(), None);
+        let store = QdrantStore::connect(&no_rest).await.expect("connect");
+        store.create(&spec("plain", 1)).await.expect("create");
+        let err = store.snapshot("plain", snap.path()).await.expect_err("no REST URL");
+        assert!(matches!(err, IndexError::FailedPrecondition { field: "qdrant_rest_url", .. }), "{err:?}");
+        store.drop_collection("plain").await.expect("drop");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,23 +180,4 @@ async fn unreachable_qdrant_is_unavailable_not_a_panic() {
 fn version_compatibility_follows_qdrants_rule() {
     assert!(compatible("1.20.0") && compatible("1.19.3") && compatible("1.21.0") && compatible("v1.20.1"));
     assert!(!compatible("1.18.0") && !compatible("2.20.0") && !compatible("dev") && !compatible(""));
-}
-
-/// ragd's snapshots are the embedded store's: on a Qdrant cluster both calls are
-/// FAILED_PRECONDITION naming Qdrant's own snapshot API, and the collection is untouched.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_are_refused_with_a_pointer_to_qdrants_own() {
-    let (_server, store, _) = store().await;
-    store.create(&spec("snap", 1)).await.expect("create");
-    store.upsert("snap", &points(&vectors(2, 1))).await.expect("upsert");
-    let dir = tempfile::tempdir().expect("tempdir");
-    for err in [
-        store.snapshot("snap", dir.path()).await.expect_err("snapshot"),
-        store.restore(&spec("snap-copy", 1), dir.path()).await.expect_err("restore"),
-    ] {
-        assert!(matches!(err, IndexError::FailedPrecondition { .. }), "{err:?}");
-        assert!(err.to_string().contains("snapshots"), "{err}");
-    }
-    assert_eq!(store.stats("snap").await.expect("stats").points, 2);
-    store.drop_collection("snap").await.expect("drop");
 }

@@ -6,6 +6,7 @@
 pub mod edge;
 pub mod journal;
 pub mod merge;
+pub mod qdrant_rest;
 pub mod remote;
 
 use std::fmt::Debug;
@@ -305,9 +306,7 @@ pub struct ShardStats {
 fn no_snapshots(collection: &str) -> IndexError {
     IndexError::failed_precondition(
         "collection",
-        format!(
-            "collection {collection:?}: this store keeps no ragd snapshots; a Qdrant cluster has its own (POST /collections/{collection}/snapshots)"
-        ),
+        format!("collection {collection:?}: this store cannot take or restore snapshots"),
     )
 }
 

@@ -8,6 +8,7 @@
 //! the Qdrant-protocol test server reuses.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use qdrant_client::qdrant::{
 use qdrant_client::{Qdrant, QdrantError};
 
 use super::merge::merge_top_k;
+use super::qdrant_rest::Rest;
 use super::{
     ChunkPoint, Distance, Hit, KEYWORD_VECTOR, ScrollOut, ScrollPage, SearchOptions, ShardStats, SparseOf,
     SparseVector, StoreSpec, StoreStats, VectorStore,
@@ -47,6 +49,22 @@ pub struct QdrantConfig {
     /// Timeout of each Qdrant call, in seconds.
     #[arg(long = "qdrant-timeout-secs", env = "RAGD_QDRANT_TIMEOUT_SECS", default_value_t = 30)]
     pub timeout_secs: u64,
+    /// Qdrant REST URL (port 6333), which snapshots move over (Qdrant downloads and uploads
+    /// snapshot files over REST only); empty: the gRPC URL with port 6334 replaced by 6333.
+    #[arg(long = "qdrant-rest-url", env = "RAGD_QDRANT_REST_URL", default_value = "")]
+    pub rest_url: String,
+}
+
+impl QdrantConfig {
+    /// The REST URL: `rest_url`, or the gRPC URL's with port 6334 → 6333 (None when neither
+    /// says: snapshots are then refused naming the flag).
+    pub fn rest_url(&self) -> Option<String> {
+        if !self.rest_url.is_empty() {
+            return Some(self.rest_url.trim_end_matches('/').to_string());
+        }
+        let url = self.url.trim_end_matches('/');
+        url.strip_suffix(":6334").map(|base| format!("{base}:6333"))
+    }
 }
 
 impl Default for QdrantConfig {
@@ -61,7 +79,12 @@ pub struct QdrantStore {
     prefix: String,
     server_version: String,
     specs: RwLock<HashMap<String, StoreSpec>>,
+    /// Snapshots' file transfers (None: no REST URL known).
+    rest: Option<Rest>,
 }
+
+/// The Qdrant snapshot file inside a ragd snapshot of a Qdrant-store collection.
+pub const SNAPSHOT_FILE: &str = "qdrant.snapshot";
 
 impl std::fmt::Debug for QdrantStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,11 +150,23 @@ impl QdrantStore {
                 "qdrant server version may be incompatible with this client"
             );
         }
+        let rest = match config.rest_url() {
+            Some(base) => Some(Rest {
+                base,
+                api_key: config.api_key.clone(),
+                http: reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(config.timeout_secs.clamp(1, 10)))
+                    .build()
+                    .map_err(|e| IndexError::invalid("qdrant_rest_url", e.to_string()))?,
+            }),
+            None => None,
+        };
         Ok(Self {
             client,
             prefix: config.collection_prefix.clone(),
             server_version: health.version,
             specs: RwLock::new(HashMap::new()),
+            rest,
         })
     }
 
@@ -141,6 +176,16 @@ impl QdrantStore {
 
     fn qname(&self, collection: &str) -> String {
         format!("{}{collection}", self.prefix)
+    }
+
+    fn rest(&self) -> Result<&Rest, IndexError> {
+        self.rest.as_ref().ok_or_else(|| {
+            IndexError::failed_precondition(
+                "qdrant_rest_url",
+                "snapshots of the Qdrant store move over Qdrant's REST API: set --qdrant-rest-url \
+                 (RAGD_QDRANT_REST_URL), or a --qdrant-url on port 6334 to imply port 6333",
+            )
+        })
     }
 
     /// The given chunks' points (payload and dense vector as asked), in order; None for a
@@ -599,6 +644,76 @@ impl VectorStore for QdrantStore {
                     .transpose()
             })
             .collect()
+    }
+
+    /// Qdrant's own snapshot of the collection (gRPC CreateSnapshot), downloaded over REST into
+    /// `dir`, then deleted on the server: the copy lives with ragd's other snapshots. Qdrant's
+    /// snapshots are node-local, so a collection with a shard that lives only on other peers is
+    /// refused (FAILED_PRECONDITION) rather than half copied.
+    async fn snapshot(&self, collection: &str, dir: &Path) -> Result<(), IndexError> {
+        self.spec(collection)?;
+        let rest = self.rest()?;
+        let name = self.qname(collection);
+        let cluster = self
+            .client
+            .collection_cluster_info(CollectionClusterInfoRequest { collection_name: name.clone() })
+            .await
+            .map_err(remote_err)?;
+        let elsewhere: Vec<u32> = cluster
+            .remote_shards
+            .iter()
+            .map(|r| r.shard_id)
+            .filter(|id| !cluster.local_shards.iter().any(|l| l.shard_id == *id))
+            .collect();
+        if !elsewhere.is_empty() {
+            return Err(IndexError::failed_precondition(
+                "collection",
+                format!(
+                    "collection {collection:?}: shards {elsewhere:?} live only on other Qdrant peers, and a Qdrant \
+                     collection snapshot holds one peer's shards; snapshot each peer with Qdrant's API"
+                ),
+            ));
+        }
+        let created = self
+            .client
+            .create_snapshot(qdrant::CreateSnapshotRequest { collection_name: name.clone() })
+            .await
+            .map_err(remote_err)?;
+        let description = created.snapshot_description.ok_or_else(|| {
+            IndexError::Store(format!("qdrant created a snapshot of {name} without describing it"))
+        })?;
+        let expected = u64::try_from(description.size).ok().filter(|&s| s > 0);
+        let fetched = rest.download(&name, &description.name, expected, &dir.join(SNAPSHOT_FILE)).await;
+        let delete = qdrant::DeleteSnapshotRequest {
+            collection_name: name.clone(),
+            snapshot_name: description.name.clone(),
+        };
+        if let Err(e) = self.client.delete_snapshot(delete).await {
+            tracing::warn!(collection = %name, snapshot = %description.name, error = %e, "qdrant snapshot left on the server");
+        }
+        let bytes = fetched?;
+        tracing::info!(collection = %name, snapshot = %description.name, bytes, "qdrant snapshot downloaded");
+        Ok(())
+    }
+
+    /// Creates the Qdrant collection of `spec` from the Qdrant snapshot in `dir` (uploaded over
+    /// REST; Qdrant recovers it, payload indexes included).
+    async fn restore(&self, spec: &StoreSpec, dir: &Path) -> Result<(), IndexError> {
+        let rest = self.rest()?;
+        let file = dir.join(SNAPSHOT_FILE);
+        if !file.is_file() {
+            return Err(IndexError::failed_precondition(
+                "snapshot",
+                format!(
+                    "the snapshot holds no Qdrant snapshot file ({SNAPSHOT_FILE}): another store took it"
+                ),
+            ));
+        }
+        if self.exists(&spec.name).await? {
+            return Err(IndexError::CollectionExists(spec.name.clone()));
+        }
+        rest.upload(&self.qname(&spec.name), &file).await?;
+        self.remember(spec)
     }
 
     /// Qdrant ≥ 1.18 adds a named vector to a live collection (UpdateCollection); every point is
