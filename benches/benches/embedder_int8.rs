@@ -51,8 +51,22 @@ async fn grpc_load(url: &str, model: &str, clients: usize, texts: Arc<Vec<String
         let text = texts[i as usize % texts.len()].clone();
         let model = model.clone();
         async move {
-            let r = c.embed(v1::EmbedRequest { texts: vec![text], model, ..Default::default() }).await?;
-            Ok(r.into_inner().embeddings.len() as u64)
+            match c.embed(v1::EmbedRequest { texts: vec![text], model, ..Default::default() }).await {
+                Ok(r) => Ok(r.into_inner().embeddings.len() as u64),
+                // Like a real client, a refused one waits the hint before its next call (a closed
+                // loop retrying at once spends the server's cores on refusals).
+                Err(status) => {
+                    if let Some(ms) = status
+                        .metadata()
+                        .get("retry-after-ms")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+                    }
+                    Err(status)
+                }
+            }
         }
     })
     .await
@@ -157,6 +171,7 @@ struct Speed {
     many: [Vec<f64>; 2],
     p99_one: [Vec<f64>; 2],
     failed: u64,
+    errors: std::collections::BTreeMap<String, u64>,
 }
 
 fn ratio_median(s: &[Vec<f64>; 2]) -> f64 {
@@ -205,6 +220,7 @@ fn main() {
             many: Default::default(),
             p99_one: Default::default(),
             failed: 0,
+            errors: Default::default(),
         };
         let quality = rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -239,6 +255,9 @@ fn main() {
                     speed.many[m].push(many.items_per_sec);
                     speed.p99_one[m].push(one.latency.p99_ms);
                     speed.failed += one.requests_failed + many.requests_failed;
+                    for (code, n) in one.errors.iter().chain(&many.errors) {
+                        *speed.errors.entry(code.clone()).or_default() += n;
+                    }
                 }
             }
             let _ = stop_tx.send(());
@@ -301,7 +320,10 @@ fn main() {
             cos = quality.min_cosine,
         ));
         if speed.failed > 0 {
-            sections.push(format!("Failed requests during the gRPC runs: {}.\n", speed.failed));
+            sections.push(format!(
+                "Refused or failed calls during the gRPC runs: {} ({:?}); each refused client waited its retry hint.\n",
+                speed.failed, speed.errors
+            ));
         }
     }
 
@@ -312,7 +334,7 @@ fn main() {
          run by scripts/setup for every model): int8 weights per output channel in every projection and \
          feed-forward MatMul, activations quantized to uint8 per tensor at run time; embeddings, \
          LayerNorm, softmax and the attention products stay fp32. Inputs for speed: {WORDS}-word texts, \
-         one text per gRPC request, {secs:.0} s per measurement, {rounds} rounds alternating the models; \
+         one text per gRPC request (a client refused with RESOURCE_EXHAUSTED waits its retry hint), {secs:.0} s per measurement, {rounds} rounds alternating the models; \
          embedder defaults (CPU: 1 worker, max batch 64 texts / {budget} padded tokens).\n\n{sections}",
         machine = report::machine(),
         budget = EmbedderConfig::default().batch_tokens(),
