@@ -32,20 +32,14 @@ Usage: quantize_onnx.py --src EXPORTED_DIR --out OUT_DIR --name NAME [--keep-fp3
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
 
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_onnx import sha256  # noqa: E402  (the exporter's; one checksum for the manifest)
 
 
 def main() -> int:
