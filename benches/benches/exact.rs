@@ -9,7 +9,8 @@
 //! - section `exact-compressed`: every storage precision (f32, f16, bf16, int8 per dimension,
 //!   int8 per vector; each without and with 4× rescoring) on embedding-like vectors
 //!   (`ragd_exact::synthetic`): queries/s at batch 1 and 64 as a ratio to f32 in the same run,
-//!   recall@10 against f32 exact, bytes per vector; faiss IndexFlatIP, SQfp16, SQbf16 and SQ8 on
+//!   batch 64 as operations/s against the peak of its instruction (FMA, `vdpbf16ps`, `vpdpbusd`,
+//!   each probed by a register-only loop), recall@10 against f32 exact, bytes per vector; faiss IndexFlatIP, SQfp16, SQbf16 and SQ8 on
 //!   the same files as baselines. `RAGD_BENCH_EXACT_PARTS=compressed` runs only this part
 //!   (`flat` only the first); `RAGD_BENCH_COMPRESSED_N` vectors (default 1 000 000).
 //!
@@ -25,7 +26,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use ragd_bench::{bench_secs, ragd_home, report};
-use ragd_exact::kernel::{PROBE_FLOPS_PER_ITER, fma_probe};
+use ragd_exact::kernel::{DotKind, PROBE_FLOPS_PER_ITER, dot_probe, dot_probe_ops_per_iter, fma_probe};
 use ragd_exact::synthetic::embedding_like;
 use ragd_exact::{ExactIndex, Isa, Metric, Neighbor, Options, Precision};
 
@@ -101,6 +102,21 @@ fn fma_peak(isa: Isa, threads: usize) -> f64 {
         }
     });
     (iters * PROBE_FLOPS_PER_ITER * threads) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// Practical peak of a compressed dot-product instruction (`vdpbf16ps`, `vpdpbusd`) in G
+/// operations/s (a product or an addition each) with `threads` threads, as [`fma_peak`]; None where
+/// the CPU lacks it.
+fn dot_peak(isa: Isa, kind: DotKind, threads: usize) -> Option<f64> {
+    let iters = 20_000_000;
+    dot_probe(isa, kind, 1000)?;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| std::hint::black_box(dot_probe(isa, kind, iters)));
+        }
+    });
+    Some((iters * dot_probe_ops_per_iter(kind) * threads) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
 /// Queries/s of `search` (batch `batch` of the `nq` queries, the i-th call starting at
@@ -312,6 +328,24 @@ fn compressed() {
     let isa = Isa::detect();
     let threads = cores();
     let bwn = read_bandwidth(threads);
+    // The batched kernels' yardsticks: f32 and f16 (widened) run FMAs, bf16 `vdpbf16ps` and int8
+    // `vpdpbusd` where the CPU has them.
+    let fma = fma_peak(isa, threads);
+    let bf16_peak = dot_peak(isa, DotKind::Bf16, threads);
+    let int8_peak = dot_peak(isa, DotKind::Int8, threads);
+    eprintln!("peaks: FMA {fma:.0} GFLOP/s, bf16 dot {bf16_peak:?} GOP/s, int8 dot {int8_peak:?} GOP/s");
+    let peak_of = |precision: Precision| match precision {
+        Precision::Bf16 => bf16_peak.map_or((fma, "FMA"), |p| (p, "`vdpbf16ps`")),
+        Precision::Int8 | Precision::Int8PerVector => int8_peak.map_or((fma, "FMA"), |p| (p, "`vpdpbusd`")),
+        _ => (fma, "FMA"),
+    };
+    // Batch 64 as operations/s (a multiply and an add per stored value per query) against the
+    // peak of the instruction that computes them.
+    let use_of = |q64: f64, precision: Precision| {
+        let (peak, name) = peak_of(precision);
+        let gops = q64 * 2.0 * (n * DIM) as f64 / 1e9;
+        format!("{gops:.0} GOP/s, {:.0} % of {name}", 100.0 * gops / peak)
+    };
     let data = embedding_like(n + QUERIES, DIM, 3);
     let (vectors, queries) = data.split_at(n * DIM);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -352,9 +386,10 @@ fn compressed() {
         (a, a / b)
     };
     let mut rows = format!(
-        "| ragd-exact f32 | – | {} | {base1:.0} | 1.00× | {:.1} GB/s | {base64:.0} | 1.00× | 1.000 (reference) |\n",
+        "| ragd-exact f32 | – | {} | {base1:.0} | 1.00× | {:.1} GB/s | {base64:.0} | 1.00× | {} | 1.000 (reference) |\n",
         reference.bytes_per_vector(),
-        gbs(base1, &reference)
+        gbs(base1, &reference),
+        use_of(base64, Precision::F32),
     );
     for precision in [Precision::F16, Precision::Bf16, Precision::Int8, Precision::Int8PerVector] {
         for rescore in [0, 4] {
@@ -366,11 +401,12 @@ fn compressed() {
                 precision.name(),
             );
             rows.push_str(&format!(
-                "| ragd-exact {} | {} | {} | {q1:.0} | **{x1:.2}×** | {:.1} GB/s | {q64:.0} | {x64:.2}× | {r:.3} |\n",
+                "| ragd-exact {} | {} | {} | {q1:.0} | **{x1:.2}×** | {:.1} GB/s | {q64:.0} | **{x64:.2}×** | {} | {r:.3} |\n",
                 precision.name(),
                 if rescore > 0 { format!("{rescore}× (f32 resident)") } else { "none".into() },
                 index.bytes_per_vector(),
                 gbs(q1, &index),
+                use_of(q64, precision),
             ));
         }
     }
@@ -383,14 +419,14 @@ fn compressed() {
                     f.ids.iter().map(|h| h.iter().map(|id| *id as u64).collect()).collect();
                 let (q1, q64) = (f.qps["1"], f.qps["64"]);
                 rows.push_str(&format!(
-                    "| faiss {factory} | – | {bytes} | {q1:.0} | {:.2}× | {:.1} GB/s | {q64:.0} | {:.2}× | {:.3} |\n",
+                    "| faiss {factory} | – | {bytes} | {q1:.0} | {:.2}× | {:.1} GB/s | {q64:.0} | {:.2}× | – | {:.3} |\n",
                     q1 / base1,
                     q1 * (n * bytes) as f64 / 1e9,
                     q64 / base64,
                     recall(&got, &truth)
                 ));
             }
-            None => rows.push_str(&format!("| faiss {factory} | – | {bytes} | not run | | | | | |\n")),
+            None => rows.push_str(&format!("| faiss {factory} | – | {bytes} | not run | | | | | | |\n")),
         }
     }
     let faiss_note = match faiss_version {
@@ -403,18 +439,23 @@ fn compressed() {
          {n} embedding-like unit vectors (`ragd_exact::synthetic`: 20 clusters, a shared mean, per-dimension \
          scales differing by 10×), d = {DIM}, inner product, k = {K}; queries/s over {secs:.0} s per cell, \
          ratios (÷ f32) against ragd-exact f32 measured in {ROUNDS} alternating rounds with each row (this VM's bandwidth drifts by ±20 % over minutes), faiss's against the f32 row; recall@10 of the first 100 queries, searched one at a time, against f32 exact. \
-         Kernel `{isa}`, {threads} threads; read bandwidth probed in the same run {bwn:.1} GB/s. \
-         Every precision is scored on its stored form (batch < 4: widened in registers; int8 codes by \
-         AVX-512 VNNI `vpdpbusd` with the query quantised to int8 too, bf16 by `vdpbf16ps` with the query rounded to bf16; larger batches: each block widened once); rescoring takes the best k × 4 by compressed score and re-ranks them \
-         with the f32 rows kept resident. Baselines: {faiss_note} on the same files.\n\n\
-         | engine, storage | rescoring | bytes / vector | batch 1 q/s | ÷ f32 | scanned | batch 64 q/s | ÷ f32 | recall@10 |\n\
-         |---|---|---:|---:|---|---:|---:|---|---:|\n\
+         Kernel `{isa}`, {threads} threads; probed in the same run: read bandwidth {bwn:.1} GB/s, FMA peak {fma:.0} GFLOP/s, \
+         `vdpbf16ps` peak {bf16p}, `vpdpbusd` peak {int8p} (register-only loops, all cores; an operation is a multiply or an add). \
+         Every precision is scored on its stored form: int8 codes by AVX-512 VNNI `vpdpbusd` with the queries quantised to int8 too, \
+         bf16 by `vdpbf16ps` with the queries rounded to bf16, both in 4 queries × 4 rows tiles at batch ≥ 4; f16 widened in registers \
+         at batch < 4, each block widened once at larger batches. Rescoring takes the best k × 4 by compressed score and re-ranks them \
+         with the f32 rows kept resident. Batch-64 use: operations/s (2 per stored value per query) against the peak of the instruction \
+         that computes them. Baselines: {faiss_note} on the same files.\n\n\
+         | engine, storage | rescoring | bytes / vector | batch 1 q/s | ÷ f32 | scanned | batch 64 q/s | ÷ f32 | batch 64 use | recall@10 |\n\
+         |---|---|---:|---:|---|---:|---:|---|---|---:|\n\
          {rows}\n\
          Targets (issue 20): batch 1 ≥ 1.8× f32 for f16/bf16 and ≥ 3× for int8, at recall@10 ≥ 0.99 \
          (with rescoring where needed).\n",
         machine = report::machine(),
         secs = bench_secs().as_secs_f64(),
         isa = isa.name(),
+        bf16p = bf16_peak.map_or("not on this CPU".into(), |p| format!("{p:.0} GOP/s")),
+        int8p = int8_peak.map_or("not on this CPU".into(), |p| format!("{p:.0} GOP/s")),
     );
     println!("{body}");
     report::update_section(&report::benchmarks_md(), "exact-compressed", &body)

@@ -385,10 +385,90 @@ mod avx512 {
             }
             at += LANES;
         }
+        let sums = tsum_ps(acc);
         for i in 0..4 {
             for j in 0..4 {
-                out[i * os + j] = _mm512_reduce_add_ps(acc[i * 4 + j]);
+                out[i * os + j] = sums[4 * j + i];
             }
+        }
+    }
+
+    /// The transposing reduction of a 4 × 4 tile's 16 accumulators: `out[4 * j + i]` is the sum
+    /// of the lanes of `acc[4 * i + j]`. Pairs of vectors are folded together (halves, quarters,
+    /// then lanes within each 128-bit quarter), 45 shuffles and adds for all 16 sums where 16
+    /// horizontal reductions take 8 each. `$add` adds lanes of the element type on f32 bit
+    /// patterns (shuffles only move bits); the result is those bit patterns.
+    macro_rules! tsum {
+        ($name:ident, $add:ident) => {
+            #[inline]
+            #[target_feature(enable = "avx512f")]
+            fn $name(a: [__m512; 16]) -> [f32; 16] {
+                let mut x = [_mm512_setzero_ps(); 8];
+                for k in 0..8 {
+                    let (p, q) = (a[2 * k], a[2 * k + 1]);
+                    // [p0 + p2, p1 + p3, q0 + q2, q1 + q3] (128-bit quarters)
+                    x[k] = $add(_mm512_shuffle_f32x4::<0x44>(p, q), _mm512_shuffle_f32x4::<0xEE>(p, q));
+                }
+                let mut y = [_mm512_setzero_ps(); 4];
+                for m in 0..4 {
+                    let (p, q) = (x[2 * m], x[2 * m + 1]);
+                    // quarter l: four partial sums of a[4m + l]
+                    y[m] = $add(_mm512_shuffle_f32x4::<0x88>(p, q), _mm512_shuffle_f32x4::<0xDD>(p, q));
+                }
+                let mut z = [_mm512_setzero_ps(); 2];
+                for t in 0..2 {
+                    let (p, q) = (y[2 * t], y[2 * t + 1]);
+                    // quarter l: two partial sums of a[8t + l], then two of a[8t + 4 + l]
+                    z[t] = $add(_mm512_shuffle_ps::<0x88>(p, q), _mm512_shuffle_ps::<0xDD>(p, q));
+                }
+                // quarter l: the sums of a[l], a[4 + l], a[8 + l], a[12 + l]
+                let w = $add(_mm512_shuffle_ps::<0x88>(z[0], z[1]), _mm512_shuffle_ps::<0xDD>(z[0], z[1]));
+                let mut out = [0.0f32; 16];
+                // SAFETY: `out` holds 16 floats, the 64 bytes an unaligned store writes.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), w) };
+                out
+            }
+        };
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn add_f32(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn add_i32(a: __m512, b: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+    }
+
+    tsum!(tsum_ps, add_f32);
+    tsum!(tsum_bits_i32, add_i32);
+
+    /// [`tsum_ps`] for i32 accumulators.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn tsum_epi32(acc: [__m512i; 16]) -> [i32; 16] {
+        let mut a = [_mm512_setzero_ps(); 16];
+        for (a, v) in a.iter_mut().zip(acc) {
+            *a = _mm512_castsi512_ps(v);
+        }
+        tsum_bits_i32(a).map(|x| x.to_bits() as i32)
+    }
+
+    /// [`tsum_ps`] and [`tsum_epi32`] for tests: the sums of 16 vectors given as arrays (None
+    /// without AVX-512F).
+    #[cfg(test)]
+    pub fn tsum_for_test(acc: [[f32; 16]; 16]) -> Option<([f32; 16], [i32; 16])> {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return None;
+        }
+        // SAFETY: the CPU supports AVX-512F (checked above); each load reads one 16-element array.
+        unsafe {
+            let fv = acc.map(|a| _mm512_loadu_ps(a.as_ptr()));
+            let iv = acc.map(|a| _mm512_loadu_si512(a.map(|x| x as i32).as_ptr().cast()));
+            Some((tsum_ps(fv), tsum_epi32(iv)))
         }
     }
 
@@ -474,29 +554,129 @@ mod avx512 {
         acc.map(|a| _mm512_reduce_add_epi32(a))
     }
 
-    /// [`super::code_dots`]' kernel: 4 rows at a time, then the rest one by one.
+    /// A 4 × 4 tile of integer dots: queries `q[i * stride..]` (i < 4) against rows `j..j + 4`,
+    /// 16 `vpdpbusd` accumulators, each row and query vector loaded once per 64-byte step and
+    /// used 4 times. `out[4 * r + i]` is query i against row j + r. `FLIP`: signed codes, each
+    /// byte XORed with 0x80 (read as `c + 128`).
     ///
     /// # Safety
-    /// The CPU supports AVX-512F, BW and VNNI. The bounds the loads rely on (`q` holds `stride`
-    /// bytes, `rows` `nr * stride`, `out` `nr`) are checked here, in release builds too.
+    /// The CPU supports AVX-512F, BW and VNNI. `q` holds `4 * stride` bytes and `rows`
+    /// `(j + 4) * stride` (checked by the caller, [`dots`], before the loop).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dots(q: &[i8], rows: &[u8], nr: usize, stride: usize, flip: bool, out: &mut [i32]) {
+    unsafe fn codes_tile<const FLIP: bool>(q: &[i8], rows: &[u8], j: usize, stride: usize) -> [i32; 16] {
+        let full = stride / 64 * 64;
+        let tail = stride - full;
+        let flipv = _mm512_set1_epi8(i8::MIN);
+        // Unsigned codes as they are; signed ones + 128 (the XOR only where they are signed).
+        let code = |v: __m512i| if FLIP { _mm512_xor_si512(v, flipv) } else { v };
+        let (qp, rp) = (q.as_ptr(), rows.as_ptr());
+        let mut acc = [_mm512_setzero_si512(); 16];
+        let mut at = 0;
+        while at < full {
+            // SAFETY: `at + 64 <= full <= stride`: query i reads `q[i * stride + at..][..64]` and
+            // row r `rows[(j + r) * stride + at..][..64]`, inside the bounds the caller checked.
+            unsafe {
+                let mut rv = [_mm512_setzero_si512(); 4];
+                for (r, v) in rv.iter_mut().enumerate() {
+                    *v = code(_mm512_loadu_si512(rp.add((j + r) * stride + at).cast()));
+                }
+                for i in 0..4 {
+                    let qv = _mm512_loadu_si512(qp.add(i * stride + at).cast());
+                    for r in 0..4 {
+                        acc[4 * i + r] = _mm512_dpbusd_epi32(acc[4 * i + r], rv[r], qv);
+                    }
+                }
+            }
+            at += 64;
+        }
+        if tail > 0 {
+            let mask: __mmask64 = (1u64 << tail) - 1;
+            // SAFETY: masked loads read only the `tail` bytes `[at, stride)` of each query and
+            // row, inside the checked bounds; masked-off query bytes are zero and add nothing.
+            unsafe {
+                let mut rv = [_mm512_setzero_si512(); 4];
+                for (r, v) in rv.iter_mut().enumerate() {
+                    *v = code(_mm512_maskz_loadu_epi8(mask, rp.add((j + r) * stride + at).cast()));
+                }
+                for i in 0..4 {
+                    let qv = _mm512_maskz_loadu_epi8(mask, qp.add(i * stride + at));
+                    for r in 0..4 {
+                        acc[4 * i + r] = _mm512_dpbusd_epi32(acc[4 * i + r], rv[r], qv);
+                    }
+                }
+            }
+        }
+        tsum_epi32(acc)
+    }
+
+    /// [`super::code_dots`]' kernel: 4 queries × 4 rows at a time ([`codes_tile`]); the rows
+    /// left over, and the queries left over, one query against 4 rows and then single rows.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, BW and VNNI. The bounds the loads rely on (`q` holds
+    /// `nq * stride` bytes, `rows` `nr * stride`, `out` `nq * nr`) are checked here, in release
+    /// builds too.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dots(
+        q: &[i8],
+        nq: usize,
+        rows: &[u8],
+        nr: usize,
+        stride: usize,
+        flip: bool,
+        out: &mut [i32],
+    ) {
         assert!(
-            q.len() >= stride && rows.len() >= nr * stride && out.len() >= nr,
-            "dots: stride {stride}, q {} bytes, rows {} bytes for {nr}",
+            q.len() >= nq * stride && rows.len() >= nr * stride && out.len() >= nq * nr,
+            "dots: stride {stride}, q {} bytes for {nq}, rows {} bytes for {nr}",
             q.len(),
             rows.len()
         );
-        let mut j = 0;
-        while j + TR <= nr {
-            // SAFETY: VNNI as above; rows j..j + 4 are inside `rows` (checked above).
-            out[j..j + TR].copy_from_slice(&unsafe { dots_block::<TR>(q, rows, j, stride, flip) });
-            j += TR;
+        let mut i = 0;
+        while i + TQ <= nq {
+            let qs = &q[i * stride..(i + TQ) * stride];
+            let mut j = 0;
+            while j + TR <= nr {
+                // SAFETY: VNNI as above; queries i..i + 4 (`qs`) and rows j..j + 4 are inside
+                // the slices (checked above).
+                let t = unsafe {
+                    if flip {
+                        codes_tile::<true>(qs, rows, j, stride)
+                    } else {
+                        codes_tile::<false>(qs, rows, j, stride)
+                    }
+                };
+                for a in 0..TQ {
+                    for r in 0..TR {
+                        out[(i + a) * nr + j + r] = t[4 * r + a];
+                    }
+                }
+                j += TR;
+            }
+            for a in 0..TQ {
+                for jj in j..nr {
+                    // SAFETY: as above, query i + a against row jj alone.
+                    out[(i + a) * nr + jj] =
+                        unsafe { dots_block::<1>(&qs[a * stride..], rows, jj, stride, flip) }[0];
+                }
+            }
+            i += TQ;
         }
-        while j < nr {
-            // SAFETY: as above, for row j alone.
-            out[j] = unsafe { dots_block::<1>(q, rows, j, stride, flip) }[0];
-            j += 1;
+        while i < nq {
+            let qi = &q[i * stride..(i + 1) * stride];
+            let o = &mut out[i * nr..(i + 1) * nr];
+            let mut j = 0;
+            while j + TR <= nr {
+                // SAFETY: VNNI as above; rows j..j + 4 are inside `rows` (checked above).
+                o[j..j + TR].copy_from_slice(&unsafe { dots_block::<TR>(qi, rows, j, stride, flip) });
+                j += TR;
+            }
+            while j < nr {
+                // SAFETY: as above, for row j alone.
+                o[j] = unsafe { dots_block::<1>(qi, rows, j, stride, flip) }[0];
+                j += 1;
+            }
+            i += 1;
         }
     }
 
@@ -551,36 +731,143 @@ mod avx512 {
         acc.map(|a| _mm512_reduce_add_ps(a))
     }
 
-    /// [`super::bf16_dots`]' kernel: 4 rows at a time, then the rest one by one.
+    /// A 4 × 4 tile of bf16 dots: queries `q[i * stride..]` (i < 4) against rows `j..j + 4`, 16
+    /// `vdpbf16ps` accumulators, each vector loaded once per 32-value step and used 4 times.
+    /// `out[4 * r + i]` is query i against row j + r.
     ///
     /// # Safety
-    /// The CPU supports AVX-512F, BW and BF16. The bounds the loads rely on (`q` holds `stride`
-    /// values, `rows` `nr * stride`, `out` `nr`) are checked here, in release builds too.
+    /// The CPU supports AVX-512F, BW and BF16. `q` holds `4 * stride` values and `rows`
+    /// `(j + 4) * stride` (checked by the caller, [`bf16_rows`], before the loop).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn bf16_tile(q: &[half::bf16], rows: &[half::bf16], j: usize, stride: usize) -> [f32; 16] {
+        let full = stride / 32 * 32;
+        let (qp, rp) = (q.as_ptr().cast::<u16>(), rows.as_ptr().cast::<u16>());
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let mut at = 0;
+        // The last step masked to 16 values where the stride is not a multiple of 32.
+        while at < stride {
+            let mask: __mmask32 = if at < full { u32::MAX } else { 0xFFFF };
+            // SAFETY: `at < stride` and either `at + 32 <= full` or the mask reads only the 16
+            // values `[at, stride)` (stride a multiple of 16): query i reads inside
+            // `q[i * stride..(i + 1) * stride]`, row r inside its row, within the bounds the
+            // caller checked. A bf16 vector is 32 u16 bit patterns, as loaded; masked-off lanes
+            // are zero and add nothing.
+            unsafe {
+                let load = |r: usize| _mm512_maskz_loadu_epi16(mask, rp.add((j + r) * stride + at).cast());
+                let rv: [__m512bh; 4] = [
+                    std::mem::transmute::<__m512i, __m512bh>(load(0)),
+                    std::mem::transmute::<__m512i, __m512bh>(load(1)),
+                    std::mem::transmute::<__m512i, __m512bh>(load(2)),
+                    std::mem::transmute::<__m512i, __m512bh>(load(3)),
+                ];
+                for i in 0..4 {
+                    let qv = std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(
+                        mask,
+                        qp.add(i * stride + at).cast(),
+                    ));
+                    for r in 0..4 {
+                        acc[4 * i + r] = _mm512_dpbf16_ps(acc[4 * i + r], rv[r], qv);
+                    }
+                }
+            }
+            at += 32;
+        }
+        tsum_ps(acc)
+    }
+
+    /// [`super::bf16_dots`]' kernel: 4 queries × 4 rows at a time ([`bf16_tile`]); the rows and
+    /// queries left over, one query against 4 rows and then single rows.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, BW and BF16. The bounds the loads rely on (`q` holds
+    /// `nq * stride` values, `rows` `nr * stride`, `out` `nq * nr`) are checked here, in release
+    /// builds too.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn bf16_rows(
         q: &[half::bf16],
+        nq: usize,
         rows: &[half::bf16],
         nr: usize,
         stride: usize,
         out: &mut [f32],
     ) {
         assert!(
-            q.len() >= stride && rows.len() >= nr * stride && out.len() >= nr,
-            "bf16_rows: stride {stride}, q {} values, rows {} values for {nr}",
+            q.len() >= nq * stride && rows.len() >= nr * stride && out.len() >= nq * nr,
+            "bf16_rows: stride {stride}, q {} values for {nq}, rows {} values for {nr}",
             q.len(),
             rows.len()
         );
-        let mut j = 0;
-        while j + TR <= nr {
-            // SAFETY: BF16 as above; rows j..j + 4 are inside `rows` (checked above).
-            out[j..j + TR].copy_from_slice(&unsafe { bf16_block::<TR>(q, rows, j, stride) });
-            j += TR;
+        let mut i = 0;
+        while i + TQ <= nq {
+            let qs = &q[i * stride..(i + TQ) * stride];
+            let mut j = 0;
+            while j + TR <= nr {
+                // SAFETY: BF16 as above; queries i..i + 4 (`qs`) and rows j..j + 4 are inside the
+                // slices (checked above).
+                let t = unsafe { bf16_tile(qs, rows, j, stride) };
+                for a in 0..TQ {
+                    for r in 0..TR {
+                        out[(i + a) * nr + j + r] = t[4 * r + a];
+                    }
+                }
+                j += TR;
+            }
+            for a in 0..TQ {
+                for jj in j..nr {
+                    // SAFETY: as above, query i + a against row jj alone.
+                    out[(i + a) * nr + jj] =
+                        unsafe { bf16_block::<1>(&qs[a * stride..], rows, jj, stride) }[0];
+                }
+            }
+            i += TQ;
         }
-        while j < nr {
-            // SAFETY: as above, for row j alone.
-            out[j] = unsafe { bf16_block::<1>(q, rows, j, stride) }[0];
-            j += 1;
+        while i < nq {
+            let qi = &q[i * stride..(i + 1) * stride];
+            let o = &mut out[i * nr..(i + 1) * nr];
+            let mut j = 0;
+            while j + TR <= nr {
+                // SAFETY: BF16 as above; rows j..j + 4 are inside `rows` (checked above).
+                o[j..j + TR].copy_from_slice(&unsafe { bf16_block::<TR>(qi, rows, j, stride) });
+                j += TR;
+            }
+            while j < nr {
+                // SAFETY: as above, for row j alone.
+                o[j] = unsafe { bf16_block::<1>(qi, rows, j, stride) }[0];
+                j += 1;
+            }
+            i += 1;
         }
+    }
+
+    /// 12 independent `vdpbf16ps` chains in registers, `iters` times: the core's bf16
+    /// dot-product peak (64 FLOPs per instruction: 32 products, 32 additions).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub fn bf16_probe(iters: usize) -> f32 {
+        let b: __m512bh = _mm512_cvtne2ps_pbh(
+            _mm512_set1_ps(std::hint::black_box(1e-3)),
+            _mm512_set1_ps(std::hint::black_box(1e-3)),
+        );
+        let mut acc = [_mm512_setzero_ps(); 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, b, b);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
+
+    /// 12 independent `vpdpbusd` chains in registers, `iters` times: the core's int8
+    /// dot-product peak (128 integer ops per instruction: 64 products, 64 additions).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub fn vnni_probe(iters: usize) -> i32 {
+        let b = _mm512_set1_epi8(std::hint::black_box(1));
+        let mut acc = [_mm512_setzero_si512(); 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbusd_epi32(*a, b, b);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_epi32(*a)).fold(0, i32::wrapping_add)
     }
 
     /// 12 independent FMA chains in registers, `iters` times: the core's FMA peak.
@@ -663,14 +950,15 @@ pub fn vnni(isa: Isa) -> bool {
     }
 }
 
-/// Integer dot products of one int8 query with `nr` rows of 8-bit codes (`stride` each):
-/// `out[j] = Σ_d q[d] · c_jd`, by AVX-512 VNNI `vpdpbusd` (64 products per instruction; signed
-/// codes are scored as `c + 128` and the query's sum × 128 taken off). None when the CPU lacks
-/// VNNI ([`vnni`]) or `T` is not an 8-bit code.
+/// Integer dot products of `nq` int8 queries with `nr` rows of 8-bit codes (`stride` each):
+/// `out[i * nr + j] = Σ_d q_i[d] · c_jd`, by AVX-512 VNNI `vpdpbusd` (64 products per instruction,
+/// 4 queries × 4 rows per tile; signed codes are scored as `c + 128` and each query's sum × 128
+/// taken off). None when the CPU lacks VNNI ([`vnni`]) or `T` is not an 8-bit code.
 #[allow(unsafe_code)]
 pub fn code_dots<T: Row>(
     isa: Isa,
     q: &[i8],
+    nq: usize,
     rows: &[T],
     nr: usize,
     stride: usize,
@@ -678,7 +966,7 @@ pub fn code_dots<T: Row>(
 ) -> Option<()> {
     let signed = T::SIGNED_CODE?;
     assert!(stride.is_multiple_of(LANES), "stride is a multiple of LANES");
-    assert!(q.len() >= stride && rows.len() >= nr * stride && out.len() >= nr);
+    assert!(q.len() >= nq * stride && rows.len() >= nr * stride && out.len() >= nq * nr);
     assert_eq!(std::mem::size_of::<T>(), 1, "8-bit codes");
     if !vnni(isa) {
         return None;
@@ -690,10 +978,12 @@ pub fn code_dots<T: Row>(
         let bytes = unsafe { std::slice::from_raw_parts(rows.as_ptr().cast::<u8>(), rows.len()) };
         // SAFETY: the CPU supports AVX-512F, BW and VNNI (`vnni` checked it); `dots` checks
         // its slice bounds itself.
-        unsafe { avx512::dots(q, bytes, nr, stride, signed, out) };
+        unsafe { avx512::dots(q, nq, bytes, nr, stride, signed, out) };
         if signed {
-            let qsum: i32 = q[..stride].iter().map(|&x| i32::from(x)).sum();
-            out[..nr].iter_mut().for_each(|x| *x -= 128 * qsum);
+            for (qi, o) in q.chunks_exact(stride).zip(out.chunks_exact_mut(nr)).take(nq) {
+                let qsum: i32 = qi.iter().map(|&x| i32::from(x)).sum();
+                o.iter_mut().for_each(|x| *x -= 128 * qsum);
+            }
         }
         Some(())
     }
@@ -719,13 +1009,14 @@ pub fn bf16_dot(isa: Isa) -> bool {
     }
 }
 
-/// Dot products of one bf16 query with `nr` bf16 rows (`stride` each), f32 accumulation:
-/// AVX-512 BF16 `vdpbf16ps`, 32 products per instruction. None when the CPU lacks it
-/// ([`bf16_dot`]) or the rows are not bf16.
+/// Dot products of `nq` bf16 queries with `nr` bf16 rows (`stride` each), f32 accumulation,
+/// `out[i * nr + j]`: AVX-512 BF16 `vdpbf16ps`, 32 products per instruction, 4 queries × 4 rows
+/// per tile. None when the CPU lacks it ([`bf16_dot`]) or the rows are not bf16.
 #[allow(unsafe_code)]
 pub fn bf16_dots<T: Row>(
     isa: Isa,
     q: &[half::bf16],
+    nq: usize,
     rows: &[T],
     nr: usize,
     stride: usize,
@@ -740,12 +1031,12 @@ pub fn bf16_dots<T: Row>(
     {
         // SAFETY: the CPU supports AVX-512F, BW and BF16 (`bf16_dot` checked it); `bf16_rows`
         // checks its slice bounds itself.
-        unsafe { avx512::bf16_rows(q, rows, nr, stride, out) };
+        unsafe { avx512::bf16_rows(q, nq, rows, nr, stride, out) };
         Some(())
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (q, rows, nr, out);
+        let _ = (q, nq, rows, nr, out);
         None
     }
 }
@@ -834,6 +1125,46 @@ pub fn fma_probe(isa: Isa, iters: usize) -> f32 {
     }
 }
 
+/// Operations (multiplies and adds) per [`dot_probe`] iteration: 12 instructions of 32 bf16
+/// products (`vdpbf16ps`) or 64 int8 products (`vpdpbusd`), each product with its addition.
+pub fn dot_probe_ops_per_iter(kind: DotKind) -> usize {
+    match kind {
+        DotKind::Bf16 => 12 * 32 * 2,
+        DotKind::Int8 => 12 * 64 * 2,
+    }
+}
+
+/// The compressed dot-product instructions the kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotKind {
+    /// AVX-512 BF16 `vdpbf16ps`.
+    Bf16,
+    /// AVX-512 VNNI `vpdpbusd`.
+    Int8,
+}
+
+/// A register-only loop of `kind`'s dot-product instruction: with [`dot_probe_ops_per_iter`] it
+/// measures the core's practical peak for that instruction, the yardstick of the batched bf16
+/// and int8 kernels. None where the CPU lacks the instruction ([`bf16_dot`], [`vnni`]).
+#[allow(unsafe_code)]
+pub fn dot_probe(isa: Isa, kind: DotKind, iters: usize) -> Option<f32> {
+    match kind {
+        DotKind::Bf16 if bf16_dot(isa) => {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU supports AVX-512F, BW and BF16 (`bf16_dot` checked it).
+            return Some(unsafe { avx512::bf16_probe(iters) });
+        }
+        DotKind::Int8 if vnni(isa) => {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU supports AVX-512F, BW and VNNI (`vnni` checked it).
+            return Some(unsafe { avx512::vnni_probe(iters) } as f32);
+        }
+        _ => {}
+    }
+    let _ = iters;
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -891,30 +1222,36 @@ mod tests {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (state >> 56) as u8
         };
-        // Strides with no, one, two and three 16-byte tails after the 64-byte steps.
+        // Strides with no, one, two and three 16-byte tails after the 64-byte steps; query counts
+        // with no 4 × 4 tile, one, one and a query left over, two and one left over; row counts
+        // likewise.
         for dim in [16, 37, 100, 384, 390] {
             let s = stride(dim);
-            for nr in [1, 3, 4, 9] {
-                let q: Vec<i8> = (0..s).map(|_| next() as i8).map(|x| x.max(-127)).collect();
+            for (nq, nr) in [(1, 1), (1, 9), (4, 4), (4, 3), (5, 9), (9, 13)] {
+                let q: Vec<i8> = (0..nq * s).map(|_| next() as i8).map(|x| x.max(-127)).collect();
                 let rows_u8: Vec<u8> = (0..nr * s).map(|_| next()).collect();
                 let rows_i8: Vec<i8> = rows_u8.iter().map(|&x| (x as i8).max(-127)).collect();
-                let naive = |row: &dyn Fn(usize) -> i32, j: usize| -> i32 {
-                    (0..s).map(|d| i32::from(q[d]) * row(j * s + d)).sum()
+                let naive = |row: &dyn Fn(usize) -> i32, i: usize, j: usize| -> i32 {
+                    (0..s).map(|d| i32::from(q[i * s + d]) * row(j * s + d)).sum()
                 };
-                let mut out = vec![0i32; nr];
-                code_dots(Isa::Avx512, &q, &rows_u8, nr, s, &mut out).expect("vnni");
-                for (j, got) in out.iter().enumerate() {
-                    assert_eq!(*got, naive(&|i| i32::from(rows_u8[i]), j), "u8 dim {dim} nr {nr} row {j}");
+                let mut out = vec![0i32; nq * nr];
+                code_dots(Isa::Avx512, &q, nq, &rows_u8, nr, s, &mut out).expect("vnni");
+                for (at, got) in out.iter().enumerate() {
+                    let (i, j) = (at / nr, at % nr);
+                    let want = naive(&|x| i32::from(rows_u8[x]), i, j);
+                    assert_eq!(*got, want, "u8 dim {dim} {nq}x{nr} ({i},{j})");
                 }
-                code_dots(Isa::Avx512, &q, &rows_i8, nr, s, &mut out).expect("vnni");
-                for (j, got) in out.iter().enumerate() {
-                    assert_eq!(*got, naive(&|i| i32::from(rows_i8[i]), j), "i8 dim {dim} nr {nr} row {j}");
+                code_dots(Isa::Avx512, &q, nq, &rows_i8, nr, s, &mut out).expect("vnni");
+                for (at, got) in out.iter().enumerate() {
+                    let (i, j) = (at / nr, at % nr);
+                    let want = naive(&|x| i32::from(rows_i8[x]), i, j);
+                    assert_eq!(*got, want, "i8 dim {dim} {nq}x{nr} ({i},{j})");
                 }
             }
         }
         // Not codes, or not VNNI: None.
-        assert!(code_dots(Isa::Avx512, &[0i8; 16], &[0.0f32; 16], 1, 16, &mut [0]).is_none());
-        assert!(code_dots(Isa::Baseline, &[0i8; 16], &[0u8; 16], 1, 16, &mut [0]).is_none());
+        assert!(code_dots(Isa::Avx512, &[0i8; 16], 1, &[0.0f32; 16], 1, 16, &mut [0]).is_none());
+        assert!(code_dots(Isa::Baseline, &[0i8; 16], 1, &[0u8; 16], 1, 16, &mut [0]).is_none());
     }
 
     #[test]
@@ -928,27 +1265,65 @@ mod tests {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             half::bf16::from_f32(((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5)
         };
-        // Strides with and without a 16-value tail after the 32-value steps.
+        // Strides with and without a 16-value tail after the 32-value steps; query and row
+        // counts as in the VNNI test.
         for dim in [16, 37, 100, 384] {
             let s = stride(dim);
-            for nr in [1, 3, 4, 9] {
-                let q: Vec<half::bf16> = (0..s).map(|_| next()).collect();
+            for (nq, nr) in [(1, 1), (1, 9), (4, 4), (4, 3), (5, 9), (9, 13)] {
+                let q: Vec<half::bf16> = (0..nq * s).map(|_| next()).collect();
                 let rows: Vec<half::bf16> = (0..nr * s).map(|_| next()).collect();
                 // Decoded by hand: a bf16 is the upper half of an f32.
                 let f = |b: half::bf16| f32::from_bits(u32::from(b.to_bits()) << 16);
-                let mut out = vec![0.0f32; nr];
-                bf16_dots(Isa::Avx512, &q, &rows, nr, s, &mut out).expect("bf16");
-                for (j, got) in out.iter().enumerate() {
-                    let naive: f32 = (0..s).map(|d| f(q[d]) * f(rows[j * s + d])).sum();
-                    assert!((got - naive).abs() < 1e-5 * (1.0 + naive.abs()), "dim {dim} nr {nr} row {j}");
+                let mut out = vec![0.0f32; nq * nr];
+                bf16_dots(Isa::Avx512, &q, nq, &rows, nr, s, &mut out).expect("bf16");
+                for (at, got) in out.iter().enumerate() {
+                    let (i, j) = (at / nr, at % nr);
+                    let naive: f32 = (0..s).map(|d| f(q[i * s + d]) * f(rows[j * s + d])).sum();
+                    let tol = 1e-5 * (1.0 + naive.abs());
+                    assert!((got - naive).abs() < tol, "dim {dim} {nq}x{nr} ({i},{j}): {got} vs {naive}");
                 }
             }
         }
-        assert!(bf16_dots(Isa::Avx512, &[half::bf16::ZERO; 16], &[0u8; 16], 1, 16, &mut [0.0]).is_none());
-        assert!(
-            bf16_dots(Isa::Baseline, &[half::bf16::ZERO; 16], &[half::bf16::ZERO; 16], 1, 16, &mut [0.0])
-                .is_none()
-        );
+        let z = [half::bf16::ZERO; 16];
+        assert!(bf16_dots(Isa::Avx512, &z, 1, &[0u8; 16], 1, 16, &mut [0.0]).is_none());
+        assert!(bf16_dots(Isa::Baseline, &z, 1, &z, 1, 16, &mut [0.0]).is_none());
+    }
+
+    #[test]
+    fn the_transposing_reduction_sums_each_accumulator_into_its_place() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // Accumulator t holds lanes t * 100 + l (l < 16): its sum is 1600 t + 120, distinct
+            // for each t, so a misplaced or mixed sum shows.
+            let acc: [[f32; 16]; 16] = std::array::from_fn(|t| std::array::from_fn(|l| (t * 100 + l) as f32));
+            let Some((f, i)) = avx512::tsum_for_test(acc) else {
+                eprintln!("SKIPPED: the reduction needs AVX-512F; this CPU lacks it");
+                return;
+            };
+            for q in 0..4 {
+                for r in 0..4 {
+                    let want = (1600 * (4 * q + r) + 120) as f32;
+                    assert_eq!(f[4 * r + q], want, "f32: query {q} row {r}");
+                    assert_eq!(i[4 * r + q], want as i32, "i32: query {q} row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_probes_run_where_the_instructions_exist() {
+        let isa = Isa::detect();
+        // 3 iterations from zero: every chain adds 3 instructions' products of the probe's
+        // constants; the result is finite and positive, and None exactly without the instruction.
+        match dot_probe(isa, DotKind::Bf16, 3) {
+            Some(x) => assert!(bf16_dot(isa) && x.is_finite() && x > 0.0, "{x}"),
+            None => assert!(!bf16_dot(isa)),
+        }
+        match dot_probe(isa, DotKind::Int8, 3) {
+            // 12 chains × 16 lanes × 4 products of 1 · 1 per instruction, 3 iterations.
+            Some(x) => assert_eq!(x, (12 * 16 * 4 * 3) as f32),
+            None => assert!(!vnni(isa)),
+        }
     }
 
     #[test]

@@ -546,17 +546,17 @@ impl ExactIndex {
         let per = n.div_ceil(threads.max(1)).max(1);
         let ranges: Vec<(usize, usize)> =
             (0..threads).map(|t| (t * per, ((t + 1) * per).min(n))).filter(|(lo, hi)| lo < hi).collect();
-        // Codes at batch < 4 on a CPU with VNNI: the query quantised to int8 as well (symmetric,
-        // per query), integer dot products 64 at a time; with rescoring the answer is f32's.
+        // Codes on a CPU with VNNI: the queries quantised to int8 as well (symmetric, per
+        // query), integer dot products 64 at a time, 4 queries × 4 rows per tile in batches; with
+        // rescoring the answer is f32's.
         let quantised = (matches!(self.data, Storage::U8 { .. } | Storage::I8 { .. })
-            && nq < DIRECT_BELOW
             && kernel::vnni(self.isa))
         .then(|| Quantised::of(&scored, self.stride));
-        // bf16 rows at batch < 4 on a CPU with AVX-512 BF16: the query rounded to bf16 too,
-        // `vdpbf16ps` 32 products at a time.
-        let bf16_queries: Option<Vec<bf16>> =
-            (matches!(self.data, Storage::Bf16(_)) && nq < DIRECT_BELOW && kernel::bf16_dot(self.isa))
-                .then(|| scored.iter().map(|x| bf16::from_f32(*x)).collect());
+        // bf16 rows on a CPU with AVX-512 BF16: the queries rounded to bf16 too, `vdpbf16ps` 32
+        // products at a time, 4 × 4 tiles in batches.
+        let bf16_queries: Option<Vec<bf16>> = (matches!(self.data, Storage::Bf16(_))
+            && kernel::bf16_dot(self.isa))
+        .then(|| scored.iter().map(|x| bf16::from_f32(*x)).collect());
         let queries = Queries {
             f32: &scored,
             quantised: quantised.as_ref(),
@@ -633,13 +633,16 @@ impl ExactIndex {
         let s = self.stride;
         let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
         let mut scores = vec![0.0f32; qg.min(nq) * br];
-        // Compressed rows: batches of 1–3 queries are scored on the stored rows directly where
-        // the kernel can (AVX-512: the stored bytes read, widened in registers); larger batches
-        // widen each block once and reuse it for every query (the direct kernel would widen each
-        // row once per 4 queries: measured for f16 at 0.6× the widened path at batch 64).
-        let widen = T::BYTES != 4 && !(kernel::direct(self.isa) && nq < DIRECT_BELOW);
+        // Compressed rows: bf16 and codes with their own dot-product instructions are scored as
+        // stored at every batch size (above). f16 (and the others on CPUs without those
+        // instructions): batches of 1–3 queries on the stored rows directly where the kernel can
+        // (AVX-512: the stored bytes read, widened in registers); larger batches widen each
+        // block once and reuse it for every query (the direct kernel would widen each row once
+        // per 4 queries: measured for f16 at 0.6× the widened path at batch 64).
+        let own_dots = quantised.is_some() || bf16_queries.is_some();
+        let widen = T::BYTES != 4 && !own_dots && !(kernel::direct(self.isa) && nq < DIRECT_BELOW);
         let mut converted = if widen { vec![0.0f32; br * s] } else { Vec::new() };
-        let mut dots = if quantised.is_some() { vec![0i32; br] } else { Vec::new() };
+        let mut dots = if quantised.is_some() { vec![0i32; qg.min(nq) * br] } else { Vec::new() };
         let scale = match &self.data {
             Storage::I8 { scale, .. } => scale.as_slice(),
             _ => &[],
@@ -661,18 +664,16 @@ impl ExactIndex {
                 if widen {
                     kernel::scores(self.isa, group, g, &converted[..nr * s], nr, s, out);
                 } else if let Some(qb) = bf16_queries {
-                    for (i, row) in out.chunks_exact_mut(nr).enumerate() {
-                        let at = (q0 + i) * s;
-                        let done = kernel::bf16_dots(self.isa, &qb[at..at + s], rows, nr, s, row);
-                        debug_assert!(done.is_some(), "bf16 queries only for bf16 rows on a BF16 CPU");
-                    }
+                    let done = kernel::bf16_dots(self.isa, &qb[q0 * s..(q0 + g) * s], g, rows, nr, s, out);
+                    debug_assert!(done.is_some(), "bf16 queries only for bf16 rows on a BF16 CPU");
                 } else if let Some(qq) = quantised {
-                    for (i, row) in out.chunks_exact_mut(nr).enumerate() {
-                        let at = (q0 + i) * s;
-                        let done = kernel::code_dots(self.isa, &qq.codes[at..at + s], rows, nr, s, &mut dots);
-                        debug_assert!(done.is_some(), "quantised only for codes on a VNNI CPU");
+                    let dots = &mut dots[..g * nr];
+                    let done =
+                        kernel::code_dots(self.isa, &qq.codes[q0 * s..(q0 + g) * s], g, rows, nr, s, dots);
+                    debug_assert!(done.is_some(), "quantised only for codes on a VNNI CPU");
+                    for (i, (row, d)) in out.chunks_exact_mut(nr).zip(dots.chunks_exact(nr)).enumerate() {
                         let scale = qq.scale[q0 + i];
-                        row.iter_mut().zip(&dots).for_each(|(x, d)| *x = *d as f32 * scale);
+                        row.iter_mut().zip(d).for_each(|(x, d)| *x = *d as f32 * scale);
                     }
                 } else {
                     kernel::scores_rows(self.isa, group, g, rows, nr, s, out);

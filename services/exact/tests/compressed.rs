@@ -109,13 +109,14 @@ fn scanned_scores_stay_within_the_quantisation_error() {
             let mut index = ExactIndex::new(dim, Metric::InnerProduct, options).expect("index").with_isa(isa);
             index.add(&(0..n as u64).collect::<Vec<_>>(), &a).expect("add a");
             index.add(&(n as u64..2 * n as u64).collect::<Vec<_>>(), &b).expect("add b");
-            // One query (int8 on a VNNI CPU: the query is quantised too) and the same query
-            // four times (every block widened, the query kept f32).
+            // One query and the same query four times (a 4 × 4 tile): int8 on a VNNI CPU
+            // quantises the queries too, bf16 on a BF16 CPU rounds them (within its bound); f16
+            // widens every block at 4 queries, keeping them f32.
             let four: Vec<f32> = q.repeat(4);
             for (queries, one) in [(q.as_slice(), true), (four.as_slice(), false)] {
                 let hits = index.search(queries, 2 * n).expect("search").remove(0);
                 assert_eq!(hits.len(), 2 * n);
-                let quantised_query = one && ragd_exact::kernel::vnni(isa);
+                let quantised_query = ragd_exact::kernel::vnni(isa);
                 let qmax = q.iter().fold(0.0f32, |m, x| m.max(x.abs()));
                 for h in hits {
                     let v = &all[h.id as usize * dim..(h.id as usize + 1) * dim];
