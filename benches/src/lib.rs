@@ -1,6 +1,6 @@
 //! ragd-bench: the load generator behind the `loadgen` binary and the benches, reusable for every
 //! ragd service: N concurrent clients in a closed loop (each sends its next request when the
-//! previous answer arrives) or an open loop (requests scheduled at a fixed rate, latency measured
+//! previous answer arrives, or after a refusal's retry hint has passed) or an open loop (requests scheduled at a fixed rate, latency measured
 //! from the scheduled time so a slow server cannot hide queueing: no coordinated omission), at a
 //! fixed rate or in a stepped ramp. Latencies go into HDR histograms; the report serialises to
 //! JSON, with a second-by-second series (throughput, error codes, latency percentiles) for plots.
@@ -337,9 +337,16 @@ where
                     }
                     let outcome = request(i).await;
                     let t1 = Instant::now();
+                    // A refusal with a retry hint (RESOURCE_EXHAUSTED from latency-bounded
+                    // admission): the client waits it before its next request, as a well-behaved
+                    // client does; retrying at once would spend the server's cores on refusals.
+                    let hint = outcome.as_ref().err().and_then(ragd_core::status::retry_after);
                     // Count requests that started in the measured window and finished within it.
                     if t0 >= measure_from && t1 <= end {
                         tally.record(&mut hist, outcome, t1 - t0, t0 - measure_from);
+                    }
+                    if let Some(wait) = hint {
+                        tokio::time::sleep_until((t1 + wait).min(end).into()).await;
                     }
                     i += clients as u64;
                 }
@@ -721,6 +728,30 @@ mod tests {
         assert!(r.percentiles.windows(2).all(|w| w[0].ms <= w[1].ms));
         let at = |p: f64| r.percentiles.iter().find(|x| (x.percentile - p).abs() < 1e-6).map(|x| x.ms);
         assert_eq!((at(90.0), at(99.0)), (Some(r.latency.p90_ms), Some(r.latency.p99_ms)));
+    }
+
+    /// A closed-loop client refused with a retry hint waits it: with a 100 ms hint one client
+    /// sends at most 1 + 500 / 100 requests in 0.5 s (at once it would send thousands); a refusal
+    /// without a hint is retried at once (UNAVAILABLE here, as before).
+    #[tokio::test]
+    async fn closed_loop_clients_wait_the_retry_hint() {
+        let cfg = LoadConfig {
+            clients: 1,
+            mode: Mode::Closed,
+            duration: Duration::from_millis(500),
+            warmup: Duration::ZERO,
+        };
+        let hinted = run(&cfg, |_| async {
+            Err(ragd_core::status::resource_exhausted("busy", Duration::from_millis(100)))
+        })
+        .await;
+        assert!(hinted.requests_offered >= 1 && hinted.requests_offered <= 6, "{}", hinted.requests_offered);
+        let bare = run(&cfg, |_| async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Err(tonic::Status::unavailable("x"))
+        })
+        .await;
+        assert!(bare.requests_offered > 6, "{}", bare.requests_offered);
     }
 
     #[tokio::test]

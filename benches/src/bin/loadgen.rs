@@ -49,7 +49,8 @@ enum LoopKind {
 struct Common {
     #[arg(long, env = "RAGD_ENDPOINT", default_value = "http://127.0.0.1:50051")]
     endpoint: String,
-    /// Concurrent clients (closed loop) or most requests outstanding (open loop).
+    /// Concurrent clients (closed loop: each waits a refusal's retry hint before its next
+    /// request) or most requests outstanding (open loop: requests keep their schedule).
     #[arg(long, default_value_t = 32)]
     clients: usize,
     #[arg(long, value_enum, default_value = "closed")]
