@@ -554,6 +554,55 @@ mod avx512 {
         acc.map(|a| _mm512_reduce_add_epi32(a))
     }
 
+    /// The walk of [`dots`] and [`bf16_rows`]: `nq` queries (`$q`, `stride` each) against `nr`
+    /// rows into `$out[i * nr + j]`, 4 queries × 4 rows by `$tile` (queries `$tq`, the 4 from
+    /// query i on; rows from `$tj`; result `[4 * r + a]` for query i + a, row j + r), the rows a
+    /// tile row leaves over and the queries left over one query (`$bq`) against 4 rows (`$b4`,
+    /// from row `$bj`) or one (`$b1`).
+    macro_rules! dot_tiles {
+        ($q:expr, $nq:expr, $nr:expr, $stride:expr, $out:expr,
+         |$tq:ident, $tj:ident| $tile:expr,
+         |$bq:ident, $bj:ident| $b4:expr, $b1:expr) => {{
+            let (q, nq, nr, stride, out) = ($q, $nq, $nr, $stride, $out);
+            let mut i = 0;
+            while i + TQ <= nq {
+                let $tq = &q[i * stride..(i + TQ) * stride];
+                let mut j = 0;
+                while j + TR <= nr {
+                    let $tj = j;
+                    let t = $tile;
+                    for a in 0..TQ {
+                        for r in 0..TR {
+                            out[(i + a) * nr + j + r] = t[4 * r + a];
+                        }
+                    }
+                    j += TR;
+                }
+                for a in 0..TQ {
+                    let $bq = &q[(i + a) * stride..(i + a + 1) * stride];
+                    for $bj in j..nr {
+                        out[(i + a) * nr + $bj] = $b1[0];
+                    }
+                }
+                i += TQ;
+            }
+            while i < nq {
+                let $bq = &q[i * stride..(i + 1) * stride];
+                let o = &mut out[i * nr..(i + 1) * nr];
+                let mut $bj = 0;
+                while $bj + TR <= nr {
+                    o[$bj..$bj + TR].copy_from_slice(&$b4);
+                    $bj += TR;
+                }
+                while $bj < nr {
+                    o[$bj] = $b1[0];
+                    $bj += 1;
+                }
+                i += 1;
+            }
+        }};
+    }
+
     /// A 4 × 4 tile of integer dots: queries `q[i * stride..]` (i < 4) against rows `j..j + 4`,
     /// 16 `vpdpbusd` accumulators, each row and query vector loaded once per 64-byte step and
     /// used 4 times. `out[4 * r + i]` is query i against row j + r. `FLIP`: signed codes, each
@@ -632,52 +681,25 @@ mod avx512 {
             q.len(),
             rows.len()
         );
-        let mut i = 0;
-        while i + TQ <= nq {
-            let qs = &q[i * stride..(i + TQ) * stride];
-            let mut j = 0;
-            while j + TR <= nr {
-                // SAFETY: VNNI as above; queries i..i + 4 (`qs`) and rows j..j + 4 are inside
-                // the slices (checked above).
-                let t = unsafe {
-                    if flip {
-                        codes_tile::<true>(qs, rows, j, stride)
-                    } else {
-                        codes_tile::<false>(qs, rows, j, stride)
-                    }
-                };
-                for a in 0..TQ {
-                    for r in 0..TR {
-                        out[(i + a) * nr + j + r] = t[4 * r + a];
-                    }
+        // SAFETY (every call below): the CPU supports AVX-512F, BW and VNNI (this function's
+        // contract); the 4 queries `qs` / the query `qi` are slices of `q` and rows j..j + 4 (or
+        // row j) lie inside `rows` (bounds checked above), as the kernels require.
+        dot_tiles!(
+            q,
+            nq,
+            nr,
+            stride,
+            out,
+            |qs, j| unsafe {
+                if flip {
+                    codes_tile::<true>(qs, rows, j, stride)
+                } else {
+                    codes_tile::<false>(qs, rows, j, stride)
                 }
-                j += TR;
-            }
-            for a in 0..TQ {
-                for jj in j..nr {
-                    // SAFETY: as above, query i + a against row jj alone.
-                    out[(i + a) * nr + jj] =
-                        unsafe { dots_block::<1>(&qs[a * stride..], rows, jj, stride, flip) }[0];
-                }
-            }
-            i += TQ;
-        }
-        while i < nq {
-            let qi = &q[i * stride..(i + 1) * stride];
-            let o = &mut out[i * nr..(i + 1) * nr];
-            let mut j = 0;
-            while j + TR <= nr {
-                // SAFETY: VNNI as above; rows j..j + 4 are inside `rows` (checked above).
-                o[j..j + TR].copy_from_slice(&unsafe { dots_block::<TR>(qi, rows, j, stride, flip) });
-                j += TR;
-            }
-            while j < nr {
-                // SAFETY: as above, for row j alone.
-                o[j] = unsafe { dots_block::<1>(qi, rows, j, stride, flip) }[0];
-                j += 1;
-            }
-            i += 1;
-        }
+            },
+            |qi, j| unsafe { dots_block::<TR>(qi, rows, j, stride, flip) },
+            unsafe { dots_block::<1>(qi, rows, j, stride, flip) }
+        )
     }
 
     /// `R` bf16 rows from row `j` against the bf16 query: `R` f32 accumulators of `vdpbf16ps`
@@ -797,46 +819,19 @@ mod avx512 {
             q.len(),
             rows.len()
         );
-        let mut i = 0;
-        while i + TQ <= nq {
-            let qs = &q[i * stride..(i + TQ) * stride];
-            let mut j = 0;
-            while j + TR <= nr {
-                // SAFETY: BF16 as above; queries i..i + 4 (`qs`) and rows j..j + 4 are inside the
-                // slices (checked above).
-                let t = unsafe { bf16_tile(qs, rows, j, stride) };
-                for a in 0..TQ {
-                    for r in 0..TR {
-                        out[(i + a) * nr + j + r] = t[4 * r + a];
-                    }
-                }
-                j += TR;
-            }
-            for a in 0..TQ {
-                for jj in j..nr {
-                    // SAFETY: as above, query i + a against row jj alone.
-                    out[(i + a) * nr + jj] =
-                        unsafe { bf16_block::<1>(&qs[a * stride..], rows, jj, stride) }[0];
-                }
-            }
-            i += TQ;
-        }
-        while i < nq {
-            let qi = &q[i * stride..(i + 1) * stride];
-            let o = &mut out[i * nr..(i + 1) * nr];
-            let mut j = 0;
-            while j + TR <= nr {
-                // SAFETY: BF16 as above; rows j..j + 4 are inside `rows` (checked above).
-                o[j..j + TR].copy_from_slice(&unsafe { bf16_block::<TR>(qi, rows, j, stride) });
-                j += TR;
-            }
-            while j < nr {
-                // SAFETY: as above, for row j alone.
-                o[j] = unsafe { bf16_block::<1>(qi, rows, j, stride) }[0];
-                j += 1;
-            }
-            i += 1;
-        }
+        // SAFETY (every call below): the CPU supports AVX-512F, BW and BF16 (this function's
+        // contract); the 4 queries `qs` / the query `qi` are slices of `q` and rows j..j + 4 (or
+        // row j) lie inside `rows` (bounds checked above), as the kernels require.
+        dot_tiles!(
+            q,
+            nq,
+            nr,
+            stride,
+            out,
+            |qs, j| unsafe { bf16_tile(qs, rows, j, stride) },
+            |qi, j| unsafe { bf16_block::<TR>(qi, rows, j, stride) },
+            unsafe { bf16_block::<1>(qi, rows, j, stride) }
+        )
     }
 
     /// 12 independent `vdpbf16ps` chains in registers, `iters` times: the core's bf16
