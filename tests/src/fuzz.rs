@@ -7,6 +7,9 @@
 //! - loaders: no panic; text formats refuse non-UTF-8; the text and id fields never stay in the
 //!   metadata; JSONL gives one document per non-blank line; a text file is one document holding
 //!   the input; PDF pages have text, ascending page numbers, unique ids and joined lines;
+//!   vector files (`.npy`, `.fvecs`) give rows of one dimension > 0, numbered `0..n`, with no text
+//!   or metadata, whose values are the file's bytes read at the place the format puts them (read
+//!   here from the bytes, not by the parser), and the accepted file is exactly header + data;
 //! - chunkers: a valid window gives chunks that are slices of the text at their byte ranges, in
 //!   order, covering every non-white-space character (sentences) or every token (tokens); token
 //!   offsets that are not ordered ranges on character boundaries are refused, never a panic;
@@ -37,6 +40,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("load_jsonl", load_jsonl),
     ("load_text", load_text),
     ("load_pdf", load_pdf),
+    ("load_npy", load_npy),
+    ("load_fvecs", load_fvecs),
     ("chunk_sentences", chunk_sentences),
     ("chunk_tokens", chunk_tokens),
     ("filter", filter),
@@ -98,6 +103,93 @@ pub fn load_pdf(data: &[u8]) {
         assert!(!d.text.contains("\n\n\n"), "paragraphs are separated by one blank line");
         for line in d.text.split('\n') {
             assert_eq!(line, line.trim(), "joined lines are trimmed");
+        }
+    }
+}
+
+/// What every vector file's documents share: numbered rows of one dimension > 0, vectors only.
+/// Returns (rows, dimension).
+fn vector_rows(docs: &[ragd_loaders::LoadedDocument]) -> (usize, usize) {
+    let dim = docs.first().map_or(0, |d| d.vector.as_ref().map_or(0, Vec::len));
+    for (i, d) in docs.iter().enumerate() {
+        assert_eq!(d.id, i.to_string(), "rows are numbered in order");
+        assert!(d.text.is_empty() && d.metadata.is_empty(), "a vector row has no text or metadata");
+        let v = d.vector.as_ref().expect("a vector row has its vector");
+        assert!(!v.is_empty() && v.len() == dim, "row {i}: dimension {} (first {dim})", v.len());
+    }
+    (docs.len(), dim)
+}
+
+fn le_f32(b: &[u8]) -> f32 {
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Equal as stored: the same bits, any NaN equal to any NaN (an f64 NaN narrowed to f32).
+fn same_value(got: f32, want: f32) -> bool {
+    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan())
+}
+
+pub fn load_npy(data: &[u8]) {
+    let Ok(docs) = load_bytes(Format::Npy, data, "f.npy", "f.npy", &columns()) else { return };
+    let (n, dim) = vector_rows(&docs);
+    // Header: magic (6), version (1, 1 or 2 or 3), a reserved byte, then the header's length as
+    // u16 (version 1) or u32; data follows the header.
+    assert_eq!(&data[..6], b"\x93NUMPY", "accepted without the magic");
+    let start = match data[6] {
+        1 => 10 + usize::from(u16::from_le_bytes([data[8], data[9]])),
+        2 | 3 => 12 + u32::from_le_bytes([data[8], data[9], data[10], data[11]]) as usize,
+        v => panic!("accepted format version {v}"),
+    };
+    let body = &data[start..];
+    let header = std::str::from_utf8(&data[10..start]).expect("accepted header is text");
+    // A header field's value: the text after the first `'key':`.
+    let field = |key: &str| {
+        let at = header.find(&format!("'{key}':")).expect("accepted header has the field");
+        header[at + key.len() + 3..].trim_start()
+    };
+    let width = if field("descr").starts_with("'<f8'") { 8 } else { 4 };
+    assert_eq!(body.len(), n * dim * width, "the data is exactly rows × dimension × {width} bytes");
+    // C order: row r's values are contiguous; Fortran order: column-major. Either way, every
+    // stored value appears once, at its place.
+    let fortran = field("fortran_order").starts_with("True");
+    for (r, d) in docs.iter().enumerate() {
+        for (c, got) in d.vector.as_ref().expect("vector").iter().enumerate() {
+            let i = if fortran { c * n + r } else { r * dim + c };
+            let b = &body[i * width..(i + 1) * width];
+            let want = if width == 4 {
+                le_f32(b)
+            } else {
+                f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32
+            };
+            assert!(same_value(*got, want), "row {r} column {c}: {got} for {want}");
+        }
+    }
+}
+
+pub fn load_fvecs(data: &[u8]) {
+    match load_bytes(Format::Fvecs, data, "f.fvecs", "f.fvecs", &columns()) {
+        Ok(docs) => {
+            let (n, dim) = vector_rows(&docs);
+            let record = 4 + 4 * dim;
+            assert_eq!(data.len(), n * record, "the file is exactly n records of 4 + 4 × dimension bytes");
+            for (r, d) in docs.iter().enumerate() {
+                let rec = &data[r * record..(r + 1) * record];
+                assert_eq!(i32::from_le_bytes(rec[..4].try_into().expect("4 bytes")) as usize, dim);
+                for (c, got) in d.vector.as_ref().expect("vector").iter().enumerate() {
+                    let want = le_f32(&rec[4 + 4 * c..]);
+                    assert!(same_value(*got, want), "row {r} column {c}: {got} for {want}");
+                }
+            }
+        }
+        // A well-formed file is never refused: records of one positive dimension that fill it.
+        Err(e) => {
+            let dim = data.get(..4).map(|h| i32::from_le_bytes(h.try_into().expect("4 bytes")));
+            if let Some(dim) = dim.filter(|d| *d > 0) {
+                let record = 4 + 4 * dim as usize;
+                let well_formed =
+                    data.len().is_multiple_of(record) && data.chunks(record).all(|rec| rec[..4] == data[..4]);
+                assert!(!well_formed, "a well-formed file refused: {e}");
+            }
         }
     }
 }

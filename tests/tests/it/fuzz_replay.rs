@@ -57,6 +57,8 @@ replays!(
     load_jsonl,
     load_text,
     load_pdf,
+    load_npy,
+    load_fvecs,
     chunk_sentences,
     chunk_tokens,
     filter,
