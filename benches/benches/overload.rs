@@ -16,6 +16,8 @@
 //! The goal (issue 19): 0 errors other than RESOURCE_EXHAUSTED, admitted p99 ≤ 3× the unloaded
 //! p99, goodput ≥ 90 % of the saturated rate, resident memory flat. `RAGD_BENCH_SECS` sets the
 //! overload cells (default 60 s) and, scaled down, the baseline phases.
+//! `RAGD_BENCH_OVERLOAD_SETTINGS=WAIT_MS[:BATCH_TEXTS],...` runs those settings instead, to
+//! explore, and prints the table without writing it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,6 +141,7 @@ struct Cell {
 }
 
 /// One server setting under test.
+#[derive(Clone)]
 struct Setting {
     name: String,
     max_queue_wait_ms: u64,
@@ -222,6 +225,19 @@ fn main() {
             max_batch_texts: Some(TIGHT_BATCH),
         },
     ];
+    // `RAGD_BENCH_OVERLOAD_SETTINGS=WAIT_MS[:BATCH_TEXTS],...`: those settings instead (to explore
+    // a bound and a batch size before changing a default); the section is then not written.
+    let explore: Option<Vec<Setting>> = std::env::var("RAGD_BENCH_OVERLOAD_SETTINGS").ok().map(|v| {
+        v.split(',')
+            .map(|one| {
+                let (wait, batch) = one.split_once(':').map_or((one, None), |(w, b)| (w, Some(b)));
+                let max_queue_wait_ms = wait.trim().parse().expect("WAIT_MS");
+                let max_batch_texts = batch.map(|b| b.trim().parse().expect("BATCH_TEXTS"));
+                Setting { name: format!("explore `{one}`"), max_queue_wait_ms, max_batch_texts }
+            })
+            .collect()
+    });
+    let settings: Vec<Setting> = explore.clone().unwrap_or_else(|| settings.into());
     let texts = Arc::new(sample_texts(4096, 12));
     let (unloaded, saturated, cells) = rt.block_on(async {
         let (unloaded, saturated) = baseline(phase, &texts).await;
@@ -304,6 +320,10 @@ fn main() {
         sat = saturated.requests_per_sec,
         checks = checks.iter().map(|c| format!("- {c}")).collect::<Vec<_>>().join("\n"),
     );
+    if explore.is_some() {
+        eprintln!("RAGD_BENCH_OVERLOAD_SETTINGS given: docs/benchmarks.md not written");
+        return;
+    }
     report::update_section(&report::benchmarks_md(), "overload", &body).expect("write docs/benchmarks.md");
     println!("{body}");
 }
