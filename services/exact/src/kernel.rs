@@ -1222,7 +1222,7 @@ mod tests {
         // likewise.
         for dim in [16, 37, 100, 384, 390] {
             let s = stride(dim);
-            for (nq, nr) in [(1, 1), (1, 9), (4, 4), (4, 3), (5, 9), (9, 13)] {
+            for (nq, nr) in [(1, 1), (1, 9), (1, 37), (4, 4), (4, 3), (5, 9), (6, 21), (9, 13)] {
                 let q: Vec<i8> = (0..nq * s).map(|_| next() as i8).map(|x| x.max(-127)).collect();
                 let rows_u8: Vec<u8> = (0..nr * s).map(|_| next()).collect();
                 let rows_i8: Vec<i8> = rows_u8.iter().map(|&x| (x as i8).max(-127)).collect();
@@ -1264,7 +1264,7 @@ mod tests {
         // counts as in the VNNI test.
         for dim in [16, 37, 100, 384] {
             let s = stride(dim);
-            for (nq, nr) in [(1, 1), (1, 9), (4, 4), (4, 3), (5, 9), (9, 13)] {
+            for (nq, nr) in [(1, 1), (1, 9), (1, 37), (4, 4), (4, 3), (5, 9), (6, 21), (9, 13)] {
                 let q: Vec<half::bf16> = (0..nq * s).map(|_| next()).collect();
                 let rows: Vec<half::bf16> = (0..nr * s).map(|_| next()).collect();
                 // Decoded by hand: a bf16 is the upper half of an f32.
