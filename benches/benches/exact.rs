@@ -91,32 +91,35 @@ fn read_bandwidth(threads: usize) -> f64 {
     best
 }
 
-/// Practical FMA peak in GFLOP/s with `threads` threads.
-fn fma_peak(isa: Isa, threads: usize) -> f64 {
+/// G operations/s of a register-only probe loop (`probe(iters)`, `ops_per_iter` operations per
+/// iteration) on `threads` threads at once, after a short warm-up run.
+fn probe_rate(threads: usize, ops_per_iter: usize, probe: impl Fn(usize) + Sync) -> f64 {
     let iters = 20_000_000;
-    fma_probe(isa, 1000);
+    probe(1000);
     let t = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| std::hint::black_box(fma_probe(isa, iters)));
+            s.spawn(|| probe(iters));
         }
     });
-    (iters * PROBE_FLOPS_PER_ITER * threads) as f64 / t.elapsed().as_secs_f64() / 1e9
+    (iters * ops_per_iter * threads) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// Practical FMA peak in GFLOP/s with `threads` threads.
+fn fma_peak(isa: Isa, threads: usize) -> f64 {
+    probe_rate(threads, PROBE_FLOPS_PER_ITER, |iters| {
+        std::hint::black_box(fma_probe(isa, iters));
+    })
 }
 
 /// Practical peak of a compressed dot-product instruction (`vdpbf16ps`, `vpdpbusd`) in G
 /// operations/s (a product or an addition each) with `threads` threads, as [`fma_peak`]; None where
 /// the CPU lacks it.
 fn dot_peak(isa: Isa, kind: DotKind, threads: usize) -> Option<f64> {
-    let iters = 20_000_000;
-    dot_probe(isa, kind, 1000)?;
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| std::hint::black_box(dot_probe(isa, kind, iters)));
-        }
-    });
-    Some((iters * dot_probe_ops_per_iter(kind) * threads) as f64 / t.elapsed().as_secs_f64() / 1e9)
+    dot_probe(isa, kind, 1)?;
+    Some(probe_rate(threads, dot_probe_ops_per_iter(kind), |iters| {
+        std::hint::black_box(dot_probe(isa, kind, iters));
+    }))
 }
 
 /// Queries/s of `search` (batch `batch` of the `nq` queries, the i-th call starting at

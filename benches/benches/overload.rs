@@ -141,7 +141,6 @@ struct Cell {
 }
 
 /// One server setting under test.
-#[derive(Clone)]
 struct Setting {
     name: String,
     max_queue_wait_ms: u64,
@@ -237,7 +236,8 @@ fn main() {
             })
             .collect()
     });
-    let settings: Vec<Setting> = explore.clone().unwrap_or_else(|| settings.into());
+    let exploring = explore.is_some();
+    let settings: Vec<Setting> = explore.unwrap_or_else(|| settings.into());
     let texts = Arc::new(sample_texts(4096, 12));
     let (unloaded, saturated, cells) = rt.block_on(async {
         let (unloaded, saturated) = baseline(phase, &texts).await;
@@ -320,7 +320,7 @@ fn main() {
         sat = saturated.requests_per_sec,
         checks = checks.iter().map(|c| format!("- {c}")).collect::<Vec<_>>().join("\n"),
     );
-    if explore.is_some() {
+    if exploring {
         eprintln!("RAGD_BENCH_OVERLOAD_SETTINGS given: docs/benchmarks.md not written");
         return;
     }
