@@ -297,6 +297,40 @@ fn prepare_queries(
     Ok(padded)
 }
 
+/// Per-dimension codes (`x_d ≈ lo_d + step_d · c_d`) are scored in code space: `<q, x̂> = <q ∘ step,
+/// c> + <q, lo>`. Returns the padded queries multiplied by `step` and each query's `<q, lo>`.
+fn code_space(padded: &[f32], stride: usize, lo: &[f32], step: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let scaled = padded.chunks_exact(stride).flat_map(|q| q.iter().zip(step).map(|(a, b)| a * b)).collect();
+    let offsets = padded.chunks_exact(stride).map(|q| q.iter().zip(lo).map(|(a, b)| a * b).sum()).collect();
+    (scaled, offsets)
+}
+
+/// Rescoring: `hits` re-ranked by the f32 scores of their rows in `originals` (`stride` floats
+/// each, row of a hit given by `row_of(id)`), in the kernels' ranking form (L2: `2<q,v> - |v|^2`),
+/// best k first (ties: lower id).
+fn rescore(
+    metric: Metric,
+    stride: usize,
+    originals: &[f32],
+    query: &[f32],
+    mut hits: Vec<Neighbor>,
+    row_of: impl Fn(u64) -> usize,
+    k: usize,
+) -> Vec<Neighbor> {
+    for h in &mut hits {
+        let at = row_of(h.id);
+        let row = &originals[at * stride..(at + 1) * stride];
+        let dot: f32 = row.iter().zip(query).map(|(a, b)| a * b).sum();
+        h.score = match metric {
+            Metric::L2 => 2.0 * dot - row.iter().map(|x| x * x).sum::<f32>(),
+            _ => dot,
+        };
+    }
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    hits.truncate(k);
+    hits
+}
+
 /// Hits as reported: L2 is ranked by `2<q,v> - |v|^2` and reported as `|q - v|^2`, that is
 /// `|q|^2` minus the ranking score; the other metrics as ranked.
 fn reported(metric: Metric, padded_query: &[f32], mut hits: Vec<Neighbor>) -> Vec<Neighbor> {
@@ -521,17 +555,9 @@ impl ExactIndex {
     pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>, ExactError> {
         let padded = prepare_queries(self.dim, self.stride, self.metric, queries, k)?;
         let nq = queries.len() / self.dim;
-        // What the kernel scores: per-dimension codes score `q ∘ step` and add `q · lo`.
         let (scored, offsets) = match &self.data {
             Storage::U8 { lo, step, .. } => {
-                let scaled: Vec<f32> = padded
-                    .chunks_exact(self.stride)
-                    .flat_map(|q| q.iter().zip(step).map(|(a, b)| a * b))
-                    .collect();
-                let offsets = padded
-                    .chunks_exact(self.stride)
-                    .map(|q| q.iter().zip(lo).map(|(a, b)| a * b).sum())
-                    .collect();
+                let (scaled, offsets) = code_space(&padded, self.stride, lo, step);
                 (std::borrow::Cow::Owned(scaled), offsets)
             }
             _ => (std::borrow::Cow::Borrowed(padded.as_slice()), Vec::new()),
@@ -592,20 +618,11 @@ impl ExactIndex {
 
     /// With f32 rows kept: the candidates re-ranked by their f32 scores (ranking form, as the
     /// kernel's), the best k; otherwise the candidates as they are.
-    fn rescored(&self, query: &[f32], mut hits: Vec<Neighbor>, k: usize) -> Vec<Neighbor> {
-        let Some(o) = &self.originals else { return hits };
-        for h in &mut hits {
-            let at = self.rows[&h.id];
-            let row = &o[at * self.stride..(at + 1) * self.stride];
-            let dot: f32 = row.iter().zip(query).map(|(a, b)| a * b).sum();
-            h.score = match self.metric {
-                Metric::L2 => 2.0 * dot - row.iter().map(|x| x * x).sum::<f32>(),
-                _ => dot,
-            };
+    fn rescored(&self, query: &[f32], hits: Vec<Neighbor>, k: usize) -> Vec<Neighbor> {
+        match &self.originals {
+            Some(o) => rescore(self.metric, self.stride, o, query, hits, |id| self.rows[&id], k),
+            None => hits,
         }
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-        hits.truncate(k);
-        hits
     }
 
     /// Top-k of every query over rows `lo..hi`.

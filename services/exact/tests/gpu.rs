@@ -8,7 +8,7 @@
 #![cfg(feature = "cuda")]
 
 use ragd_exact::gpu::{GpuError, GpuIndex, ScorePlan, compile_kernels, libraries_present};
-use ragd_exact::{ExactIndex, Metric, Options, Precision, naive_search};
+use ragd_exact::{ExactIndex, Isa, Metric, Options, Precision, naive_search};
 
 fn require_gpu() -> bool {
     std::env::var("RAGD_REQUIRE_GPU").is_ok_and(|v| v == "1")
@@ -19,9 +19,12 @@ fn nvrtc_compiles_the_kernels_when_it_is_installed() {
     match compile_kernels() {
         Ok(ptx) => {
             let src = ptx.to_src();
-            for entry in ["scores_f32", "scores_f16", "scores_rows_f32", "scores_rows_f16", "topk_partial"] {
-                assert!(src.contains(&format!(".entry {entry}")), "PTX lacks {entry}");
+            for form in ["f32", "f16", "bf16", "u8", "i8"] {
+                for entry in [format!("scores_{form}"), format!("scores_rows_{form}")] {
+                    assert!(src.contains(&format!(".entry {entry}(")), "PTX lacks {entry}");
+                }
             }
+            assert!(src.contains(".entry topk_partial("), "PTX lacks topk_partial");
         }
         Err(GpuError::Unavailable(why)) => {
             assert!(std::env::var("RAGD_REQUIRE_NVRTC").is_err(), "NVRTC required but missing: {why}");
@@ -45,9 +48,13 @@ fn a_machine_without_a_gpu_gets_a_clean_error() {
     }
 }
 
-/// GPU results equal the CPU reference for every metric, both precisions and both score kernels,
-/// on batches of 1, 8, 9 and 37 queries (whole and partial groups of the row-group kernel, a
-/// partial tile of the tiled one) — runs where a GPU is.
+/// GPU results equal the CPU reference for every metric, every stored form (with and without
+/// rescoring for the compressed ones), both score kernels, on batches of 1, 8, 9 and 37 queries
+/// (whole and partial groups of the row-group kernel, a partial tile of the tiled one) — runs where
+/// a GPU is. The reference is the CPU engine on its portable kernel (`Isa::Baseline`), which like
+/// the GPU scores f32 queries against the stored values widened to f32 (the CPU's bf16 and VNNI
+/// kernels round or quantise the queries too); f32 — and every form that rescores — is also
+/// checked against the naive f64 search of the original vectors.
 #[test]
 #[ignore = "needs a GPU and the CUDA driver: run with -- --include-ignored (make test does where nvidia-smi finds one)"]
 fn gpu_search_matches_the_reference() {
@@ -61,39 +68,46 @@ fn gpu_search_matches_the_reference() {
     let vectors: Vec<f32> = (0..n * dim).map(|_| next()).collect();
     let queries: Vec<f32> = (0..37 * dim).map(|_| next()).collect();
     let ids: Vec<u64> = (0..n as u64).map(|i| i * 3 + 1).collect();
+    let forms = [Precision::F32, Precision::F16, Precision::Bf16, Precision::Int8, Precision::Int8PerVector];
     for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
-        for precision in [Precision::F32, Precision::F16] {
-            let mut index =
-                ExactIndex::new(dim, metric, Options { precision, ..Options::default() }).expect("index");
-            index.add(&ids, &vectors).expect("add");
-            // Asked for explicitly (the test is ignored otherwise): no GPU is a failure.
-            let gpu = GpuIndex::upload(&index, 0)
-                .unwrap_or_else(|e| panic!("the GPU search test needs a GPU: {e}"));
-            let cpu = index.search(&queries, 10).expect("cpu search");
-            let tol = if precision == Precision::F16 { 2e-2 } else { 1e-3 };
-            for plan in [ScorePlan::Tiled, ScorePlan::RowGroups] {
-                for nq in [1, 8, 9, 37] {
-                    let got = gpu.search_with(&queries[..nq * dim], 10, plan).expect("gpu search");
-                    assert_eq!(got.len(), nq);
-                    for ((q, g), c) in queries.chunks_exact(dim).zip(&got).zip(&cpu) {
-                        assert_eq!(g.len(), 10);
-                        for (a, b) in g.iter().zip(c) {
-                            assert!(
-                                (a.score - b.score).abs() <= tol,
-                                "{metric:?} {precision:?} {plan:?} batch {nq}: gpu {a:?} cpu {b:?}"
-                            );
-                        }
-                        if precision == Precision::F32 {
-                            let want = naive_search(metric, &ids, &vectors, dim, q, 10);
-                            let overlap = g.iter().filter(|h| want.iter().any(|w| w.id == h.id)).count();
-                            assert!(overlap >= 9, "{metric:?} {plan:?}: {g:?} vs {want:?}");
+        for precision in forms {
+            // Rescoring 3×: 30 candidates for k 10, within the GPU's MAX_K, as the CPU takes.
+            for rescore in if precision == Precision::F32 { vec![0] } else { vec![0, 3] } {
+                let options = Options { precision, rescore, ..Options::default() };
+                let mut index = ExactIndex::new(dim, metric, options).expect("index");
+                index.add(&ids, &vectors).expect("add");
+                // Asked for explicitly (the test is ignored otherwise): no GPU is a failure.
+                let gpu = GpuIndex::upload(&index, 0)
+                    .unwrap_or_else(|e| panic!("the GPU search test needs a GPU: {e}"));
+                let cpu = index.clone().with_isa(Isa::Baseline).search(&queries, 10).expect("cpu search");
+                let exact = precision == Precision::F32 || rescore > 0;
+                for plan in [ScorePlan::Tiled, ScorePlan::RowGroups] {
+                    for nq in [1, 8, 9, 37] {
+                        let got = gpu.search_with(&queries[..nq * dim], 10, plan).expect("gpu search");
+                        assert_eq!(got.len(), nq);
+                        for ((q, g), c) in queries.chunks_exact(dim).zip(&got).zip(&cpu) {
+                            assert_eq!(g.len(), 10);
+                            for (a, b) in g.iter().zip(c) {
+                                assert!(
+                                    (a.score - b.score).abs() <= 1e-3,
+                                    "{metric:?} {precision:?} rescore {rescore} {plan:?} batch {nq}: gpu {a:?} cpu {b:?}"
+                                );
+                            }
+                            if exact {
+                                let want = naive_search(metric, &ids, &vectors, dim, q, 10);
+                                let overlap = g.iter().filter(|h| want.iter().any(|w| w.id == h.id)).count();
+                                assert!(overlap >= 9, "{metric:?} {precision:?} {plan:?}: {g:?} vs {want:?}");
+                            }
                         }
                     }
                 }
+                assert_eq!(gpu.plan(1), ScorePlan::RowGroups, "a batch of one reads each row once");
+                assert_eq!(gpu.search(&queries, 10).expect("auto").len(), 37);
+                eprintln!(
+                    "GPU {} {metric:?} {precision:?} rescore {rescore}: matches the CPU engine",
+                    gpu.device_name()
+                );
             }
-            assert_eq!(gpu.plan(1), ScorePlan::RowGroups, "a batch of one reads each row once");
-            assert_eq!(gpu.search(&queries, 10).expect("auto").len(), 37);
-            eprintln!("GPU {} {metric:?} {precision:?}: matches the CPU engine", gpu.device_name());
         }
     }
     // Too wide for 8 queries in 48 KB of shared memory: row groups fall back to tiles.
