@@ -109,38 +109,30 @@ struct F32 {
         return *reinterpret_cast<const float4*>(p + i);
     }
 };
-struct F16 {
-    typedef unsigned short T;
-    static __device__ __forceinline__ float one(const T* p, long long i) { return h2f(p[i]); }
-    static __device__ __forceinline__ float4 four(const T* p, long long i) {
-        const uint2 u = *reinterpret_cast<const uint2*>(p + i);
-        return make_float4(h2f(u.x & 0xffff), h2f(u.x >> 16), h2f(u.y & 0xffff), h2f(u.y >> 16));
-    }
-};
-struct BF16 {
-    typedef unsigned short T;
-    static __device__ __forceinline__ float one(const T* p, long long i) { return b2f(p[i]); }
-    static __device__ __forceinline__ float4 four(const T* p, long long i) {
-        const uint2 u = *reinterpret_cast<const uint2*>(p + i);
-        return make_float4(b2f(u.x & 0xffff), b2f(u.x >> 16), b2f(u.y & 0xffff), b2f(u.y >> 16));
-    }
-};
-struct U8 {
-    typedef unsigned char T;
-    static __device__ __forceinline__ float one(const T* p, long long i) { return (float)p[i]; }
-    static __device__ __forceinline__ float4 four(const T* p, long long i) {
-        const uchar4 u = *reinterpret_cast<const uchar4*>(p + i);
-        return make_float4((float)u.x, (float)u.y, (float)u.z, (float)u.w);
-    }
-};
-struct I8 {
-    typedef signed char T;
-    static __device__ __forceinline__ float one(const T* p, long long i) { return (float)p[i]; }
-    static __device__ __forceinline__ float4 four(const T* p, long long i) {
-        const char4 u = *reinterpret_cast<const char4*>(p + i);
-        return make_float4((float)u.x, (float)u.y, (float)u.z, (float)u.w);
-    }
-};
+// 2-byte floats (f16, bf16): 8-byte loads of four.
+#define HALF(Name, widen) \
+    struct Name { \
+        typedef unsigned short T; \
+        static __device__ __forceinline__ float one(const T* p, long long i) { return widen(p[i]); } \
+        static __device__ __forceinline__ float4 four(const T* p, long long i) { \
+            const uint2 u = *reinterpret_cast<const uint2*>(p + i); \
+            return make_float4(widen(u.x & 0xffff), widen(u.x >> 16), widen(u.y & 0xffff), widen(u.y >> 16)); \
+        } \
+    };
+HALF(F16, h2f)
+HALF(BF16, b2f)
+// 1-byte codes (u8, i8): 4-byte loads of four.
+#define CODES(Name, Elem, Vec4) \
+    struct Name { \
+        typedef Elem T; \
+        static __device__ __forceinline__ float one(const T* p, long long i) { return (float)p[i]; } \
+        static __device__ __forceinline__ float4 four(const T* p, long long i) { \
+            const Vec4 u = *reinterpret_cast<const Vec4*>(p + i); \
+            return make_float4((float)u.x, (float)u.y, (float)u.z, (float)u.w); \
+        } \
+    };
+CODES(U8, unsigned char, uchar4)
+CODES(I8, signed char, char4)
 
 template <typename C>
 __device__ void scores_tile(const float* Q, const typename C::T* V, float* S, int nq, int n, int stride) {
