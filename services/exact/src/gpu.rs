@@ -734,14 +734,13 @@ impl GpuIndex {
         .map_err(cuda)?;
         let (hs, hi) = (s.clone_dtoh(&out_s).map_err(cuda)?, s.clone_dtoh(&out_i).map_err(cuda)?);
         let per_query = slices * kk;
+        let view = HostView { ids: &self.ids, host: &self.host, metric: self.metric, stride: self.stride };
         let out = padded
             .chunks_exact(self.stride)
             .enumerate()
             .map(|(qi, q)| {
                 let span = qi * per_query..(qi + 1) * per_query;
                 let shift = offsets.get(qi).map_or(0.0, |off| off * scale);
-                let view =
-                    HostView { ids: &self.ids, host: &self.host, metric: self.metric, stride: self.stride };
                 view.answer(q, (&hs[span.clone()], &hi[span]), shift, k)
             })
             .collect();
